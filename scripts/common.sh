@@ -1,0 +1,12 @@
+# Shared settings for the project's scripts; source it, don't run it.
+# Caches live outside the clone so later runs (and CI) reuse them.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export KSTREAMS_CACHE="${KSTREAMS_CACHE:-$HOME/.cache/kstreams}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$KSTREAMS_CACHE/target}"
+NISSHI_VERSION=0.7.0
+NISSHI_ROOT="$KSTREAMS_CACHE/broker/nisshi-$NISSHI_VERSION"
+NISSHI_BIN="$NISSHI_ROOT/bin/nisshi"
+RUN_DIR="$KSTREAMS_CACHE/run"
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }

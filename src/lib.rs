@@ -1,0 +1,13 @@
+//! # kstreams
+//!
+//! Stream processing on Kafka topics, in Rust: the analogue of Apache Kafka Streams.
+//!
+//! This facade re-exports the two crates a user writes against:
+//!
+//! - [`core`] (`streams-core`): records, serdes, the Processor API, the runtime, state stores;
+//! - [`dsl`] (`streams-dsl`): `StreamsBuilder`, `KStream`, `KTable`, aggregations, windows, joins.
+//!
+//! The project is young: see the README for what runs today.
+
+pub use streams_core as core;
+pub use streams_dsl as dsl;

@@ -1,0 +1,133 @@
+//! The one error type of `streams-core`, classified by what the caller can do about it.
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+/// A result with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the runtime.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration or the topology is invalid; nothing will work until it is fixed.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A Kafka client call failed.
+    #[error("kafka: {context}: {source}")]
+    Kafka {
+        /// What the runtime was doing.
+        context: String,
+        /// The client's error.
+        #[source]
+        source: KafkaError,
+    },
+    /// A local state store failed.
+    #[error("state store {store}: {message}")]
+    State {
+        /// The store's name.
+        store: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A file-system operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What the runtime was doing.
+        context: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Wraps a Kafka client error with what the runtime was doing.
+    pub fn kafka(context: impl Into<String>, source: KafkaError) -> Self {
+        Error::Kafka {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// The Kafka error code, if this is a Kafka error that carries one.
+    pub fn kafka_code(&self) -> Option<RDKafkaErrorCode> {
+        match self {
+            Error::Kafka { source, .. } => source.rdkafka_error_code(),
+            _ => None,
+        }
+    }
+
+    /// True when the same call may succeed if tried again (a broker is briefly unreachable,
+    /// a coordinator is moving).
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            Error::Kafka { source, .. } => match source {
+                KafkaError::Transaction(e) => e.is_retriable(),
+                _ => matches!(
+                    source.rdkafka_error_code(),
+                    Some(
+                        RDKafkaErrorCode::RequestTimedOut
+                            | RDKafkaErrorCode::OperationTimedOut
+                            | RDKafkaErrorCode::NotCoordinator
+                            | RDKafkaErrorCode::CoordinatorLoadInProgress
+                            | RDKafkaErrorCode::CoordinatorNotAvailable
+                            | RDKafkaErrorCode::BrokerTransportFailure
+                            | RDKafkaErrorCode::AllBrokersDown
+                    )
+                ),
+            },
+            _ => false,
+        }
+    }
+
+    /// True when this instance lost the right to act for its tasks: another producer with the
+    /// same `transactional.id` took over, or the consumer group moved on. The tasks must drop
+    /// their uncommitted work and rejoin; retrying the call is pointless.
+    pub fn is_fenced(&self) -> bool {
+        matches!(
+            self.kafka_code(),
+            Some(
+                RDKafkaErrorCode::ProducerFenced
+                    | RDKafkaErrorCode::InvalidProducerEpoch
+                    | RDKafkaErrorCode::Fenced
+                    | RDKafkaErrorCode::IllegalGeneration
+                    | RDKafkaErrorCode::UnknownMemberId
+                    | RDKafkaErrorCode::FencedInstanceId
+            )
+        )
+    }
+
+    /// True when the error cannot be recovered from in this process.
+    pub fn is_fatal(&self) -> bool {
+        match self {
+            Error::Config(_) => true,
+            Error::Kafka {
+                source: KafkaError::Transaction(e),
+                ..
+            } => e.is_fatal() && !self.is_fenced(),
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification() {
+        let fenced = Error::kafka(
+            "commit",
+            KafkaError::MessageProduction(RDKafkaErrorCode::ProducerFenced),
+        );
+        assert!(fenced.is_fenced());
+        assert!(!fenced.is_retriable());
+        let timeout = Error::kafka(
+            "poll",
+            KafkaError::MessageConsumption(RDKafkaErrorCode::RequestTimedOut),
+        );
+        assert!(timeout.is_retriable());
+        assert!(!timeout.is_fenced());
+        assert!(Error::Config("no application id".into()).is_fatal());
+    }
+}

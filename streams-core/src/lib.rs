@@ -1,0 +1,11 @@
+//! # streams-core
+//!
+//! The runtime of kstreams: records and serdes, the Processor API, topologies, tasks, stream
+//! threads, state stores with their changelogs, and the commit protocols (at-least-once and
+//! exactly-once). See `shared/DESIGN.md` of the project for the model.
+//!
+//! Today this crate holds the error type every later module builds on.
+
+pub mod error;
+
+pub use error::{Error, Result};

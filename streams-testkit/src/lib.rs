@@ -1,0 +1,18 @@
+//! # streams-testkit
+//!
+//! Test support shared by every test, example driver and benchmark that needs a Kafka broker.
+//!
+//! - [`broker`]: where the broker is. `KAFKA_BOOTSTRAP_SERVERS` wins when set (Apache Kafka,
+//!   Redpanda, a cloud cluster); otherwise the project's own test broker (nisshi 0.7.0, see
+//!   `docs/BROKER.md`) is started on a free loopback port, once per test process, and killed
+//!   with the process.
+//! - [`names`]: unique topic, group and transactional-id names, so tests never share state.
+//! - [`kafka`]: small helpers over rdkafka (admin, produce, read a topic to the end).
+
+pub mod broker;
+pub mod kafka;
+pub mod names;
+pub mod proxy;
+
+pub use broker::{bootstrap_servers, BrokerOptions, ManagedBroker, StorageEngine};
+pub use names::unique;

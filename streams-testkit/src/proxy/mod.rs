@@ -1,0 +1,649 @@
+//! A Kafka-protocol proxy in front of the test broker that gives `read_committed` readers
+//! Kafka's semantics.
+//!
+//! nisshi 0.7.0 writes transactional batches and their COMMIT/ABORT markers correctly, but every
+//! Fetch response it sends carries an empty aborted-transactions list, so clients deliver the
+//! records of aborted transactions (see `docs/BROKER.md`). Kafka clients drop those records
+//! themselves when the list is there. This proxy forwards every request and response unchanged
+//! except:
+//!
+//! - **Fetch, `read_committed`**: for each partition whose records include transactional data,
+//!   it fills in the aborted-transactions list (producer id, first offset) from a
+//!   [`PartitionIndex`](index::PartitionIndex) built by reading the partition's own log, control
+//!   markers included: from the responses that pass through, and by fetching ahead itself when a
+//!   transaction's marker lies beyond a response.
+//! - **Metadata, FindCoordinator, DescribeCluster** (and Fetch's node endpoints): every broker
+//!   address is replaced by the proxy's own, so clients keep talking through it.
+//! - **ApiVersions**: versions are capped at what the protocol crate can decode, for the APIs the
+//!   proxy decodes.
+//!
+//! The index is derived from the log, so it survives client disconnects and broker restarts on
+//! a durable engine; if a broker comes back with a shorter log (memory engine), the partition's
+//! index starts over.
+
+mod batches;
+mod index;
+
+pub use batches::{parse as parse_batches, BatchInfo, ControlType};
+pub use index::{AbortedTxn, PartitionIndex};
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::fetch_response::AbortedTransaction;
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsResponse, DescribeClusterResponse, FetchRequest, FetchResponse,
+    FindCoordinatorResponse, MetadataResponse, ProduceRequest, RequestHeader, ResponseHeader,
+};
+use kafka_protocol::protocol::{
+    decode_request_header_from_buffer, encode_request_header_into_buffer, Decodable, Encodable,
+    StrBytes,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+/// Fetches above this many bytes are refused (a corrupt length prefix).
+const MAX_FRAME: usize = 512 * 1024 * 1024;
+/// How much one look-ahead fetch of the index asks for.
+const SCAN_BYTES: i32 = 8 * 1024 * 1024;
+
+/// Counters of what the proxy did, for tests and benchmarks.
+#[derive(Debug, Default)]
+pub struct ProxyStats {
+    /// Client connections accepted.
+    pub connections: AtomicU64,
+    /// read_committed Fetch responses that passed through.
+    pub read_committed_fetches: AtomicU64,
+    /// Fetch responses that got a non-empty aborted-transactions list.
+    pub fetches_with_aborted: AtomicU64,
+    /// Look-ahead fetches the index made itself.
+    pub index_fetches: AtomicU64,
+}
+
+/// A running proxy. Dropping it stops it and closes every connection.
+pub struct TxnProxy {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for TxnProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TxnProxy")
+            .field("addr", &self.addr)
+            .field("upstream", &self.shared.upstream)
+            .finish()
+    }
+}
+
+impl TxnProxy {
+    /// Listens on `listen` (port 0 for a free one) and forwards to the broker at `upstream`.
+    /// The proxy runs on a thread of its own.
+    pub fn start(listen: SocketAddr, upstream: SocketAddr) -> io::Result<TxnProxy> {
+        let std_listener = std::net::TcpListener::bind(listen)?;
+        std_listener.set_nonblocking(true)?;
+        let addr = std_listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            upstream,
+            advertised_host: StrBytes::from_string(addr.ip().to_string()),
+            advertised_port: i32::from(addr.port()),
+            partitions: Mutex::new(HashMap::new()),
+            scan_conns: Mutex::new(Vec::new()),
+            stats: ProxyStats::default(),
+            next_correlation: AtomicU64::new(1),
+        });
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("txn-proxy".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name("txn-proxy-worker")
+                    .enable_all()
+                    .build()
+                    .expect("building the proxy's runtime");
+                runtime.block_on(async move {
+                    let listener =
+                        TcpListener::from_std(std_listener).expect("registering the listener");
+                    tokio::select! {
+                        _ = accept_loop(listener, thread_shared) => {}
+                        _ = rx => {}
+                    }
+                });
+                runtime.shutdown_background();
+            })?;
+        Ok(TxnProxy {
+            addr,
+            shared,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// The address clients connect to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// What the proxy has done so far.
+    pub fn stats(&self) -> &ProxyStats {
+        &self.shared.stats
+    }
+
+    /// The number of aborted transactions indexed, over all partitions.
+    pub fn aborted_transactions_indexed(&self) -> usize {
+        let partitions = self
+            .shared
+            .partitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        partitions
+            .values()
+            .map(|p| p.try_lock().map(|p| p.aborted_count()).unwrap_or(0))
+            .sum()
+    }
+}
+
+impl Drop for TxnProxy {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// How a Fetch names a topic: by name up to version 12, by id from 13.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum TopicKey {
+    Name(StrBytes),
+    Id(uuid::Uuid),
+}
+
+type PartitionKey = (TopicKey, i32);
+
+struct Shared {
+    upstream: SocketAddr,
+    advertised_host: StrBytes,
+    advertised_port: i32,
+    partitions: Mutex<HashMap<PartitionKey, Arc<tokio::sync::Mutex<PartitionIndex>>>>,
+    /// Idle connections for the index's own fetches.
+    scan_conns: Mutex<Vec<TcpStream>>,
+    stats: ProxyStats,
+    next_correlation: AtomicU64,
+}
+
+impl Shared {
+    fn partition(&self, key: PartitionKey) -> Arc<tokio::sync::Mutex<PartitionIndex>> {
+        self.partitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_default()
+            .clone()
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        match listener.accept().await {
+            Ok((client, _)) => {
+                shared.stats.connections.fetch_add(1, Ordering::Relaxed);
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = serve(client, shared).await {
+                        tracing::debug!("proxy connection closed: {e:#}");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!("proxy accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// A request forwarded upstream whose response is still to come.
+struct Pending {
+    correlation_id: i32,
+    api_key: i16,
+    api_version: i16,
+    read_committed: bool,
+}
+
+async fn serve(client: TcpStream, shared: Arc<Shared>) -> anyhow::Result<()> {
+    let upstream = TcpStream::connect(shared.upstream)
+        .await
+        .context("connecting to the broker")?;
+    client.set_nodelay(true)?;
+    upstream.set_nodelay(true)?;
+    let (client_read, mut client_write) = client.into_split();
+    let (upstream_read, mut upstream_write) = upstream.into_split();
+    let (pending_tx, mut pending_rx) = mpsc::unbounded_channel::<Pending>();
+
+    let requests = tokio::spawn(async move {
+        let mut reader = BufReader::with_capacity(64 * 1024, client_read);
+        while let Some(frame) = read_frame(&mut reader).await? {
+            if let Some(pending) = inspect_request(&frame) {
+                if pending_tx.send(pending).is_err() {
+                    break;
+                }
+            }
+            upstream_write.write_all(&frame).await?;
+        }
+        anyhow::Ok(())
+    });
+
+    let mut reader = BufReader::with_capacity(256 * 1024, upstream_read);
+    let result = async {
+        while let Some(frame) = read_frame(&mut reader).await? {
+            let correlation_id = (&frame[4..8]).get_i32();
+            let pending = pending_rx
+                .recv()
+                .await
+                .context("a response came without a request")?;
+            if pending.correlation_id != correlation_id {
+                bail!(
+                    "response correlation id {correlation_id} does not match the request's {}",
+                    pending.correlation_id
+                );
+            }
+            let out = match transform_response(&shared, &pending, frame.slice(4..)).await {
+                Ok(Some(body)) => with_length(body),
+                Ok(None) => frame,
+                Err(e) => {
+                    tracing::warn!(
+                        api_key = pending.api_key,
+                        api_version = pending.api_version,
+                        "proxy passes a response through unchanged: {e:#}"
+                    );
+                    frame
+                }
+            };
+            client_write.write_all(&out).await?;
+        }
+        Ok(())
+    }
+    .await;
+    requests.abort();
+    result
+}
+
+/// Reads one length-prefixed frame (prefix included); `None` at a clean end of stream.
+async fn read_frame<R: AsyncReadExt + Unpin>(reader: &mut R) -> io::Result<Option<Bytes>> {
+    let len = match reader.read_i32().await {
+        Ok(len) => len,
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if len < 8 || len as usize > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame length {len}"),
+        ));
+    }
+    let mut buf = BytesMut::with_capacity(4 + len as usize);
+    buf.put_i32(len);
+    buf.resize(4 + len as usize, 0);
+    reader.read_exact(&mut buf[4..]).await?;
+    Ok(Some(buf.freeze()))
+}
+
+fn with_length(body: BytesMut) -> Bytes {
+    let mut out = BytesMut::with_capacity(4 + body.len());
+    out.put_i32(body.len() as i32);
+    out.extend_from_slice(&body);
+    out.freeze()
+}
+
+/// What the response to this request will need; `None` for a request that gets no response
+/// (Produce with acks=0).
+fn inspect_request(frame: &Bytes) -> Option<Pending> {
+    let mut raw = &frame[4..];
+    let api_key = raw.get_i16();
+    let api_version = raw.get_i16();
+    let correlation_id = raw.get_i32();
+    let mut pending = Pending {
+        correlation_id,
+        api_key,
+        api_version,
+        read_committed: false,
+    };
+    let mut body = frame.slice(4..);
+    let Ok(_header) = decode_request_header_from_buffer(&mut body) else {
+        return Some(pending);
+    };
+    if api_key == ApiKey::Fetch as i16 {
+        if let Ok(req) = FetchRequest::decode(&mut body, api_version) {
+            pending.read_committed = req.isolation_level == 1;
+        }
+    } else if api_key == ApiKey::Produce as i16 {
+        if let Ok(req) = ProduceRequest::decode(&mut body, api_version) {
+            if req.acks == 0 {
+                return None;
+            }
+        }
+    }
+    Some(pending)
+}
+
+/// The new response body (header included), or `None` to forward the original.
+async fn transform_response(
+    shared: &Shared,
+    pending: &Pending,
+    mut body: Bytes,
+) -> anyhow::Result<Option<BytesMut>> {
+    let Ok(api_key) = ApiKey::try_from(pending.api_key) else {
+        return Ok(None);
+    };
+    let version = pending.api_version;
+    let header_version = api_key.response_header_version(version);
+    let decode_header =
+        |body: &mut Bytes| ResponseHeader::decode(body, header_version).context("header");
+    match api_key {
+        ApiKey::Fetch if pending.read_committed => {
+            let header = decode_header(&mut body)?;
+            let mut resp = FetchResponse::decode(&mut body, version)?;
+            let changed_index = add_aborted_transactions(shared, &mut resp, version).await?;
+            let changed_hosts = rewrite_node_endpoints(shared, &mut resp);
+            if changed_index || changed_hosts {
+                return encode(&header, header_version, &resp, version).map(Some);
+            }
+            Ok(None)
+        }
+        ApiKey::Fetch => {
+            // read_uncommitted readers need nothing but the right node endpoints, which a
+            // response only carries when leadership moved.
+            Ok(None)
+        }
+        ApiKey::Metadata => {
+            let header = decode_header(&mut body)?;
+            let mut resp = MetadataResponse::decode(&mut body, version)?;
+            for b in &mut resp.brokers {
+                b.host = shared.advertised_host.clone();
+                b.port = shared.advertised_port;
+            }
+            encode(&header, header_version, &resp, version).map(Some)
+        }
+        ApiKey::FindCoordinator => {
+            let header = decode_header(&mut body)?;
+            let mut resp = FindCoordinatorResponse::decode(&mut body, version)?;
+            if version < 4 {
+                if resp.error_code == 0 {
+                    resp.host = shared.advertised_host.clone();
+                    resp.port = shared.advertised_port;
+                }
+            } else {
+                for c in &mut resp.coordinators {
+                    if c.error_code == 0 {
+                        c.host = shared.advertised_host.clone();
+                        c.port = shared.advertised_port;
+                    }
+                }
+            }
+            encode(&header, header_version, &resp, version).map(Some)
+        }
+        ApiKey::DescribeCluster => {
+            let header = decode_header(&mut body)?;
+            let mut resp = DescribeClusterResponse::decode(&mut body, version)?;
+            for b in &mut resp.brokers {
+                b.host = shared.advertised_host.clone();
+                b.port = shared.advertised_port;
+            }
+            encode(&header, header_version, &resp, version).map(Some)
+        }
+        ApiKey::ApiVersions => {
+            let header = decode_header(&mut body)?;
+            let mut resp = ApiVersionsResponse::decode(&mut body, version)?;
+            let mut changed = false;
+            for v in &mut resp.api_keys {
+                let decoded = [
+                    ApiKey::Fetch,
+                    ApiKey::Produce,
+                    ApiKey::Metadata,
+                    ApiKey::FindCoordinator,
+                    ApiKey::DescribeCluster,
+                    ApiKey::ApiVersions,
+                ];
+                if let Some(key) = decoded.iter().find(|k| **k as i16 == v.api_key) {
+                    let max = key.valid_versions().max;
+                    if v.max_version > max {
+                        v.max_version = max;
+                        changed = true;
+                    }
+                }
+            }
+            if changed {
+                return encode(&header, header_version, &resp, version).map(Some);
+            }
+            Ok(None)
+        }
+        _ => Ok(None),
+    }
+}
+
+fn encode<M: Encodable>(
+    header: &ResponseHeader,
+    header_version: i16,
+    body: &M,
+    version: i16,
+) -> anyhow::Result<BytesMut> {
+    let mut out = BytesMut::new();
+    header.encode(&mut out, header_version)?;
+    body.encode(&mut out, version)?;
+    Ok(out)
+}
+
+fn rewrite_node_endpoints(shared: &Shared, resp: &mut FetchResponse) -> bool {
+    for n in &mut resp.node_endpoints {
+        n.host = shared.advertised_host.clone();
+        n.port = shared.advertised_port;
+    }
+    !resp.node_endpoints.is_empty()
+}
+
+/// Fills in the aborted-transactions list of every partition of a read_committed Fetch
+/// response. Returns whether any list is non-empty (the response must be re-encoded).
+async fn add_aborted_transactions(
+    shared: &Shared,
+    resp: &mut FetchResponse,
+    version: i16,
+) -> anyhow::Result<bool> {
+    shared
+        .stats
+        .read_committed_fetches
+        .fetch_add(1, Ordering::Relaxed);
+    let mut changed = false;
+    for topic in &mut resp.responses {
+        let topic_key = if version >= 13 {
+            TopicKey::Id(topic.topic_id)
+        } else {
+            TopicKey::Name(topic.topic.0.clone())
+        };
+        for part in &mut topic.partitions {
+            let Some(records) = part.records.as_ref() else {
+                continue;
+            };
+            let batches = batches::parse(records);
+            let Some(first) = batches.first() else {
+                continue;
+            };
+            let (range_first, range_last) =
+                (first.base_offset, batches[batches.len() - 1].last_offset);
+            let index = shared.partition((topic_key.clone(), part.partition_index));
+            let mut index = index.lock().await;
+            if part.high_watermark >= 0 && part.high_watermark < index.next() {
+                tracing::warn!(
+                    partition = part.partition_index,
+                    "the log is shorter than the index: the broker lost data; indexing anew"
+                );
+                index.reset();
+            }
+            index.apply_contiguous(&batches);
+            if !batches
+                .iter()
+                .any(|b| b.transactional && b.control.is_none())
+            {
+                continue; // nothing in this response can belong to an aborted transaction
+            }
+            while !index.decided_through(range_last) {
+                let from = index.next();
+                let scan = scan_fetch(shared, &topic_key, part.partition_index, from, version)
+                    .await
+                    .with_context(|| format!("index fetch at offset {from}"))?;
+                if scan.error_code == 1 && scan.log_start_offset > from {
+                    index.skip_to(scan.log_start_offset); // OFFSET_OUT_OF_RANGE
+                    continue;
+                }
+                if scan.error_code != 0 {
+                    bail!(
+                        "index fetch at offset {from}: error code {}",
+                        scan.error_code
+                    );
+                }
+                if scan.batches.is_empty() {
+                    bail!(
+                        "index fetch at offset {from} returned nothing below the high watermark \
+                         {}, but a transaction in offsets {range_first}..={range_last} has no \
+                         marker yet",
+                        scan.high_watermark
+                    );
+                }
+                index.apply_from_next(&scan.batches);
+            }
+            let aborted = index.aborted_overlapping(range_first, range_last);
+            if !aborted.is_empty() {
+                changed = true;
+                part.aborted_transactions = Some(
+                    aborted
+                        .iter()
+                        .map(|t| {
+                            AbortedTransaction::default()
+                                .with_producer_id(t.producer_id.into())
+                                .with_first_offset(t.first_offset)
+                        })
+                        .collect(),
+                );
+            }
+        }
+    }
+    if changed {
+        shared
+            .stats
+            .fetches_with_aborted
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(changed)
+}
+
+struct ScanResult {
+    error_code: i16,
+    high_watermark: i64,
+    log_start_offset: i64,
+    batches: Vec<BatchInfo>,
+}
+
+/// The index's own read_uncommitted fetch of one partition at `offset`.
+async fn scan_fetch(
+    shared: &Shared,
+    topic: &TopicKey,
+    partition: i32,
+    offset: i64,
+    version: i16,
+) -> anyhow::Result<ScanResult> {
+    shared.stats.index_fetches.fetch_add(1, Ordering::Relaxed);
+    let correlation_id =
+        (shared.next_correlation.fetch_add(1, Ordering::Relaxed) & 0x3fff_ffff) as i32;
+    let mut fetch_topic = FetchTopic::default().with_partitions(vec![FetchPartition::default()
+        .with_partition(partition)
+        .with_current_leader_epoch(-1)
+        .with_fetch_offset(offset)
+        .with_last_fetched_epoch(-1)
+        .with_log_start_offset(-1)
+        .with_partition_max_bytes(SCAN_BYTES)]);
+    match topic {
+        TopicKey::Name(name) => fetch_topic.topic = name.clone().into(),
+        TopicKey::Id(id) => fetch_topic.topic_id = *id,
+    }
+    let request = FetchRequest::default()
+        .with_replica_id((-1).into())
+        .with_max_wait_ms(0)
+        .with_min_bytes(1)
+        .with_max_bytes(SCAN_BYTES)
+        .with_isolation_level(0)
+        .with_session_id(0)
+        .with_session_epoch(-1)
+        .with_topics(vec![fetch_topic]);
+    let header = RequestHeader::default()
+        .with_request_api_key(ApiKey::Fetch as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation_id)
+        .with_client_id(Some(StrBytes::from_static_str("kstreams-txn-proxy")));
+    let mut body = BytesMut::new();
+    encode_request_header_into_buffer(&mut body, &header)?;
+    request.encode(&mut body, version)?;
+
+    let conn = shared
+        .scan_conns
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .pop();
+    let mut conn = match conn {
+        Some(c) => c,
+        None => {
+            let c = TcpStream::connect(shared.upstream).await?;
+            c.set_nodelay(true)?;
+            c
+        }
+    };
+    conn.write_all(&with_length(body)).await?;
+    let frame = read_frame(&mut conn)
+        .await?
+        .context("the broker closed the index connection")?;
+    shared
+        .scan_conns
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(conn);
+
+    let mut resp_body = frame.slice(4..);
+    let header = ResponseHeader::decode(
+        &mut resp_body,
+        ApiKey::Fetch.response_header_version(version),
+    )?;
+    if header.correlation_id != correlation_id {
+        bail!("index fetch: correlation id mismatch");
+    }
+    let resp = FetchResponse::decode(&mut resp_body, version)?;
+    if resp.error_code != 0 {
+        bail!("index fetch: error code {}", resp.error_code);
+    }
+    let part = resp
+        .responses
+        .into_iter()
+        .flat_map(|t| t.partitions)
+        .find(|p| p.partition_index == partition)
+        .context("index fetch: the partition is missing from the response")?;
+    Ok(ScanResult {
+        error_code: part.error_code,
+        high_watermark: part.high_watermark,
+        log_start_offset: part.log_start_offset,
+        batches: part
+            .records
+            .as_deref()
+            .map(batches::parse)
+            .unwrap_or_default(),
+    })
+}

@@ -1,0 +1,455 @@
+//! Broker conformance: each broker behaviour the runtime relies on, checked against the real
+//! broker with rdkafka (the project's test broker, or `KAFKA_BOOTSTRAP_SERVERS`).
+//!
+//! Every check ends on a condition, not a sleep: where a test must show that records were *not*
+//! delivered, it writes a committed sentinel after them in the same partition and reads until the
+//! sentinel arrives, so everything before it has been delivered or dropped by then.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use streams_testkit::kafka::{
+    client_config, committed_offsets, consume_until, create_topic, describe_topic_config,
+    partition_count, Isolation, Received,
+};
+use streams_testkit::{bootstrap_servers, unique, BrokerOptions, ManagedBroker, StorageEngine};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn producer(bootstrap: &str, transactional_id: Option<&str>) -> BaseProducer {
+    let mut cfg = client_config(bootstrap);
+    cfg.set("enable.idempotence", "true").set("linger.ms", "5");
+    if let Some(id) = transactional_id {
+        cfg.set("transactional.id", id)
+            .set("transaction.timeout.ms", "60000");
+    }
+    let p: BaseProducer = cfg.create().expect("creating a producer");
+    if transactional_id.is_some() {
+        p.init_transactions(TIMEOUT).expect("init_transactions");
+    }
+    p
+}
+
+fn send(p: &BaseProducer, topic: &str, partition: i32, key: &str, value: &str) {
+    let mut record = BaseRecord::to(topic)
+        .key(key)
+        .payload(value)
+        .partition(partition);
+    loop {
+        match p.send(record) {
+            Ok(()) => return,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                p.poll(Duration::from_millis(10));
+                record = r;
+            }
+            Err((e, _)) => panic!("send to {topic}: {e}"),
+        }
+    }
+}
+
+fn flush(p: &BaseProducer) {
+    p.flush(TIMEOUT).expect("flush");
+}
+
+fn values(records: &[Received]) -> Vec<String> {
+    records.iter().map(Received::value_str).collect()
+}
+
+fn contains_value(records: &[Received], value: &str) -> bool {
+    records.iter().any(|r| r.value_str() == value)
+}
+
+#[test]
+fn topics_with_partitions_and_compaction() {
+    let bootstrap = bootstrap_servers();
+    let plain = unique("conf-plain");
+    let compacted = unique("conf-compacted");
+    create_topic(&bootstrap, &plain, 4, &[]).unwrap();
+    create_topic(&bootstrap, &compacted, 3, &[("cleanup.policy", "compact")]).unwrap();
+    assert_eq!(partition_count(&bootstrap, &plain).unwrap(), 4);
+    assert_eq!(partition_count(&bootstrap, &compacted).unwrap(), 3);
+    let config = describe_topic_config(&bootstrap, &compacted).unwrap();
+    assert_eq!(
+        config.get("cleanup.policy").map(String::as_str),
+        Some("compact"),
+        "described configs: {config:?}"
+    );
+}
+
+#[test]
+fn idempotent_produce_delivers_each_record_once_in_order() {
+    let bootstrap = bootstrap_servers();
+    let topic = unique("conf-idempotent");
+    create_topic(&bootstrap, &topic, 3, &[]).unwrap();
+    let p = producer(&bootstrap, None);
+    for i in 0..300 {
+        send(&p, &topic, i % 3, &format!("k{i}"), &format!("v{i}"));
+    }
+    flush(&p);
+    let got = consume_until(
+        &bootstrap,
+        &topic,
+        Isolation::ReadUncommitted,
+        TIMEOUT,
+        |r| r.len() >= 300,
+    )
+    .unwrap();
+    assert_eq!(got.len(), 300);
+    for partition in 0..3 {
+        let in_partition: Vec<_> = got.iter().filter(|r| r.partition == partition).collect();
+        let expected: Vec<String> = (0..300)
+            .filter(|i| i % 3 == partition)
+            .map(|i| format!("v{i}"))
+            .collect();
+        let seen: Vec<String> = in_partition.iter().map(|r| r.value_str()).collect();
+        assert_eq!(seen, expected, "partition {partition}");
+        let offsets: Vec<i64> = in_partition.iter().map(|r| r.offset).collect();
+        assert!(
+            offsets.windows(2).all(|w| w[0] < w[1]),
+            "offsets {offsets:?}"
+        );
+    }
+}
+
+#[test]
+fn transaction_commit_is_visible_to_read_committed() {
+    let bootstrap = bootstrap_servers();
+    let topic = unique("conf-txn-commit");
+    create_topic(&bootstrap, &topic, 2, &[]).unwrap();
+    let p = producer(&bootstrap, Some(&unique("conf-txn")));
+    p.begin_transaction().unwrap();
+    for i in 0..100 {
+        send(&p, &topic, i % 2, "k", &format!("c{i}"));
+    }
+    p.commit_transaction(TIMEOUT).unwrap();
+    let got = consume_until(&bootstrap, &topic, Isolation::ReadCommitted, TIMEOUT, |r| {
+        r.len() >= 100
+    })
+    .unwrap();
+    let seen: BTreeSet<String> = values(&got).into_iter().collect();
+    let expected: BTreeSet<String> = (0..100).map(|i| format!("c{i}")).collect();
+    assert_eq!(seen, expected);
+    assert_eq!(got.len(), 100, "no duplicates");
+}
+
+#[test]
+fn transaction_abort_is_hidden_from_read_committed() {
+    let bootstrap = bootstrap_servers();
+    let topic = unique("conf-txn-abort");
+    create_topic(&bootstrap, &topic, 1, &[]).unwrap();
+    let p = producer(&bootstrap, Some(&unique("conf-txn")));
+
+    p.begin_transaction().unwrap();
+    for i in 0..10 {
+        send(&p, &topic, 0, "k", &format!("aborted-{i}"));
+    }
+    flush(&p);
+    p.abort_transaction(TIMEOUT).unwrap();
+
+    p.begin_transaction().unwrap();
+    for i in 0..10 {
+        send(&p, &topic, 0, "k", &format!("committed-{i}"));
+    }
+    p.commit_transaction(TIMEOUT).unwrap();
+
+    let committed = consume_until(&bootstrap, &topic, Isolation::ReadCommitted, TIMEOUT, |r| {
+        contains_value(r, "committed-9")
+    })
+    .unwrap();
+    let expected: Vec<String> = (0..10).map(|i| format!("committed-{i}")).collect();
+    assert_eq!(
+        values(&committed),
+        expected,
+        "read_committed must see the committed batch only"
+    );
+
+    let everything = consume_until(
+        &bootstrap,
+        &topic,
+        Isolation::ReadUncommitted,
+        TIMEOUT,
+        |r| contains_value(r, "committed-9"),
+    )
+    .unwrap();
+    assert_eq!(everything.len(), 20, "read_uncommitted sees both batches");
+}
+
+#[test]
+fn open_transaction_is_hidden_from_read_committed() {
+    let bootstrap = bootstrap_servers();
+    let topic = unique("conf-txn-open");
+    create_topic(&bootstrap, &topic, 1, &[]).unwrap();
+    let plain = producer(&bootstrap, None);
+    send(&plain, &topic, 0, "k", "before");
+    flush(&plain);
+
+    let p = producer(&bootstrap, Some(&unique("conf-txn")));
+    p.begin_transaction().unwrap();
+    send(&p, &topic, 0, "k", "open-0");
+    flush(&p);
+
+    // The open transaction holds read_committed readers below it: they see "before" only,
+    // even once read_uncommitted readers see "open-0".
+    consume_until(
+        &bootstrap,
+        &topic,
+        Isolation::ReadUncommitted,
+        TIMEOUT,
+        |r| contains_value(r, "open-0"),
+    )
+    .unwrap();
+    let got = consume_until(&bootstrap, &topic, Isolation::ReadCommitted, TIMEOUT, |r| {
+        contains_value(r, "before")
+    })
+    .unwrap();
+    assert_eq!(values(&got), ["before"]);
+
+    p.commit_transaction(TIMEOUT).unwrap();
+    let got = consume_until(&bootstrap, &topic, Isolation::ReadCommitted, TIMEOUT, |r| {
+        contains_value(r, "open-0")
+    })
+    .unwrap();
+    assert_eq!(values(&got), ["before", "open-0"]);
+}
+
+#[test]
+fn fencing_by_transactional_id() {
+    let bootstrap = bootstrap_servers();
+    let topic = unique("conf-fence");
+    create_topic(&bootstrap, &topic, 1, &[]).unwrap();
+    let txn_id = unique("conf-fence-txn");
+
+    let zombie = producer(&bootstrap, Some(&txn_id));
+    zombie.begin_transaction().unwrap();
+    send(&zombie, &topic, 0, "k", "zombie-0");
+    flush(&zombie);
+
+    // The successor's init_transactions aborts the zombie's open transaction and fences it.
+    let successor = producer(&bootstrap, Some(&txn_id));
+
+    send(&zombie, &topic, 0, "k", "zombie-1");
+    let _ = zombie.flush(TIMEOUT);
+    let err = zombie
+        .commit_transaction(TIMEOUT)
+        .expect_err("the fenced producer's commit must fail");
+    let fenced = match &err {
+        KafkaError::Transaction(e) => {
+            e.is_fatal()
+                && matches!(
+                    e.code(),
+                    RDKafkaErrorCode::Fenced
+                        | RDKafkaErrorCode::ProducerFenced
+                        | RDKafkaErrorCode::InvalidProducerEpoch
+                )
+        }
+        _ => false,
+    };
+    assert!(fenced, "expected a fatal fencing error, got {err:?}");
+
+    successor.begin_transaction().unwrap();
+    send(&successor, &topic, 0, "k", "successor-0");
+    successor.commit_transaction(TIMEOUT).unwrap();
+
+    let got = consume_until(&bootstrap, &topic, Isolation::ReadCommitted, TIMEOUT, |r| {
+        contains_value(r, "successor-0")
+    })
+    .unwrap();
+    assert_eq!(
+        values(&got),
+        ["successor-0"],
+        "the zombie's records must stay hidden from read_committed"
+    );
+}
+
+/// Polls `consumer` until it has an assignment satisfying `done`.
+fn poll_until_assigned(
+    consumers: &[&BaseConsumer],
+    mut done: impl FnMut(&[BTreeSet<i32>]) -> bool,
+) -> Vec<BTreeSet<i32>> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let assignments: Vec<BTreeSet<i32>> = consumers
+            .iter()
+            .map(|c| {
+                let _ = c.poll(Duration::from_millis(50));
+                c.assignment()
+                    .unwrap()
+                    .elements()
+                    .iter()
+                    .map(|e| e.partition())
+                    .collect()
+            })
+            .collect();
+        if done(&assignments) {
+            return assignments;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "assignment did not settle: {assignments:?}"
+        );
+    }
+}
+
+fn group_consumer(bootstrap: &str, group: &str) -> BaseConsumer {
+    client_config(bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("partition.assignment.strategy", "range")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "500")
+        .create()
+        .expect("creating a consumer")
+}
+
+#[test]
+fn consumer_group_shares_partitions_and_rebalances() {
+    let bootstrap = bootstrap_servers();
+    let topic = unique("conf-group");
+    create_topic(&bootstrap, &topic, 4, &[]).unwrap();
+    let group = unique("conf-group");
+    let a = group_consumer(&bootstrap, &group);
+    let b = group_consumer(&bootstrap, &group);
+    a.subscribe(&[&topic]).unwrap();
+    b.subscribe(&[&topic]).unwrap();
+    let all: BTreeSet<i32> = (0..4).collect();
+    let split = poll_until_assigned(&[&a, &b], |s| {
+        !s[0].is_empty()
+            && !s[1].is_empty()
+            && s[0].union(&s[1]).copied().collect::<BTreeSet<_>>() == all
+    });
+    assert!(split[0].is_disjoint(&split[1]), "overlapping: {split:?}");
+
+    drop(b); // closes the consumer: it leaves the group
+    let alone = poll_until_assigned(&[&a], |s| s[0] == all);
+    assert_eq!(alone[0], all);
+}
+
+#[test]
+fn consume_transform_produce_moves_offsets_on_commit_only() {
+    let bootstrap = bootstrap_servers();
+    let input = unique("conf-ctp-in");
+    let output = unique("conf-ctp-out");
+    create_topic(&bootstrap, &input, 1, &[]).unwrap();
+    create_topic(&bootstrap, &output, 1, &[]).unwrap();
+    let plain = producer(&bootstrap, None);
+    for i in 0..20 {
+        send(&plain, &input, 0, "k", &format!("in-{i}"));
+    }
+    flush(&plain);
+
+    let group = unique("conf-ctp-group");
+    let consumer = group_consumer(&bootstrap, &group);
+    consumer.subscribe(&[&input]).unwrap();
+    let p = producer(&bootstrap, Some(&unique("conf-ctp-txn")));
+
+    // Reads `n` input records and copies them to the output in one transaction; returns the
+    // next offset to consume.
+    let transform = |n: usize, commit: bool, last_offset: &mut i64| {
+        p.begin_transaction().unwrap();
+        let mut taken = 0;
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while taken < n {
+            assert!(std::time::Instant::now() < deadline, "input did not arrive");
+            if let Some(msg) = consumer.poll(Duration::from_millis(100)) {
+                let msg = msg.unwrap();
+                let value = String::from_utf8_lossy(msg.payload().unwrap()).replace("in", "out");
+                send(&p, &output, 0, "k", &value);
+                *last_offset = msg.offset();
+                taken += 1;
+            }
+        }
+        let mut offsets = TopicPartitionList::new();
+        offsets
+            .add_partition_offset(&input, 0, Offset::Offset(*last_offset + 1))
+            .unwrap();
+        p.send_offsets_to_transaction(&offsets, &consumer.group_metadata().unwrap(), TIMEOUT)
+            .unwrap();
+        if commit {
+            p.commit_transaction(TIMEOUT).unwrap();
+        } else {
+            p.abort_transaction(TIMEOUT).unwrap();
+        }
+    };
+
+    let mut last = -1;
+    transform(10, true, &mut last);
+    assert_eq!(last, 9);
+    assert_eq!(
+        committed_offsets(&bootstrap, &group, &input).unwrap(),
+        [Some(10)],
+        "commit moves the group's offset"
+    );
+
+    transform(5, false, &mut last);
+    assert_eq!(
+        committed_offsets(&bootstrap, &group, &input).unwrap(),
+        [Some(10)],
+        "abort leaves the group's offset where it was"
+    );
+    let got = consume_until(
+        &bootstrap,
+        &output,
+        Isolation::ReadCommitted,
+        TIMEOUT,
+        |r| r.len() >= 10,
+    )
+    .unwrap();
+    let expected: Vec<String> = (0..10).map(|i| format!("out-{i}")).collect();
+    assert_eq!(values(&got), expected);
+}
+
+#[test]
+fn restarted_broker_keeps_records_and_offsets() {
+    // Always a broker of its own: the check restarts it. It uses the project's broker (sqlite
+    // engine) even when KAFKA_BOOTSTRAP_SERVERS names another one.
+    let mut broker = ManagedBroker::start(BrokerOptions {
+        engine: StorageEngine::Sqlite,
+        ..Default::default()
+    })
+    .unwrap();
+    let bootstrap = broker.bootstrap_servers();
+    let topic = unique("conf-restart");
+    create_topic(&bootstrap, &topic, 2, &[]).unwrap();
+    let p = producer(&bootstrap, None);
+    for i in 0..50 {
+        send(&p, &topic, i % 2, "k", &format!("r{i}"));
+    }
+    flush(&p);
+    drop(p);
+    let group = unique("conf-restart-group");
+    let c = group_consumer(&bootstrap, &group);
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, Offset::Offset(7))
+        .unwrap();
+    tpl.add_partition_offset(&topic, 1, Offset::Offset(11))
+        .unwrap();
+    c.commit(&tpl, rdkafka::consumer::CommitMode::Sync).unwrap();
+    drop(c);
+
+    broker.restart().unwrap();
+
+    let got = consume_until(
+        &bootstrap,
+        &topic,
+        Isolation::ReadUncommitted,
+        TIMEOUT,
+        |r| r.len() >= 50,
+    )
+    .unwrap();
+    let by_partition: BTreeMap<i32, usize> = got.iter().fold(BTreeMap::new(), |mut m, r| {
+        *m.entry(r.partition).or_default() += 1;
+        m
+    });
+    assert_eq!(by_partition, BTreeMap::from([(0, 25), (1, 25)]));
+    assert_eq!(
+        committed_offsets(&bootstrap, &group, &topic).unwrap(),
+        [Some(7), Some(11)]
+    );
+}
