@@ -237,19 +237,20 @@ fn fencing_by_transactional_id() {
     let err = zombie
         .commit_transaction(TIMEOUT)
         .expect_err("the fenced producer's commit must fail");
-    let fenced = match &err {
-        KafkaError::Transaction(e) => {
-            e.is_fatal()
-                && matches!(
-                    e.code(),
-                    RDKafkaErrorCode::Fenced
-                        | RDKafkaErrorCode::ProducerFenced
-                        | RDKafkaErrorCode::InvalidProducerEpoch
-                )
-        }
-        _ => false,
-    };
-    assert!(fenced, "expected a fatal fencing error, got {err:?}");
+    assert!(is_fencing(&err), "expected a fencing error, got {err:?}");
+
+    // Whether the client took the error as fatal or as "abort the transaction" (brokers differ),
+    // the zombie must not get anything committed any more. (On nisshi 0.7.0 its abort times out
+    // where Kafka answers PRODUCER_FENCED: see docs/BROKER.md. Either way nothing commits.)
+    let short = Duration::from_secs(5);
+    let zombie_retry = zombie.abort_transaction(short).and_then(|()| {
+        zombie.begin_transaction()?;
+        send(&zombie, &topic, 0, "k", "zombie-2");
+        let _ = zombie.flush(short);
+        zombie.commit_transaction(short)
+    });
+    let err = zombie_retry.expect_err("the fenced producer must not commit again");
+    println!("fenced producer, abort and retry: {err}");
 
     successor.begin_transaction().unwrap();
     send(&successor, &topic, 0, "k", "successor-0");
@@ -264,6 +265,17 @@ fn fencing_by_transactional_id() {
         ["successor-0"],
         "the zombie's records must stay hidden from read_committed"
     );
+}
+
+fn is_fencing(err: &KafkaError) -> bool {
+    matches!(
+        err.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::Fenced
+                | RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+        )
+    )
 }
 
 /// Polls `consumer` until it has an assignment satisfying `done`.
@@ -374,6 +386,8 @@ fn consume_transform_produce_moves_offsets_on_commit_only() {
         if commit {
             p.commit_transaction(TIMEOUT).unwrap();
         } else {
+            // A BaseProducer serves delivery reports only when polled; abort does not poll.
+            flush(&p);
             p.abort_transaction(TIMEOUT).unwrap();
         }
     };

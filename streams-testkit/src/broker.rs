@@ -139,6 +139,7 @@ pub struct ManagedBroker {
 impl ManagedBroker {
     /// Starts a broker on a free loopback port and waits until it answers Kafka requests.
     pub fn start(options: BrokerOptions) -> anyhow::Result<Self> {
+        crate::init_tracing();
         let (dir, remove_dir) = match &options.data_dir {
             Some(dir) => (dir.clone(), false),
             None => (

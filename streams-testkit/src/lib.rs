@@ -16,3 +16,17 @@ pub mod proxy;
 
 pub use broker::{bootstrap_servers, BrokerOptions, ManagedBroker, StorageEngine};
 pub use names::unique;
+
+/// Installs a tracing subscriber for tests, filtered by `RUST_LOG` (nothing when unset). Safe
+/// to call many times; the broker harness calls it.
+pub fn init_tracing() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}

@@ -10,10 +10,14 @@ pub struct BatchInfo {
     pub last_offset: i64,
     /// Producer id (-1 for a non-idempotent producer).
     pub producer_id: i64,
+    /// Producer epoch: a new producer with the same transactional id gets a higher one.
+    pub producer_epoch: i16,
     /// Written inside a transaction.
     pub transactional: bool,
     /// A control batch: a transaction marker.
     pub control: Option<ControlType>,
+    /// Where the batch ends in the `records` bytes it was parsed from.
+    pub end_position: usize,
 }
 
 /// The type of a control record (its key's second field).
@@ -36,6 +40,7 @@ const ATTR_CONTROL: i16 = 1 << 5;
 /// always a prefix of the log, in order.
 pub fn parse(mut records: &[u8]) -> Vec<BatchInfo> {
     let mut out = Vec::new();
+    let mut position = 0;
     while records.len() >= 17 {
         let base_offset = i64::from_be_bytes(records[0..8].try_into().unwrap());
         let batch_len = i32::from_be_bytes(records[8..12].try_into().unwrap());
@@ -55,6 +60,7 @@ pub fn parse(mut records: &[u8]) -> Vec<BatchInfo> {
         let attributes = i16::from_be_bytes(batch[21..23].try_into().unwrap());
         let last_offset_delta = i32::from_be_bytes(batch[23..27].try_into().unwrap());
         let producer_id = i64::from_be_bytes(batch[43..51].try_into().unwrap());
+        let producer_epoch = i16::from_be_bytes(batch[51..53].try_into().unwrap());
         let control = if attributes & ATTR_CONTROL != 0 {
             Some(control_type(&batch[HEADER_LEN..]).unwrap_or(ControlType::Other(-1)))
         } else {
@@ -64,9 +70,12 @@ pub fn parse(mut records: &[u8]) -> Vec<BatchInfo> {
             base_offset,
             last_offset: base_offset + i64::from(last_offset_delta),
             producer_id,
+            producer_epoch,
             transactional: attributes & ATTR_TRANSACTIONAL != 0,
             control,
+            end_position: position + total,
         });
+        position += total;
         records = &records[total..];
     }
     out
@@ -187,6 +196,8 @@ pub(crate) mod tests {
         assert!(!got[2].transactional);
         assert_eq!(got[3].control, Some(ControlType::Commit));
         assert_eq!(got[3].producer_id, 9);
+        assert_eq!(got[3].end_position, log.len());
+        assert_eq!(parse(&log[..got[1].end_position]).len(), 2);
     }
 
     #[test]

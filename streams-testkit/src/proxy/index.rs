@@ -13,8 +13,13 @@ pub struct AbortedTxn {
     pub producer_id: i64,
     /// Offset of its first record in this partition.
     pub first_offset: i64,
-    /// Offset of its ABORT marker.
+    /// Offset of its ABORT marker; or, when the log has none, the offset just before the first
+    /// batch of the producer's next epoch.
     pub marker_offset: i64,
+    /// Whether an ABORT marker is in the log. A transaction the broker aborted by fencing
+    /// (a new producer with the same transactional id) must have one; nisshi's sqlite engine
+    /// sometimes writes none, and the index then ends the transaction at the epoch bump.
+    pub has_marker: bool,
 }
 
 /// What is known of one partition's transactions, from offset 0 (or the log start) up to
@@ -22,8 +27,8 @@ pub struct AbortedTxn {
 #[derive(Debug, Default)]
 pub struct PartitionIndex {
     next: i64,
-    /// Producer id → first offset of its transaction that has no marker yet.
-    open: HashMap<i64, i64>,
+    /// Producer id → (first offset, producer epoch) of its transaction that has no marker yet.
+    open: HashMap<i64, (i64, i16)>,
     /// In marker order.
     aborted: Vec<AbortedTxn>,
     /// The longest (marker − first) seen; bounds the search for overlapping transactions.
@@ -76,19 +81,24 @@ impl PartitionIndex {
                 continue;
             }
             if b.transactional {
+                // A higher epoch of the same producer means its open transaction was aborted
+                // when the new producer initialised, marker or not.
+                if let Some(&(first, epoch)) = self.open.get(&b.producer_id) {
+                    if b.producer_epoch > epoch {
+                        self.open.remove(&b.producer_id);
+                        self.push_aborted(b.producer_id, first, b.base_offset - 1, false);
+                    }
+                }
                 match b.control {
                     None => {
-                        self.open.entry(b.producer_id).or_insert(b.base_offset);
+                        self.open
+                            .entry(b.producer_id)
+                            .or_insert((b.base_offset, b.producer_epoch));
                     }
                     Some(kind) => {
-                        if let Some(first) = self.open.remove(&b.producer_id) {
+                        if let Some((first, _)) = self.open.remove(&b.producer_id) {
                             if kind == ControlType::Abort {
-                                self.max_span = self.max_span.max(b.base_offset - first);
-                                self.aborted.push(AbortedTxn {
-                                    producer_id: b.producer_id,
-                                    first_offset: first,
-                                    marker_offset: b.base_offset,
-                                });
+                                self.push_aborted(b.producer_id, first, b.base_offset, true);
                             }
                         }
                     }
@@ -98,9 +108,25 @@ impl PartitionIndex {
         }
     }
 
+    fn push_aborted(&mut self, producer_id: i64, first: i64, marker: i64, has_marker: bool) {
+        self.max_span = self.max_span.max(marker - first);
+        self.aborted.push(AbortedTxn {
+            producer_id,
+            first_offset: first,
+            marker_offset: marker,
+            has_marker,
+        });
+    }
+
     /// Whether the fate of every transaction with records at or below `last_offset` is known.
     pub fn decided_through(&self, last_offset: i64) -> bool {
-        self.next > last_offset && self.open.values().all(|first| *first > last_offset)
+        self.next > last_offset && self.open.values().all(|(first, _)| *first > last_offset)
+    }
+
+    /// The first offset of the earliest transaction that is still open, if any: the last stable
+    /// offset, as far as the index knows.
+    pub fn first_open_offset(&self) -> Option<i64> {
+        self.open.values().map(|(first, _)| *first).min()
     }
 
     /// The aborted transactions that have records in `[first, last]`: what a Fetch response
@@ -121,12 +147,18 @@ mod tests {
     use super::*;
 
     fn data(base: i64, count: i64, pid: i64) -> BatchInfo {
+        data_at_epoch(base, count, pid, 0)
+    }
+
+    fn data_at_epoch(base: i64, count: i64, pid: i64, epoch: i16) -> BatchInfo {
         BatchInfo {
             base_offset: base,
             last_offset: base + count - 1,
             producer_id: pid,
+            producer_epoch: epoch,
             transactional: true,
             control: None,
+            end_position: 0,
         }
     }
 
@@ -135,8 +167,10 @@ mod tests {
             base_offset: offset,
             last_offset: offset,
             producer_id: pid,
+            producer_epoch: 0,
             transactional: true,
             control: Some(kind),
+            end_position: 0,
         }
     }
 
@@ -163,7 +197,8 @@ mod tests {
             [AbortedTxn {
                 producer_id: 1,
                 first_offset: 0,
-                marker_offset: 7
+                marker_offset: 7,
+                has_marker: true,
             }]
         );
         assert_eq!(idx.aborted_overlapping(5, 6).len(), 1);
@@ -197,5 +232,30 @@ mod tests {
         let got = idx.aborted_overlapping(50, 60);
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].producer_id, 4);
+    }
+
+    #[test]
+    fn an_epoch_bump_without_marker_aborts_the_open_transaction() {
+        let mut idx = PartitionIndex::default();
+        idx.apply_from_next(&[
+            data_at_epoch(0, 2, 7, 0),
+            data(2, 1, 8),
+            data_at_epoch(3, 1, 7, 1),
+            BatchInfo {
+                producer_epoch: 1,
+                ..marker(4, 7, ControlType::Commit)
+            },
+            marker(5, 8, ControlType::Commit),
+        ]);
+        assert!(idx.decided_through(5));
+        assert_eq!(
+            idx.aborted_overlapping(0, 5),
+            [AbortedTxn {
+                producer_id: 7,
+                first_offset: 0,
+                marker_offset: 2,
+                has_marker: false,
+            }]
+        );
     }
 }

@@ -65,6 +65,9 @@ pub struct ProxyStats {
     pub fetches_with_aborted: AtomicU64,
     /// Look-ahead fetches the index made itself.
     pub index_fetches: AtomicU64,
+    /// Partitions of read_committed responses cut short: records past the last stable offset,
+    /// or records whose transactions could not be checked.
+    pub held_back: AtomicU64,
 }
 
 /// A running proxy. Dropping it stops it and closes every connection.
@@ -455,7 +458,8 @@ fn rewrite_node_endpoints(shared: &Shared, resp: &mut FetchResponse) -> bool {
 }
 
 /// Fills in the aborted-transactions list of every partition of a read_committed Fetch
-/// response. Returns whether any list is non-empty (the response must be re-encoded).
+/// response, and holds back records at or past the last stable offset. Returns whether the
+/// response changed (it must be re-encoded).
 async fn add_aborted_transactions(
     shared: &Shared,
     resp: &mut FetchResponse,
@@ -473,69 +477,19 @@ async fn add_aborted_transactions(
             TopicKey::Name(topic.topic.0.clone())
         };
         for part in &mut topic.partitions {
-            let Some(records) = part.records.as_ref() else {
-                continue;
-            };
-            let batches = batches::parse(records);
-            let Some(first) = batches.first() else {
-                continue;
-            };
-            let (range_first, range_last) =
-                (first.base_offset, batches[batches.len() - 1].last_offset);
-            let index = shared.partition((topic_key.clone(), part.partition_index));
-            let mut index = index.lock().await;
-            if part.high_watermark >= 0 && part.high_watermark < index.next() {
-                tracing::warn!(
-                    partition = part.partition_index,
-                    "the log is shorter than the index: the broker lost data; indexing anew"
-                );
-                index.reset();
-            }
-            index.apply_contiguous(&batches);
-            if !batches
-                .iter()
-                .any(|b| b.transactional && b.control.is_none())
-            {
-                continue; // nothing in this response can belong to an aborted transaction
-            }
-            while !index.decided_through(range_last) {
-                let from = index.next();
-                let scan = scan_fetch(shared, &topic_key, part.partition_index, from, version)
-                    .await
-                    .with_context(|| format!("index fetch at offset {from}"))?;
-                if scan.error_code == 1 && scan.log_start_offset > from {
-                    index.skip_to(scan.log_start_offset); // OFFSET_OUT_OF_RANGE
-                    continue;
-                }
-                if scan.error_code != 0 {
-                    bail!(
-                        "index fetch at offset {from}: error code {}",
-                        scan.error_code
+            match fix_partition(shared, &topic_key, part, version).await {
+                Ok(c) => changed |= c,
+                Err(e) => {
+                    // Never deliver records whose transactions could not be checked: the client
+                    // gets none for this partition and fetches the same offset again.
+                    tracing::warn!(
+                        partition = part.partition_index,
+                        "proxy holds back a read_committed fetch: {e:#}"
                     );
+                    shared.stats.held_back.fetch_add(1, Ordering::Relaxed);
+                    part.records = Some(Bytes::new());
+                    changed = true;
                 }
-                if scan.batches.is_empty() {
-                    bail!(
-                        "index fetch at offset {from} returned nothing below the high watermark \
-                         {}, but a transaction in offsets {range_first}..={range_last} has no \
-                         marker yet",
-                        scan.high_watermark
-                    );
-                }
-                index.apply_from_next(&scan.batches);
-            }
-            let aborted = index.aborted_overlapping(range_first, range_last);
-            if !aborted.is_empty() {
-                changed = true;
-                part.aborted_transactions = Some(
-                    aborted
-                        .iter()
-                        .map(|t| {
-                            AbortedTransaction::default()
-                                .with_producer_id(t.producer_id.into())
-                                .with_first_offset(t.first_offset)
-                        })
-                        .collect(),
-                );
             }
         }
     }
@@ -548,9 +502,151 @@ async fn add_aborted_transactions(
     Ok(changed)
 }
 
+/// One partition of a read_committed Fetch response: index what it carries, look ahead until
+/// every transaction in it is decided, cut it at the last stable offset, and list the aborted
+/// transactions it overlaps.
+async fn fix_partition(
+    shared: &Shared,
+    topic_key: &TopicKey,
+    part: &mut kafka_protocol::messages::fetch_response::PartitionData,
+    version: i16,
+) -> anyhow::Result<bool> {
+    let Some(records) = part.records.clone() else {
+        return Ok(false);
+    };
+    let mut batches = batches::parse(&records);
+    if batches.is_empty() {
+        return Ok(false);
+    }
+    let index = shared.partition((topic_key.clone(), part.partition_index));
+    let mut index = index.lock().await;
+    if part.high_watermark >= 0 && part.high_watermark < index.next() {
+        tracing::warn!(
+            partition = part.partition_index,
+            "the log is shorter than the index: the broker lost data; indexing anew"
+        );
+        index.reset();
+    }
+    index.apply_contiguous(&batches);
+    if !batches
+        .iter()
+        .any(|b| b.transactional && b.control.is_none())
+    {
+        return Ok(false); // nothing here can belong to a transaction
+    }
+    let mut range_last = batches[batches.len() - 1].last_offset;
+    while !index.decided_through(range_last) {
+        let from = index.next();
+        let broker_says_decided = index
+            .first_open_offset()
+            .is_some_and(|first| part.last_stable_offset > first);
+        if part.high_watermark >= 0 && from >= part.high_watermark && !broker_says_decided {
+            break; // the end of the log: what is still open stays open for now
+        }
+        let scan = scan_fetch(shared, topic_key, part.partition_index, from, version)
+            .await
+            .with_context(|| format!("index fetch at offset {from}"))?;
+        if scan.error_code == 1 && scan.log_start_offset > from {
+            index.skip_to(scan.log_start_offset); // OFFSET_OUT_OF_RANGE: the log starts later
+            continue;
+        }
+        if scan.error_code != 0 {
+            bail!(
+                "index fetch at offset {from}: error code {}",
+                scan.error_code
+            );
+        }
+        if scan.batches.is_empty() {
+            // The end of the log: what is still open stays open for now.
+            break;
+        }
+        tracing::trace!(from, batches = ?scan.batches, "index fetch");
+        index.apply_from_next(&scan.batches);
+    }
+    if index.next() <= range_last {
+        bail!(
+            "the index reached offset {} only, short of the response's last offset {range_last}",
+            index.next()
+        );
+    }
+    let mut changed = false;
+    // Records at or past the first open transaction are not stable yet (a broker that serves
+    // them to read_committed readers is wrong): hold them back.
+    if let Some(lso) = index.first_open_offset().filter(|lso| *lso <= range_last) {
+        let keep = batches.iter().take_while(|b| b.last_offset < lso).count();
+        tracing::trace!(
+            partition = part.partition_index,
+            lso,
+            high_watermark = part.high_watermark,
+            broker_lso = part.last_stable_offset,
+            keep,
+            of = batches.len(),
+            ?batches,
+            "read_committed fetch cut at the last stable offset; index {index:?}"
+        );
+        let end = keep
+            .checked_sub(1)
+            .map(|i| batches[i].end_position)
+            .unwrap_or(0);
+        part.records = Some(records.slice(..end));
+        if part.last_stable_offset < 0 || part.last_stable_offset > lso {
+            part.last_stable_offset = lso;
+        }
+        batches.truncate(keep);
+        changed = true;
+        shared.stats.held_back.fetch_add(1, Ordering::Relaxed);
+        let Some(last) = batches.last() else {
+            return Ok(true);
+        };
+        range_last = last.last_offset;
+    }
+    let range_first = batches[0].base_offset;
+    let mut aborted = index.aborted_overlapping(range_first, range_last);
+    // A transaction aborted without a marker in the log: clients skip its producer's batches
+    // until they see an ABORT marker, so the response must end before the producer's next epoch.
+    let cut = aborted
+        .iter()
+        .filter(|t| !t.has_marker)
+        .filter_map(|t| {
+            batches
+                .iter()
+                .position(|b| b.producer_id == t.producer_id && b.base_offset > t.marker_offset)
+        })
+        .filter(|keep| *keep > 0)
+        .min();
+    if let Some(keep) = cut {
+        part.records = Some(records.slice(..batches[keep - 1].end_position));
+        batches.truncate(keep);
+        range_last = batches[keep - 1].last_offset;
+        aborted = index.aborted_overlapping(range_first, range_last);
+        changed = true;
+    }
+    tracing::trace!(
+        partition = part.partition_index,
+        high_watermark = part.high_watermark,
+        last_stable_offset = part.last_stable_offset,
+        ?batches,
+        ?aborted,
+        "read_committed fetch"
+    );
+    if !aborted.is_empty() {
+        changed = true;
+        part.aborted_transactions = Some(
+            aborted
+                .iter()
+                .map(|t| {
+                    AbortedTransaction::default()
+                        .with_producer_id(t.producer_id.into())
+                        .with_first_offset(t.first_offset)
+                })
+                .collect(),
+        );
+    }
+    Ok(changed)
+}
+
 struct ScanResult {
     error_code: i16,
-    high_watermark: i64,
     log_start_offset: i64,
     batches: Vec<BatchInfo>,
 }
@@ -579,7 +675,8 @@ async fn scan_fetch(
     }
     let request = FetchRequest::default()
         .with_replica_id((-1).into())
-        .with_max_wait_ms(0)
+        // nisshi answers a fetch with max_wait 0 before it has read anything: wait a little.
+        .with_max_wait_ms(500)
         .with_min_bytes(1)
         .with_max_bytes(SCAN_BYTES)
         .with_isolation_level(0)
@@ -630,15 +727,21 @@ async fn scan_fetch(
     if resp.error_code != 0 {
         bail!("index fetch: error code {}", resp.error_code);
     }
-    let part = resp
+    // nisshi leaves out a partition that has nothing at the offset.
+    let Some(part) = resp
         .responses
         .into_iter()
         .flat_map(|t| t.partitions)
         .find(|p| p.partition_index == partition)
-        .context("index fetch: the partition is missing from the response")?;
+    else {
+        return Ok(ScanResult {
+            error_code: 0,
+            log_start_offset: -1,
+            batches: Vec::new(),
+        });
+    };
     Ok(ScanResult {
         error_code: part.error_code,
-        high_watermark: part.high_watermark,
         log_start_offset: part.log_start_offset,
         batches: part
             .records
