@@ -13,10 +13,9 @@
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
-use streams_testkit::kafka::{client_config, create_topic};
+use streams_testkit::kafka::{client_config, create_topic, send_retrying};
 use streams_testkit::{unique, BrokerOptions, ManagedBroker};
 
 const PARTITIONS: i32 = 4;
@@ -39,20 +38,11 @@ fn produce(bootstrap: &str, topic: &str, n: usize) -> f64 {
         let end = (sent + TXN_SIZE).min(n);
         for i in sent..end {
             let key = i.to_string();
-            let mut record = BaseRecord::to(topic)
+            let record = BaseRecord::to(topic)
                 .key(&key)
                 .payload(&payload)
                 .partition(i as i32 % PARTITIONS);
-            loop {
-                match p.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                        p.poll(Duration::from_millis(1));
-                        record = r;
-                    }
-                    Err((e, _)) => panic!("send: {e}"),
-                }
-            }
+            send_retrying(&p, record).unwrap();
         }
         p.commit_transaction(timeout).unwrap();
         sent = end;

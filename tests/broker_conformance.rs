@@ -15,7 +15,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use streams_testkit::kafka::{
     client_config, committed_offsets, consume_until, create_topic, describe_topic_config,
-    partition_count, Isolation, Received,
+    partition_count, send_retrying, Isolation, Received,
 };
 use streams_testkit::{bootstrap_servers, unique, BrokerOptions, ManagedBroker, StorageEngine};
 
@@ -36,20 +36,11 @@ fn producer(bootstrap: &str, transactional_id: Option<&str>) -> BaseProducer {
 }
 
 fn send(p: &BaseProducer, topic: &str, partition: i32, key: &str, value: &str) {
-    let mut record = BaseRecord::to(topic)
+    let record = BaseRecord::to(topic)
         .key(key)
         .payload(value)
         .partition(partition);
-    loop {
-        match p.send(record) {
-            Ok(()) => return,
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                p.poll(Duration::from_millis(10));
-                record = r;
-            }
-            Err((e, _)) => panic!("send to {topic}: {e}"),
-        }
-    }
+    send_retrying(p, record).unwrap_or_else(|e| panic!("send to {topic}: {e}"));
 }
 
 fn flush(p: &BaseProducer) {

@@ -14,9 +14,10 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use streams_testkit::kafka::{client_config, consume_until, create_topic, Isolation, Received};
+use streams_testkit::kafka::{
+    client_config, consume_until, create_topic, send_retrying, Isolation, Received,
+};
 use streams_testkit::{bootstrap_servers, unique, BrokerOptions, ManagedBroker, StorageEngine};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -32,20 +33,11 @@ fn txn_producer(bootstrap: &str, txn_id: &str) -> BaseProducer {
 }
 
 fn send(p: &BaseProducer, topic: &str, partition: i32, value: &str) {
-    let mut record = BaseRecord::to(topic)
+    let record = BaseRecord::to(topic)
         .key(value)
         .payload(value)
         .partition(partition);
-    loop {
-        match p.send(record) {
-            Ok(()) => return,
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                p.poll(Duration::from_millis(5));
-                record = r;
-            }
-            Err((e, _)) => panic!("send {value}: {e}"),
-        }
-    }
+    send_retrying(p, record).unwrap_or_else(|e| panic!("send {value}: {e}"));
 }
 
 /// The child side of a kill: writes the records named in KSTREAMS_TXN_CHILD inside an open

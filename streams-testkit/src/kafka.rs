@@ -256,3 +256,25 @@ pub fn committed_offsets(
         )
         .collect())
 }
+
+/// Sends `record`, polling the producer while its queue is full. Fails on any other error.
+pub fn send_retrying<K, P>(
+    producer: &BaseProducer,
+    mut record: rdkafka::producer::BaseRecord<'_, K, P>,
+) -> rdkafka::error::KafkaResult<()>
+where
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                producer.poll(Duration::from_millis(5));
+                record = r;
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
