@@ -21,6 +21,29 @@ use streams_testkit::{unique, BrokerOptions, ManagedBroker};
 const PARTITIONS: i32 = 4;
 const TXN_SIZE: usize = 1000;
 
+/// Plain (idempotent, not transactional) produce: the proxy's pass-through path.
+fn produce_plain(bootstrap: &str, topic: &str, n: usize) -> f64 {
+    let p: BaseProducer = client_config(bootstrap)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("batch.size", "262144")
+        .create()
+        .unwrap();
+    let payload = vec![b'x'; 100];
+    let start = Instant::now();
+    for i in 0..n {
+        let key = i.to_string();
+        let record = BaseRecord::to(topic)
+            .key(&key)
+            .payload(&payload)
+            .partition(i as i32 % PARTITIONS);
+        send_retrying(&p, record).unwrap();
+    }
+    p.flush(Duration::from_secs(60)).unwrap();
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Transactional produce, a commit every TXN_SIZE records.
 fn produce(bootstrap: &str, topic: &str, n: usize) -> f64 {
     let p: BaseProducer = client_config(bootstrap)
         .set("transactional.id", unique("bench-txn"))
@@ -95,32 +118,43 @@ fn main() {
     println!(
         "proxy_throughput: {records} records x {rounds} rounds, 100-byte values, memory engine"
     );
-    let (mut produce_ratios, mut consume_ratios) = (Vec::new(), Vec::new());
+    let (mut plain_ratios, mut produce_ratios, mut consume_ratios) =
+        (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
         let mut figures = Vec::new();
         for bootstrap in [&direct, &proxied] {
+            let plain_topic = unique("bench-plain");
+            create_topic(bootstrap, &plain_topic, PARTITIONS, &[]).unwrap();
+            let plain = produce_plain(bootstrap, &plain_topic, records);
             let topic = unique("bench-proxy");
             create_topic(bootstrap, &topic, PARTITIONS, &[]).unwrap();
             let p = produce(bootstrap, &topic, records);
             let c = consume(bootstrap, &topic, records);
-            figures.push((p, c));
+            figures.push((plain, p, c));
         }
         let (d, x) = (figures[0], figures[1]);
         println!(
             "round {round}: produce direct {:.0} rec/s, proxy {:.0} rec/s, ratio {:.3}; \
-             consume read_committed direct {:.0} rec/s, proxy {:.0} rec/s, ratio {:.3}",
+             transactional produce direct {:.0}, proxy {:.0}, ratio {:.3}; \
+             consume read_committed direct {:.0}, proxy {:.0}, ratio {:.3}",
             d.0,
             x.0,
             x.0 / d.0,
             d.1,
             x.1,
-            x.1 / d.1
+            x.1 / d.1,
+            d.2,
+            x.2,
+            x.2 / d.2
         );
-        produce_ratios.push(x.0 / d.0);
-        consume_ratios.push(x.1 / d.1);
+        plain_ratios.push(x.0 / d.0);
+        produce_ratios.push(x.1 / d.1);
+        consume_ratios.push(x.2 / d.2);
     }
     println!(
-        "median ratio proxy/direct: produce {:.3}, consume {:.3}",
+        "median ratio proxy/direct: produce {:.3}, transactional produce {:.3}, \
+         read_committed consume {:.3}",
+        median(plain_ratios),
         median(produce_ratios),
         median(consume_ratios)
     );
