@@ -21,6 +21,9 @@ pub enum Error {
         #[source]
         source: KafkaError,
     },
+    /// A key or value could not be (de)serialized.
+    #[error(transparent)]
+    Serde(#[from] crate::serde::SerdeError),
     /// A local state store failed.
     #[error("state store {store}: {message}")]
     State {

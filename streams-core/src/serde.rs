@@ -1,0 +1,240 @@
+//! Serdes: how keys and values become bytes on a topic and back.
+//!
+//! A [`Serde<T>`] turns a `T` into the bytes of a record's key or value (or into no bytes at
+//! all: a null key or a tombstone) and back. The built-in ones cover strings, raw bytes,
+//! integers and floats (big-endian, as Kafka's own serdes), absent keys (`()`), nullable values
+//! ([`Nullable`]) and JSON for any `serde` type ([`Json`]). Users add their own by implementing
+//! the trait.
+//!
+//! ```
+//! use streams_core::serde::{Json, Serde, Utf8};
+//!
+//! #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+//! struct Order { id: u32, amount: f64 }
+//!
+//! let json = Json::<Order>::default();
+//! let bytes = json.serialize("orders", &Order { id: 1, amount: 9.5 }).unwrap();
+//! assert_eq!(json.deserialize("orders", bytes.as_deref()).unwrap(), Order { id: 1, amount: 9.5 });
+//! assert!(Utf8.deserialize("orders", None).is_err(), "a null is not a string");
+//! ```
+
+use std::marker::PhantomData;
+
+/// Why bytes could not be turned into a value, or a value into bytes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{serde} on topic {topic}: {message}")]
+pub struct SerdeError {
+    /// The serde that failed.
+    pub serde: &'static str,
+    /// The topic of the record.
+    pub topic: String,
+    /// What was wrong.
+    pub message: String,
+}
+
+impl SerdeError {
+    /// A new error.
+    pub fn new(serde: &'static str, topic: &str, message: impl Into<String>) -> Self {
+        SerdeError {
+            serde,
+            topic: topic.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Converts `T` to and from the bytes of a record's key or value.
+///
+/// `None` bytes stand for an absent key or a null value (a tombstone on a compacted topic).
+pub trait Serde<T>: Send + Sync + 'static {
+    /// The bytes for `value`, or `None` for an absent key / null value.
+    fn serialize(&self, topic: &str, value: &T) -> Result<Option<Vec<u8>>, SerdeError>;
+    /// The value for `data` (`None` when the key or value is absent).
+    fn deserialize(&self, topic: &str, data: Option<&[u8]>) -> Result<T, SerdeError>;
+}
+
+fn present<'a>(
+    serde: &'static str,
+    topic: &str,
+    data: Option<&'a [u8]>,
+) -> Result<&'a [u8], SerdeError> {
+    data.ok_or_else(|| {
+        SerdeError::new(
+            serde,
+            topic,
+            "null data; wrap the serde in Nullable to accept nulls",
+        )
+    })
+}
+
+/// UTF-8 strings.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Utf8;
+
+impl Serde<String> for Utf8 {
+    fn serialize(&self, _topic: &str, value: &String) -> Result<Option<Vec<u8>>, SerdeError> {
+        Ok(Some(value.as_bytes().to_vec()))
+    }
+    fn deserialize(&self, topic: &str, data: Option<&[u8]>) -> Result<String, SerdeError> {
+        String::from_utf8(present("Utf8", topic, data)?.to_vec())
+            .map_err(|e| SerdeError::new("Utf8", topic, e.to_string()))
+    }
+}
+
+/// Bytes as they are.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawBytes;
+
+impl Serde<Vec<u8>> for RawBytes {
+    fn serialize(&self, _topic: &str, value: &Vec<u8>) -> Result<Option<Vec<u8>>, SerdeError> {
+        Ok(Some(value.clone()))
+    }
+    fn deserialize(&self, topic: &str, data: Option<&[u8]>) -> Result<Vec<u8>, SerdeError> {
+        Ok(present("RawBytes", topic, data)?.to_vec())
+    }
+}
+
+/// No key at all: serializes to an absent key and ignores whatever key a record has.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unit;
+
+impl Serde<()> for Unit {
+    fn serialize(&self, _topic: &str, _value: &()) -> Result<Option<Vec<u8>>, SerdeError> {
+        Ok(None)
+    }
+    fn deserialize(&self, _topic: &str, _data: Option<&[u8]>) -> Result<(), SerdeError> {
+        Ok(())
+    }
+}
+
+/// Fixed-width numbers, big-endian (the layout of Kafka's own integer serdes).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BigEndian;
+
+macro_rules! big_endian {
+    ($($t:ty),*) => {$(
+        impl Serde<$t> for BigEndian {
+            fn serialize(&self, _topic: &str, value: &$t) -> Result<Option<Vec<u8>>, SerdeError> {
+                Ok(Some(value.to_be_bytes().to_vec()))
+            }
+            fn deserialize(&self, topic: &str, data: Option<&[u8]>) -> Result<$t, SerdeError> {
+                let data = present("BigEndian", topic, data)?;
+                let bytes = data.try_into().map_err(|_| {
+                    SerdeError::new(
+                        "BigEndian",
+                        topic,
+                        format!(
+                            "{} bytes for a {} (needs {})",
+                            data.len(),
+                            stringify!($t),
+                            std::mem::size_of::<$t>()
+                        ),
+                    )
+                })?;
+                Ok(<$t>::from_be_bytes(bytes))
+            }
+        }
+    )*};
+}
+
+big_endian!(i16, i32, i64, u16, u32, u64, f32, f64);
+
+/// Accepts nulls: `None` ↔ absent bytes, `Some(v)` ↔ what the inner serde makes of `v`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Nullable<S>(pub S);
+
+impl<T, S: Serde<T>> Serde<Option<T>> for Nullable<S> {
+    fn serialize(&self, topic: &str, value: &Option<T>) -> Result<Option<Vec<u8>>, SerdeError> {
+        match value {
+            Some(v) => self.0.serialize(topic, v),
+            None => Ok(None),
+        }
+    }
+    fn deserialize(&self, topic: &str, data: Option<&[u8]>) -> Result<Option<T>, SerdeError> {
+        data.map(|d| self.0.deserialize(topic, Some(d))).transpose()
+    }
+}
+
+/// JSON for any `serde` type.
+pub struct Json<T>(PhantomData<fn() -> T>);
+
+impl<T> Default for Json<T> {
+    fn default() -> Self {
+        Json(PhantomData)
+    }
+}
+
+impl<T> Clone for Json<T> {
+    fn clone(&self) -> Self {
+        Json::default()
+    }
+}
+
+impl<T> std::fmt::Debug for Json<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Json<{}>", std::any::type_name::<T>())
+    }
+}
+
+impl<T> Serde<T> for Json<T>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + 'static,
+{
+    fn serialize(&self, topic: &str, value: &T) -> Result<Option<Vec<u8>>, SerdeError> {
+        serde_json::to_vec(value)
+            .map(Some)
+            .map_err(|e| SerdeError::new("Json", topic, e.to_string()))
+    }
+    fn deserialize(&self, topic: &str, data: Option<&[u8]>) -> Result<T, SerdeError> {
+        serde_json::from_slice(present("Json", topic, data)?)
+            .map_err(|e| SerdeError::new("Json", topic, e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip<T: PartialEq + std::fmt::Debug>(serde: &impl Serde<T>, value: T) {
+        let bytes = serde.serialize("t", &value).unwrap();
+        assert_eq!(serde.deserialize("t", bytes.as_deref()).unwrap(), value);
+    }
+
+    #[test]
+    fn built_in_serdes_round_trip() {
+        round_trip(&Utf8, "héllo".to_string());
+        round_trip(&RawBytes, vec![0, 255, 7]);
+        round_trip(&Unit, ());
+        round_trip(&BigEndian, -5_i32);
+        round_trip(&BigEndian, u64::MAX);
+        round_trip(&BigEndian, 2.5_f64);
+        round_trip(&Nullable(Utf8), None::<String>);
+        round_trip(&Nullable(BigEndian), Some(3_i64));
+        round_trip(&Json::<Vec<(String, u8)>>::default(), vec![("a".into(), 1)]);
+    }
+
+    #[test]
+    fn layouts_match_kafka() {
+        assert_eq!(
+            BigEndian.serialize("t", &1_i32).unwrap(),
+            Some(vec![0, 0, 0, 1])
+        );
+        assert_eq!(Unit.serialize("t", &()).unwrap(), None);
+    }
+
+    #[test]
+    fn bad_bytes_are_clear_errors() {
+        let e = Serde::<i64>::deserialize(&BigEndian, "orders", Some(&[1, 2, 3])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "BigEndian on topic orders: 3 bytes for a i64 (needs 8)"
+        );
+        assert!(Utf8.deserialize("t", Some(&[0xff])).is_err());
+        assert!(Json::<u32>::default().deserialize("t", Some(b"{")).is_err());
+        assert!(Utf8
+            .deserialize("t", None)
+            .unwrap_err()
+            .message
+            .contains("Nullable"));
+    }
+}
