@@ -21,6 +21,19 @@ use streams_testkit::{unique, BrokerOptions, ManagedBroker};
 const PARTITIONS: i32 = 4;
 const TXN_SIZE: usize = 1000;
 
+/// Sends records `range` (key = the index, 100-byte value) round-robin over the partitions.
+fn send_range(p: &BaseProducer, topic: &str, range: std::ops::Range<usize>) {
+    let payload = [b'x'; 100];
+    for i in range {
+        let key = i.to_string();
+        let record = BaseRecord::to(topic)
+            .key(&key)
+            .payload(&payload[..])
+            .partition(i as i32 % PARTITIONS);
+        send_retrying(p, record).unwrap();
+    }
+}
+
 /// Plain (idempotent, not transactional) produce: the proxy's pass-through path.
 fn produce_plain(bootstrap: &str, topic: &str, n: usize) -> f64 {
     let p: BaseProducer = client_config(bootstrap)
@@ -29,16 +42,8 @@ fn produce_plain(bootstrap: &str, topic: &str, n: usize) -> f64 {
         .set("batch.size", "262144")
         .create()
         .unwrap();
-    let payload = vec![b'x'; 100];
     let start = Instant::now();
-    for i in 0..n {
-        let key = i.to_string();
-        let record = BaseRecord::to(topic)
-            .key(&key)
-            .payload(&payload)
-            .partition(i as i32 % PARTITIONS);
-        send_retrying(&p, record).unwrap();
-    }
+    send_range(&p, topic, 0..n);
     p.flush(Duration::from_secs(60)).unwrap();
     n as f64 / start.elapsed().as_secs_f64()
 }
@@ -53,20 +58,12 @@ fn produce(bootstrap: &str, topic: &str, n: usize) -> f64 {
         .unwrap();
     let timeout = Duration::from_secs(60);
     p.init_transactions(timeout).unwrap();
-    let payload = vec![b'x'; 100];
     let start = Instant::now();
     let mut sent = 0;
     while sent < n {
         p.begin_transaction().unwrap();
         let end = (sent + TXN_SIZE).min(n);
-        for i in sent..end {
-            let key = i.to_string();
-            let record = BaseRecord::to(topic)
-                .key(&key)
-                .payload(&payload)
-                .partition(i as i32 % PARTITIONS);
-            send_retrying(&p, record).unwrap();
-        }
+        send_range(&p, topic, sent..end);
         p.commit_transaction(timeout).unwrap();
         sent = end;
     }

@@ -584,15 +584,10 @@ async fn fix_partition(
             ?batches,
             "read_committed fetch cut at the last stable offset; index {index:?}"
         );
-        let end = keep
-            .checked_sub(1)
-            .map(|i| batches[i].end_position)
-            .unwrap_or(0);
-        part.records = Some(records.slice(..end));
+        keep_batches(part, &records, &mut batches, keep);
         if part.last_stable_offset < 0 || part.last_stable_offset > lso {
             part.last_stable_offset = lso;
         }
-        batches.truncate(keep);
         changed = true;
         shared.stats.held_back.fetch_add(1, Ordering::Relaxed);
         let Some(last) = batches.last() else {
@@ -615,8 +610,7 @@ async fn fix_partition(
         .filter(|keep| *keep > 0)
         .min();
     if let Some(keep) = cut {
-        part.records = Some(records.slice(..batches[keep - 1].end_position));
-        batches.truncate(keep);
+        keep_batches(part, &records, &mut batches, keep);
         range_last = batches[keep - 1].last_offset;
         aborted = index.aborted_overlapping(range_first, range_last);
         changed = true;
@@ -643,6 +637,21 @@ async fn fix_partition(
         );
     }
     Ok(changed)
+}
+
+/// Cuts a partition's records (and their parsed `batches`) down to the first `keep` batches.
+fn keep_batches(
+    part: &mut kafka_protocol::messages::fetch_response::PartitionData,
+    records: &Bytes,
+    batches: &mut Vec<BatchInfo>,
+    keep: usize,
+) {
+    let end = keep
+        .checked_sub(1)
+        .map(|i| batches[i].end_position)
+        .unwrap_or(0);
+    part.records = Some(records.slice(..end));
+    batches.truncate(keep);
 }
 
 struct ScanResult {
