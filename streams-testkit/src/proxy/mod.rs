@@ -537,10 +537,7 @@ async fn fix_partition(
     let mut range_last = batches[batches.len() - 1].last_offset;
     while !index.decided_through(range_last) {
         let from = index.next();
-        let broker_says_decided = index
-            .first_open_offset()
-            .is_some_and(|first| part.last_stable_offset > first);
-        if part.high_watermark >= 0 && from >= part.high_watermark && !broker_says_decided {
+        if part.high_watermark >= 0 && from >= part.high_watermark {
             break; // the end of the log: what is still open stays open for now
         }
         let scan = scan_fetch(shared, topic_key, part.partition_index, from, version)
