@@ -32,6 +32,45 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// A record could not be deserialized and the handler said to fail.
+    #[error("task {task}: record {topic}-{partition}@{offset} cannot be deserialized: {message}")]
+    Deserialization {
+        /// The task that read it.
+        task: String,
+        /// Its topic.
+        topic: String,
+        /// Its partition.
+        partition: i32,
+        /// Its offset.
+        offset: i64,
+        /// Why.
+        message: String,
+    },
+    /// An output record could not be produced and the handler said to fail.
+    #[error("producing to {topic} failed: {message}")]
+    Production {
+        /// The topic.
+        topic: String,
+        /// Why.
+        message: String,
+    },
+    /// A task failed (a processor returned an error, or its store did).
+    #[error("task {task}: {source}")]
+    Task {
+        /// The task's id.
+        task: String,
+        /// The error.
+        #[source]
+        source: Box<Error>,
+    },
+    /// A stream thread stopped on an error or a panic.
+    #[error("stream thread {thread} died: {message}")]
+    ThreadDied {
+        /// The thread's name.
+        thread: String,
+        /// What happened.
+        message: String,
+    },
     /// A file-system operation failed.
     #[error("{context}: {source}")]
     Io {
@@ -52,9 +91,28 @@ impl Error {
         }
     }
 
+    /// Wraps an error with the task it happened in (once).
+    pub fn task(task: crate::task::TaskId, source: Error) -> Self {
+        match source {
+            Error::Task { .. } => source,
+            other => Error::Task {
+                task: task.to_string(),
+                source: Box::new(other),
+            },
+        }
+    }
+
+    /// The error under any task wrapping.
+    pub fn root(&self) -> &Error {
+        match self {
+            Error::Task { source, .. } => source.root(),
+            other => other,
+        }
+    }
+
     /// The Kafka error code, if this is a Kafka error that carries one.
     pub fn kafka_code(&self) -> Option<RDKafkaErrorCode> {
-        match self {
+        match self.root() {
             Error::Kafka { source, .. } => source.rdkafka_error_code(),
             _ => None,
         }
@@ -63,7 +121,7 @@ impl Error {
     /// True when the same call may succeed if tried again (a broker is briefly unreachable,
     /// a coordinator is moving).
     pub fn is_retriable(&self) -> bool {
-        match self {
+        match self.root() {
             Error::Kafka { source, .. } => match source {
                 KafkaError::Transaction(e) => e.is_retriable(),
                 _ => matches!(
@@ -102,12 +160,13 @@ impl Error {
 
     /// True when the error cannot be recovered from in this process.
     pub fn is_fatal(&self) -> bool {
-        match self {
+        match self.root() {
             Error::Config(_) => true,
             Error::Kafka {
                 source: KafkaError::Transaction(e),
                 ..
             } => e.is_fatal() && !self.is_fenced(),
+            Error::Deserialization { .. } | Error::Production { .. } => true,
             _ => false,
         }
     }

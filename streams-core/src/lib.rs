@@ -4,11 +4,17 @@
 //! threads, state stores with their changelogs, and the commit protocols (at-least-once and
 //! exactly-once). See `shared/DESIGN.md` of the project for the model.
 //!
-//! Today this crate holds the error type, records and serdes that the runtime builds on.
-
+pub mod config;
+pub mod driver;
 pub mod error;
+pub mod handlers;
+pub mod processor;
 pub mod record;
+pub mod runtime;
 pub mod serde;
+pub mod store;
+pub mod task;
+pub mod topology;
 
 pub use error::{Error, Result};
 pub use record::{Headers, Record, RecordOrigin};

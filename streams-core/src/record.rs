@@ -151,6 +151,21 @@ impl<K, V> Record<K, V> {
         self
     }
 
+    /// Key, value, and the rest of the record.
+    pub(crate) fn split(self) -> (K, V, Record<(), ()>) {
+        (
+            self.key,
+            self.value,
+            Record {
+                key: (),
+                value: (),
+                timestamp: self.timestamp,
+                headers: self.headers,
+                origin: self.origin,
+            },
+        )
+    }
+
     /// Key and value, taken out.
     pub fn into_key_value(self) -> (K, V) {
         (self.key, self.value)

@@ -1,0 +1,180 @@
+//! Configuration of a running application.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::handlers::{
+    DeserializationErrorHandler, FailOnProductionError, LogAndFail, ProductionErrorHandler,
+};
+use crate::{Error, Result};
+
+/// How input records affect output topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessingGuarantee {
+    /// Output and consumed offsets are committed in one Kafka transaction per stream thread
+    /// (exactly-once v2); readers of the output see each input's effect once.
+    ExactlyOnce,
+    /// Output is flushed before offsets are committed; after a crash some input is processed
+    /// again and its output appears twice.
+    AtLeastOnce,
+}
+
+/// The configuration of a [`KafkaStreams`](crate::runtime::KafkaStreams) application.
+///
+/// ```
+/// use std::time::Duration;
+/// use streams_core::config::{ProcessingGuarantee, StreamsConfig};
+///
+/// let config = StreamsConfig::new("orders-app", "localhost:9092")
+///     .processing_guarantee(ProcessingGuarantee::ExactlyOnce)
+///     .num_stream_threads(2)
+///     .set("fetch.min.bytes", "1");
+/// assert_eq!(config.commit_interval(), Duration::from_millis(100));
+/// ```
+#[derive(Clone)]
+pub struct StreamsConfig {
+    pub(crate) application_id: String,
+    pub(crate) bootstrap_servers: String,
+    pub(crate) guarantee: ProcessingGuarantee,
+    pub(crate) commit_interval: Option<Duration>,
+    pub(crate) num_stream_threads: usize,
+    pub(crate) state_dir: PathBuf,
+    pub(crate) instance_id: Option<String>,
+    pub(crate) client_properties: BTreeMap<String, String>,
+    pub(crate) on_poison: Arc<dyn DeserializationErrorHandler>,
+    pub(crate) on_production_error: Arc<dyn ProductionErrorHandler>,
+    pub(crate) replication_factor: i32,
+    pub(crate) poll_batch: usize,
+    pub(crate) transaction_timeout: Duration,
+}
+
+impl StreamsConfig {
+    /// A configuration with Kafka Streams' defaults: exactly-once, one stream thread, state
+    /// under the system temp directory's `kstreams`, failing on poison records.
+    pub fn new(application_id: &str, bootstrap_servers: &str) -> Self {
+        StreamsConfig {
+            application_id: application_id.to_string(),
+            bootstrap_servers: bootstrap_servers.to_string(),
+            guarantee: ProcessingGuarantee::ExactlyOnce,
+            commit_interval: None,
+            num_stream_threads: 1,
+            state_dir: std::env::temp_dir().join("kstreams"),
+            instance_id: None,
+            client_properties: BTreeMap::new(),
+            on_poison: Arc::new(LogAndFail),
+            on_production_error: Arc::new(FailOnProductionError),
+            replication_factor: 1,
+            poll_batch: 1000,
+            transaction_timeout: Duration::from_secs(60),
+        }
+    }
+
+    /// Exactly-once (default) or at-least-once.
+    pub fn processing_guarantee(mut self, guarantee: ProcessingGuarantee) -> Self {
+        self.guarantee = guarantee;
+        self
+    }
+
+    /// How often tasks commit (default 100 ms under exactly-once, 30 s under at-least-once).
+    pub fn commit_interval_ms(mut self, interval: Duration) -> Self {
+        self.commit_interval = Some(interval);
+        self
+    }
+
+    /// The number of stream threads (default 1); each has its own consumer and producer.
+    pub fn num_stream_threads(mut self, n: usize) -> Self {
+        self.num_stream_threads = n;
+        self
+    }
+
+    /// The state directory; the application's state lives in `<dir>/<application id>/`.
+    pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.state_dir = dir.into();
+        self
+    }
+
+    /// A fixed id for this instance (default: generated once and kept in the state directory).
+    /// It names the transactional ids, so two live instances must never share one.
+    pub fn instance_id(mut self, id: &str) -> Self {
+        self.instance_id = Some(id.to_string());
+        self
+    }
+
+    /// Passes a librdkafka property to every client the runtime creates (consumer, producer,
+    /// admin); it overrides the runtime's own choice of that property.
+    pub fn set(mut self, key: &str, value: &str) -> Self {
+        self.client_properties
+            .insert(key.to_string(), value.to_string());
+        self
+    }
+
+    /// What to do with records that cannot be deserialized (default [`LogAndFail`]).
+    pub fn deserialization_error_handler(
+        mut self,
+        handler: impl DeserializationErrorHandler,
+    ) -> Self {
+        self.on_poison = Arc::new(handler);
+        self
+    }
+
+    /// What to do with output records that cannot be produced (default [`FailOnProductionError`]).
+    pub fn production_error_handler(mut self, handler: impl ProductionErrorHandler) -> Self {
+        self.on_production_error = Arc::new(handler);
+        self
+    }
+
+    /// The replication factor of the internal topics the runtime creates (default 1).
+    pub fn replication_factor(mut self, factor: i32) -> Self {
+        self.replication_factor = factor;
+        self
+    }
+
+    /// The transaction timeout (default 60 s): how long the broker waits before aborting a
+    /// transaction of an instance that vanished without a successor.
+    pub fn transaction_timeout(mut self, timeout: Duration) -> Self {
+        self.transaction_timeout = timeout;
+        self
+    }
+
+    /// The application id.
+    pub fn application_id(&self) -> &str {
+        &self.application_id
+    }
+
+    /// The commit interval in effect.
+    pub fn commit_interval(&self) -> Duration {
+        self.commit_interval.unwrap_or(match self.guarantee {
+            ProcessingGuarantee::ExactlyOnce => Duration::from_millis(100),
+            ProcessingGuarantee::AtLeastOnce => Duration::from_secs(30),
+        })
+    }
+
+    /// The guarantee in effect.
+    pub fn guarantee(&self) -> ProcessingGuarantee {
+        self.guarantee
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(Error::Config(m.to_string()));
+        if self.application_id.is_empty()
+            || !self
+                .application_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        {
+            return bad("the application id must be non-empty and use only letters, digits, '.', '_' and '-'");
+        }
+        if self.bootstrap_servers.is_empty() {
+            return bad("no bootstrap servers");
+        }
+        if self.num_stream_threads == 0 {
+            return bad("num_stream_threads must be at least 1");
+        }
+        if self.commit_interval().is_zero() {
+            return bad("the commit interval must be positive");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,366 @@
+//! The runtime: [`KafkaStreams`] runs a topology against Kafka with stream threads.
+//!
+//! Every stream thread is a member of the consumer group named by the application id, with its
+//! own consumer and producer and the tasks of the partitions the group gave it. Under
+//! exactly-once each thread has one transactional producer (`transactional.id` =
+//! `<application id>-<instance id>-<thread number>`, stable across restarts) and commits its
+//! tasks' output and consumed offsets in one transaction every commit interval.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use streams_core::config::StreamsConfig;
+//! use streams_core::runtime::{KafkaStreams, State};
+//! # fn topology() -> streams_core::topology::Topology { unimplemented!() }
+//!
+//! let streams = KafkaStreams::new(topology(), StreamsConfig::new("app", "localhost:9092"))?;
+//! streams.set_state_listener(|old, new| println!("{old:?} -> {new:?}"));
+//! streams.start()?;
+//! streams.wait_for(|s| s == State::Running, Duration::from_secs(30));
+//! // ...
+//! streams.close(Duration::from_secs(30));
+//! # Ok::<(), streams_core::Error>(())
+//! ```
+
+mod thread;
+mod topics;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::config::StreamsConfig;
+use crate::topology::Topology;
+use crate::{Error, Result};
+
+/// The life of a [`KafkaStreams`] instance, as Kafka Streams names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum State {
+    /// Built, not started.
+    Created,
+    /// Started; some stream thread is joining the group or taking over partitions.
+    Rebalancing,
+    /// Every stream thread has its tasks and is processing.
+    Running,
+    /// `close` was called; threads are committing and stopping.
+    PendingShutdown,
+    /// Stopped cleanly.
+    NotRunning,
+    /// A thread failed; the others are stopping.
+    PendingError,
+    /// Stopped after a failure; [`KafkaStreams::error`] says which.
+    Error,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ThreadState {
+    Starting,
+    PartitionsRevoked,
+    PartitionsAssigned,
+    Running,
+    PendingShutdown,
+    Dead,
+}
+
+type Listener = Arc<dyn Fn(State, State) + Send + Sync>;
+
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    changed: Condvar,
+    threads: Mutex<Vec<ThreadState>>,
+    listener: Mutex<Option<Listener>>,
+    pub(crate) shutdown: AtomicBool,
+    error: Mutex<Option<Arc<Error>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    fn transition(&self, to: State) {
+        let from = {
+            let mut s = lock(&self.state);
+            let from = *s;
+            let allowed = match (from, to) {
+                (a, b) if a == b => false,
+                (State::Error | State::NotRunning, _) => false,
+                (State::PendingError, s) => s == State::Error,
+                (State::PendingShutdown, s) => s == State::NotRunning,
+                _ => true,
+            };
+            if !allowed {
+                return;
+            }
+            *s = to;
+            from
+        };
+        tracing::info!(from = ?from, to = ?to, "state changed");
+        self.changed.notify_all();
+        let listener = lock(&self.listener).clone();
+        if let Some(l) = listener {
+            l(from, to);
+        }
+    }
+
+    pub(crate) fn set_thread_state(&self, index: usize, state: ThreadState) {
+        let all_running = {
+            let mut threads = lock(&self.threads);
+            threads[index] = state;
+            threads.iter().all(|t| *t == ThreadState::Running)
+        };
+        let current = *lock(&self.state);
+        if matches!(current, State::Rebalancing | State::Running) {
+            self.transition(if all_running {
+                State::Running
+            } else {
+                State::Rebalancing
+            });
+        }
+    }
+
+    fn thread_finished(&self, index: usize, result: Result<()>) {
+        if let Err(e) = result {
+            tracing::error!(error = %e, "stream thread failed; stopping the instance");
+            lock(&self.error).get_or_insert_with(|| Arc::new(e));
+            self.shutdown.store(true, Ordering::SeqCst);
+            self.transition(State::PendingError);
+        }
+        let all_dead = {
+            let mut threads = lock(&self.threads);
+            threads[index] = ThreadState::Dead;
+            threads.iter().all(|t| *t == ThreadState::Dead)
+        };
+        if all_dead {
+            if lock(&self.error).is_some() {
+                self.transition(State::Error);
+            } else {
+                self.transition(State::NotRunning);
+            }
+        }
+        self.changed.notify_all();
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A running application: a topology, its configuration, and its stream threads.
+pub struct KafkaStreams {
+    topology: Topology,
+    config: StreamsConfig,
+    shared: Arc<Shared>,
+    handles: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    lock_file: Mutex<Option<File>>,
+    instance_id: Mutex<Option<String>>,
+}
+
+impl KafkaStreams {
+    /// An application in state [`State::Created`]; nothing connects until [`start`](Self::start).
+    pub fn new(topology: Topology, config: StreamsConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(KafkaStreams {
+            topology,
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::Created),
+                changed: Condvar::new(),
+                threads: Mutex::new(vec![ThreadState::Starting; config.num_stream_threads]),
+                listener: Mutex::new(None),
+                shutdown: AtomicBool::new(false),
+                error: Mutex::new(None),
+            }),
+            config,
+            handles: Mutex::new(vec![]),
+            lock_file: Mutex::new(None),
+            instance_id: Mutex::new(None),
+        })
+    }
+
+    /// Calls `listener(old, new)` on every state change, from the thread that caused it.
+    pub fn set_state_listener(&self, listener: impl Fn(State, State) + Send + Sync + 'static) {
+        *lock(&self.shared.listener) = Some(Arc::new(listener));
+    }
+
+    /// The current state.
+    pub fn state(&self) -> State {
+        *lock(&self.shared.state)
+    }
+
+    /// The error that stopped the instance, once it is in [`State::PendingError`] or
+    /// [`State::Error`].
+    pub fn error(&self) -> Option<Arc<Error>> {
+        lock(&self.shared.error).clone()
+    }
+
+    /// This instance's id (from the configuration, or kept in the state directory), once
+    /// started.
+    pub fn instance_id(&self) -> Option<String> {
+        lock(&self.instance_id).clone()
+    }
+
+    /// Waits until `condition(state)` holds or `timeout` passes; returns whether it held.
+    pub fn wait_for(&self, condition: impl Fn(State) -> bool, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut state = lock(&self.shared.state);
+        loop {
+            if condition(*state) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            state = self
+                .shared
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Prepares topics (checks source topics and co-partitioning, creates internal topics) and
+    /// starts the stream threads. Errors here leave the instance in [`State::Created`].
+    pub fn start(&self) -> Result<()> {
+        if self.state() != State::Created {
+            return Err(Error::Config(format!(
+                "start called in state {:?}",
+                self.state()
+            )));
+        }
+        let app_dir = self.config.state_dir.join(&self.config.application_id);
+        std::fs::create_dir_all(&app_dir).map_err(|e| Error::Io {
+            context: format!("create state directory {}", app_dir.display()),
+            source: e,
+        })?;
+        let lock_file = lock_state_dir(&app_dir)?;
+        let instance_id = match &self.config.instance_id {
+            Some(id) => id.clone(),
+            None => instance_id(&app_dir)?,
+        };
+        topics::prepare(&self.topology, &self.config)?;
+        *lock(&self.lock_file) = Some(lock_file);
+        *lock(&self.instance_id) = Some(instance_id.clone());
+        let span = tracing::info_span!("kafka_streams", application_id = %self.config.application_id, instance = %instance_id);
+        let _guard = span.enter();
+        tracing::info!(threads = self.config.num_stream_threads, guarantee = ?self.config.guarantee, "starting");
+        self.shared.transition(State::Rebalancing);
+        let mut handles = lock(&self.handles);
+        for i in 0..self.config.num_stream_threads {
+            let thread = thread::StreamThread::new(
+                i,
+                self.topology.clone(),
+                self.config.clone(),
+                self.shared.clone(),
+                &instance_id,
+            );
+            let shared = self.shared.clone();
+            let name = thread.name();
+            let handle = std::thread::Builder::new()
+                .name(name.clone())
+                .spawn(move || {
+                    let result =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| thread.run()));
+                    let result = match result {
+                        Ok(r) => r,
+                        Err(panic) => {
+                            let message = panic
+                                .downcast_ref::<String>()
+                                .cloned()
+                                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                                .unwrap_or_else(|| "a panic without a message".into());
+                            Err(Error::ThreadDied {
+                                thread: name,
+                                message: format!("panicked: {message}"),
+                            })
+                        }
+                    };
+                    shared.thread_finished(i, result);
+                })
+                .map_err(|e| Error::Io {
+                    context: "spawn a stream thread".into(),
+                    source: e,
+                })?;
+            handles.push(handle);
+        }
+        Ok(())
+    }
+
+    /// Asks every thread to commit and stop, and waits up to `timeout`. Returns whether all
+    /// threads stopped in time.
+    pub fn close(&self, timeout: Duration) -> bool {
+        if self.state() == State::Created {
+            self.shared.transition(State::NotRunning);
+            return true;
+        }
+        self.shared.transition(State::PendingShutdown);
+        self.shared.shutdown.store(true, Ordering::SeqCst);
+        let stopped = self.wait_for(|s| matches!(s, State::NotRunning | State::Error), timeout);
+        if stopped {
+            for h in lock(&self.handles).drain(..) {
+                let _ = h.join();
+            }
+            lock(&self.lock_file).take();
+        } else {
+            tracing::warn!(?timeout, "stream threads did not stop in time");
+        }
+        stopped
+    }
+
+    /// The topology this instance runs.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+}
+
+impl Drop for KafkaStreams {
+    fn drop(&mut self) {
+        if !matches!(self.state(), State::NotRunning | State::Error) {
+            self.close(Duration::from_secs(30));
+        }
+    }
+}
+
+/// Takes an exclusive lock on the application's state directory, so that two instances on one
+/// machine never share state (or transactional ids).
+fn lock_state_dir(dir: &Path) -> Result<File> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join(".lock");
+    let file = File::create(&path).map_err(|e| Error::Io {
+        context: format!("create {}", path.display()),
+        source: e,
+    })?;
+    // SAFETY: flock on a descriptor we own; no memory is shared with the call.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(Error::Config(format!(
+            "state directory {} is in use by another instance; give each instance its own state_dir",
+            dir.display()
+        )));
+    }
+    Ok(file)
+}
+
+/// The instance id kept in the state directory, created on first use.
+fn instance_id(dir: &Path) -> Result<String> {
+    let path: PathBuf = dir.join("instance.id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
+        _ => {
+            let id = uuid::Uuid::new_v4().simple().to_string();
+            let tmp = dir.join("instance.id.tmp");
+            std::fs::write(&tmp, &id)
+                .and_then(|_| std::fs::rename(&tmp, &path))
+                .map_err(|e| Error::Io {
+                    context: format!("write {}", path.display()),
+                    source: e,
+                })?;
+            Ok(id)
+        }
+    }
+}

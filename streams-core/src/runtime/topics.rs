@@ -1,0 +1,159 @@
+//! Start-up checks of source topics and creation of internal topics.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::RDKafkaErrorCode;
+
+use crate::config::StreamsConfig;
+use crate::topology::Topology;
+use crate::{Error, Result};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn partition_count(admin: &AdminClient<DefaultClientContext>, topic: &str) -> Result<Option<i32>> {
+    let md = admin
+        .inner()
+        .fetch_metadata(Some(topic), TIMEOUT)
+        .map_err(|e| Error::kafka(format!("metadata of {topic}"), e))?;
+    Ok(md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| t.partitions().len() as i32))
+}
+
+/// Checks that source topics exist and co-partitioned topics agree, and creates the
+/// repartition topics with their partition counts.
+pub(crate) fn prepare(
+    topology: &Topology,
+    config: &StreamsConfig,
+) -> Result<BTreeMap<String, i32>> {
+    let app = &config.application_id;
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.bootstrap_servers);
+    for (k, v) in &config.client_properties {
+        c.set(k, v);
+    }
+    let admin: AdminClient<DefaultClientContext> = c
+        .create()
+        .map_err(|e| Error::kafka("create admin client", e))?;
+    let internal = topology.repartition_topics();
+    let mut counts: BTreeMap<String, i32> = BTreeMap::new();
+    for st in topology.subtopologies() {
+        for t in st
+            .source_topics
+            .iter()
+            .filter(|t| !internal.contains_key(*t))
+        {
+            match partition_count(&admin, t)? {
+                Some(n) => {
+                    counts.insert(t.clone(), n);
+                }
+                None => {
+                    return Err(Error::Config(format!(
+                        "source topic {t} does not exist; create it before starting the application"
+                    )))
+                }
+            }
+        }
+    }
+    // Repartition topics: explicit counts, else the largest source count of their writers,
+    // repeated until every count is known (a writer may read another repartition topic).
+    let mut wanted: BTreeMap<String, i32> = internal
+        .iter()
+        .filter_map(|(name, n)| n.map(|n| (name.clone(), n)))
+        .collect();
+    loop {
+        let mut progress = false;
+        let unknown: Vec<String> = internal
+            .keys()
+            .filter(|n| !wanted.contains_key(*n))
+            .cloned()
+            .collect();
+        for name in &unknown {
+            let writers: Vec<_> = topology
+                .subtopologies()
+                .iter()
+                .filter(|s| s.sink_topics.contains(name))
+                .collect();
+            let known: Option<Vec<i32>> = writers
+                .iter()
+                .flat_map(|s| s.source_topics.iter())
+                .map(|t| counts.get(t).or_else(|| wanted.get(t)).copied())
+                .collect();
+            if let Some(n) = known.and_then(|k| k.into_iter().max()) {
+                wanted.insert(name.clone(), n);
+                progress = true;
+            }
+        }
+        if wanted.len() == internal.len() {
+            break;
+        }
+        if !progress {
+            let missing: Vec<&String> = internal
+                .keys()
+                .filter(|n| !wanted.contains_key(*n))
+                .collect();
+            return Err(Error::Config(format!(
+                "cannot work out the partition count of repartition topics {missing:?}; give it in add_repartition_topic"
+            )));
+        }
+    }
+    for (name, n) in &wanted {
+        let topic = topology.resolve_topic(app, name);
+        match partition_count(&admin, &topic)? {
+            Some(have) if have == *n => {}
+            Some(have) => {
+                return Err(Error::Config(format!(
+                    "internal topic {topic} has {have} partitions but the topology needs {n}"
+                )))
+            }
+            None => {
+                let new = NewTopic::new(
+                    &topic,
+                    *n,
+                    TopicReplication::Fixed(config.replication_factor),
+                )
+                .set("cleanup.policy", "delete");
+                let results = futures::executor::block_on(admin.create_topics(
+                    &[new],
+                    &AdminOptions::new().operation_timeout(Some(TIMEOUT)),
+                ))
+                .map_err(|e| Error::kafka(format!("create {topic}"), e))?;
+                for r in results {
+                    if let Err((t, code)) = r {
+                        if code != RDKafkaErrorCode::TopicAlreadyExists {
+                            return Err(Error::Config(format!(
+                                "creating internal topic {t} failed: {code}"
+                            )));
+                        }
+                    }
+                }
+                tracing::info!(topic = %topic, partitions = n, "created internal topic");
+            }
+        }
+        counts.insert(name.clone(), *n);
+    }
+    // Co-partitioning: every source of one sub-topology has the same count.
+    for st in topology.subtopologies() {
+        let per: Vec<(String, i32)> = st
+            .source_topics
+            .iter()
+            .map(|t| (t.clone(), counts[t]))
+            .collect();
+        if per.windows(2).any(|w| w[0].1 != w[1].1) {
+            let list: Vec<String> = per.iter().map(|(t, n)| format!("{t} ({n})")).collect();
+            return Err(Error::Config(format!(
+                "sub-topology {} reads topics with different partition counts: {}; topics processed together must be co-partitioned (equal counts)",
+                st.id,
+                list.join(", ")
+            )));
+        }
+    }
+    Ok(counts)
+}
