@@ -16,6 +16,12 @@ pub mod store;
 pub mod task;
 pub mod topology;
 
+pub use config::{ProcessingGuarantee, StreamsConfig};
+pub use driver::TopologyTestDriver;
 pub use error::{Error, Result};
+pub use processor::{Processor, ProcessorContext, PunctuationType, PunctuatorId};
 pub use record::{Headers, Record, RecordOrigin};
+pub use runtime::{KafkaStreams, State};
 pub use serde::{Serde, SerdeError};
+pub use task::TaskId;
+pub use topology::{Sink, Source, Topology, TopologyBuilder};

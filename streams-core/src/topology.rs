@@ -136,10 +136,19 @@ pub(crate) trait SourceDecoder: Send + Sync {
     ) -> std::result::Result<DecodedRecord, DecodeError>;
 }
 
+/// Forwards a decoded record from its source node.
+pub(crate) type ForwardFn = Box<dyn FnOnce(&mut NodeCtx<'_>) -> Result<()>>;
+
+/// Makes a sink node for a resolved topic and node name.
+type SinkFactory = Arc<dyn Fn(&str, Arc<str>) -> Box<dyn Node> + Send + Sync>;
+
+/// A source's resolved topics and decoder.
+pub(crate) type SourceParts = (Vec<String>, Arc<dyn SourceDecoder>);
+
 /// A decoded record ready to forward, able to copy itself for each child.
 pub(crate) struct DecodedRecord {
     pub(crate) timestamp: i64,
-    pub(crate) forward: Box<dyn FnOnce(&mut NodeCtx<'_>) -> Result<()>>,
+    pub(crate) forward: ForwardFn,
 }
 
 impl<K: Clone + 'static, V: Clone + 'static> SourceDecoder for Source<K, V> {
@@ -264,7 +273,7 @@ enum Kind {
     },
     Sink {
         topic: String,
-        factory: Arc<dyn Fn(&str, Arc<str>) -> Box<dyn Node> + Send + Sync>,
+        factory: SinkFactory,
     },
 }
 
@@ -449,7 +458,7 @@ enum NodeImpl {
     },
     Sink {
         topic: String,
-        factory: Arc<dyn Fn(&str, Arc<str>) -> Box<dyn Node> + Send + Sync>,
+        factory: SinkFactory,
     },
 }
 
@@ -735,7 +744,7 @@ impl Topology {
         &self,
         i: usize,
         application_id: &str,
-    ) -> (Box<dyn Node>, Option<(Vec<String>, Arc<dyn SourceDecoder>)>) {
+    ) -> (Box<dyn Node>, Option<SourceParts>) {
         match &self.inner.impls[i] {
             NodeImpl::Source { topics, decoder } => {
                 let resolved = topics

@@ -278,3 +278,66 @@ where
         }
     }
 }
+
+/// Reads every partition of `topic` from the beginning to its end as the broker's fetch
+/// responses report it (so call it after the writers stopped), without a consumer group. Under
+/// `read_committed` the end is the last stable offset: records of a transaction still open are
+/// not returned. Fails after `timeout`.
+///
+/// The end comes from fetch responses (librdkafka's partition EOF), not from ListOffsets:
+/// nisshi 0.7.0 answers ListOffsets(latest) with a stale offset when several idempotent
+/// producers write to one partition (see docs/BROKER.md).
+pub fn read_to_end(
+    bootstrap: &str,
+    topic: &str,
+    isolation: Isolation,
+    timeout: Duration,
+) -> anyhow::Result<Vec<Received>> {
+    let partitions = partition_count(bootstrap, topic)? as i32;
+    let consumer: BaseConsumer = client_config(bootstrap)
+        .set("group.id", crate::unique("testkit-reader"))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", isolation.as_config())
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let mut got = Vec::new();
+    let mut at_end = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + timeout;
+    while at_end.len() < partitions as usize {
+        if Instant::now() > deadline {
+            bail!("reading {topic} ({isolation:?}) to its end: partitions at the end {at_end:?} of {partitions} within {timeout:?}");
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+            }
+            Some(Err(e)) => return Err(anyhow!(e).context(format!("consuming {topic}"))),
+            Some(Ok(msg)) => {
+                at_end.remove(&msg.partition());
+                let headers = msg
+                    .headers()
+                    .map(|hs| {
+                        hs.iter()
+                            .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                got.push(Received {
+                    partition: msg.partition(),
+                    offset: msg.offset(),
+                    key: msg.key().map(<[u8]>::to_vec),
+                    value: msg.payload().map(<[u8]>::to_vec),
+                    headers,
+                });
+            }
+        }
+    }
+    Ok(got)
+}

@@ -10,6 +10,7 @@
 //! - [`kafka`]: small helpers over rdkafka (admin, produce, read a topic to the end).
 
 pub mod broker;
+pub mod child;
 pub mod kafka;
 pub mod names;
 pub mod proxy;

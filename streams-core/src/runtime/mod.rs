@@ -31,6 +31,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::StreamsConfig;
+use crate::task::TaskId;
 use crate::topology::Topology;
 use crate::{Error, Result};
 
@@ -69,6 +70,7 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     changed: Condvar,
     threads: Mutex<Vec<ThreadState>>,
+    tasks: Mutex<Vec<Vec<TaskId>>>,
     listener: Mutex<Option<Listener>>,
     pub(crate) shutdown: AtomicBool,
     error: Mutex<Option<Arc<Error>>>,
@@ -118,6 +120,10 @@ impl Shared {
                 State::Rebalancing
             });
         }
+    }
+
+    pub(crate) fn set_thread_tasks(&self, index: usize, tasks: Vec<TaskId>) {
+        lock(&self.tasks)[index] = tasks;
     }
 
     fn thread_finished(&self, index: usize, result: Result<()>) {
@@ -170,6 +176,7 @@ impl KafkaStreams {
                 state: Mutex::new(State::Created),
                 changed: Condvar::new(),
                 threads: Mutex::new(vec![ThreadState::Starting; config.num_stream_threads]),
+                tasks: Mutex::new(vec![vec![]; config.num_stream_threads]),
                 listener: Mutex::new(None),
                 shutdown: AtomicBool::new(false),
                 error: Mutex::new(None),
@@ -310,6 +317,13 @@ impl KafkaStreams {
             tracing::warn!(?timeout, "stream threads did not stop in time");
         }
         stopped
+    }
+
+    /// The tasks this instance runs now, over all its stream threads.
+    pub fn assigned_tasks(&self) -> Vec<TaskId> {
+        let mut all: Vec<TaskId> = lock(&self.shared.tasks).iter().flatten().copied().collect();
+        all.sort();
+        all
     }
 
     /// The topology this instance runs.

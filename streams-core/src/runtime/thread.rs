@@ -323,12 +323,15 @@ impl Inner {
             let task = Task::new(&self.topology, id, &self.app_id, Some(&dir), now)?;
             self.tasks.insert(id, task);
         }
+        self.shared
+            .set_thread_tasks(self.index, self.tasks.keys().copied().collect());
         let ids: Vec<String> = self.tasks.keys().map(ToString::to_string).collect();
         tracing::info!(thread = %self.name, tasks = ?ids, "partitions assigned; tasks created");
         Ok(())
     }
 
     fn close_all_tasks(&mut self) {
+        self.shared.set_thread_tasks(self.index, vec![]);
         for (_, mut task) in std::mem::take(&mut self.tasks) {
             if let Err(e) = task.close() {
                 tracing::warn!(thread = %self.name, error = %e, "closing a task failed");
@@ -590,8 +593,16 @@ impl StreamThread {
             }
             Err(e) => {
                 let mut inner = ctx.lock();
-                // Uncommitted work is dropped; under exactly-once the open transaction is
-                // aborted by the next instance with this transactional id (or times out).
+                // Uncommitted work is dropped. Abort the open transaction so readers are not
+                // held up, unless the producer was fenced (it cannot abort; its successor did).
+                if inner.in_transaction && !e.is_fenced() {
+                    if let Some(p) = &inner.producer {
+                        let _ = p.flush(CLIENT_TIMEOUT);
+                        if let Err(abort) = p.abort_transaction(CLIENT_TIMEOUT) {
+                            tracing::warn!(thread = %name, error = %abort, "aborting the open transaction failed");
+                        }
+                    }
+                }
                 inner.producer = None;
                 inner.close_all_tasks();
                 Err(e)

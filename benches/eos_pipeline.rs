@@ -1,0 +1,216 @@
+//! Exactly-once consume→transform→produce: a raw rdkafka pipe versus the same work as a
+//! one-processor topology on `KafkaStreams`, against the same broker in the same run.
+//!
+//! ```text
+//! cargo bench --bench eos_pipeline [-- RECORDS ROUNDS]
+//! ```
+//!
+//! Each round fills a fresh 3-partition input topic with RECORDS records (100-byte values),
+//! then runs (a) the raw pipe and (b) the topology, each reading the whole topic with a fresh
+//! consumer group and writing `value + "!"` to its own output topic, both under exactly-once
+//! with a commit every 100 ms (one transactional producer, read_committed consumer, offsets in
+//! the transaction). A watcher measures each from start until the group's committed offsets
+//! cover every input record. Prints records/s for both and the ratio (b)/(a) per round and as
+//! the median over rounds.
+
+use std::time::{Duration, Instant};
+
+use kstreams::core::serde::RawBytes;
+use kstreams::core::{
+    KafkaStreams, Processor, ProcessorContext, Record, Result, Sink, Source, State, StreamsConfig,
+    TopologyBuilder,
+};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use streams_testkit::kafka::{client_config, committed_offsets, create_topic, send_retrying};
+use streams_testkit::{bootstrap_servers, unique};
+
+const PARTITIONS: i32 = 3;
+const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+fn fill(bootstrap: &str, topic: &str, n: usize) {
+    let p: BaseProducer = client_config(bootstrap)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    let payload = [b'x'; 100];
+    for i in 0..n {
+        let key = i.to_string();
+        send_retrying(&p, BaseRecord::to(topic).key(&key).payload(&payload[..])).unwrap();
+    }
+    p.flush(TIMEOUT).unwrap();
+}
+
+/// Waits until `group` has committed offsets covering `n` records of `topic`.
+fn wait_committed(bootstrap: &str, group: &str, topic: &str, n: usize) {
+    loop {
+        let done: i64 = committed_offsets(bootstrap, group, topic)
+            .map(|v| v.into_iter().map(|o| o.unwrap_or(0)).sum())
+            .unwrap_or(0);
+        if done >= n as i64 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20)); // the watcher's polling period
+    }
+}
+
+/// (a) The raw pipe: poll, transform, send; every 100 ms send the offsets and commit.
+fn raw_pipe(bootstrap: &str, input: &str, output: &str, n: usize) -> f64 {
+    let group = unique("bench-raw");
+    let start = Instant::now();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let worker = {
+        let (bootstrap, input, output, group, stop) = (
+            bootstrap.to_string(),
+            input.to_string(),
+            output.to_string(),
+            group.clone(),
+            stop.clone(),
+        );
+        std::thread::spawn(move || {
+            let consumer: BaseConsumer = client_config(&bootstrap)
+                .set("group.id", &group)
+                .set("enable.auto.commit", "false")
+                .set("auto.offset.reset", "earliest")
+                .set("isolation.level", "read_committed")
+                .set("partition.assignment.strategy", "range")
+                .create()
+                .unwrap();
+            let producer: BaseProducer = client_config(&bootstrap)
+                .set("transactional.id", unique("bench-raw-txn"))
+                .set("linger.ms", "5")
+                .set("partitioner", "murmur2_random")
+                .create()
+                .unwrap();
+            producer.init_transactions(TIMEOUT).unwrap();
+            consumer.subscribe(&[&input]).unwrap();
+            let mut offsets: std::collections::HashMap<i32, i64> = Default::default();
+            let mut in_txn = false;
+            let mut last_commit = Instant::now();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let wait = COMMIT_INTERVAL.saturating_sub(last_commit.elapsed());
+                let mut timeout = wait.min(Duration::from_millis(100));
+                for _ in 0..1000 {
+                    let Some(m) = consumer.poll(timeout) else {
+                        break;
+                    };
+                    timeout = Duration::ZERO;
+                    let m = m.unwrap();
+                    if !in_txn {
+                        producer.begin_transaction().unwrap();
+                        in_txn = true;
+                    }
+                    let mut value = m.payload().unwrap_or_default().to_vec();
+                    value.push(b'!');
+                    let mut record = BaseRecord::to(&output).payload(&value[..]);
+                    if let Some(k) = m.key() {
+                        record = record.key(k);
+                    }
+                    send_retrying(&producer, record).unwrap();
+                    offsets.insert(m.partition(), m.offset() + 1);
+                }
+                producer.poll(Duration::ZERO);
+                if last_commit.elapsed() >= COMMIT_INTERVAL && !offsets.is_empty() {
+                    let mut tpl = TopicPartitionList::new();
+                    for (p, o) in offsets.drain() {
+                        tpl.add_partition_offset(&input, p, Offset::Offset(o))
+                            .unwrap();
+                    }
+                    producer.flush(TIMEOUT).unwrap();
+                    if !in_txn {
+                        producer.begin_transaction().unwrap();
+                    }
+                    let meta = consumer.group_metadata().unwrap();
+                    producer
+                        .send_offsets_to_transaction(&tpl, &meta, TIMEOUT)
+                        .unwrap();
+                    producer.commit_transaction(TIMEOUT).unwrap();
+                    in_txn = false;
+                    last_commit = Instant::now();
+                }
+            }
+        })
+    };
+    wait_committed(bootstrap, &group, input, n);
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    worker.join().unwrap();
+    rate
+}
+
+/// The same transformation as a processor.
+struct Exclaim;
+
+impl Processor for Exclaim {
+    type KeyIn = Vec<u8>;
+    type ValueIn = Vec<u8>;
+    type KeyOut = Vec<u8>;
+    type ValueOut = Vec<u8>;
+    fn process(
+        &mut self,
+        record: Record<Vec<u8>, Vec<u8>>,
+        ctx: &mut ProcessorContext<'_, Vec<u8>, Vec<u8>>,
+    ) -> Result<()> {
+        let (key, mut value) = record.clone().into_key_value();
+        value.push(b'!');
+        ctx.forward(record.with_key(key).with_value(value))
+    }
+}
+
+/// (b) The topology on the runtime, exactly-once, one stream thread.
+fn topology(bootstrap: &str, input: &str, output: &str, n: usize) -> f64 {
+    let app = unique("bench-app");
+    let topology = TopologyBuilder::new()
+        .add_source("in", Source::new([input], RawBytes, RawBytes))
+        .add_processor("exclaim", || Exclaim, ["in"])
+        .add_sink("out", Sink::new(output, RawBytes, RawBytes), ["exclaim"])
+        .build()
+        .unwrap();
+    let config = StreamsConfig::new(&app, bootstrap)
+        .commit_interval_ms(COMMIT_INTERVAL)
+        .state_dir(std::env::temp_dir().join(unique("bench-state")))
+        .set("linger.ms", "5");
+    let start = Instant::now();
+    let streams = KafkaStreams::new(topology, config).unwrap();
+    streams.start().unwrap();
+    wait_committed(bootstrap, &app, input, n);
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    assert!(streams.close(TIMEOUT));
+    assert_eq!(streams.state(), State::NotRunning);
+    rate
+}
+
+fn main() {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let n = args.first().copied().unwrap_or(50_000);
+    let rounds = args.get(1).copied().unwrap_or(3);
+    let bootstrap = bootstrap_servers();
+    let mut ratios = vec![];
+    for round in 1..=rounds {
+        let input = unique("bench-in");
+        create_topic(&bootstrap, &input, PARTITIONS, &[]).unwrap();
+        fill(&bootstrap, &input, n);
+        let (out_a, out_b) = (unique("bench-out-raw"), unique("bench-out-topology"));
+        create_topic(&bootstrap, &out_a, PARTITIONS, &[]).unwrap();
+        create_topic(&bootstrap, &out_b, PARTITIONS, &[]).unwrap();
+        let a = raw_pipe(&bootstrap, &input, &out_a, n);
+        let b = topology(&bootstrap, &input, &out_b, n);
+        let ratio = b / a;
+        println!(
+            "round {round}: raw pipe {a:.0} rec/s, topology {b:.0} rec/s, ratio topology/raw {ratio:.3}"
+        );
+        ratios.push(ratio);
+    }
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "median ratio topology/raw over {rounds} rounds of {n} records: {:.3}",
+        ratios[ratios.len() / 2]
+    );
+}
