@@ -155,9 +155,10 @@ impl Processor for Exclaim {
         record: Record<Vec<u8>, Vec<u8>>,
         ctx: &mut ProcessorContext<'_, Vec<u8>, Vec<u8>>,
     ) -> Result<()> {
-        let (key, mut value) = record.clone().into_key_value();
-        value.push(b'!');
-        ctx.forward(record.with_key(key).with_value(value))
+        ctx.forward(record.map_value(|mut value| {
+            value.push(b'!');
+            value
+        }))
     }
 }
 

@@ -133,6 +133,17 @@ impl<K, V> Record<K, V> {
         }
     }
 
+    /// The same record with its value passed through `f` (no copy of the rest).
+    pub fn map_value<V2>(self, f: impl FnOnce(V) -> V2) -> Record<K, V2> {
+        Record {
+            key: self.key,
+            value: f(self.value),
+            timestamp: self.timestamp,
+            headers: self.headers,
+            origin: self.origin,
+        }
+    }
+
     /// The same record with another timestamp.
     pub fn with_timestamp(mut self, timestamp: i64) -> Self {
         self.timestamp = timestamp;

@@ -395,8 +395,7 @@ impl Task {
             partition: raw.partition,
             offset: raw.offset,
         };
-        let poison = raw.clone();
-        match decoder.decode(raw, partition_time) {
+        match decoder.decode(&raw, partition_time) {
             Ok(decoded) => {
                 let q = self.queues.get_mut(&key).unwrap();
                 q.partition_time = q.partition_time.max(decoded.timestamp);
@@ -408,7 +407,7 @@ impl Task {
                 result.map_err(|e| Error::task(id, e))?;
                 self.punctuate(PunctuationType::StreamTime, self.env.stream_time, collector)?;
             }
-            Err(e) => self.on_poison(poison, &e.to_string(), collector, on_poison)?,
+            Err(e) => self.on_poison(raw, &e.to_string(), collector, on_poison)?,
         }
         Ok(true)
     }

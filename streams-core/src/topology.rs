@@ -131,7 +131,7 @@ impl fmt::Display for DecodeError {
 pub(crate) trait SourceDecoder: Send + Sync {
     fn decode(
         &self,
-        raw: RawRecord,
+        raw: &RawRecord,
         partition_time: i64,
     ) -> std::result::Result<DecodedRecord, DecodeError>;
 }
@@ -154,7 +154,7 @@ pub(crate) struct DecodedRecord {
 impl<K: Clone + 'static, V: Clone + 'static> SourceDecoder for Source<K, V> {
     fn decode(
         &self,
-        raw: RawRecord,
+        raw: &RawRecord,
         partition_time: i64,
     ) -> std::result::Result<DecodedRecord, DecodeError> {
         let topic = raw.topic.clone();
@@ -168,7 +168,7 @@ impl<K: Clone + 'static, V: Clone + 'static> SourceDecoder for Source<K, V> {
             .map_err(DecodeError::Serde)?;
         let origin = raw.origin();
         let mut record = Record::new(key, value, raw.timestamp)
-            .with_headers(raw.headers)
+            .with_headers(raw.headers.clone())
             .with_origin(origin);
         if let Some(extract) = &self.extractor {
             let ts = extract(&record, partition_time);

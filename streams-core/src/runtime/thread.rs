@@ -151,13 +151,15 @@ impl RecordCollector for Collector<'_> {
                 .map_err(|e| Error::kafka("begin transaction", e))?;
             *self.in_transaction = true;
         }
-        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-        for (k, v) in record.headers.iter() {
-            headers = headers.insert(Header { key: k, value: v });
+        let mut base: BaseRecord<'_, [u8], [u8]> =
+            BaseRecord::to(&record.topic).timestamp(record.timestamp);
+        if !record.headers.is_empty() {
+            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+            for (k, v) in record.headers.iter() {
+                headers = headers.insert(Header { key: k, value: v });
+            }
+            base = base.headers(headers);
         }
-        let mut base: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&record.topic)
-            .timestamp(record.timestamp)
-            .headers(headers);
         if let Some(k) = &record.key {
             base = base.key(k.as_slice());
         }
