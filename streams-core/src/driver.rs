@@ -30,11 +30,11 @@
 //! let topology = TopologyBuilder::new()
 //!     .add_source("words", Source::new(["words"], Utf8, Utf8))
 //!     .add_processor("length", || Length, ["words"])
-//!     .add_sink("lengths", Sink::new("lengths", Utf8, BigEndian), ["length"])
+//!     .add_sink("lengths", Sink::<String, u64>::new("lengths", Utf8, BigEndian), ["length"])
 //!     .build()?;
 //! let driver = TopologyTestDriver::new(topology)?;
 //! let input = driver.input_topic("words", Utf8, Utf8);
-//! let output = driver.output_topic("lengths", Utf8, BigEndian);
+//! let output = driver.output_topic::<String, u64>("lengths", Utf8, BigEndian);
 //! input.pipe("a".to_string(), "hello".to_string())?;
 //! input.pipe_at("b".to_string(), "hi".to_string(), 5_000)?;
 //! assert_eq!(output.read_key_values()?, vec![("a".to_string(), 5_u64), ("b".to_string(), 2)]);
