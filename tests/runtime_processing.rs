@@ -555,44 +555,25 @@ fn two_instances_split_partitions_and_take_over() {
     let mut rng = rand::rng();
     std::thread::sleep(Duration::from_millis(rng.random_range(300..1500))); // the kill point
     a.kill().unwrap();
+    // A's last transaction (output and consumed offsets) was left open by the SIGKILL. Kafka's
+    // transaction coordinator aborts it after transaction.timeout.ms (10 s here); nisshi's
+    // memory engine never does (docs/BROKER.md), and until then B cannot read the committed
+    // offsets of A's partitions. Do what the coordinator does on that timeout: bump the epoch
+    // of A's transactional id, which aborts the transaction. A is not restarted.
+    let instance_a = std::fs::read_to_string(dir_a.join(&app).join("instance.id")).unwrap();
+    let fencer: BaseProducer = client_config(&bootstrap)
+        .set("transactional.id", format!("{app}-{}-1", instance_a.trim()))
+        .create()
+        .unwrap();
+    fencer.init_transactions(Duration::from_secs(30)).unwrap();
+    drop(fencer);
     feeder.join().unwrap();
-    // B takes over A's partitions: it commits the consumed offsets of all input.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let committed: i64 = committed_offsets(&bootstrap, &app, &input)
-            .unwrap()
-            .into_iter()
-            .map(|o| o.unwrap_or(0))
-            .sum();
-        if committed == N as i64 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "B did not commit all input: {committed} of {N}"
-        );
-        std::thread::sleep(Duration::from_millis(200)); // polling the group's offsets
-    }
-    // A's last transaction was left open by the SIGKILL. Kafka aborts it after
-    // transaction.timeout.ms; nisshi's memory engine never times transactions out (see
-    // docs/BROKER.md), so restart A: its init_transactions aborts it, as after any crash.
-    let mut a2 = spawn_app(
-        test,
-        "A-restarted",
-        &app,
-        &input,
-        &output,
-        dir_a.to_str().unwrap(),
-    );
-    a2.wait_for_line("KSTREAMS-APP-RUNNING", LONG).unwrap();
     consume_until(&bootstrap, &output, Isolation::ReadCommitted, LONG, |g| {
         census(g).len() >= N
     })
     .unwrap();
-    for (name, child) in [("A-restarted", &mut a2), ("B", &mut b)] {
-        let status = child.stop(Duration::from_secs(90)).unwrap();
-        assert!(status.success(), "{name} exit: {status}");
-    }
+    let status = b.stop(Duration::from_secs(90)).unwrap();
+    assert!(status.success(), "B exit: {status}");
     let out = read_to_end(&bootstrap, &output, Isolation::ReadCommitted, LONG).unwrap();
     let verdict = check_exactly_once(&out, N);
     let index = |r: &Received| -> usize {
@@ -627,10 +608,14 @@ fn two_instances_split_partitions_and_take_over() {
         ta.is_subset(&second_tasks),
         "A's tasks {ta:?} got input after the kill"
     );
-    assert!(second_by.contains(b"B".as_slice()));
+    let b_tasks: BTreeSet<String> = second
+        .iter()
+        .filter(|r| header(r, "instance") == Some(&b"B"[..]))
+        .map(|r| String::from_utf8_lossy(header(r, "task").unwrap()).into_owned())
+        .collect();
     assert!(
-        !second_by.contains(b"A-restarted".as_slice()),
-        "B had committed everything before A came back"
+        ta.is_subset(&b_tasks),
+        "B processed A's tasks {ta:?} after the kill: {b_tasks:?}"
     );
     assert_eq!(
         (verdict.duplicates, verdict.missing, verdict.unexpected),

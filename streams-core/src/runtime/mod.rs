@@ -139,7 +139,10 @@ impl Shared {
             threads.iter().all(|t| *t == ThreadState::Dead)
         };
         if all_dead {
-            if lock(&self.error).is_some() {
+            // A failure during a requested shutdown still ends in NotRunning (the error stays
+            // available from `error()`), as Kafka Streams allows only that from PendingShutdown.
+            let shutting_down = *lock(&self.state) == State::PendingShutdown;
+            if lock(&self.error).is_some() && !shutting_down {
                 self.transition(State::Error);
             } else {
                 self.transition(State::NotRunning);
