@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::handlers::{
     DeserializationErrorHandler, FailOnProductionError, LogAndFail, ProductionErrorHandler,
 };
+use crate::store::{RocksConfigSetter, RocksResources};
 use crate::{Error, Result};
 
 /// How input records affect output topics.
@@ -48,6 +49,26 @@ pub struct StreamsConfig {
     pub(crate) replication_factor: i32,
     pub(crate) poll_batch: usize,
     pub(crate) transaction_timeout: Duration,
+    pub(crate) restore_listener: Option<Arc<dyn RestoreListener>>,
+    pub(crate) rocks_block_cache: usize,
+    pub(crate) rocks_write_buffers: usize,
+    pub(crate) rocks_setter: Option<RocksConfigSetter>,
+}
+
+/// Told about the restoration of every change-logged store a task opens.
+pub trait RestoreListener: Send + Sync + 'static {
+    /// Restoration of `store`'s `partition` starts at changelog offset `from`.
+    fn on_restore_start(&self, store: &str, partition: i32, from: i64) {
+        let _ = (store, partition, from);
+    }
+    /// A batch of `records` was written, up to changelog offset `last_offset`.
+    fn on_batch_restored(&self, store: &str, partition: i32, last_offset: i64, records: u64) {
+        let _ = (store, partition, last_offset, records);
+    }
+    /// Restoration ended after `total` records.
+    fn on_restore_end(&self, store: &str, partition: i32, total: u64) {
+        let _ = (store, partition, total);
+    }
 }
 
 impl StreamsConfig {
@@ -68,6 +89,10 @@ impl StreamsConfig {
             replication_factor: 1,
             poll_batch: 1000,
             transaction_timeout: Duration::from_secs(60),
+            restore_listener: None,
+            rocks_block_cache: 64 << 20,
+            rocks_write_buffers: 32 << 20,
+            rocks_setter: None,
         }
     }
 
@@ -136,6 +161,39 @@ impl StreamsConfig {
     pub fn transaction_timeout(mut self, timeout: Duration) -> Self {
         self.transaction_timeout = timeout;
         self
+    }
+
+    /// Attaches a listener to every store restoration.
+    pub fn restore_listener(mut self, listener: impl RestoreListener) -> Self {
+        self.restore_listener = Some(Arc::new(listener));
+        self
+    }
+
+    /// Bounds RocksDB's memory for the whole instance: one block cache of `block_cache_bytes`
+    /// shared by every store, with the memtables (`write_buffer_bytes` at most) counted in it.
+    /// Defaults: 64 MiB and 32 MiB.
+    pub fn rocksdb_memory(mut self, block_cache_bytes: usize, write_buffer_bytes: usize) -> Self {
+        self.rocks_block_cache = block_cache_bytes;
+        self.rocks_write_buffers = write_buffer_bytes;
+        self
+    }
+
+    /// Lets `setter(store name, options)` change each RocksDB store's options after the
+    /// runtime's own settings.
+    pub fn rocksdb_config_setter(
+        mut self,
+        setter: impl Fn(&str, &mut rocksdb::Options) + Send + Sync + 'static,
+    ) -> Self {
+        self.rocks_setter = Some(Arc::new(setter));
+        self
+    }
+
+    pub(crate) fn rocks_resources(&self) -> RocksResources {
+        RocksResources::new(
+            self.rocks_block_cache,
+            self.rocks_write_buffers,
+            self.rocks_setter.clone(),
+        )
     }
 
     /// The application id.

@@ -51,7 +51,7 @@ use std::time::Duration;
 use crate::handlers::{DeserializationErrorHandler, LogAndFail};
 use crate::processor::PunctuationType;
 use crate::serde::Serde;
-use crate::store::StateStore;
+use crate::store::{RocksResources, StateStore};
 use crate::task::{OutRecord, RawRecord, RecordCollector, Task, TaskId};
 use crate::topology::Topology;
 use crate::{Error, Headers, Record, Result, SerdeError};
@@ -108,8 +108,8 @@ impl State {
                 let task = &mut self.tasks[t];
                 task.add(raw)?;
                 while task.process_one(&mut collector, &*self.on_poison)? {}
-                task.prepare_commit()?;
-                task.committed();
+                task.prepare_commit(&mut collector)?;
+                task.committed(&HashMap::new())?;
             }
             let Some(out) = collector.pending.pop_front() else {
                 if incoming.is_empty() {
@@ -142,6 +142,20 @@ pub struct TopologyTestDriver {
     state: Rc<RefCell<State>>,
     application_id: Arc<str>,
     topology: Topology,
+    /// RocksDB stores live here; removed on drop.
+    state_dir: std::path::PathBuf,
+}
+
+impl Drop for TopologyTestDriver {
+    fn drop(&mut self) {
+        if let Ok(mut state) = self.state.try_borrow_mut() {
+            for task in &mut state.tasks {
+                let _ = task.close(true);
+            }
+            state.tasks.clear();
+        }
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+    }
 }
 
 impl TopologyTestDriver {
@@ -160,6 +174,13 @@ impl TopologyTestDriver {
         on_poison: Box<dyn DeserializationErrorHandler>,
     ) -> Result<Self> {
         let application_id: Arc<str> = Arc::from(application_id);
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let state_dir = std::env::temp_dir().join(format!(
+            "kstreams-test-driver-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let rocks = RocksResources::new(8 << 20, 8 << 20, None);
         let mut tasks = vec![];
         let mut readers = HashMap::new();
         for st in topology.subtopologies() {
@@ -170,7 +191,15 @@ impl TopologyTestDriver {
             for t in &st.source_topics {
                 readers.insert(topology.resolve_topic(&application_id, t), tasks.len());
             }
-            tasks.push(Task::new(&topology, id, &application_id, None, wall_clock)?);
+            let dir = state_dir.join(id.to_string());
+            tasks.push(Task::new(
+                &topology,
+                id,
+                &application_id,
+                Some(&dir),
+                wall_clock,
+                &rocks,
+            )?);
         }
         Ok(TopologyTestDriver {
             state: Rc::new(RefCell::new(State {
@@ -183,6 +212,7 @@ impl TopologyTestDriver {
             })),
             application_id,
             topology,
+            state_dir,
         })
     }
 
@@ -229,6 +259,8 @@ impl TopologyTestDriver {
         };
         for task in &mut state.tasks {
             task.punctuate(PunctuationType::WallClockTime, now, &mut collector)?;
+            task.prepare_commit(&mut collector)?;
+            task.committed(&HashMap::new())?;
         }
         let pending: Vec<OutRecord> = collector.pending.into_iter().collect();
         state.run_outputs(pending)
@@ -262,7 +294,7 @@ impl TopologyTestDriver {
     pub fn close(self) -> Result<()> {
         let mut state = self.state.borrow_mut();
         for task in &mut state.tasks {
-            task.close()?;
+            task.close(true)?;
         }
         Ok(())
     }

@@ -10,7 +10,7 @@ use crate::handlers::{
     headers, DeserializationErrorHandler, DeserializationResponse, ErrorContext,
 };
 use crate::processor::{DynRecord, Node, PunctuationType, PunctuatorId};
-use crate::store::StateStore;
+use crate::store::{QueryHandle, RocksResources, StateStore, StoreContext, StoreCore};
 use crate::topology::{NodeMeta, SourceDecoder, Topology};
 use crate::{Error, Headers, RecordOrigin, Result, SerdeError};
 
@@ -274,6 +274,7 @@ impl Task {
         application_id: &Arc<str>,
         state_dir: Option<&Path>,
         wall_clock: i64,
+        rocks: &RocksResources,
     ) -> Result<Task> {
         let sub = topology
             .subtopologies()
@@ -303,7 +304,13 @@ impl Task {
             (0..topology.store_builders().len()).map(|_| None).collect();
         for (i, builder) in topology.store_builders().iter().enumerate() {
             if sub.stores.iter().any(|s| s == builder.name()) {
-                stores[i] = Some(builder.build(id, state_dir)?);
+                let ctx = StoreContext {
+                    task: id,
+                    application_id,
+                    dir: state_dir,
+                    rocks,
+                };
+                stores[i] = Some(builder.build(&ctx).map_err(|e| Error::task(id, e))?);
             }
         }
         let mut task = Task {
@@ -405,6 +412,7 @@ impl Task {
                 let result = self.with_ctx(source, collector, |_, ctx| (decoded.forward)(ctx));
                 self.env.current = None;
                 result.map_err(|e| Error::task(id, e))?;
+                self.send_changelog(collector, false)?;
                 self.punctuate(PunctuationType::StreamTime, self.env.stream_time, collector)?;
             }
             Err(e) => self.on_poison(raw, &e.to_string(), collector, on_poison)?,
@@ -490,6 +498,7 @@ impl Task {
             let pid = *pid;
             self.with_ctx(*node, collector, |n, ctx| n.punctuate(pid, now, ctx))
                 .map_err(|e| Error::task(id, e))?;
+            self.send_changelog(collector, false)?;
         }
         Ok(due.len())
     }
@@ -504,11 +513,49 @@ impl Task {
         !self.consumed.is_empty()
     }
 
-    /// Flushes the stores and returns the offsets to commit (next offset per partition).
-    pub(crate) fn prepare_commit(&mut self) -> Result<Vec<(Arc<str>, i32, i64)>> {
-        for s in self.env.stores.iter_mut().flatten() {
-            s.flush()?;
+    /// Sends the stores' changelog records: those queued by writes, and with `commit` also
+    /// the cached last writes per key.
+    fn send_changelog(&mut self, collector: &mut dyn RecordCollector, commit: bool) -> Result<()> {
+        let timestamp = self.env.stream_time.max(0);
+        let id = self.id;
+        for store in self.env.stores.iter_mut().flatten() {
+            let Some(core) = store.core_mut() else {
+                continue;
+            };
+            let Some(target) = core.changelog.clone() else {
+                continue;
+            };
+            let records = if commit {
+                core.cache_flush()
+            } else {
+                core.take_outbox()
+            };
+            for (key, value) in records {
+                collector
+                    .send(OutRecord {
+                        topic: target.topic.clone(),
+                        partition: Some(target.partition),
+                        key: Some(key),
+                        value,
+                        timestamp,
+                        headers: Headers::new(),
+                    })
+                    .map_err(|e| Error::task(id, e))?;
+            }
         }
+        Ok(())
+    }
+
+    /// Flushes the stores (their cached changelog records go to `collector`) and returns the
+    /// offsets to commit (next offset per partition).
+    pub(crate) fn prepare_commit(
+        &mut self,
+        collector: &mut dyn RecordCollector,
+    ) -> Result<Vec<(Arc<str>, i32, i64)>> {
+        for s in self.env.stores.iter_mut().flatten() {
+            s.flush().map_err(|e| Error::task(self.id, e))?;
+        }
+        self.send_changelog(collector, true)?;
         Ok(self
             .consumed
             .iter()
@@ -516,9 +563,47 @@ impl Task {
             .collect())
     }
 
-    /// The offsets returned by the last `prepare_commit` were committed.
-    pub(crate) fn committed(&mut self) {
+    /// The commit succeeded: the stores write their held-back batches with the changelog
+    /// offsets reached (the last offset written to each store's changelog partition).
+    pub(crate) fn committed(
+        &mut self,
+        changelog_offsets: &HashMap<(String, i32), i64>,
+    ) -> Result<()> {
         self.consumed.clear();
+        for store in self.env.stores.iter_mut().flatten() {
+            if let Some(core) = store.core_mut() {
+                let offset = core.changelog.as_ref().and_then(|c| {
+                    changelog_offsets
+                        .get(&(c.topic.clone(), c.partition))
+                        .copied()
+                });
+                core.commit(offset).map_err(|e| Error::task(self.id, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The change-logged stores, for restoration.
+    pub(crate) fn logged_stores(&mut self) -> impl Iterator<Item = &mut StoreCore> {
+        self.env
+            .stores
+            .iter_mut()
+            .flatten()
+            .filter_map(|s| s.core_mut())
+            .filter(|c| c.changelog.is_some())
+    }
+
+    /// Handles for interactive queries: (store name, partition, handle).
+    pub(crate) fn query_handles(&self) -> Vec<(String, i32, QueryHandle)> {
+        self.env
+            .stores
+            .iter()
+            .flatten()
+            .filter_map(|s| {
+                s.query_handle()
+                    .map(|h| (s.name().to_string(), self.id.partition, h))
+            })
+            .collect()
     }
 
     /// Read access to a store of this task.
@@ -530,13 +615,20 @@ impl Task {
             .find(|s| s.name() == name)
     }
 
-    /// Closes processors and stores. A dirty close (after a crash or fencing) skips nothing
-    /// here today; the stores' uncommitted data handling arrives with the durable stores.
-    pub(crate) fn close(&mut self) -> Result<()> {
+    /// Closes processors and stores. A dirty close (after an abort or fencing) first drops
+    /// the stores' uncommitted writes, which never reach RocksDB.
+    pub(crate) fn close(&mut self, clean: bool) -> Result<()> {
         if self.closed {
             return Ok(());
         }
         self.closed = true;
+        if !clean {
+            for store in self.env.stores.iter_mut().flatten() {
+                if let Some(core) = store.core_mut() {
+                    core.drop_uncommitted();
+                }
+            }
+        }
         let mut first_error = None;
         for node in self.nodes.iter_mut().flatten() {
             if let Err(e) = node.close() {

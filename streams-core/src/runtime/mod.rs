@@ -31,6 +31,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::StreamsConfig;
+use crate::store::{QueryHandle, ReadOnlyKeyValueStore};
 use crate::task::TaskId;
 use crate::topology::Topology;
 use crate::{Error, Result};
@@ -71,6 +72,7 @@ pub(crate) struct Shared {
     changed: Condvar,
     threads: Mutex<Vec<ThreadState>>,
     tasks: Mutex<Vec<Vec<TaskId>>>,
+    stores: Mutex<Vec<Vec<(String, i32, QueryHandle)>>>,
     listener: Mutex<Option<Listener>>,
     pub(crate) shutdown: AtomicBool,
     error: Mutex<Option<Arc<Error>>>,
@@ -122,8 +124,14 @@ impl Shared {
         }
     }
 
-    pub(crate) fn set_thread_tasks(&self, index: usize, tasks: Vec<TaskId>) {
+    pub(crate) fn set_thread_tasks(
+        &self,
+        index: usize,
+        tasks: Vec<TaskId>,
+        stores: Vec<(String, i32, QueryHandle)>,
+    ) {
         lock(&self.tasks)[index] = tasks;
+        lock(&self.stores)[index] = stores;
     }
 
     fn thread_finished(&self, index: usize, result: Result<()>) {
@@ -180,6 +188,7 @@ impl KafkaStreams {
                 changed: Condvar::new(),
                 threads: Mutex::new(vec![ThreadState::Starting; config.num_stream_threads]),
                 tasks: Mutex::new(vec![vec![]; config.num_stream_threads]),
+                stores: Mutex::new(vec![vec![]; config.num_stream_threads]),
                 listener: Mutex::new(None),
                 shutdown: AtomicBool::new(false),
                 error: Mutex::new(None),
@@ -261,6 +270,7 @@ impl KafkaStreams {
         tracing::info!(threads = self.config.num_stream_threads, guarantee = ?self.config.guarantee, "starting");
         self.shared.transition(State::Rebalancing);
         let mut handles = lock(&self.handles);
+        let rocks = self.config.rocks_resources();
         for i in 0..self.config.num_stream_threads {
             let thread = thread::StreamThread::new(
                 i,
@@ -268,6 +278,7 @@ impl KafkaStreams {
                 self.config.clone(),
                 self.shared.clone(),
                 &instance_id,
+                rocks.clone(),
             );
             let shared = self.shared.clone();
             let name = thread.name();
@@ -327,6 +338,34 @@ impl KafkaStreams {
         let mut all: Vec<TaskId> = lock(&self.shared.tasks).iter().flatten().copied().collect();
         all.sort();
         all
+    }
+
+    /// A read-only view of the committed state of key-value store `name` in the tasks this
+    /// instance runs now (interactive queries). Safe to use from any thread; it reads what the
+    /// stores had committed when it was made and later commits as they land.
+    pub fn key_value_store<K: 'static, V: 'static>(
+        &self,
+        name: &str,
+    ) -> Result<ReadOnlyKeyValueStore<K, V>> {
+        let handles: Vec<(i32, QueryHandle)> = lock(&self.shared.stores)
+            .iter()
+            .flatten()
+            .filter(|(n, _, _)| n == name)
+            .map(|(_, p, h)| (*p, h.clone()))
+            .collect();
+        ReadOnlyKeyValueStore::from_handles(name, handles)
+    }
+
+    /// The partitions of store `name` this instance holds now.
+    pub fn store_partitions(&self, name: &str) -> Vec<i32> {
+        let mut p: Vec<i32> = lock(&self.shared.stores)
+            .iter()
+            .flatten()
+            .filter(|(n, _, _)| n == name)
+            .map(|(_, p, _)| *p)
+            .collect();
+        p.sort();
+        p
     }
 
     /// The topology this instance runs.

@@ -17,6 +17,7 @@ use super::{Shared, ThreadState};
 use crate::config::{ProcessingGuarantee, StreamsConfig};
 use crate::handlers::ProductionResponse;
 use crate::processor::PunctuationType;
+use crate::store::RocksResources;
 use crate::task::{OutRecord, RawRecord, RecordCollector, Task, TaskId};
 use crate::topology::Topology;
 use crate::{Error, Headers, Result, SerdeError};
@@ -33,8 +34,12 @@ impl DeliveryErrors {
     }
 }
 
+/// The last offset delivered per topic-partition since the last commit (for changelog offsets).
+pub(crate) type Delivered = Arc<Mutex<HashMap<(String, i32), i64>>>;
+
 pub(crate) struct ProducerCtx {
     errors: DeliveryErrors,
+    delivered: Delivered,
 }
 
 impl ClientContext for ProducerCtx {}
@@ -42,6 +47,13 @@ impl ClientContext for ProducerCtx {}
 impl ProducerContext for ProducerCtx {
     type DeliveryOpaque = ();
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Ok(msg) = result {
+            let mut d = self.delivered.lock().unwrap_or_else(|e| e.into_inner());
+            let entry = d
+                .entry((msg.topic().to_string(), msg.partition()))
+                .or_insert(-1);
+            *entry = (*entry).max(msg.offset());
+        }
         if let Err((e, msg)) = result {
             self.errors
                 .0
@@ -69,6 +81,9 @@ pub(crate) struct Inner {
     topic_owner: HashMap<String, u32>,
     producer: Option<Producer_>,
     delivery_errors: DeliveryErrors,
+    delivered: Delivered,
+    rocks: RocksResources,
+    restorer: Option<BaseConsumer>,
     in_transaction: bool,
     partition_counts: HashMap<String, i32>,
     /// A fatal error raised inside a rebalance callback, handed to the main loop.
@@ -94,12 +109,16 @@ impl ConsumerContext for ThreadContext {
             Rebalance::Revoke(tpl) => {
                 inner.set_state(ThreadState::PartitionsRevoked);
                 tracing::info!(thread = %inner.name, partitions = tpl.count(), "partitions revoked; committing and closing tasks");
-                if let Err(e) = inner.commit(consumer) {
-                    if let Err(e) = inner.handle_commit_failure(e) {
-                        inner.pending_error.get_or_insert(e);
+                let clean = match inner.commit(consumer) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        if let Err(e) = inner.handle_commit_failure(e) {
+                            inner.pending_error.get_or_insert(e);
+                        }
+                        false
                     }
-                }
-                inner.close_all_tasks();
+                };
+                inner.close_all_tasks(clean);
             }
             Rebalance::Assign(_) => inner.set_state(ThreadState::PartitionsAssigned),
             Rebalance::Error(e) => {
@@ -263,6 +282,7 @@ impl Inner {
         let producer: Producer_ = c
             .create_with_context(ProducerCtx {
                 errors: self.delivery_errors.clone(),
+                delivered: self.delivered.clone(),
             })
             .map_err(|e| Error::kafka("create producer", e))?;
         if self.eos() {
@@ -311,34 +331,141 @@ impl Inner {
         ids.sort();
         ids.dedup();
         let now = super::now_ms();
-        let task_dir = |id: TaskId| {
-            self.config
-                .state_dir
-                .join(&*self.app_id)
-                .join(id.to_string())
-        };
+        let app_dir = self.config.state_dir.join(&*self.app_id);
         for id in ids {
             if self.tasks.contains_key(&id) {
                 continue;
             }
-            let dir = task_dir(id);
-            let task = Task::new(&self.topology, id, &self.app_id, Some(&dir), now)?;
+            let dir = app_dir.join(id.to_string());
+            let mut task = Task::new(
+                &self.topology,
+                id,
+                &self.app_id,
+                Some(&dir),
+                now,
+                &self.rocks,
+            )?;
+            self.restore(&mut task)?;
             self.tasks.insert(id, task);
         }
-        self.shared
-            .set_thread_tasks(self.index, self.tasks.keys().copied().collect());
+        self.publish_tasks();
         let ids: Vec<String> = self.tasks.keys().map(ToString::to_string).collect();
         tracing::info!(thread = %self.name, tasks = ?ids, "partitions assigned; tasks created");
         Ok(())
     }
 
-    fn close_all_tasks(&mut self) {
-        self.shared.set_thread_tasks(self.index, vec![]);
+    fn publish_tasks(&self) {
+        let handles = self.tasks.values().flat_map(Task::query_handles).collect();
+        self.shared
+            .set_thread_tasks(self.index, self.tasks.keys().copied().collect(), handles);
+    }
+
+    /// Brings the task's change-logged stores up to their changelogs' ends, from the offset
+    /// each store has committed (or from the beginning), reading `read_committed`.
+    fn restore(&mut self, task: &mut Task) -> Result<()> {
+        if self.restorer.is_none() {
+            let mut c = self.client_config();
+            c.set("group.id", format!("{}-restore", self.app_id))
+                .set("client.id", format!("{}-restore-consumer", self.name))
+                .set("enable.auto.commit", "false")
+                .set("enable.auto.offset.store", "false")
+                .set("enable.partition.eof", "true")
+                .set("isolation.level", "read_committed");
+            for (k, v) in &self.config.client_properties {
+                c.set(k, v);
+            }
+            self.restorer = Some(
+                c.create()
+                    .map_err(|e| Error::kafka("create restore consumer", e))?,
+            );
+        }
+        let consumer = self.restorer.as_ref().unwrap();
+        let listener = self.config.restore_listener.clone();
+        let task_id = task.id;
+        for core in task.logged_stores() {
+            let target = core.changelog.clone().unwrap();
+            let from = core.committed_offset()?.map(|o| o + 1);
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(
+                &target.topic,
+                target.partition,
+                from.map_or(Offset::Beginning, Offset::Offset),
+            )
+            .map_err(|e| Error::kafka("restore assignment", e))?;
+            consumer
+                .assign(&tpl)
+                .map_err(|e| Error::kafka("assign changelog", e))?;
+            let started = Instant::now();
+            let start_offset = from.unwrap_or(0);
+            if let Some(l) = &listener {
+                l.on_restore_start(&core.name, target.partition, start_offset);
+            }
+            let mut total = 0u64;
+            let mut batch = Vec::new();
+            let mut last = None;
+            let mut last_report = Instant::now();
+            loop {
+                match consumer.poll(Duration::from_millis(500)) {
+                    None => {}
+                    Some(Err(KafkaError::PartitionEOF(_))) => break,
+                    Some(Err(e)) => {
+                        let e = Error::kafka(format!("restore {}", target.topic), e);
+                        if e.is_fatal() {
+                            return Err(e);
+                        }
+                        tracing::warn!(error = %e, "restore consumer error");
+                    }
+                    Some(Ok(m)) => {
+                        let Some(key) = m.key() else { continue };
+                        batch.push((key.to_vec(), m.payload().map(<[u8]>::to_vec)));
+                        last = Some(m.offset());
+                        if batch.len() >= 10_000 {
+                            total += batch.len() as u64;
+                            let n = batch.len() as u64;
+                            core.bytes.write(std::mem::take(&mut batch), last, false)?;
+                            if let Some(l) = &listener {
+                                l.on_batch_restored(
+                                    &core.name,
+                                    target.partition,
+                                    last.unwrap_or(-1),
+                                    n,
+                                );
+                            }
+                            if last_report.elapsed() > Duration::from_secs(5) {
+                                last_report = Instant::now();
+                                tracing::info!(store = %core.name, partition = target.partition, restored = total, rate = total as f64 / started.elapsed().as_secs_f64(), "restoring");
+                            }
+                        }
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                total += batch.len() as u64;
+                let n = batch.len() as u64;
+                core.bytes.write(batch, last, false)?;
+                if let Some(l) = &listener {
+                    l.on_batch_restored(&core.name, target.partition, last.unwrap_or(-1), n);
+                }
+            }
+            // Restored with the WAL off: make it durable before any logged write follows.
+            core.bytes.flush()?;
+            let secs = started.elapsed().as_secs_f64();
+            tracing::info!(task = %task_id, store = %core.name, partition = target.partition, from = start_offset, restored = total, seconds = secs, rate = total as f64 / secs.max(1e-9), "restored");
+            if let Some(l) = &listener {
+                l.on_restore_end(&core.name, target.partition, total);
+            }
+        }
+        let _ = consumer.unassign();
+        Ok(())
+    }
+
+    fn close_all_tasks(&mut self, clean: bool) {
         for (_, mut task) in std::mem::take(&mut self.tasks) {
-            if let Err(e) = task.close() {
+            if let Err(e) = task.close(clean) {
                 tracing::warn!(thread = %self.name, error = %e, "closing a task failed");
             }
         }
+        self.publish_tasks();
     }
 
     fn add(&mut self, raw: RawRecord) -> Result<()> {
@@ -403,8 +530,27 @@ impl Inner {
             return Ok(());
         }
         let mut tpl = TopicPartitionList::new();
-        for task in self.tasks.values_mut() {
-            for (topic, partition, offset) in task.prepare_commit()? {
+        let eos = self.eos();
+        let Inner {
+            tasks,
+            producer,
+            in_transaction,
+            partition_counts,
+            config,
+            ..
+        } = self;
+        let producer_ref = producer
+            .as_ref()
+            .ok_or_else(|| Error::Config("no producer".into()))?;
+        let mut collector = Collector {
+            producer: producer_ref,
+            in_transaction,
+            eos,
+            partition_counts,
+            config,
+        };
+        for task in tasks.values_mut() {
+            for (topic, partition, offset) in task.prepare_commit(&mut collector)? {
                 tpl.add_partition_offset(&topic, partition, Offset::Offset(offset))
                     .map_err(|e| Error::kafka("offsets", e))?;
             }
@@ -459,8 +605,10 @@ impl Inner {
                 .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
                 .map_err(|e| Error::kafka("commit offsets", e))?;
         }
+        let offsets =
+            std::mem::take(&mut *self.delivered.lock().unwrap_or_else(|e| e.into_inner()));
         for task in self.tasks.values_mut() {
-            task.committed();
+            task.committed(&offsets)?;
         }
         tracing::debug!(thread = %self.name, partitions = tpl.count(), "committed");
         Ok(())
@@ -477,7 +625,11 @@ impl Inner {
             self.producer = None;
             self.in_transaction = false;
             self.delivery_errors.take();
-            self.close_all_tasks();
+            self.delivered
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+            self.close_all_tasks(false);
             self.create_producer()?;
             return Ok(());
         }
@@ -492,7 +644,11 @@ impl Inner {
             }
             self.in_transaction = false;
             self.delivery_errors.take();
-            self.close_all_tasks();
+            self.delivered
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+            self.close_all_tasks(false);
             return Ok(());
         }
         Err(error)
@@ -510,6 +666,7 @@ impl StreamThread {
         config: StreamsConfig,
         shared: Arc<Shared>,
         instance_id: &str,
+        rocks: RocksResources,
     ) -> Self {
         let app_id: Arc<str> = Arc::from(config.application_id.as_str());
         let mut topic_owner = HashMap::new();
@@ -531,6 +688,9 @@ impl StreamThread {
                 topic_owner,
                 producer: None,
                 delivery_errors: DeliveryErrors::default(),
+                delivered: Delivered::default(),
+                rocks,
+                restorer: None,
                 in_transaction: false,
                 partition_counts: HashMap::new(),
                 pending_error: None,
@@ -590,7 +750,7 @@ impl StreamThread {
                 let mut inner = ctx.lock();
                 inner.set_state(ThreadState::PendingShutdown);
                 let r = inner.commit(&consumer);
-                inner.close_all_tasks();
+                inner.close_all_tasks(r.is_ok());
                 r
             }
             Err(e) => {
@@ -606,7 +766,7 @@ impl StreamThread {
                     }
                 }
                 inner.producer = None;
-                inner.close_all_tasks();
+                inner.close_all_tasks(false);
                 Err(e)
             }
         };

@@ -27,6 +27,24 @@ fn partition_count(admin: &AdminClient<DefaultClientContext>, topic: &str) -> Re
         .map(|t| t.partitions().len() as i32))
 }
 
+fn create(admin: &AdminClient<DefaultClientContext>, new: NewTopic<'_>, topic: &str) -> Result<()> {
+    let results = futures::executor::block_on(admin.create_topics(
+        &[new],
+        &AdminOptions::new().operation_timeout(Some(TIMEOUT)),
+    ))
+    .map_err(|e| Error::kafka(format!("create {topic}"), e))?;
+    for r in results {
+        if let Err((t, code)) = r {
+            if code != RDKafkaErrorCode::TopicAlreadyExists {
+                return Err(Error::Config(format!(
+                    "creating internal topic {t} failed: {code}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Checks that source topics exist and co-partitioned topics agree, and creates the
 /// repartition topics with their partition counts.
 pub(crate) fn prepare(
@@ -120,24 +138,49 @@ pub(crate) fn prepare(
                     TopicReplication::Fixed(config.replication_factor),
                 )
                 .set("cleanup.policy", "delete");
-                let results = futures::executor::block_on(admin.create_topics(
-                    &[new],
-                    &AdminOptions::new().operation_timeout(Some(TIMEOUT)),
-                ))
-                .map_err(|e| Error::kafka(format!("create {topic}"), e))?;
-                for r in results {
-                    if let Err((t, code)) = r {
-                        if code != RDKafkaErrorCode::TopicAlreadyExists {
-                            return Err(Error::Config(format!(
-                                "creating internal topic {t} failed: {code}"
-                            )));
-                        }
-                    }
-                }
+                create(&admin, new, &topic)?;
                 tracing::info!(topic = %topic, partitions = n, "created internal topic");
             }
         }
         counts.insert(name.clone(), *n);
+    }
+    // Changelog topics: one per logged store, with as many partitions as its sub-topology's
+    // sources.
+    for st in topology.subtopologies() {
+        let n = st
+            .source_topics
+            .iter()
+            .filter_map(|t| counts.get(t))
+            .copied()
+            .max()
+            .unwrap_or(1);
+        for builder in topology
+            .store_builders()
+            .iter()
+            .filter(|b| st.stores.iter().any(|s| s == b.name()))
+        {
+            let Some(configs) = builder.changelog_configs() else {
+                continue;
+            };
+            let topic = crate::store::changelog_topic(app, builder.name());
+            match partition_count(&admin, &topic)? {
+                Some(have) if have == n => {}
+                Some(have) => {
+                    return Err(Error::Config(format!(
+                        "changelog topic {topic} has {have} partitions but store {} needs {n} (one per input partition)",
+                        builder.name()
+                    )))
+                }
+                None => {
+                    let mut new = NewTopic::new(&topic, n, TopicReplication::Fixed(config.replication_factor));
+                    for (k, v) in &configs {
+                        new = new.set(k, v);
+                    }
+                    create(&admin, new, &topic)?;
+                    tracing::info!(topic = %topic, partitions = n, "created changelog topic");
+                }
+            }
+        }
     }
     // Co-partitioning: every source of one sub-topology has the same count.
     for st in topology.subtopologies() {

@@ -1,0 +1,197 @@
+//! State stores.
+//!
+//! A store is declared in the topology with a builder ([`KeyValueStore::builder`],
+//! [`WindowStore::builder`], [`SessionStore::builder`], or your own [`StoreBuilder`]) and
+//! connected to the processors that use it; every task opens its own instance under
+//! `<state dir>/<application id>/<task id>/<store>/`, and a processor reaches it with
+//! [`ProcessorContext::state_store`](crate::processor::ProcessorContext::state_store).
+//!
+//! Layers, top to bottom (`shared/DESIGN.md` §3): the typed store (serdes over bytes); the
+//! [`StoreCore`], which holds a commit interval's writes back until the task's transaction
+//! commits (deduplicating them per key when caching is on) and queues their changelog records;
+//! the [`BytesStore`] (RocksDB by default, or memory), written in one atomic batch with the
+//! changelog offset it reaches. So after a crash under exactly-once a RocksDB store holds
+//! exactly the committed state and its offset, and restoration replays only the changelog's
+//! tail (Kafka Streams wipes the store and replays everything).
+
+mod bytes;
+mod core;
+mod kv;
+mod rocks;
+mod session;
+mod window;
+
+use std::any::Any;
+use std::path::Path;
+use std::sync::Arc;
+
+pub use self::bytes::{Batch, BytesStore, MemoryBytes, RocksBytes};
+pub use self::core::{ChangelogTarget, StoreCore};
+pub use self::kv::{KeyValueStore, KeyValueStoreBuilder, ReadOnlyKeyValueStore};
+pub use self::rocks::{RocksConfigSetter, RocksResources};
+pub use self::session::{SessionStore, SessionStoreBuilder};
+pub use self::window::{WindowStore, WindowStoreBuilder};
+use crate::task::TaskId;
+use crate::{Error, Result};
+
+/// A store instance owned by one task.
+pub trait StateStore: Any + Send {
+    /// The store's name, as declared in the topology.
+    fn name(&self) -> &str;
+    /// Called on every commit of the task, before the commit.
+    fn flush(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// Releases the store's resources; called when the task closes.
+    fn close(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// For downcasting to the concrete store.
+    fn as_any(&self) -> &dyn Any;
+    /// For downcasting to the concrete store.
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+    /// The change-logging, transactional write path of the built-in stores; custom stores
+    /// without one are neither logged nor restored.
+    fn core_mut(&mut self) -> Option<&mut StoreCore> {
+        None
+    }
+    /// What interactive queries need to read the committed state from other threads.
+    fn query_handle(&self) -> Option<QueryHandle> {
+        None
+    }
+}
+
+/// The committed bytes of one store instance and its serdes, for read-only views.
+#[derive(Clone)]
+pub struct QueryHandle {
+    pub(crate) bytes: Arc<dyn BytesStore>,
+    pub(crate) serdes: Arc<dyn Any + Send + Sync>,
+}
+
+/// What a builder gets to open a store for a task.
+pub struct StoreContext<'a> {
+    /// The task.
+    pub task: TaskId,
+    /// The application id (it names the changelog topic).
+    pub application_id: &'a str,
+    /// The task's directory, when the runtime keeps state on disk.
+    pub dir: Option<&'a Path>,
+    /// The RocksDB resources shared by the instance.
+    pub rocks: &'a RocksResources,
+}
+
+/// Declares a store in a topology and opens one instance per task.
+pub trait StoreBuilder: Send + Sync + 'static {
+    /// The store's name, unique in the topology.
+    fn name(&self) -> &str;
+    /// The changelog topic's configs when the store is logged, else `None`.
+    fn changelog_configs(&self) -> Option<Vec<(String, String)>> {
+        None
+    }
+    /// Opens the instance of a task.
+    fn build(&self, ctx: &StoreContext<'_>) -> Result<Box<dyn StateStore>>;
+}
+
+/// The changelog topic of `store`.
+pub fn changelog_topic(application_id: &str, store: &str) -> String {
+    format!("{application_id}-{store}-changelog")
+}
+
+/// Options shared by the built-in store builders.
+#[derive(Debug, Clone)]
+pub(crate) struct StoreOptions {
+    pub(crate) persistent: bool,
+    pub(crate) logging: bool,
+    pub(crate) caching: bool,
+    pub(crate) extra_changelog_configs: Vec<(String, String)>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            persistent: true,
+            logging: true,
+            caching: false,
+            extra_changelog_configs: vec![],
+        }
+    }
+}
+
+impl StoreOptions {
+    pub(crate) fn open(&self, name: &str, ctx: &StoreContext<'_>) -> Result<StoreCore> {
+        let bytes: Arc<dyn BytesStore> = if self.persistent {
+            let dir = ctx.dir.ok_or_else(|| Error::State {
+                store: name.to_string(),
+                message: "a persistent store needs a state directory".into(),
+            })?;
+            Arc::new(RocksBytes::open(name, &dir.join(name), ctx.rocks)?)
+        } else {
+            Arc::new(MemoryBytes::new(name))
+        };
+        let changelog = self.logging.then(|| ChangelogTarget {
+            topic: changelog_topic(ctx.application_id, name),
+            partition: ctx.task.partition,
+        });
+        Ok(StoreCore::new(name, bytes, changelog, self.caching))
+    }
+
+    pub(crate) fn changelog_configs(
+        &self,
+        base: &[(&str, String)],
+    ) -> Option<Vec<(String, String)>> {
+        self.logging.then(|| {
+            let mut c: Vec<(String, String)> = base
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect();
+            c.extend(self.extra_changelog_configs.iter().cloned());
+            c
+        })
+    }
+}
+
+macro_rules! builder_options {
+    () => {
+        /// Keeps the store in memory instead of RocksDB (it is rebuilt from the changelog
+        /// after a restart).
+        pub fn in_memory(mut self) -> Self {
+            self.options.persistent = false;
+            self
+        }
+
+        /// Turns the changelog on (default) or off. A store without changelog loses its
+        /// uncommitted writes on a crash and is not restored elsewhere.
+        pub fn with_logging(mut self, enabled: bool) -> Self {
+            self.options.logging = enabled;
+            self
+        }
+
+        /// Turns caching on or off (default off): with caching, only the last write of each
+        /// key in a commit interval goes to the changelog.
+        pub fn with_caching(mut self, enabled: bool) -> Self {
+            self.options.caching = enabled;
+            self
+        }
+
+        /// Adds a config to the changelog topic.
+        pub fn with_changelog_config(mut self, key: &str, value: &str) -> Self {
+            self.options
+                .extra_changelog_configs
+                .push((key.to_string(), value.to_string()));
+            self
+        }
+    };
+}
+pub(crate) use builder_options;
+
+/// Key bytes from a serde, where a null key is an error.
+pub(crate) fn key_bytes<K: 'static>(
+    store: &str,
+    serde: &dyn crate::Serde<K>,
+    key: &K,
+) -> Result<Vec<u8>> {
+    serde.serialize(store, key)?.ok_or_else(|| Error::State {
+        store: store.to_string(),
+        message: "a key serialized to null".into(),
+    })
+}

@@ -1,0 +1,162 @@
+//! Session stores: values per key and session `[start, end]`, kept for a retention period.
+
+use std::any::Any;
+use std::ops::Bound;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::window::{ts_bytes, ts_from, Segments};
+use super::{
+    builder_options, key_bytes, StateStore, StoreBuilder, StoreContext, StoreCore, StoreOptions,
+};
+use crate::serde::Serde;
+use crate::Result;
+
+/// A typed session store: `(key, start, end) -> value`, segmented by session end.
+pub struct SessionStore<K, V> {
+    core: StoreCore,
+    keys: Arc<dyn Serde<K>>,
+    values: Arc<dyn Serde<V>>,
+    segments: Segments,
+    observed: i64,
+}
+
+impl<K: 'static, V: 'static> SessionStore<K, V> {
+    /// A builder for the topology: RocksDB, logged to a `compact,delete` changelog.
+    pub fn builder(
+        name: &str,
+        retention: Duration,
+        keys: impl Serde<K>,
+        values: impl Serde<V>,
+    ) -> SessionStoreBuilder<K, V> {
+        SessionStoreBuilder {
+            name: name.to_string(),
+            keys: Arc::new(keys),
+            values: Arc::new(values),
+            retention,
+            options: StoreOptions::default(),
+        }
+    }
+
+    fn internal(&self, key: &[u8], start: i64, end: i64) -> Vec<u8> {
+        let mut k = Vec::with_capacity(24 + key.len());
+        k.extend_from_slice(&ts_bytes(self.segments.id(end)));
+        k.extend_from_slice(key);
+        k.extend_from_slice(&ts_bytes(end));
+        k.extend_from_slice(&ts_bytes(start));
+        k
+    }
+
+    /// Stores `value` for the session `[start, end]` of `key`.
+    pub fn put(&mut self, key: &K, start: i64, end: i64, value: &V) -> Result<()> {
+        self.observed = self.observed.max(end);
+        let k = self.internal(&key_bytes(&self.core.name, &*self.keys, key)?, start, end);
+        let v = self.values.serialize(&self.core.name, value)?;
+        self.core.put(k, v);
+        Ok(())
+    }
+
+    /// Removes the session `[start, end]` of `key`.
+    pub fn remove(&mut self, key: &K, start: i64, end: i64) -> Result<()> {
+        let k = self.internal(&key_bytes(&self.core.name, &*self.keys, key)?, start, end);
+        self.core.put(k, None);
+        Ok(())
+    }
+
+    /// The sessions of `key` that end at or after `earliest_end` and start at or before
+    /// `latest_start` (the sessions a new event may merge with), by end time.
+    pub fn find_sessions(
+        &self,
+        key: &K,
+        earliest_end: i64,
+        latest_start: i64,
+    ) -> Result<Vec<((i64, i64), V)>> {
+        let kb = key_bytes(&self.core.name, &*self.keys, key)?;
+        let mut out = vec![];
+        let last = self.segments.id(self.observed.max(earliest_end));
+        for seg in self.segments.id(earliest_end)..=last {
+            let mut lo = ts_bytes(seg).to_vec();
+            lo.extend_from_slice(&kb);
+            let mut hi = lo.clone();
+            lo.extend_from_slice(&ts_bytes(earliest_end));
+            hi.extend_from_slice(&ts_bytes(i64::MAX));
+            for (k, v) in self
+                .core
+                .range(Bound::Included(&lo), Bound::Included(&hi))?
+            {
+                if k.len() != 24 + kb.len() {
+                    continue;
+                }
+                let end = ts_from(&k[k.len() - 16..]);
+                let start = ts_from(&k[k.len() - 8..]);
+                if end >= earliest_end && start <= latest_start {
+                    out.push((
+                        (start, end),
+                        self.values.deserialize(&self.core.name, Some(&v))?,
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl<K: 'static, V: 'static> SessionStore<K, V> {
+    /// The write path (commit, drop uncommitted writes: what the runtime does).
+    pub fn core_mut(&mut self) -> &mut StoreCore {
+        &mut self.core
+    }
+}
+
+impl<K: 'static, V: 'static> StateStore for SessionStore<K, V> {
+    fn name(&self) -> &str {
+        &self.core.name
+    }
+    fn flush(&mut self) -> Result<()> {
+        self.segments.expire(&self.core, self.observed)
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+    fn core_mut(&mut self) -> Option<&mut StoreCore> {
+        Some(&mut self.core)
+    }
+}
+
+/// Declares a [`SessionStore`] in a topology.
+pub struct SessionStoreBuilder<K, V> {
+    name: String,
+    keys: Arc<dyn Serde<K>>,
+    values: Arc<dyn Serde<V>>,
+    retention: Duration,
+    options: StoreOptions,
+}
+
+impl<K, V> SessionStoreBuilder<K, V> {
+    builder_options!();
+}
+
+impl<K: 'static, V: 'static> StoreBuilder for SessionStoreBuilder<K, V> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn changelog_configs(&self) -> Option<Vec<(String, String)>> {
+        let retention = self.retention.as_millis() + 86_400_000;
+        self.options.changelog_configs(&[
+            ("cleanup.policy", "compact,delete".to_string()),
+            ("retention.ms", retention.to_string()),
+        ])
+    }
+    fn build(&self, ctx: &StoreContext<'_>) -> Result<Box<dyn StateStore>> {
+        Ok(Box::new(SessionStore {
+            core: self.options.open(&self.name, ctx)?,
+            keys: self.keys.clone(),
+            values: self.values.clone(),
+            segments: Segments::new(self.retention),
+            observed: i64::MIN,
+        }))
+    }
+}

@@ -1,0 +1,223 @@
+//! Window stores: values per key and window start, kept for a retention period in time
+//! segments that expire whole.
+
+use std::any::Any;
+use std::ops::Bound;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{
+    builder_options, key_bytes, StateStore, StoreBuilder, StoreContext, StoreCore, StoreOptions,
+};
+use crate::serde::Serde;
+use crate::Result;
+
+/// Orders timestamps as unsigned big-endian bytes.
+pub(crate) fn ts_bytes(ts: i64) -> [u8; 8] {
+    ((ts as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+pub(crate) fn ts_from(b: &[u8]) -> i64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    (u64::from_be_bytes(a) ^ (1 << 63)) as i64
+}
+
+/// Segment layout shared by window and session stores: `segment id (8 bytes) || rest`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Segments {
+    pub(crate) retention: i64,
+    pub(crate) interval: i64,
+}
+
+impl Segments {
+    pub(crate) fn new(retention: Duration) -> Self {
+        let retention = retention.as_millis().min(i64::MAX as u128) as i64;
+        // As Kafka Streams: half the retention, at least a minute.
+        Segments {
+            retention,
+            interval: (retention / 2).max(60_000),
+        }
+    }
+    pub(crate) fn id(&self, ts: i64) -> i64 {
+        ts.div_euclid(self.interval)
+    }
+    /// Drops the segments that only hold data older than `stream_time - retention`.
+    pub(crate) fn expire(&self, core: &StoreCore, stream_time: i64) -> Result<()> {
+        if stream_time == i64::MIN {
+            return Ok(());
+        }
+        let oldest_live = self.id(stream_time.saturating_sub(self.retention));
+        core.bytes
+            .delete_range(&ts_bytes(i64::MIN), &ts_bytes(oldest_live))
+    }
+}
+
+/// A typed window store: `(key, window start) -> value`.
+pub struct WindowStore<K, V> {
+    core: StoreCore,
+    keys: Arc<dyn Serde<K>>,
+    values: Arc<dyn Serde<V>>,
+    segments: Segments,
+    observed: i64,
+}
+
+impl<K: 'static, V: 'static> WindowStore<K, V> {
+    /// A builder for the topology: RocksDB, logged to a `compact,delete` changelog.
+    pub fn builder(
+        name: &str,
+        retention: Duration,
+        keys: impl Serde<K>,
+        values: impl Serde<V>,
+    ) -> WindowStoreBuilder<K, V> {
+        WindowStoreBuilder {
+            name: name.to_string(),
+            keys: Arc::new(keys),
+            values: Arc::new(values),
+            retention,
+            options: StoreOptions::default(),
+        }
+    }
+
+    fn internal(&self, key: &[u8], start: i64) -> Vec<u8> {
+        let mut k = Vec::with_capacity(16 + key.len());
+        k.extend_from_slice(&ts_bytes(self.segments.id(start)));
+        k.extend_from_slice(key);
+        k.extend_from_slice(&ts_bytes(start));
+        k
+    }
+
+    /// Stores `value` for `key` in the window starting at `window_start`; a window older
+    /// than the retention (behind the largest start seen) is dropped and `false` returned.
+    pub fn put(&mut self, key: &K, value: &V, window_start: i64) -> Result<bool> {
+        self.observed = self.observed.max(window_start);
+        if window_start < self.observed.saturating_sub(self.segments.retention) {
+            tracing::debug!(store = %self.core.name, window_start, "dropping a write to an expired window");
+            return Ok(false);
+        }
+        let k = self.internal(&key_bytes(&self.core.name, &*self.keys, key)?, window_start);
+        let v = self.values.serialize(&self.core.name, value)?;
+        self.core.put(k, v);
+        Ok(true)
+    }
+
+    /// The value of `key` in the window starting at `window_start`.
+    pub fn fetch_one(&self, key: &K, window_start: i64) -> Result<Option<V>> {
+        let k = self.internal(&key_bytes(&self.core.name, &*self.keys, key)?, window_start);
+        match self.core.get(&k)? {
+            Some(v) => Ok(Some(self.values.deserialize(&self.core.name, Some(&v))?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The windows of `key` starting in `[from, to]`, by start time.
+    pub fn fetch(&self, key: &K, from: i64, to: i64) -> Result<Vec<(i64, V)>> {
+        let kb = key_bytes(&self.core.name, &*self.keys, key)?;
+        let mut out = vec![];
+        for seg in self.segments.id(from)..=self.segments.id(to) {
+            let mut lo = ts_bytes(seg).to_vec();
+            lo.extend_from_slice(&kb);
+            let mut hi = lo.clone();
+            lo.extend_from_slice(&ts_bytes(from));
+            hi.extend_from_slice(&ts_bytes(to));
+            for (k, v) in self
+                .core
+                .range(Bound::Included(&lo), Bound::Included(&hi))?
+            {
+                if k.len() == 16 + kb.len() {
+                    out.push((
+                        ts_from(&k[k.len() - 8..]),
+                        self.values.deserialize(&self.core.name, Some(&v))?,
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every window starting in `[from, to]`: `((key, start), value)`, by segment then key.
+    pub fn fetch_all(&self, from: i64, to: i64) -> Result<Vec<((K, i64), V)>> {
+        let mut out = vec![];
+        for seg in self.segments.id(from)..=self.segments.id(to) {
+            let lo = ts_bytes(seg);
+            let hi = ts_bytes(seg + 1);
+            for (k, v) in self
+                .core
+                .range(Bound::Included(&lo), Bound::Excluded(&hi))?
+            {
+                let start = ts_from(&k[k.len() - 8..]);
+                if start >= from && start <= to {
+                    let key = self
+                        .keys
+                        .deserialize(&self.core.name, Some(&k[8..k.len() - 8]))?;
+                    out.push((
+                        (key, start),
+                        self.values.deserialize(&self.core.name, Some(&v))?,
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl<K: 'static, V: 'static> WindowStore<K, V> {
+    /// The write path (commit, drop uncommitted writes: what the runtime does).
+    pub fn core_mut(&mut self) -> &mut StoreCore {
+        &mut self.core
+    }
+}
+
+impl<K: 'static, V: 'static> StateStore for WindowStore<K, V> {
+    fn name(&self) -> &str {
+        &self.core.name
+    }
+    fn flush(&mut self) -> Result<()> {
+        self.segments.expire(&self.core, self.observed)
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+    fn core_mut(&mut self) -> Option<&mut StoreCore> {
+        Some(&mut self.core)
+    }
+}
+
+/// Declares a [`WindowStore`] in a topology.
+pub struct WindowStoreBuilder<K, V> {
+    name: String,
+    keys: Arc<dyn Serde<K>>,
+    values: Arc<dyn Serde<V>>,
+    retention: Duration,
+    options: StoreOptions,
+}
+
+impl<K, V> WindowStoreBuilder<K, V> {
+    builder_options!();
+}
+
+impl<K: 'static, V: 'static> StoreBuilder for WindowStoreBuilder<K, V> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn changelog_configs(&self) -> Option<Vec<(String, String)>> {
+        // As Kafka Streams: the retention plus a day.
+        let retention = self.retention.as_millis() + 86_400_000;
+        self.options.changelog_configs(&[
+            ("cleanup.policy", "compact,delete".to_string()),
+            ("retention.ms", retention.to_string()),
+        ])
+    }
+    fn build(&self, ctx: &StoreContext<'_>) -> Result<Box<dyn StateStore>> {
+        Ok(Box::new(WindowStore {
+            core: self.options.open(&self.name, ctx)?,
+            keys: self.keys.clone(),
+            values: self.values.clone(),
+            segments: Segments::new(self.retention),
+            observed: i64::MIN,
+        }))
+    }
+}
