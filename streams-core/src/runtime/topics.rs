@@ -27,7 +27,12 @@ fn partition_count(admin: &AdminClient<DefaultClientContext>, topic: &str) -> Re
         .map(|t| t.partitions().len() as i32))
 }
 
-fn create(admin: &AdminClient<DefaultClientContext>, new: NewTopic<'_>, topic: &str) -> Result<()> {
+fn create(
+    admin: &AdminClient<DefaultClientContext>,
+    new: NewTopic<'_>,
+    topic: &str,
+    partitions: i32,
+) -> Result<()> {
     let results = futures::executor::block_on(admin.create_topics(
         &[new],
         &AdminOptions::new().operation_timeout(Some(TIMEOUT)),
@@ -42,6 +47,12 @@ fn create(admin: &AdminClient<DefaultClientContext>, new: NewTopic<'_>, topic: &
             }
         }
     }
+    let have = partition_count(admin, topic)?;
+    if have != Some(partitions) {
+        return Err(Error::Config(format!(
+            "internal topic {topic} has {have:?} partitions after creation, not {partitions}"
+        )));
+    }
     Ok(())
 }
 
@@ -53,7 +64,10 @@ pub(crate) fn prepare(
 ) -> Result<BTreeMap<String, i32>> {
     let app = &config.application_id;
     let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &config.bootstrap_servers);
+    c.set("bootstrap.servers", &config.bootstrap_servers)
+        // A metadata request must not create the topic it asks about (with the broker's default
+        // partition count) before the runtime creates it with the right one.
+        .set("allow.auto.create.topics", "false");
     for (k, v) in &config.client_properties {
         c.set(k, v);
     }
@@ -138,7 +152,7 @@ pub(crate) fn prepare(
                     TopicReplication::Fixed(config.replication_factor),
                 )
                 .set("cleanup.policy", "delete");
-                create(&admin, new, &topic)?;
+                create(&admin, new, &topic, *n)?;
                 tracing::info!(topic = %topic, partitions = n, "created internal topic");
             }
         }
@@ -176,7 +190,7 @@ pub(crate) fn prepare(
                     for (k, v) in &configs {
                         new = new.set(k, v);
                     }
-                    create(&admin, new, &topic)?;
+                    create(&admin, new, &topic, n)?;
                     tracing::info!(topic = %topic, partitions = n, "created changelog topic");
                 }
             }

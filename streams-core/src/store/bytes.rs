@@ -39,6 +39,17 @@ pub trait BytesStore: Send + Sync {
     fn flush(&self) -> Result<()>;
     /// Whether the data survives the process (RocksDB) or not (memory).
     fn persistent(&self) -> bool;
+    /// The smallest and the largest key, if any.
+    fn key_span(&self) -> Result<Option<(Vec<u8>, Vec<u8>)>>;
+}
+
+/// Whether a range with these bounds can hold any key (and `BTreeMap::range` accepts it).
+pub(crate) fn non_empty(from: Bound<&[u8]>, to: Bound<&[u8]>) -> bool {
+    match (from, to) {
+        (Bound::Included(a), Bound::Included(b)) => a <= b,
+        (Bound::Included(a) | Bound::Excluded(a), Bound::Included(b) | Bound::Excluded(b)) => a < b,
+        _ => true,
+    }
 }
 
 fn state_error(store: &str, e: impl std::fmt::Display) -> Error {
@@ -52,8 +63,11 @@ fn state_error(store: &str, e: impl std::fmt::Display) -> Error {
 #[derive(Default)]
 pub struct MemoryBytes {
     name: String,
-    data: RwLock<(BTreeMap<Vec<u8>, Vec<u8>>, Option<i64>)>,
+    data: RwLock<MemoryData>,
 }
+
+/// The entries and the stored changelog offset.
+type MemoryData = (BTreeMap<Vec<u8>, Vec<u8>>, Option<i64>);
 
 impl MemoryBytes {
     /// An empty store.
@@ -79,12 +93,8 @@ impl BytesStore for MemoryBytes {
         Ok(d.0.get(key).cloned())
     }
     fn range(&self, from: Bound<&[u8]>, to: Bound<&[u8]>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        if let (Bound::Included(a) | Bound::Excluded(a), Bound::Included(b) | Bound::Excluded(b)) =
-            (from, to)
-        {
-            if a > b {
-                return Ok(vec![]);
-            }
+        if !non_empty(from, to) {
+            return Ok(vec![]);
         }
         let d = self.data.read().map_err(|e| state_error(&self.name, e))?;
         Ok(d.0
@@ -136,6 +146,14 @@ impl BytesStore for MemoryBytes {
     }
     fn persistent(&self) -> bool {
         false
+    }
+    fn key_span(&self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        let d = self.data.read().map_err(|e| state_error(&self.name, e))?;
+        Ok(d.0
+            .keys()
+            .next()
+            .cloned()
+            .zip(d.0.keys().next_back().cloned()))
     }
 }
 
@@ -254,5 +272,22 @@ impl BytesStore for RocksBytes {
     }
     fn persistent(&self) -> bool {
         true
+    }
+    fn key_span(&self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        let first = self
+            .db
+            .iterator(IteratorMode::Start)
+            .next()
+            .transpose()
+            .map_err(|e| self.err(e))?;
+        let last = self
+            .db
+            .iterator(IteratorMode::End)
+            .next()
+            .transpose()
+            .map_err(|e| self.err(e))?;
+        Ok(first
+            .zip(last)
+            .map(|((a, _), (b, _))| (a.into_vec(), b.into_vec())))
     }
 }

@@ -79,14 +79,7 @@ impl StoreCore {
                 Bound::Excluded(k) => Bound::Excluded(k.to_vec()),
                 Bound::Unbounded => Bound::Unbounded,
             };
-            let valid = match (&lo, &hi) {
-                (
-                    Bound::Included(a) | Bound::Excluded(a),
-                    Bound::Included(b) | Bound::Excluded(b),
-                ) => a <= b,
-                _ => true,
-            };
-            if valid {
+            if super::bytes::non_empty(from, to) {
                 for (k, v) in self.pending.range((lo, hi)) {
                     match v {
                         Some(v) => merged.insert(k.clone(), v.clone()),
@@ -126,6 +119,26 @@ impl StoreCore {
     pub fn drop_uncommitted(&mut self) {
         self.pending.clear();
         self.outbox.clear();
+    }
+
+    /// The smallest and largest key, uncommitted writes included.
+    pub fn key_span(&self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        let mut span = self.bytes.key_span()?;
+        if let (Some(first), Some(last)) =
+            (self.pending.keys().next(), self.pending.keys().next_back())
+        {
+            span = Some(match span {
+                Some((a, b)) => (a.min(first.clone()), b.max(last.clone())),
+                None => (first.clone(), last.clone()),
+            });
+        }
+        Ok(span)
+    }
+
+    /// Drops every entry with a key below `bound`, committed or not (expired segments).
+    pub fn expire_below(&mut self, bound: &[u8]) -> Result<()> {
+        self.pending = self.pending.split_off(bound);
+        self.bytes.delete_range(&[], bound)
     }
 
     /// Whether writes are waiting for a commit.

@@ -73,8 +73,7 @@ impl<K: 'static, V: 'static> SessionStore<K, V> {
     ) -> Result<Vec<((i64, i64), V)>> {
         let kb = key_bytes(&self.core.name, &*self.keys, key)?;
         let mut out = vec![];
-        let last = self.segments.id(self.observed.max(earliest_end));
-        for seg in self.segments.id(earliest_end)..=last {
+        for seg in self.segments.visit(&self.core, earliest_end, i64::MAX)? {
             let mut lo = ts_bytes(seg).to_vec();
             lo.extend_from_slice(&kb);
             let mut hi = lo.clone();
@@ -113,7 +112,7 @@ impl<K: 'static, V: 'static> StateStore for SessionStore<K, V> {
         &self.core.name
     }
     fn flush(&mut self) -> Result<()> {
-        self.segments.expire(&self.core, self.observed)
+        self.segments.expire(&mut self.core, self.observed)
     }
     fn as_any(&self) -> &dyn Any {
         self
@@ -151,12 +150,14 @@ impl<K: 'static, V: 'static> StoreBuilder for SessionStoreBuilder<K, V> {
         ])
     }
     fn build(&self, ctx: &StoreContext<'_>) -> Result<Box<dyn StateStore>> {
+        let core = self.options.open(&self.name, ctx)?;
+        let segments = Segments::new(self.retention);
         Ok(Box::new(SessionStore {
-            core: self.options.open(&self.name, ctx)?,
+            observed: segments.observed(&core)?,
+            core,
             keys: self.keys.clone(),
             values: self.values.clone(),
-            segments: Segments::new(self.retention),
-            observed: i64::MIN,
+            segments,
         }))
     }
 }

@@ -42,14 +42,40 @@ impl Segments {
     pub(crate) fn id(&self, ts: i64) -> i64 {
         ts.div_euclid(self.interval)
     }
-    /// Drops the segments that only hold data older than `stream_time - retention`.
-    pub(crate) fn expire(&self, core: &StoreCore, stream_time: i64) -> Result<()> {
+    /// Drops the segments that only hold data older than `stream_time - retention`,
+    /// committed or not.
+    pub(crate) fn expire(&self, core: &mut StoreCore, stream_time: i64) -> Result<()> {
         if stream_time == i64::MIN {
             return Ok(());
         }
         let oldest_live = self.id(stream_time.saturating_sub(self.retention));
-        core.bytes
-            .delete_range(&ts_bytes(i64::MIN), &ts_bytes(oldest_live))
+        core.expire_below(&ts_bytes(oldest_live))
+    }
+
+    /// The first and last segment ids holding data, if any.
+    pub(crate) fn span(&self, core: &StoreCore) -> Result<Option<(i64, i64)>> {
+        Ok(core.key_span()?.map(|(a, b)| (ts_from(&a), ts_from(&b))))
+    }
+
+    /// The segment ids to visit for times `[from, to]`, clamped to the segments that exist.
+    pub(crate) fn visit(
+        &self,
+        core: &StoreCore,
+        from: i64,
+        to: i64,
+    ) -> Result<std::ops::RangeInclusive<i64>> {
+        Ok(match self.span(core)? {
+            Some((lo, hi)) => self.id(from).max(lo)..=self.id(to).min(hi),
+            #[allow(clippy::reversed_empty_ranges)]
+            None => 1..=0,
+        })
+    }
+
+    /// A lower bound of the stream time a reopened store had seen: its last segment's start.
+    pub(crate) fn observed(&self, core: &StoreCore) -> Result<i64> {
+        Ok(self
+            .span(core)?
+            .map_or(i64::MIN, |(_, hi)| hi.saturating_mul(self.interval)))
     }
 }
 
@@ -114,7 +140,7 @@ impl<K: 'static, V: 'static> WindowStore<K, V> {
     pub fn fetch(&self, key: &K, from: i64, to: i64) -> Result<Vec<(i64, V)>> {
         let kb = key_bytes(&self.core.name, &*self.keys, key)?;
         let mut out = vec![];
-        for seg in self.segments.id(from)..=self.segments.id(to) {
+        for seg in self.segments.visit(&self.core, from, to)? {
             let mut lo = ts_bytes(seg).to_vec();
             lo.extend_from_slice(&kb);
             let mut hi = lo.clone();
@@ -135,26 +161,27 @@ impl<K: 'static, V: 'static> WindowStore<K, V> {
         Ok(out)
     }
 
-    /// Every window starting in `[from, to]`: `((key, start), value)`, by segment then key.
+    /// Every window starting in `[from, to]`: `((key, start), value)`, by time segment, then
+    /// by key bytes, then by start.
     pub fn fetch_all(&self, from: i64, to: i64) -> Result<Vec<((K, i64), V)>> {
         let mut out = vec![];
-        for seg in self.segments.id(from)..=self.segments.id(to) {
+        for seg in self.segments.visit(&self.core, from, to)? {
             let lo = ts_bytes(seg);
             let hi = ts_bytes(seg + 1);
-            for (k, v) in self
+            let mut rows: Vec<(Vec<u8>, i64, Vec<u8>)> = self
                 .core
                 .range(Bound::Included(&lo), Bound::Excluded(&hi))?
-            {
-                let start = ts_from(&k[k.len() - 8..]);
-                if start >= from && start <= to {
-                    let key = self
-                        .keys
-                        .deserialize(&self.core.name, Some(&k[8..k.len() - 8]))?;
-                    out.push((
-                        (key, start),
-                        self.values.deserialize(&self.core.name, Some(&v))?,
-                    ));
-                }
+                .into_iter()
+                .map(|(k, v)| (k[8..k.len() - 8].to_vec(), ts_from(&k[k.len() - 8..]), v))
+                .filter(|(_, start, _)| *start >= from && *start <= to)
+                .collect();
+            rows.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+            for (key, start, v) in rows {
+                let key = self.keys.deserialize(&self.core.name, Some(&key))?;
+                out.push((
+                    (key, start),
+                    self.values.deserialize(&self.core.name, Some(&v))?,
+                ));
             }
         }
         Ok(out)
@@ -173,7 +200,7 @@ impl<K: 'static, V: 'static> StateStore for WindowStore<K, V> {
         &self.core.name
     }
     fn flush(&mut self) -> Result<()> {
-        self.segments.expire(&self.core, self.observed)
+        self.segments.expire(&mut self.core, self.observed)
     }
     fn as_any(&self) -> &dyn Any {
         self
@@ -212,12 +239,14 @@ impl<K: 'static, V: 'static> StoreBuilder for WindowStoreBuilder<K, V> {
         ])
     }
     fn build(&self, ctx: &StoreContext<'_>) -> Result<Box<dyn StateStore>> {
+        let core = self.options.open(&self.name, ctx)?;
+        let segments = Segments::new(self.retention);
         Ok(Box::new(WindowStore {
-            core: self.options.open(&self.name, ctx)?,
+            observed: segments.observed(&core)?,
+            core,
             keys: self.keys.clone(),
             values: self.values.clone(),
-            segments: Segments::new(self.retention),
-            observed: i64::MIN,
+            segments,
         }))
     }
 }

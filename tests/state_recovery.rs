@@ -1,0 +1,455 @@
+//! State stores against the real broker: recovery from the changelog after the state directory
+//! is deleted, a SIGKILL crash test under exactly-once that must restore only the changelog's
+//! tail, and a task migrating to a second instance.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kstreams::core::config::RestoreListener;
+use kstreams::core::serde::{BigEndian, Utf8};
+use kstreams::core::store::KeyValueStore;
+use kstreams::core::{
+    KafkaStreams, Processor, ProcessorContext, Record, Result, Sink, Source, State, StreamsConfig,
+    Topology, TopologyBuilder,
+};
+use rand::Rng;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use streams_testkit::child::{child_mode, wait_for_stop_request, ChildProcess};
+use streams_testkit::kafka::{
+    client_config, consume_until, create_topic, read_to_end, send_retrying, Isolation, Received,
+};
+use streams_testkit::{bootstrap_servers, unique};
+
+const LONG: Duration = Duration::from_secs(120);
+const KEYS: usize = 20;
+
+/// Counts records per key in a RocksDB store and emits the new count.
+struct Counter;
+
+impl Processor for Counter {
+    type KeyIn = String;
+    type ValueIn = String;
+    type KeyOut = String;
+    type ValueOut = u64;
+
+    fn process(
+        &mut self,
+        record: Record<String, String>,
+        ctx: &mut ProcessorContext<'_, String, u64>,
+    ) -> Result<()> {
+        let store = ctx.state_store::<KeyValueStore<String, u64>>("counts")?;
+        let n = store.get(record.key())?.unwrap_or(0) + 1;
+        store.put(record.key(), &n)?;
+        ctx.forward(record.with_value(n))
+    }
+}
+
+fn counting_topology(input: &str, output: &str) -> Topology {
+    TopologyBuilder::new()
+        .add_source("in", Source::new([input], Utf8, Utf8))
+        .add_processor("count", || Counter, ["in"])
+        .add_state_store(
+            KeyValueStore::<String, u64>::builder("counts", Utf8, BigEndian),
+            ["count"],
+        )
+        .add_sink(
+            "out",
+            Sink::<String, u64>::new(output, Utf8, BigEndian),
+            ["count"],
+        )
+        .build()
+        .unwrap()
+}
+
+#[derive(Default, Clone)]
+struct Restores(Arc<Mutex<Vec<(i32, i64, u64)>>>);
+
+impl RestoreListener for Restores {
+    fn on_restore_start(&self, _store: &str, partition: i32, from: i64) {
+        self.0.lock().unwrap().push((partition, from, 0));
+    }
+    fn on_restore_end(&self, _store: &str, partition: i32, total: u64) {
+        let mut v = self.0.lock().unwrap();
+        if let Some(e) = v.iter_mut().rev().find(|e| e.0 == partition) {
+            e.2 = total;
+        }
+    }
+}
+
+impl Restores {
+    fn total(&self) -> u64 {
+        self.0.lock().unwrap().iter().map(|e| e.2).sum()
+    }
+}
+
+fn producer(bootstrap: &str) -> BaseProducer {
+    client_config(bootstrap)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .unwrap()
+}
+
+fn key_of(i: usize) -> String {
+    format!("key-{:02}", i % KEYS)
+}
+
+fn produce_range(p: &BaseProducer, topic: &str, from: usize, to: usize) {
+    for i in from..to {
+        let (key, value) = (key_of(i), format!("v{i}"));
+        send_retrying(p, BaseRecord::to(topic).key(&key).payload(&value)).unwrap();
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+}
+
+fn oracle(n: usize) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    for i in 0..n {
+        *m.entry(key_of(i)).or_insert(0) += 1;
+    }
+    m
+}
+
+fn count_of(r: &Received) -> u64 {
+    u64::from_be_bytes(r.value.as_deref().unwrap().try_into().unwrap())
+}
+
+/// Exactly-once for a count: per key the output counts are 1, 2, …, n, each once.
+fn check_counts(out: &[Received], n: usize) -> (usize, usize) {
+    let mut per_key: HashMap<String, Vec<u64>> = HashMap::new();
+    for r in out {
+        per_key.entry(r.key_str()).or_default().push(count_of(r));
+    }
+    let expected = oracle(n);
+    let (mut duplicates, mut missing) = (0, 0);
+    for (k, want) in &expected {
+        let mut got = per_key.remove(k).unwrap_or_default();
+        got.sort();
+        let mut seen = std::collections::BTreeSet::new();
+        for c in &got {
+            if !seen.insert(*c) {
+                duplicates += 1;
+            }
+        }
+        missing += (1..=*want).filter(|c| !seen.contains(c)).count();
+        assert!(
+            got.iter().all(|c| *c >= 1 && *c <= *want),
+            "{k}: counts beyond {want}: {got:?}"
+        );
+    }
+    assert!(per_key.is_empty(), "unexpected keys {:?}", per_key.keys());
+    (duplicates, missing)
+}
+
+fn config(app: &str, dir: &std::path::Path, restores: &Restores) -> StreamsConfig {
+    StreamsConfig::new(app, &bootstrap_servers())
+        .state_dir(dir)
+        .restore_listener(restores.clone())
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "1000")
+}
+
+/// Polls `condition` (every 50 ms) for up to two minutes.
+fn wait_until(condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + LONG;
+    while !condition() {
+        assert!(Instant::now() < deadline, "condition not met in {LONG:?}");
+        std::thread::sleep(Duration::from_millis(50)); // polling a view of another thread's state
+    }
+}
+
+fn store_contents(streams: &KafkaStreams) -> BTreeMap<String, u64> {
+    streams
+        .key_value_store::<String, u64>("counts")
+        .unwrap()
+        .all()
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+#[test]
+fn recovery_from_changelog_after_the_state_directory_is_deleted() {
+    streams_testkit::init_tracing();
+    let bootstrap = bootstrap_servers();
+    let (input, output, app) = (unique("rec-in"), unique("rec-out"), unique("rec-app"));
+    create_topic(&bootstrap, &input, 3, &[]).unwrap();
+    create_topic(&bootstrap, &output, 3, &[]).unwrap();
+    let dir = std::env::temp_dir().join(unique("rec-state"));
+    const FIRST: usize = 600;
+    const N: usize = 900;
+
+    let restores = Restores::default();
+    let streams = KafkaStreams::new(
+        counting_topology(&input, &output),
+        config(&app, &dir, &restores),
+    )
+    .unwrap();
+    streams.start().unwrap();
+    assert!(streams.wait_for(|s| s == State::Running, LONG));
+    produce_range(&producer(&bootstrap), &input, 0, FIRST);
+    consume_until(&bootstrap, &output, Isolation::ReadCommitted, LONG, |g| {
+        g.len() >= FIRST
+    })
+    .unwrap();
+    // The stores commit right after the transaction; wait until the view shows it.
+    wait_until(|| store_contents(&streams) == oracle(FIRST));
+    let before = store_contents(&streams);
+    assert!(streams.close(LONG));
+    assert_eq!(restores.total(), 0, "a fresh application restores nothing");
+
+    std::fs::remove_dir_all(&dir).unwrap();
+    let restores = Restores::default();
+    let streams = KafkaStreams::new(
+        counting_topology(&input, &output),
+        config(&app, &dir, &restores),
+    )
+    .unwrap();
+    streams.start().unwrap();
+    assert!(streams.wait_for(|s| s == State::Running, LONG));
+    let rebuilt = store_contents(&streams);
+    let changelog = format!("{app}-counts-changelog");
+    let changelog_records =
+        read_to_end(&bootstrap, &changelog, Isolation::ReadCommitted, LONG).unwrap();
+    eprintln!(
+        "recovery: {} keys compared, rebuilt equal: {}; restored {} records from a changelog of {}",
+        before.len(),
+        rebuilt == before,
+        restores.total(),
+        changelog_records.len()
+    );
+    assert_eq!(
+        rebuilt, before,
+        "store rebuilt from the changelog, key by key"
+    );
+    assert_eq!(restores.total() as usize, changelog_records.len());
+    assert!(
+        restores.0.lock().unwrap().iter().all(|e| e.1 == 0),
+        "from offset 0"
+    );
+
+    produce_range(&producer(&bootstrap), &input, FIRST, N);
+    consume_until(&bootstrap, &output, Isolation::ReadCommitted, LONG, |g| {
+        g.len() >= N
+    })
+    .unwrap();
+    wait_until(|| store_contents(&streams) == oracle(N));
+    assert!(streams.close(LONG));
+    let out = read_to_end(&bootstrap, &output, Isolation::ReadCommitted, LONG).unwrap();
+    assert_eq!(out.len(), N);
+    assert_eq!(
+        check_counts(&out, N),
+        (0, 0),
+        "counts continue 1..n per key"
+    );
+}
+
+/// Child mode: counting app until asked to stop; prints its restorations and final store.
+fn run_child(args: &str) {
+    let parts: Vec<&str> = args.split('|').collect();
+    let [app, input, output, dir] = parts[..] else {
+        panic!("bad child arguments {args}");
+    };
+    let restores = Restores::default();
+    let config = config(app, std::path::Path::new(dir), &restores)
+        .transaction_timeout(Duration::from_secs(10));
+    let streams = KafkaStreams::new(counting_topology(input, output), config).unwrap();
+    streams.start().unwrap();
+    assert!(streams.wait_for(|s| s == State::Running, LONG));
+    for (p, from, total) in restores.0.lock().unwrap().iter() {
+        println!("KSTREAMS-RESTORED partition={p} from={from} records={total}");
+    }
+    println!("KSTREAMS-APP-RUNNING");
+    wait_for_stop_request();
+    let closed = streams.close(LONG);
+    println!("KSTREAMS-APP-CLOSED clean={closed}");
+}
+
+fn field(line: &str, name: &str) -> i64 {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{name}=")))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn crash_under_exactly_once_restores_only_the_tail() {
+    if let Some(args) = child_mode() {
+        return run_child(&args);
+    }
+    let bootstrap = bootstrap_servers();
+    let (input, output, app) = (unique("cc-in"), unique("cc-out"), unique("cc-app"));
+    create_topic(&bootstrap, &input, 3, &[]).unwrap();
+    create_topic(&bootstrap, &output, 3, &[]).unwrap();
+    let dir = std::env::temp_dir().join(unique("cc-state"));
+    let args = format!("{app}|{input}|{output}|{}", dir.display());
+    const N: usize = 3000;
+    const KILLS: usize = 4;
+    let mut feeder = Some({
+        let (bootstrap, input) = (bootstrap.clone(), input.clone());
+        std::thread::spawn(move || {
+            let p = producer(&bootstrap);
+            let start = Instant::now();
+            for chunk in (0..N).step_by(50) {
+                produce_range(&p, &input, chunk, (chunk + 50).min(N));
+                // Pacing the load (250 records/s), not waiting for a condition.
+                let due = start + Duration::from_secs_f64((chunk + 50) as f64 / 250.0);
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            }
+        })
+    });
+    let test = "crash_under_exactly_once_restores_only_the_tail";
+    let mut rng = rand::rng();
+    let mut restored_per_run = vec![];
+    let mut resumed_runs = 0;
+    for kill in 0..=KILLS {
+        let mut child = ChildProcess::spawn(
+            &format!("run{kill}"),
+            test,
+            &args,
+            &[("KAFKA_BOOTSTRAP_SERVERS", bootstrap.as_str())],
+        )
+        .unwrap();
+        let mut restored = 0;
+        let mut resumed = false;
+        loop {
+            let line = child.wait_for_line("KSTREAMS-", LONG).unwrap();
+            if line.contains("KSTREAMS-APP-RUNNING") {
+                break;
+            }
+            if line.contains("KSTREAMS-RESTORED") {
+                restored += field(&line, "records");
+                resumed |= field(&line, "from") > 0;
+            }
+        }
+        restored_per_run.push(restored);
+        resumed_runs += usize::from(resumed);
+        if kill == KILLS {
+            feeder.take().unwrap().join().unwrap();
+            consume_until(
+                &bootstrap,
+                &output,
+                Isolation::ReadCommitted,
+                Duration::from_secs(240),
+                |g| g.len() >= N,
+            )
+            .unwrap();
+            let status = child.stop(LONG).unwrap();
+            assert!(status.success(), "final run: {status}");
+        } else {
+            std::thread::sleep(Duration::from_millis(rng.random_range(300..2500))); // the kill point
+            child.kill().unwrap();
+        }
+    }
+    let out = read_to_end(&bootstrap, &output, Isolation::ReadCommitted, LONG).unwrap();
+    let changelog = read_to_end(
+        &bootstrap,
+        &format!("{app}-counts-changelog"),
+        Isolation::ReadCommitted,
+        LONG,
+    )
+    .unwrap();
+    let (duplicates, missing) = check_counts(&out, N);
+    // The final store content, restored by one more start from what is on disk.
+    let restores = Restores::default();
+    let streams = KafkaStreams::new(
+        counting_topology(&input, &output),
+        config(&app, &dir, &restores),
+    )
+    .unwrap();
+    streams.start().unwrap();
+    assert!(streams.wait_for(|s| s == State::Running, LONG));
+    let store = store_contents(&streams);
+    assert!(streams.close(LONG));
+    eprintln!(
+        "crash test with state: kills {KILLS}, input {N}, output {}, duplicates {duplicates}, missing {missing}; \
+         changelog {} records; restored per run {restored_per_run:?} ({resumed_runs} runs resumed from a stored offset); \
+         store equals oracle: {}",
+        out.len(),
+        changelog.len(),
+        store == oracle(N)
+    );
+    assert_eq!((duplicates, missing), (0, 0));
+    assert_eq!(out.len(), N);
+    assert_eq!(store, oracle(N), "store equals the oracle key by key");
+    for r in &restored_per_run[1..] {
+        assert!(
+            (*r as usize) < changelog.len(),
+            "a restart replayed only the tail: {r} < {}",
+            changelog.len()
+        );
+    }
+    assert!(
+        resumed_runs >= 1,
+        "at least one restart resumed from a stored offset"
+    );
+}
+
+#[test]
+fn a_migrated_task_restores_from_the_changelog_and_keeps_counting() {
+    streams_testkit::init_tracing();
+    let bootstrap = bootstrap_servers();
+    let (input, output, app) = (unique("mig-in"), unique("mig-out"), unique("mig-app"));
+    create_topic(&bootstrap, &input, 4, &[]).unwrap();
+    create_topic(&bootstrap, &output, 4, &[]).unwrap();
+    const FIRST: usize = 800;
+    const N: usize = 1600;
+    let (ra, rb) = (Restores::default(), Restores::default());
+    let a = KafkaStreams::new(
+        counting_topology(&input, &output),
+        config(&app, &std::env::temp_dir().join(unique("mig-a")), &ra),
+    )
+    .unwrap();
+    a.start().unwrap();
+    assert!(a.wait_for(|s| s == State::Running, LONG));
+    produce_range(&producer(&bootstrap), &input, 0, FIRST);
+    consume_until(&bootstrap, &output, Isolation::ReadCommitted, LONG, |g| {
+        g.len() >= FIRST
+    })
+    .unwrap();
+    assert_eq!(a.store_partitions("counts"), vec![0, 1, 2, 3]);
+
+    let b = KafkaStreams::new(
+        counting_topology(&input, &output),
+        config(&app, &std::env::temp_dir().join(unique("mig-b")), &rb),
+    )
+    .unwrap();
+    b.start().unwrap();
+    let deadline = Instant::now() + LONG;
+    while b.store_partitions("counts").len() != 2 || a.store_partitions("counts").len() != 2 {
+        assert!(Instant::now() < deadline, "the tasks were not split");
+        std::thread::sleep(Duration::from_millis(50)); // polling the instances' task lists
+    }
+    let moved = b.store_partitions("counts");
+    eprintln!(
+        "migration: B took partitions {moved:?}, restored {} records",
+        rb.total()
+    );
+    assert!(
+        rb.total() > 0,
+        "B restored the moved tasks from the changelog"
+    );
+    produce_range(&producer(&bootstrap), &input, FIRST, N);
+    consume_until(&bootstrap, &output, Isolation::ReadCommitted, LONG, |g| {
+        g.len() >= N
+    })
+    .unwrap();
+    wait_until(|| {
+        let mut merged = store_contents(&a);
+        merged.extend(store_contents(&b));
+        merged == oracle(N)
+    });
+    let mut merged = store_contents(&a);
+    merged.extend(store_contents(&b));
+    assert!(a.close(LONG) && b.close(LONG));
+    let out = read_to_end(&bootstrap, &output, Isolation::ReadCommitted, LONG).unwrap();
+    assert_eq!(out.len(), N);
+    assert_eq!(check_counts(&out, N), (0, 0));
+    assert_eq!(
+        merged,
+        oracle(N),
+        "the two instances' stores together equal the oracle"
+    );
+}
