@@ -150,9 +150,21 @@ fn main() {
         .collect();
     let restore_n = args.first().copied().unwrap_or(1_000_000);
     let driver_n = args.get(1).copied().unwrap_or(200_000);
-    let bootstrap = bootstrap_servers();
+    let bootstrap = if restore_n > 0 {
+        bootstrap_servers()
+    } else {
+        String::new()
+    };
+    // 1. Restoration versus a raw consumer (skipped when RESTORE_RECORDS is 0).
+    if restore_n > 0 {
+        restoration(&bootstrap, restore_n);
+    }
+    // 2. Count per key in the TopologyTestDriver.
+    driver_counts(driver_n);
+}
 
-    // 1. Restoration versus a raw consumer.
+fn restoration(bootstrap: &str, restore_n: usize) {
+    let bootstrap = bootstrap.to_string();
     let (input, output) = (unique("bench-st-in"), unique("bench-st-out"));
     create_topic(&bootstrap, &input, 1, &[]).unwrap();
     create_topic(&bootstrap, &output, 1, &[]).unwrap();
@@ -198,8 +210,9 @@ fn main() {
             .collect::<Vec<_>>()
             .join(", ")
     );
+}
 
-    // 2. Count per key in the TopologyTestDriver.
+fn driver_counts(driver_n: usize) {
     for in_memory in [false, true] {
         let driver = TopologyTestDriver::new(topology("in", "out", in_memory)).unwrap();
         let input = driver.input_topic("in", Utf8, Utf8);

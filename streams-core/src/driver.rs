@@ -77,17 +77,20 @@ struct State {
     tasks: Vec<Task>,
     /// Resolved source topic -> index of the task reading it.
     readers: HashMap<String, usize>,
-    outputs: HashMap<String, VecDeque<OutRecord>>,
-    offsets: HashMap<String, i64>,
+    outputs: HashMap<Arc<str>, VecDeque<OutRecord>>,
+    offsets: HashMap<Arc<str>, i64>,
     wall_clock: i64,
     on_poison: Box<dyn DeserializationErrorHandler>,
 }
 
 impl State {
-    fn offset(&mut self, topic: &str) -> i64 {
-        let next = self.offsets.entry(topic.to_string()).or_insert(0);
-        *next += 1;
-        *next - 1
+    fn offset(&mut self, topic: &Arc<str>) -> i64 {
+        if let Some(next) = self.offsets.get_mut(&**topic) {
+            *next += 1;
+            return *next - 1;
+        }
+        self.offsets.insert(topic.clone(), 1);
+        0
     }
 
     /// Processes everything queued, feeding records the topology writes to its own sources
@@ -109,7 +112,7 @@ impl State {
                 task.add(raw)?;
                 while task.process_one(&mut collector, &*self.on_poison)? {}
                 task.prepare_commit(&mut collector)?;
-                task.committed(&HashMap::new())?;
+                task.committed(&HashMap::new(), false)?;
             }
             let Some(out) = collector.pending.pop_front() else {
                 if incoming.is_empty() {
@@ -117,10 +120,10 @@ impl State {
                 }
                 continue;
             };
-            if self.readers.contains_key(&out.topic) {
+            if self.readers.contains_key(&*out.topic) {
                 let offset = self.offset(&out.topic);
                 incoming.push_back(RawRecord {
-                    topic: Arc::from(out.topic.as_str()),
+                    topic: out.topic.clone(),
                     partition: 0,
                     offset,
                     timestamp: out.timestamp,
@@ -224,7 +227,7 @@ impl TopologyTestDriver {
         values: impl Serde<V>,
     ) -> TestInputTopic<K, V> {
         TestInputTopic {
-            topic: self.topology.resolve_topic(&self.application_id, topic),
+            topic: Arc::from(self.topology.resolve_topic(&self.application_id, topic)),
             keys: Box::new(keys),
             values: Box::new(values),
             state: self.state.clone(),
@@ -240,7 +243,7 @@ impl TopologyTestDriver {
         values: impl Serde<V>,
     ) -> TestOutputTopic<K, V> {
         TestOutputTopic {
-            topic: self.topology.resolve_topic(&self.application_id, topic),
+            topic: Arc::from(self.topology.resolve_topic(&self.application_id, topic)),
             keys: Box::new(keys),
             values: Box::new(values),
             state: self.state.clone(),
@@ -260,7 +263,7 @@ impl TopologyTestDriver {
         for task in &mut state.tasks {
             task.punctuate(PunctuationType::WallClockTime, now, &mut collector)?;
             task.prepare_commit(&mut collector)?;
-            task.committed(&HashMap::new())?;
+            task.committed(&HashMap::new(), false)?;
         }
         let pending: Vec<OutRecord> = collector.pending.into_iter().collect();
         state.run_outputs(pending)
@@ -304,10 +307,10 @@ impl State {
     fn run_outputs(&mut self, pending: Vec<OutRecord>) -> Result<()> {
         let mut collector_records = VecDeque::from(pending);
         while let Some(out) = collector_records.pop_front() {
-            if self.readers.contains_key(&out.topic) {
+            if self.readers.contains_key(&*out.topic) {
                 let offset = self.offset(&out.topic);
                 let raw = RawRecord {
-                    topic: Arc::from(out.topic.as_str()),
+                    topic: out.topic.clone(),
                     partition: 0,
                     offset,
                     timestamp: out.timestamp,
@@ -328,7 +331,7 @@ impl State {
 
 /// Pipes records into a topic of a [`TopologyTestDriver`].
 pub struct TestInputTopic<K, V> {
-    topic: String,
+    topic: Arc<str>,
     keys: Box<dyn Serde<K>>,
     values: Box<dyn Serde<V>>,
     state: Rc<RefCell<State>>,
@@ -366,7 +369,7 @@ impl<K: 'static, V: 'static> TestInputTopic<K, V> {
         let mut state = self.state.borrow_mut();
         let offset = state.offset(&self.topic);
         state.run(Some(RawRecord {
-            topic: Arc::from(self.topic.as_str()),
+            topic: self.topic.clone(),
             partition: 0,
             offset,
             timestamp,
@@ -379,7 +382,7 @@ impl<K: 'static, V: 'static> TestInputTopic<K, V> {
 
 /// Reads what a topology wrote to a topic of a [`TopologyTestDriver`].
 pub struct TestOutputTopic<K, V> {
-    topic: String,
+    topic: Arc<str>,
     keys: Box<dyn Serde<K>>,
     values: Box<dyn Serde<V>>,
     state: Rc<RefCell<State>>,
@@ -395,7 +398,7 @@ impl<K: 'static, V: 'static> TestOutputTopic<K, V> {
             .state
             .borrow_mut()
             .outputs
-            .get_mut(&self.topic)
+            .get_mut(&*self.topic)
             .and_then(VecDeque::pop_front);
         let Some(out) = out else {
             return Ok(None);
@@ -439,7 +442,7 @@ impl<K: 'static, V: 'static> TestOutputTopic<K, V> {
         self.state
             .borrow()
             .outputs
-            .get(&self.topic)
+            .get(&*self.topic)
             .is_none_or(VecDeque::is_empty)
     }
 }

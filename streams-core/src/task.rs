@@ -65,7 +65,7 @@ impl RawRecord {
 /// A serialized output record.
 #[derive(Debug, Clone)]
 pub(crate) struct OutRecord {
-    pub(crate) topic: String,
+    pub(crate) topic: Arc<str>,
     pub(crate) partition: Option<i32>,
     pub(crate) key: Option<Vec<u8>>,
     pub(crate) value: Option<Vec<u8>>,
@@ -457,7 +457,7 @@ impl Task {
                     .with(headers::OFFSET, Some(raw.offset.to_string().as_bytes()))
                     .with(headers::TASK, Some(self.id.to_string().as_bytes()));
                 collector.send(OutRecord {
-                    topic,
+                    topic: Arc::from(topic.as_str()),
                     partition: None,
                     key: raw.key,
                     value: raw.value,
@@ -568,16 +568,19 @@ impl Task {
     pub(crate) fn committed(
         &mut self,
         changelog_offsets: &HashMap<(String, i32), i64>,
+        durable: bool,
     ) -> Result<()> {
         self.consumed.clear();
         for store in self.env.stores.iter_mut().flatten() {
             if let Some(core) = store.core_mut() {
-                let offset = core.changelog.as_ref().and_then(|c| {
-                    changelog_offsets
-                        .get(&(c.topic.clone(), c.partition))
-                        .copied()
-                });
-                core.commit(offset).map_err(|e| Error::task(self.id, e))?;
+                let offset = match &core.changelog {
+                    Some(c) if !changelog_offsets.is_empty() => changelog_offsets
+                        .get(&(c.topic.to_string(), c.partition))
+                        .copied(),
+                    _ => None,
+                };
+                core.commit_with(offset, durable)
+                    .map_err(|e| Error::task(self.id, e))?;
             }
         }
         Ok(())

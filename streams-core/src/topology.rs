@@ -202,7 +202,7 @@ pub(crate) fn forward_typed<K: Clone + 'static, V: Clone + 'static>(
 
 struct SinkNode<K, V> {
     name: Arc<str>,
-    topic: String,
+    topic: Arc<str>,
     sink: Arc<SinkSpec<K, V>>,
 }
 
@@ -378,7 +378,7 @@ impl TopologyBuilder {
         let factory = Arc::new(move |topic: &str, name: Arc<str>| {
             Box::new(SinkNode {
                 name,
-                topic: topic.to_string(),
+                topic: Arc::from(topic),
                 sink: spec.clone(),
             }) as Box<dyn Node>
         });

@@ -207,7 +207,7 @@ impl RecordCollector for Collector<'_> {
                     {
                         ProductionResponse::Continue => Ok(()),
                         ProductionResponse::Fail => Err(Error::Production {
-                            topic: record.topic.clone(),
+                            topic: record.topic.to_string(),
                             message: error.to_string(),
                         }),
                     };
@@ -608,7 +608,7 @@ impl Inner {
         let offsets =
             std::mem::take(&mut *self.delivered.lock().unwrap_or_else(|e| e.into_inner()));
         for task in self.tasks.values_mut() {
-            task.committed(&offsets)?;
+            task.committed(&offsets, true)?;
         }
         tracing::debug!(thread = %self.name, partitions = tpl.count(), "committed");
         Ok(())

@@ -158,6 +158,11 @@ impl BytesStore for MemoryBytes {
 }
 
 const META_CF: &str = "kstreams-meta";
+
+/// The RocksDB databases open in this process, by directory.
+static OPEN_DBS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, std::sync::Weak<DB>>>,
+> = std::sync::LazyLock::new(Default::default);
 const OFFSET_KEY: &[u8] = b"changelog-offset";
 
 /// A RocksDB database: data in the default column family, the changelog offset in its own.
@@ -183,11 +188,26 @@ impl RocksBytes {
             ),
             ColumnFamilyDescriptor::new(META_CF, Options::default()),
         ];
-        let db = DB::open_cf_descriptors(&opts, dir, cfs)
-            .map_err(|e| state_error(name, format!("open {}: {e}", dir.display())))?;
+        // A store reopened while a view of its previous instance is alive (a rebalance
+        // closed and recreated the task) shares the open database: RocksDB allows one
+        // handle per directory and process.
+        let mut open = OPEN_DBS.lock().unwrap_or_else(|e| e.into_inner());
+        open.retain(|_, db| db.strong_count() > 0);
+        let key = dir.to_path_buf();
+        if let Some(db) = open.get(&key).and_then(std::sync::Weak::upgrade) {
+            return Ok(RocksBytes {
+                name: name.to_string(),
+                db,
+            });
+        }
+        let db = Arc::new(
+            DB::open_cf_descriptors(&opts, dir, cfs)
+                .map_err(|e| state_error(name, format!("open {}: {e}", dir.display())))?,
+        );
+        open.insert(key, Arc::downgrade(&db));
         Ok(RocksBytes {
             name: name.to_string(),
-            db: Arc::new(db),
+            db,
         })
     }
 

@@ -12,7 +12,7 @@ use crate::Result;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChangelogTarget {
     /// `<application id>-<store>-changelog`.
-    pub topic: String,
+    pub topic: Arc<str>,
     /// The task's partition.
     pub partition: i32,
 }
@@ -108,11 +108,17 @@ impl StoreCore {
     /// The task's transaction committed: write the held-back batch and, when changelog records
     /// were sent, the offset of the last one, atomically.
     pub fn commit(&mut self, changelog_offset: Option<i64>) -> Result<()> {
+        self.commit_with(changelog_offset, true)
+    }
+
+    /// [`commit`](Self::commit), optionally without the write-ahead log (the test driver's
+    /// throw-away state).
+    pub fn commit_with(&mut self, changelog_offset: Option<i64>, durable: bool) -> Result<()> {
         if self.pending.is_empty() && changelog_offset.is_none() {
             return Ok(());
         }
         let batch: Batch = std::mem::take(&mut self.pending).into_iter().collect();
-        self.bytes.write(batch, changelog_offset, true)
+        self.bytes.write(batch, changelog_offset, durable)
     }
 
     /// Drops what was not committed (the transaction aborted or the task was taken over).

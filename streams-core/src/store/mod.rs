@@ -129,7 +129,7 @@ impl StoreOptions {
             Arc::new(MemoryBytes::new(name))
         };
         let changelog = self.logging.then(|| ChangelogTarget {
-            topic: changelog_topic(ctx.application_id, name),
+            topic: Arc::from(changelog_topic(ctx.application_id, name)),
             partition: ctx.task.partition,
         });
         Ok(StoreCore::new(name, bytes, changelog, self.caching))
