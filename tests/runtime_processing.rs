@@ -629,3 +629,75 @@ fn two_instances_split_partitions_and_take_over() {
     );
     assert_eq!(out.len(), N);
 }
+
+/// Panics on the value "boom".
+struct Fragile;
+
+impl Processor for Fragile {
+    type KeyIn = String;
+    type ValueIn = String;
+    type KeyOut = String;
+    type ValueOut = String;
+    fn process(
+        &mut self,
+        r: Record<String, String>,
+        ctx: &mut ProcessorContext<'_, String, String>,
+    ) -> Result<()> {
+        assert_ne!(r.value(), "boom", "a bug in user code");
+        ctx.forward(r)
+    }
+}
+
+#[test]
+fn a_panicking_processor_stops_the_instance_and_commits_nothing_of_its_record() {
+    for guarantee in [
+        ProcessingGuarantee::ExactlyOnce,
+        ProcessingGuarantee::AtLeastOnce,
+    ] {
+        let bootstrap = bootstrap_servers();
+        let (input, output, app) = (unique("panic-in"), unique("panic-out"), unique("app"));
+        create_topic(&bootstrap, &input, 1, &[]).unwrap();
+        create_topic(&bootstrap, &output, 1, &[]).unwrap();
+        let p = producer(&bootstrap);
+        for v in ["a", "b", "boom", "c"] {
+            send_retrying(&p, BaseRecord::to(&input).key("k").payload(v)).unwrap();
+        }
+        p.flush(Duration::from_secs(30)).unwrap();
+        let topology = TopologyBuilder::new()
+            .add_source("in", Source::new([input.as_str()], Utf8, Utf8))
+            .add_processor("fragile", || Fragile, ["in"])
+            .add_sink("out", Sink::new(output.as_str(), Utf8, Utf8), ["fragile"])
+            .build()
+            .unwrap();
+        let config = StreamsConfig::new(&app, &bootstrap)
+            .processing_guarantee(guarantee)
+            .state_dir(state_dir());
+        let streams = KafkaStreams::new(topology, config).unwrap();
+        streams.start().unwrap();
+        assert!(
+            streams.wait_for(|s| s == State::Error, LONG),
+            "{guarantee:?}: state {:?}",
+            streams.state()
+        );
+        let error = streams.error().unwrap();
+        assert!(
+            matches!(error.root(), Error::ThreadDied { message, .. } if message.contains("a bug in user code")),
+            "{guarantee:?}: {error}"
+        );
+        let committed = committed_offsets(&bootstrap, &app, &input).unwrap();
+        assert!(
+            committed[0].unwrap_or(0) <= 2,
+            "{guarantee:?}: committed past the record that panicked: {committed:?}"
+        );
+        let isolation = match guarantee {
+            ProcessingGuarantee::ExactlyOnce => Isolation::ReadCommitted,
+            ProcessingGuarantee::AtLeastOnce => Isolation::ReadUncommitted,
+        };
+        let out = read_to_end(&bootstrap, &output, isolation, LONG).unwrap();
+        let values: Vec<String> = out.iter().map(Received::value_str).collect();
+        assert!(
+            values.iter().all(|v| v == "a" || v == "b"),
+            "{guarantee:?}: output after the panic: {values:?}"
+        );
+    }
+}

@@ -167,6 +167,10 @@ impl Error {
                 ..
             } => e.is_fatal() && !self.is_fenced(),
             Error::Deserialization { .. } | Error::Production { .. } => true,
+            Error::Kafka {
+                source: KafkaError::MessageConsumptionFatal(_),
+                ..
+            } => true,
             _ => false,
         }
     }

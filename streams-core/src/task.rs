@@ -508,6 +508,16 @@ impl Task {
         std::mem::take(&mut self.env.commit_requested)
     }
 
+    /// Whether a store holds writes waiting for a commit (a punctuator may write with no
+    /// record consumed).
+    pub(crate) fn has_pending_writes(&mut self) -> bool {
+        self.env
+            .stores
+            .iter_mut()
+            .flatten()
+            .any(|s| s.core_mut().is_some_and(|c| c.has_pending()))
+    }
+
     /// Whether records were processed since the last commit.
     pub(crate) fn has_uncommitted(&self) -> bool {
         !self.consumed.is_empty()

@@ -109,11 +109,11 @@ impl Shared {
     }
 
     pub(crate) fn set_thread_state(&self, index: usize, state: ThreadState) {
-        let all_running = {
-            let mut threads = lock(&self.threads);
-            threads[index] = state;
-            threads.iter().all(|t| *t == ThreadState::Running)
-        };
+        // Decide and transition under the threads lock, so that two threads changing state
+        // at once cannot apply their conclusions in the wrong order.
+        let mut threads = lock(&self.threads);
+        threads[index] = state;
+        let all_running = threads.iter().all(|t| *t == ThreadState::Running);
         let current = *lock(&self.state);
         if matches!(current, State::Rebalancing | State::Running) {
             self.transition(if all_running {
@@ -122,6 +122,7 @@ impl Shared {
                 State::Rebalancing
             });
         }
+        drop(threads);
     }
 
     pub(crate) fn set_thread_tasks(
@@ -165,6 +166,15 @@ pub(crate) fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// The message of a caught panic.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 /// A running application: a topology, its configuration, and its stream threads.
@@ -290,11 +300,7 @@ impl KafkaStreams {
                     let result = match result {
                         Ok(r) => r,
                         Err(panic) => {
-                            let message = panic
-                                .downcast_ref::<String>()
-                                .cloned()
-                                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                                .unwrap_or_else(|| "a panic without a message".into());
+                            let message = panic_message(&*panic);
                             Err(Error::ThreadDied {
                                 thread: name,
                                 message: format!("panicked: {message}"),

@@ -88,6 +88,9 @@ pub(crate) struct Inner {
     partition_counts: HashMap<String, i32>,
     /// A fatal error raised inside a rebalance callback, handed to the main loop.
     pending_error: Option<Error>,
+    /// Set once the thread failed: nothing may be committed any more (the rebalance
+    /// callbacks that run while the consumer closes must not commit half-done work).
+    failed: bool,
 }
 
 pub(crate) struct ThreadContext {
@@ -104,10 +107,42 @@ impl ClientContext for ThreadContext {}
 
 impl ConsumerContext for ThreadContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        // User code (processors' close) runs here, inside a librdkafka callback: a panic must
+        // not unwind into C.
+        self.guarded(|| self.on_pre_rebalance(consumer, rebalance));
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.guarded(|| self.on_post_rebalance(rebalance));
+    }
+}
+
+impl ThreadContext {
+    fn guarded(&self, f: impl FnOnce()) {
+        if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            let message = super::panic_message(&*panic);
+            let mut inner = self.lock();
+            inner.failed = true;
+            let thread = inner.name.clone();
+            inner.pending_error.get_or_insert(Error::ThreadDied {
+                thread,
+                message: format!("panicked in a rebalance callback: {message}"),
+            });
+        }
+    }
+
+    fn on_pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let mut inner = self.lock();
         match rebalance {
             Rebalance::Revoke(tpl) => {
                 inner.set_state(ThreadState::PartitionsRevoked);
+                if inner.failed || consumer.assignment_lost() {
+                    // Another member may own these partitions already: commit nothing.
+                    tracing::warn!(thread = %inner.name, failed = inner.failed, "partitions lost; closing tasks without commit");
+                    inner.abandon_transaction();
+                    inner.close_all_tasks(false);
+                    return;
+                }
                 tracing::info!(thread = %inner.name, partitions = tpl.count(), "partitions revoked; committing and closing tasks");
                 let clean = match inner.commit(consumer) {
                     Ok(()) => true,
@@ -122,13 +157,19 @@ impl ConsumerContext for ThreadContext {
             }
             Rebalance::Assign(_) => inner.set_state(ThreadState::PartitionsAssigned),
             Rebalance::Error(e) => {
-                tracing::warn!(thread = %inner.name, error = %e, "rebalance error")
+                // librdkafka unassigns the partitions: drop the tasks' uncommitted work.
+                tracing::warn!(thread = %inner.name, error = %e, "rebalance error; closing tasks without commit");
+                inner.abandon_transaction();
+                inner.close_all_tasks(false);
             }
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn on_post_rebalance(&self, rebalance: &Rebalance<'_>) {
         let mut inner = self.lock();
+        if inner.failed {
+            return;
+        }
         if let Rebalance::Assign(tpl) = rebalance {
             let parts: Vec<(String, i32)> = tpl
                 .elements()
@@ -139,6 +180,41 @@ impl ConsumerContext for ThreadContext {
                 inner.pending_error.get_or_insert(e);
             }
             inner.set_state(ThreadState::Running);
+        }
+    }
+}
+
+/// Builds a client config: the user's pass-through properties first, then the settings the
+/// runtime's guarantees rest on, which win (with a warning when the user tried to change them).
+fn with_pinned(
+    mut c: ClientConfig,
+    user: &std::collections::BTreeMap<String, String>,
+    pinned: &[(&str, String)],
+) -> ClientConfig {
+    for (k, v) in user {
+        c.set(k, v);
+    }
+    for (k, v) in pinned {
+        if user.get(*k).is_some_and(|u| u != v) {
+            tracing::warn!(property = k, ignored = %user[*k], kept = %v, "the runtime needs this client property; the configured value is ignored");
+        }
+        c.set(*k, v);
+    }
+    c
+}
+
+/// Runs a transactional call again (up to three times) while librdkafka says it is retriable.
+fn retrying(
+    mut call: impl FnMut() -> rdkafka::error::KafkaResult<()>,
+) -> rdkafka::error::KafkaResult<()> {
+    let mut attempt = 0;
+    loop {
+        match call() {
+            Err(KafkaError::Transaction(e)) if e.is_retriable() && attempt < 3 => {
+                attempt += 1;
+                tracing::warn!(error = %e, attempt, "retrying a transactional call");
+            }
+            other => return other,
         }
     }
 }
@@ -270,15 +346,15 @@ impl Inner {
             .set("acks", "all")
             .set("linger.ms", "5")
             .set("partitioner", "murmur2_random");
+        let mut pinned = vec![("enable.idempotence", "true".to_string())];
         if self.eos() {
-            c.set("transactional.id", &self.transactional_id).set(
+            pinned.push(("transactional.id", self.transactional_id.clone()));
+            pinned.push((
                 "transaction.timeout.ms",
                 self.config.transaction_timeout.as_millis().to_string(),
-            );
+            ));
         }
-        for (k, v) in &self.config.client_properties {
-            c.set(k, v);
-        }
+        let c = with_pinned(c, &self.config.client_properties, &pinned);
         let producer: Producer_ = c
             .create_with_context(ProducerCtx {
                 errors: self.delivery_errors.clone(),
@@ -310,6 +386,27 @@ impl Inner {
         self.producer = Some(producer);
         self.in_transaction = false;
         Ok(())
+    }
+
+    /// Aborts the open transaction if there is one and the producer can (it cannot when
+    /// fenced: then it is dropped).
+    fn abandon_transaction(&mut self) {
+        self.delivery_errors.take();
+        self.delivered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        if !self.in_transaction {
+            return;
+        }
+        self.in_transaction = false;
+        if let Some(p) = &self.producer {
+            let _ = p.flush(CLIENT_TIMEOUT);
+            if let Err(e) = p.abort_transaction(CLIENT_TIMEOUT) {
+                tracing::warn!(thread = %self.name, error = %e, "aborting the open transaction failed; dropping the producer");
+                self.producer = None;
+            }
+        }
     }
 
     fn producer(&self) -> Result<&Producer_> {
@@ -345,7 +442,10 @@ impl Inner {
                 now,
                 &self.rocks,
             )?;
-            self.restore(&mut task)?;
+            if !self.restore(&mut task)? {
+                let _ = task.close(false);
+                break;
+            }
             self.tasks.insert(id, task);
         }
         self.publish_tasks();
@@ -362,24 +462,32 @@ impl Inner {
 
     /// Brings the task's change-logged stores up to their changelogs' ends, from the offset
     /// each store has committed (or from the beginning), reading `read_committed`.
-    fn restore(&mut self, task: &mut Task) -> Result<()> {
+    /// Returns false when a shutdown interrupted it (the task must not run).
+    fn restore(&mut self, task: &mut Task) -> Result<bool> {
         if self.restorer.is_none() {
             let mut c = self.client_config();
-            c.set("group.id", format!("{}-restore", self.app_id))
-                .set("client.id", format!("{}-restore-consumer", self.name))
-                .set("enable.auto.commit", "false")
-                .set("enable.auto.offset.store", "false")
-                .set("enable.partition.eof", "true")
-                .set("isolation.level", "read_committed");
-            for (k, v) in &self.config.client_properties {
-                c.set(k, v);
-            }
+            c.set("client.id", format!("{}-restore-consumer", self.name));
+            let c = with_pinned(
+                c,
+                &self.config.client_properties,
+                &[
+                    ("group.id", format!("{}-restore", self.app_id)),
+                    ("enable.auto.commit", "false".into()),
+                    ("enable.auto.offset.store", "false".into()),
+                    ("enable.partition.eof", "true".into()),
+                    ("isolation.level", "read_committed".into()),
+                    // A stored offset the changelog no longer has (truncated, recreated):
+                    // replay what it has rather than jump to the end.
+                    ("auto.offset.reset", "earliest".into()),
+                ],
+            );
             self.restorer = Some(
                 c.create()
                     .map_err(|e| Error::kafka("create restore consumer", e))?,
             );
         }
         let consumer = self.restorer.as_ref().unwrap();
+        let shutdown = &self.shared.shutdown;
         let listener = self.config.restore_listener.clone();
         let task_id = task.id;
         for core in task.logged_stores() {
@@ -404,18 +512,26 @@ impl Inner {
             let mut batch = Vec::new();
             let mut last = None;
             let mut last_report = Instant::now();
+            let mut errors_in_a_row = 0;
             loop {
+                if shutdown.load(std::sync::atomic::Ordering::SeqCst) {
+                    tracing::info!(store = %core.name, partition = target.partition, "shutdown during restoration");
+                    let _ = consumer.unassign();
+                    return Ok(false);
+                }
                 match consumer.poll(Duration::from_millis(500)) {
                     None => {}
                     Some(Err(KafkaError::PartitionEOF(_))) => break,
                     Some(Err(e)) => {
                         let e = Error::kafka(format!("restore {}", target.topic), e);
-                        if e.is_fatal() {
+                        errors_in_a_row += 1;
+                        if e.is_fatal() || errors_in_a_row > 20 {
                             return Err(e);
                         }
                         tracing::warn!(error = %e, "restore consumer error");
                     }
                     Some(Ok(m)) => {
+                        errors_in_a_row = 0;
                         let Some(key) = m.key() else { continue };
                         batch.push((key.to_vec(), m.payload().map(<[u8]>::to_vec)));
                         last = Some(m.offset());
@@ -456,7 +572,7 @@ impl Inner {
             }
         }
         let _ = consumer.unassign();
-        Ok(())
+        Ok(true)
     }
 
     fn close_all_tasks(&mut self, clean: bool) {
@@ -525,7 +641,11 @@ impl Inner {
         if self.producer.is_none() {
             return Ok(());
         }
-        let dirty = self.in_transaction || self.tasks.values().any(Task::has_uncommitted);
+        let dirty = self.in_transaction
+            || self
+                .tasks
+                .values_mut()
+                .any(|t| t.has_uncommitted() || t.has_pending_writes());
         if !dirty {
             return Ok(());
         }
@@ -583,24 +703,26 @@ impl Inner {
                 }
             }
         }
-        if eos {
+        if eos && (self.in_transaction || tpl.count() > 0) {
             if !self.in_transaction {
                 producer
                     .begin_transaction()
                     .map_err(|e| Error::kafka("begin transaction", e))?;
                 self.in_transaction = true;
             }
-            let group = consumer
-                .group_metadata()
-                .ok_or_else(|| Error::Config("the consumer has no group metadata".into()))?;
-            producer
-                .send_offsets_to_transaction(&tpl, &group, CLIENT_TIMEOUT)
-                .map_err(|e| Error::kafka("send offsets to transaction", e))?;
-            producer
-                .commit_transaction(CLIENT_TIMEOUT)
+            if tpl.count() > 0 {
+                let group = consumer
+                    .group_metadata()
+                    .ok_or_else(|| Error::Config("the consumer has no group metadata".into()))?;
+                retrying(|| producer.send_offsets_to_transaction(&tpl, &group, CLIENT_TIMEOUT))
+                    .map_err(|e| Error::kafka("send offsets to transaction", e))?;
+            }
+            // A retriable failure (a timeout) leaves the commit in flight in librdkafka: call
+            // it again rather than abort, which librdkafka would refuse.
+            retrying(|| producer.commit_transaction(CLIENT_TIMEOUT))
                 .map_err(|e| Error::kafka("commit transaction", e))?;
             self.in_transaction = false;
-        } else if tpl.count() > 0 {
+        } else if !eos && tpl.count() > 0 {
             consumer
                 .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
                 .map_err(|e| Error::kafka("commit offsets", e))?;
@@ -617,7 +739,7 @@ impl Inner {
     /// After a failed commit or send: when the error means the tasks were taken over (fencing)
     /// or the transaction can be aborted, drop the uncommitted work and return Ok so the
     /// caller rewinds; otherwise return the error, which stops the thread.
-    fn handle_commit_failure(&mut self, error: Error) -> Result<()> {
+    fn handle_commit_failure(&mut self, error: Error) -> Result<bool> {
         let abortable = matches!(error.root(), Error::Kafka { source: KafkaError::Transaction(e), .. } if e.txn_requires_abort());
         if error.is_fenced() {
             tracing::warn!(thread = %self.name, %error, "fenced: dropping uncommitted work and the producer");
@@ -631,7 +753,13 @@ impl Inner {
                 .clear();
             self.close_all_tasks(false);
             self.create_producer()?;
-            return Ok(());
+            return Ok(true);
+        }
+        if !self.eos() && error.is_retriable() {
+            // At-least-once keeps the tasks and their consumed offsets; the next commit
+            // interval tries again.
+            tracing::warn!(thread = %self.name, %error, "commit failed; retrying at the next interval");
+            return Ok(false);
         }
         if self.eos() && (abortable || error.is_retriable()) {
             tracing::warn!(thread = %self.name, %error, "aborting the transaction; the tasks reprocess from the last commit");
@@ -649,7 +777,7 @@ impl Inner {
                 .unwrap_or_else(|e| e.into_inner())
                 .clear();
             self.close_all_tasks(false);
-            return Ok(());
+            return Ok(true);
         }
         Err(error)
     }
@@ -694,6 +822,7 @@ impl StreamThread {
                 in_transaction: false,
                 partition_counts: HashMap::new(),
                 pending_error: None,
+                failed: false,
             },
         }
     }
@@ -709,23 +838,20 @@ impl StreamThread {
         let _guard = span.enter();
         inner.create_producer()?;
         let mut c = inner.client_config();
-        c.set("group.id", &*inner.app_id)
-            .set("client.id", format!("{}-consumer", inner.name))
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
+        c.set("client.id", format!("{}-consumer", inner.name))
             .set("auto.offset.reset", "earliest")
-            .set("partition.assignment.strategy", "range")
-            .set(
-                "isolation.level",
-                if inner.eos() {
-                    "read_committed"
-                } else {
-                    "read_uncommitted"
-                },
-            );
-        for (k, v) in &inner.config.client_properties {
-            c.set(k, v);
+            .set("isolation.level", "read_uncommitted");
+        let mut pinned = vec![
+            ("group.id", inner.app_id.to_string()),
+            ("enable.auto.commit", "false".to_string()),
+            ("enable.auto.offset.store", "false".to_string()),
+            // Tasks are closed and created on whole-assignment revocations (eager protocol).
+            ("partition.assignment.strategy", "range".to_string()),
+        ];
+        if inner.eos() {
+            pinned.push(("isolation.level", "read_committed".to_string()));
         }
+        let c = with_pinned(c, &inner.config.client_properties, &pinned);
         let topics: Vec<String> = inner.topic_owner.keys().cloned().collect();
         let shared = inner.shared.clone();
         let commit_interval = inner.config.commit_interval();
@@ -743,27 +869,47 @@ impl StreamThread {
             .map_err(|e| Error::kafka("subscribe", e))?;
         tracing::info!(thread = %name, topics = ?topics, "subscribed");
 
-        let result = run_loop(&consumer, &shared, commit_interval, batch);
+        // A panic in user code is caught here, inside the thread, so that the cleanup below
+        // runs and nothing of the failed work is committed when the consumer closes.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_loop(&consumer, &shared, commit_interval, batch)
+        }))
+        .unwrap_or_else(|panic| {
+            let message = super::panic_message(&*panic);
+            Err(Error::ThreadDied {
+                thread: name.clone(),
+                message: format!("panicked: {message}"),
+            })
+        });
         let ctx = consumer.context();
         let final_result = match result {
             Ok(()) => {
                 let mut inner = ctx.lock();
                 inner.set_state(ThreadState::PendingShutdown);
-                let r = inner.commit(&consumer);
-                inner.close_all_tasks(r.is_ok());
-                r
+                match inner.commit(&consumer) {
+                    Ok(()) => {
+                        inner.close_all_tasks(true);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        // Never commit what is left: abort, and let nothing commit later.
+                        inner.failed = true;
+                        if !e.is_fenced() {
+                            inner.abandon_transaction();
+                        }
+                        inner.producer = None;
+                        inner.close_all_tasks(false);
+                        Err(e)
+                    }
+                }
             }
             Err(e) => {
                 let mut inner = ctx.lock();
                 // Uncommitted work is dropped. Abort the open transaction so readers are not
                 // held up, unless the producer was fenced (it cannot abort; its successor did).
-                if inner.in_transaction && !e.is_fenced() {
-                    if let Some(p) = &inner.producer {
-                        let _ = p.flush(CLIENT_TIMEOUT);
-                        if let Err(abort) = p.abort_transaction(CLIENT_TIMEOUT) {
-                            tracing::warn!(thread = %name, error = %abort, "aborting the open transaction failed");
-                        }
-                    }
+                inner.failed = true;
+                if !e.is_fenced() {
+                    inner.abandon_transaction();
                 }
                 inner.producer = None;
                 inner.close_all_tasks(false);
@@ -824,7 +970,11 @@ fn run_loop(
         let requested = match inner.process() {
             Ok(r) => r,
             Err(e) if matches!(e.root(), Error::Kafka { .. }) => {
-                inner.handle_commit_failure(e)?;
+                // Records were consumed but their output may be incomplete: always drop the
+                // tasks' work and go back to the last commit.
+                if !inner.handle_commit_failure(e)? {
+                    inner.close_all_tasks(false);
+                }
                 rewind(consumer, &mut inner)?;
                 continue;
             }
@@ -835,8 +985,9 @@ fn run_loop(
         }
         if requested || last_commit.elapsed() >= commit_interval {
             if let Err(e) = inner.commit(consumer) {
-                inner.handle_commit_failure(e)?;
-                rewind(consumer, &mut inner)?;
+                if inner.handle_commit_failure(e)? {
+                    rewind(consumer, &mut inner)?;
+                }
             }
             last_commit = Instant::now();
         }

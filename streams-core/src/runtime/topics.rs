@@ -136,6 +136,32 @@ pub(crate) fn prepare(
             )));
         }
     }
+    // Co-partitioning, checked before any topic is created: every source of one
+    // sub-topology has the same count.
+    for st in topology.subtopologies() {
+        let per: Vec<(String, i32)> = st
+            .source_topics
+            .iter()
+            .map(|t| {
+                (
+                    t.clone(),
+                    counts
+                        .get(t)
+                        .or_else(|| wanted.get(t))
+                        .copied()
+                        .unwrap_or(0),
+                )
+            })
+            .collect();
+        if per.windows(2).any(|w| w[0].1 != w[1].1) {
+            let list: Vec<String> = per.iter().map(|(t, n)| format!("{t} ({n})")).collect();
+            return Err(Error::Config(format!(
+                "sub-topology {} reads topics with different partition counts: {}; topics processed together must be co-partitioned (equal counts)",
+                st.id,
+                list.join(", ")
+            )));
+        }
+    }
     for (name, n) in &wanted {
         let topic = topology.resolve_topic(app, name);
         match partition_count(&admin, &topic)? {
@@ -194,22 +220,6 @@ pub(crate) fn prepare(
                     tracing::info!(topic = %topic, partitions = n, "created changelog topic");
                 }
             }
-        }
-    }
-    // Co-partitioning: every source of one sub-topology has the same count.
-    for st in topology.subtopologies() {
-        let per: Vec<(String, i32)> = st
-            .source_topics
-            .iter()
-            .map(|t| (t.clone(), counts[t]))
-            .collect();
-        if per.windows(2).any(|w| w[0].1 != w[1].1) {
-            let list: Vec<String> = per.iter().map(|(t, n)| format!("{t} ({n})")).collect();
-            return Err(Error::Config(format!(
-                "sub-topology {} reads topics with different partition counts: {}; topics processed together must be co-partitioned (equal counts)",
-                st.id,
-                list.join(", ")
-            )));
         }
     }
     Ok(counts)
