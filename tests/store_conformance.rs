@@ -1247,3 +1247,25 @@ fn session_segment_expiry(persistent: bool) {
     );
 }
 conformance!(session_segment_expiry: session_segment_expiry_rocksdb, session_segment_expiry_memory);
+
+fn kv_wipe(persistent: bool) {
+    let env = Env::new(persistent);
+    let mut kv = env.kv(kv_builder("kv"));
+    for (i, k) in ["a", "b", "c"].iter().enumerate() {
+        kv.put(&s(k), &(i as u64)).unwrap();
+    }
+    kv.core_mut().commit(Some(7)).unwrap();
+    assert_eq!(kv.len().unwrap(), 3);
+    kv.core().bytes().wipe().unwrap();
+    assert_eq!(
+        kv.len().unwrap(),
+        0,
+        "every entry gone, the last key included"
+    );
+    assert_eq!(kv.core().committed_offset().unwrap(), None);
+    kv.put(&s("d"), &9).unwrap();
+    kv.core_mut().commit(Some(1)).unwrap();
+    assert_eq!(kv.all().unwrap(), vec![(s("d"), 9)]);
+    assert_eq!(kv.core().committed_offset().unwrap(), Some(1));
+}
+conformance!(kv_wipe: kv_wipe_rocksdb, kv_wipe_memory);

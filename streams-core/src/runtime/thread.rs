@@ -492,7 +492,20 @@ impl Inner {
         let task_id = task.id;
         for core in task.logged_stores() {
             let target = core.changelog.clone().unwrap();
-            let from = core.committed_offset()?.map(|o| o + 1);
+            let mut from = core.committed_offset()?.map(|o| o + 1);
+            if let Some(f) = from {
+                // The changelog no longer holds the records after the stored offset (it was
+                // truncated by retention, or deleted and recreated): the local state cannot be
+                // brought forward, so rebuild it from what the changelog has.
+                let (low, _) = consumer
+                    .fetch_watermarks(&target.topic, target.partition, CLIENT_TIMEOUT)
+                    .map_err(|e| Error::kafka(format!("watermarks of {}", target.topic), e))?;
+                if f < low {
+                    tracing::warn!(store = %core.name, partition = target.partition, stored = f - 1, log_start = low, "the changelog starts after the stored offset; wiping the store and restoring from the start");
+                    core.bytes.wipe()?;
+                    from = None;
+                }
+            }
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition_offset(
                 &target.topic,

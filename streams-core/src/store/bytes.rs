@@ -41,6 +41,8 @@ pub trait BytesStore: Send + Sync {
     fn persistent(&self) -> bool;
     /// The smallest and the largest key, if any.
     fn key_span(&self) -> Result<Option<(Vec<u8>, Vec<u8>)>>;
+    /// Deletes every entry and the stored offset (a store that must be rebuilt from scratch).
+    fn wipe(&self) -> Result<()>;
 }
 
 /// Whether a range with these bounds can hold any key (and `BTreeMap::range` accepts it).
@@ -146,6 +148,12 @@ impl BytesStore for MemoryBytes {
     }
     fn persistent(&self) -> bool {
         false
+    }
+    fn wipe(&self) -> Result<()> {
+        let mut d = self.data.write().map_err(|e| state_error(&self.name, e))?;
+        d.0.clear();
+        d.1 = None;
+        Ok(())
     }
     fn key_span(&self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         let d = self.data.read().map_err(|e| state_error(&self.name, e))?;
@@ -292,6 +300,20 @@ impl BytesStore for RocksBytes {
     }
     fn persistent(&self) -> bool {
         true
+    }
+    fn wipe(&self) -> Result<()> {
+        let mut wb = WriteBatch::default();
+        if let Some((first, last)) = self.key_span()? {
+            wb.delete_range(&first, &last);
+            wb.delete(&last);
+        }
+        let cf = self
+            .db
+            .cf_handle(META_CF)
+            .ok_or_else(|| state_error(&self.name, "no meta column family"))?;
+        wb.delete_cf(cf, OFFSET_KEY);
+        self.db.write(wb).map_err(|e| self.err(e))?;
+        self.flush()
     }
     fn key_span(&self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         let first = self

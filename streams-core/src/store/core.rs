@@ -152,6 +152,11 @@ impl StoreCore {
         !self.pending.is_empty()
     }
 
+    /// The bytes store underneath (committed state), for tests and tools.
+    pub fn bytes(&self) -> &Arc<dyn BytesStore> {
+        &self.bytes
+    }
+
     /// The store's name.
     pub fn name(&self) -> &str {
         &self.name
