@@ -3,7 +3,7 @@
 //! The runtime of kstreams: records and serdes, the Processor API, topologies, tasks, stream
 //! threads, state stores with their changelogs, and the commit protocols (at-least-once and
 //! exactly-once). See `shared/DESIGN.md` of the project for the model.
-//!
+
 pub mod config;
 pub mod driver;
 pub mod error;
