@@ -510,7 +510,9 @@ impl Inner {
             tpl.add_partition_offset(
                 &target.topic,
                 target.partition,
-                from.map_or(Offset::Beginning, Offset::Offset),
+                // Offset 0 rather than Beginning when nothing is stored: no ListOffsets round
+                // trip; a changelog that starts later falls back to auto.offset.reset=earliest.
+                Offset::Offset(from.unwrap_or(0)),
             )
             .map_err(|e| Error::kafka("restore assignment", e))?;
             consumer
