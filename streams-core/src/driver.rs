@@ -93,12 +93,10 @@ impl State {
         0
     }
 
-    /// Processes everything queued, feeding records the topology writes to its own sources
-    /// back in, and commits each task.
-    fn run(&mut self, first: Option<RawRecord>) -> Result<()> {
-        let mut collector = Collector {
-            pending: VecDeque::new(),
-        };
+    /// Processes `first` and the records already written (`pending`), feeding records the
+    /// topology writes to its own sources back in, and commits each task after each record.
+    fn run(&mut self, first: Option<RawRecord>, pending: VecDeque<OutRecord>) -> Result<()> {
+        let mut collector = Collector { pending };
         let mut incoming: VecDeque<RawRecord> = first.into_iter().collect();
         loop {
             if let Some(raw) = incoming.pop_front() {
@@ -265,8 +263,7 @@ impl TopologyTestDriver {
             task.prepare_commit(&mut collector)?;
             task.committed(&HashMap::new(), false)?;
         }
-        let pending: Vec<OutRecord> = collector.pending.into_iter().collect();
-        state.run_outputs(pending)
+        state.run(None, collector.pending)
     }
 
     /// Runs `f` on the store `name` of type `S` (the instance of the task that owns it).
@@ -298,32 +295,6 @@ impl TopologyTestDriver {
         let mut state = self.state.borrow_mut();
         for task in &mut state.tasks {
             task.close(true)?;
-        }
-        Ok(())
-    }
-}
-
-impl State {
-    fn run_outputs(&mut self, pending: Vec<OutRecord>) -> Result<()> {
-        let mut collector_records = VecDeque::from(pending);
-        while let Some(out) = collector_records.pop_front() {
-            if self.readers.contains_key(&*out.topic) {
-                let offset = self.offset(&out.topic);
-                let raw = RawRecord {
-                    topic: out.topic.clone(),
-                    partition: 0,
-                    offset,
-                    timestamp: out.timestamp,
-                    key: out.key.clone(),
-                    value: out.value.clone(),
-                    headers: out.headers.clone(),
-                };
-                self.run(Some(raw))?;
-            }
-            self.outputs
-                .entry(out.topic.clone())
-                .or_default()
-                .push_back(out);
         }
         Ok(())
     }
@@ -368,15 +339,18 @@ impl<K: 'static, V: 'static> TestInputTopic<K, V> {
         *self.next_timestamp.borrow_mut() = timestamp;
         let mut state = self.state.borrow_mut();
         let offset = state.offset(&self.topic);
-        state.run(Some(RawRecord {
-            topic: self.topic.clone(),
-            partition: 0,
-            offset,
-            timestamp,
-            key,
-            value,
-            headers,
-        }))
+        state.run(
+            Some(RawRecord {
+                topic: self.topic.clone(),
+                partition: 0,
+                offset,
+                timestamp,
+                key,
+                value,
+                headers,
+            }),
+            VecDeque::new(),
+        )
     }
 }
 
