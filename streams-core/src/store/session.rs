@@ -1,11 +1,10 @@
 //! Session stores: values per key and session `[start, end]`, kept for a retention period.
 
-use std::any::Any;
 use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::window::{ts_bytes, ts_from, Segments};
+use super::window::{segmented_store, ts_bytes, ts_from, Segments};
 use super::{
     builder_options, key_bytes, StateStore, StoreBuilder, StoreContext, StoreCore, StoreOptions,
 };
@@ -100,64 +99,4 @@ impl<K: 'static, V: 'static> SessionStore<K, V> {
     }
 }
 
-impl<K: 'static, V: 'static> SessionStore<K, V> {
-    /// The write path (commit, drop uncommitted writes: what the runtime does).
-    pub fn core_mut(&mut self) -> &mut StoreCore {
-        &mut self.core
-    }
-}
-
-impl<K: 'static, V: 'static> StateStore for SessionStore<K, V> {
-    fn name(&self) -> &str {
-        &self.core.name
-    }
-    fn flush(&mut self) -> Result<()> {
-        self.segments.expire(&mut self.core, self.observed)
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
-    }
-    fn core_mut(&mut self) -> Option<&mut StoreCore> {
-        Some(&mut self.core)
-    }
-}
-
-/// Declares a [`SessionStore`] in a topology.
-pub struct SessionStoreBuilder<K, V> {
-    name: String,
-    keys: Arc<dyn Serde<K>>,
-    values: Arc<dyn Serde<V>>,
-    retention: Duration,
-    options: StoreOptions,
-}
-
-impl<K, V> SessionStoreBuilder<K, V> {
-    builder_options!();
-}
-
-impl<K: 'static, V: 'static> StoreBuilder for SessionStoreBuilder<K, V> {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn changelog_configs(&self) -> Option<Vec<(String, String)>> {
-        let retention = self.retention.as_millis() + 86_400_000;
-        self.options.changelog_configs(&[
-            ("cleanup.policy", "compact,delete".to_string()),
-            ("retention.ms", retention.to_string()),
-        ])
-    }
-    fn build(&self, ctx: &StoreContext<'_>) -> Result<Box<dyn StateStore>> {
-        let core = self.options.open(&self.name, ctx)?;
-        let segments = Segments::new(self.retention);
-        Ok(Box::new(SessionStore {
-            observed: segments.observed(&core)?,
-            core,
-            keys: self.keys.clone(),
-            values: self.values.clone(),
-            segments,
-        }))
-    }
-}
+segmented_store!(SessionStore, SessionStoreBuilder);

@@ -1,7 +1,6 @@
 //! Window stores: values per key and window start, kept for a retention period in time
 //! segments that expire whole.
 
-use std::any::Any;
 use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Duration;
@@ -188,65 +187,74 @@ impl<K: 'static, V: 'static> WindowStore<K, V> {
     }
 }
 
-impl<K: 'static, V: 'static> WindowStore<K, V> {
-    /// The write path (commit, drop uncommitted writes: what the runtime does).
-    pub fn core_mut(&mut self) -> &mut StoreCore {
-        &mut self.core
-    }
-}
+segmented_store!(WindowStore, WindowStoreBuilder);
 
-impl<K: 'static, V: 'static> StateStore for WindowStore<K, V> {
-    fn name(&self) -> &str {
-        &self.core.name
-    }
-    fn flush(&mut self) -> Result<()> {
-        self.segments.expire(&mut self.core, self.observed)
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
-    }
-    fn core_mut(&mut self) -> Option<&mut StoreCore> {
-        Some(&mut self.core)
-    }
-}
+/// The parts window and session stores share: `core_mut`, the `StateStore` impl (flush expires
+/// old segments), and the builder (RocksDB or memory, a `compact,delete` changelog kept for the
+/// retention plus a day, as Kafka Streams does).
+macro_rules! segmented_store {
+    ($store:ident, $builder:ident) => {
+        impl<K: 'static, V: 'static> $store<K, V> {
+            /// The write path (commit, drop uncommitted writes: what the runtime does).
+            pub fn core_mut(&mut self) -> &mut StoreCore {
+                &mut self.core
+            }
+        }
 
-/// Declares a [`WindowStore`] in a topology.
-pub struct WindowStoreBuilder<K, V> {
-    name: String,
-    keys: Arc<dyn Serde<K>>,
-    values: Arc<dyn Serde<V>>,
-    retention: Duration,
-    options: StoreOptions,
-}
+        impl<K: 'static, V: 'static> StateStore for $store<K, V> {
+            fn name(&self) -> &str {
+                &self.core.name
+            }
+            fn flush(&mut self) -> Result<()> {
+                self.segments.expire(&mut self.core, self.observed)
+            }
+            fn as_any(&self) -> &dyn std::any::Any {
+                self
+            }
+            fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+                self
+            }
+            fn core_mut(&mut self) -> Option<&mut StoreCore> {
+                Some(&mut self.core)
+            }
+        }
 
-impl<K, V> WindowStoreBuilder<K, V> {
-    builder_options!();
-}
+        #[doc = concat!("Declares a [`", stringify!($store), "`] in a topology.")]
+        pub struct $builder<K, V> {
+            name: String,
+            keys: Arc<dyn Serde<K>>,
+            values: Arc<dyn Serde<V>>,
+            retention: Duration,
+            options: StoreOptions,
+        }
 
-impl<K: 'static, V: 'static> StoreBuilder for WindowStoreBuilder<K, V> {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn changelog_configs(&self) -> Option<Vec<(String, String)>> {
-        // As Kafka Streams: the retention plus a day.
-        let retention = self.retention.as_millis() + 86_400_000;
-        self.options.changelog_configs(&[
-            ("cleanup.policy", "compact,delete".to_string()),
-            ("retention.ms", retention.to_string()),
-        ])
-    }
-    fn build(&self, ctx: &StoreContext<'_>) -> Result<Box<dyn StateStore>> {
-        let core = self.options.open(&self.name, ctx)?;
-        let segments = Segments::new(self.retention);
-        Ok(Box::new(WindowStore {
-            observed: segments.observed(&core)?,
-            core,
-            keys: self.keys.clone(),
-            values: self.values.clone(),
-            segments,
-        }))
-    }
+        impl<K, V> $builder<K, V> {
+            builder_options!();
+        }
+
+        impl<K: 'static, V: 'static> StoreBuilder for $builder<K, V> {
+            fn name(&self) -> &str {
+                &self.name
+            }
+            fn changelog_configs(&self) -> Option<Vec<(String, String)>> {
+                let retention = self.retention.as_millis() + 86_400_000;
+                self.options.changelog_configs(&[
+                    ("cleanup.policy", "compact,delete".to_string()),
+                    ("retention.ms", retention.to_string()),
+                ])
+            }
+            fn build(&self, ctx: &StoreContext<'_>) -> Result<Box<dyn StateStore>> {
+                let core = self.options.open(&self.name, ctx)?;
+                let segments = Segments::new(self.retention);
+                Ok(Box::new($store {
+                    observed: segments.observed(&core)?,
+                    core,
+                    keys: self.keys.clone(),
+                    values: self.values.clone(),
+                    segments,
+                }))
+            }
+        }
+    };
 }
+pub(crate) use segmented_store;
