@@ -390,12 +390,17 @@ impl Inner {
 
     /// Aborts the open transaction if there is one and the producer can (it cannot when
     /// fenced: then it is dropped).
-    fn abandon_transaction(&mut self) {
+    /// Forgets the delivery reports of sends whose transaction will not commit.
+    fn forget_sends(&mut self) {
         self.delivery_errors.take();
         self.delivered
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
+    }
+
+    fn abandon_transaction(&mut self) {
+        self.forget_sends();
         if !self.in_transaction {
             return;
         }
@@ -761,11 +766,7 @@ impl Inner {
             // A fenced producer cannot abort (and some brokers never answer); drop it.
             self.producer = None;
             self.in_transaction = false;
-            self.delivery_errors.take();
-            self.delivered
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clear();
+            self.forget_sends();
             self.close_all_tasks(false);
             self.create_producer()?;
             return Ok(true);
@@ -786,11 +787,7 @@ impl Inner {
                     .map_err(|e| Error::kafka("abort transaction", e))?;
             }
             self.in_transaction = false;
-            self.delivery_errors.take();
-            self.delivered
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clear();
+            self.forget_sends();
             self.close_all_tasks(false);
             return Ok(true);
         }
