@@ -18,8 +18,8 @@ use rand::Rng;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use streams_testkit::child::{child_mode, wait_for_stop_request, ChildProcess};
 use streams_testkit::kafka::{
-    client_config, committed_offsets, consume_until, create_topic, read_to_end, send_retrying,
-    Isolation, Received,
+    client_config, committed_offsets, consume_until, create_topic, idempotent_producer,
+    read_to_end, send_retrying, Isolation, Received,
 };
 use streams_testkit::{bootstrap_servers, unique};
 
@@ -71,11 +71,7 @@ fn state_dir() -> std::path::PathBuf {
 }
 
 fn producer(bootstrap: &str) -> BaseProducer {
-    client_config(bootstrap)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create()
-        .unwrap()
+    idempotent_producer(bootstrap).unwrap()
 }
 
 /// Sends records `from..to` as key `k<i % 23>`, value `v<i>`.

@@ -17,7 +17,8 @@ use rand::Rng;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use streams_testkit::child::{child_mode, wait_for_stop_request, ChildProcess};
 use streams_testkit::kafka::{
-    client_config, consume_until, create_topic, read_to_end, send_retrying, Isolation, Received,
+    consume_until, create_topic, idempotent_producer, read_to_end, send_retrying, Isolation,
+    Received,
 };
 use streams_testkit::{bootstrap_servers, unique};
 
@@ -84,11 +85,7 @@ impl Restores {
 }
 
 fn producer(bootstrap: &str) -> BaseProducer {
-    client_config(bootstrap)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create()
-        .unwrap()
+    idempotent_producer(bootstrap).unwrap()
 }
 
 fn key_of(i: usize) -> String {

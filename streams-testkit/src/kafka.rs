@@ -349,3 +349,11 @@ pub fn read_to_end(
     }
     Ok(got)
 }
+
+/// An idempotent (not transactional) producer with a short linger: how tests write input.
+pub fn idempotent_producer(bootstrap: &str) -> anyhow::Result<BaseProducer> {
+    Ok(client_config(bootstrap)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()?)
+}
