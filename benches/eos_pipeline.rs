@@ -2,16 +2,21 @@
 //! one-processor topology on `KafkaStreams`, against the same broker in the same run.
 //!
 //! ```text
-//! cargo bench --bench eos_pipeline [-- RECORDS ROUNDS]
+//! scripts/broker.sh start     # the broker and its proxy in processes of their own
+//! KAFKA_BOOTSTRAP_SERVERS=<printed address> cargo bench --bench eos_pipeline [-- RECORDS ROUNDS]
 //! ```
 //!
 //! Each round fills a fresh 3-partition input topic with RECORDS records (100-byte values),
 //! then runs (a) the raw pipe and (b) the topology, each reading the whole topic with a fresh
 //! consumer group and writing `value + "!"` to its own output topic, both under exactly-once
 //! with a commit every 100 ms (one transactional producer, read_committed consumer, offsets in
-//! the transaction). A watcher measures each from start until the group's committed offsets
-//! cover every input record. Prints records/s for both and the ratio (b)/(a) per round and as
-//! the median over rounds.
+//! the transaction). A watcher polls the group's committed offsets; the timed part is the
+//! steady state: from the first 10% of the input committed (start-up, group join and
+//! `init_transactions` are before it) until all of it is. For that part it prints records/s
+//! and the process's CPU time (user + system, all threads) per record, for both, and the
+//! ratios (b)/(a), per round and as medians over rounds. The CPU figures are the pipelines'
+//! only when the broker runs in another process (`KAFKA_BOOTSTRAP_SERVERS`); without it the
+//! bench starts the broker with its transaction proxy inside this process, and says so.
 
 use std::time::{Duration, Instant};
 
@@ -45,23 +50,58 @@ fn fill(bootstrap: &str, topic: &str, n: usize) {
     p.flush(TIMEOUT).unwrap();
 }
 
-/// Waits until `group` has committed offsets covering `n` records of `topic`.
-fn wait_committed(bootstrap: &str, group: &str, topic: &str, n: usize) {
+/// Waits until `group` has committed offsets covering `n` records of `topic`; returns how
+/// many it covers then.
+fn wait_committed(bootstrap: &str, group: &str, topic: &str, n: usize) -> usize {
     loop {
         let done: i64 = committed_offsets(bootstrap, group, topic)
             .map(|v| v.into_iter().map(|o| o.unwrap_or(0)).sum())
             .unwrap_or(0);
         if done >= n as i64 {
-            return;
+            return done as usize;
         }
         std::thread::sleep(Duration::from_millis(20)); // the watcher's polling period
     }
 }
 
+/// This process's CPU time so far (user + system, all threads).
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage fills the zeroed struct we own.
+    let usage = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut u);
+        u
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// The steady-state figures of one pipeline run.
+#[derive(Clone, Copy)]
+struct Steady {
+    /// Records per second.
+    rate: f64,
+    /// CPU microseconds per record.
+    cpu_us: f64,
+}
+
+/// Times the steady state of a pipeline consuming `n` records with consumer group `group`:
+/// from 10% of the input committed to all of it.
+fn steady_state(bootstrap: &str, group: &str, input: &str, n: usize) -> Steady {
+    let from = wait_committed(bootstrap, group, input, n / 10);
+    let (t0, c0) = (Instant::now(), cpu_time());
+    let to = wait_committed(bootstrap, group, input, n);
+    let (secs, cpu) = (t0.elapsed().as_secs_f64(), cpu_time() - c0);
+    let records = (to - from).max(1) as f64;
+    Steady {
+        rate: records / secs,
+        cpu_us: cpu.as_secs_f64() * 1e6 / records,
+    }
+}
+
 /// (a) The raw pipe: poll, transform, send; every 100 ms send the offsets and commit.
-fn raw_pipe(bootstrap: &str, input: &str, output: &str, n: usize) -> f64 {
+fn raw_pipe(bootstrap: &str, input: &str, output: &str, n: usize) -> Steady {
     let group = unique("bench-raw");
-    let start = Instant::now();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let worker = {
         let (bootstrap, input, output, group, stop) = (
@@ -135,11 +175,10 @@ fn raw_pipe(bootstrap: &str, input: &str, output: &str, n: usize) -> f64 {
             }
         })
     };
-    wait_committed(bootstrap, &group, input, n);
-    let rate = n as f64 / start.elapsed().as_secs_f64();
+    let steady = steady_state(bootstrap, &group, input, n);
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     worker.join().unwrap();
-    rate
+    steady
 }
 
 /// The same transformation as a processor.
@@ -163,7 +202,7 @@ impl Processor for Exclaim {
 }
 
 /// (b) The topology on the runtime, exactly-once, one stream thread.
-fn topology(bootstrap: &str, input: &str, output: &str, n: usize) -> f64 {
+fn topology(bootstrap: &str, input: &str, output: &str, n: usize) -> Steady {
     let app = unique("bench-app");
     let topology = TopologyBuilder::new()
         .add_source("in", Source::new([input], RawBytes, RawBytes))
@@ -175,14 +214,12 @@ fn topology(bootstrap: &str, input: &str, output: &str, n: usize) -> f64 {
         .commit_interval_ms(COMMIT_INTERVAL)
         .state_dir(std::env::temp_dir().join(unique("bench-state")))
         .set("linger.ms", "5");
-    let start = Instant::now();
     let streams = KafkaStreams::new(topology, config).unwrap();
     streams.start().unwrap();
-    wait_committed(bootstrap, &app, input, n);
-    let rate = n as f64 / start.elapsed().as_secs_f64();
+    let steady = steady_state(bootstrap, &app, input, n);
     assert!(streams.close(TIMEOUT));
     assert_eq!(streams.state(), State::NotRunning);
-    rate
+    steady
 }
 
 fn main() {
@@ -192,8 +229,14 @@ fn main() {
         .collect();
     let n = args.first().copied().unwrap_or(50_000);
     let rounds = args.get(1).copied().unwrap_or(3);
+    if streams_testkit::broker::external_bootstrap_servers().is_none() {
+        println!(
+            "note: the broker and its proxy run inside this process; CPU figures include the \
+             proxy (start it with scripts/broker.sh and set KAFKA_BOOTSTRAP_SERVERS)"
+        );
+    }
     let bootstrap = bootstrap_servers();
-    let mut ratios = vec![];
+    let (mut ratios, mut cpu_ratios) = (vec![], vec![]);
     for round in 1..=rounds {
         let input = unique("bench-in");
         create_topic(&bootstrap, &input, PARTITIONS, &[]).unwrap();
@@ -201,17 +244,28 @@ fn main() {
         let (out_a, out_b) = (unique("bench-out-raw"), unique("bench-out-topology"));
         create_topic(&bootstrap, &out_a, PARTITIONS, &[]).unwrap();
         create_topic(&bootstrap, &out_b, PARTITIONS, &[]).unwrap();
-        let a = raw_pipe(&bootstrap, &input, &out_a, n);
-        let b = topology(&bootstrap, &input, &out_b, n);
-        let ratio = b / a;
+        // Alternate the order: the machine is shared and its load drifts.
+        let (a, b) = if round % 2 == 1 {
+            let a = raw_pipe(&bootstrap, &input, &out_a, n);
+            (a, topology(&bootstrap, &input, &out_b, n))
+        } else {
+            let b = topology(&bootstrap, &input, &out_b, n);
+            (raw_pipe(&bootstrap, &input, &out_a, n), b)
+        };
+        let (ratio, cpu_ratio) = (b.rate / a.rate, b.cpu_us / a.cpu_us);
         println!(
-            "round {round}: raw pipe {a:.0} rec/s, topology {b:.0} rec/s, ratio topology/raw {ratio:.3}"
+            "round {round}: raw pipe {:.0} rec/s, {:.2} µs CPU/record; topology {:.0} rec/s, {:.2} µs CPU/record; \
+             throughput topology/raw {ratio:.3}, CPU per record topology/raw {cpu_ratio:.3}",
+            a.rate, a.cpu_us, b.rate, b.cpu_us
         );
         ratios.push(ratio);
+        cpu_ratios.push(cpu_ratio);
     }
     ratios.sort_by(f64::total_cmp);
+    cpu_ratios.sort_by(f64::total_cmp);
     println!(
-        "median ratio topology/raw over {rounds} rounds of {n} records: {:.3}",
-        ratios[ratios.len() / 2]
+        "medians over {rounds} rounds of {n} records: throughput topology/raw {:.3}, CPU per record topology/raw {:.3}",
+        ratios[ratios.len() / 2],
+        cpu_ratios[cpu_ratios.len() / 2]
     );
 }

@@ -25,14 +25,26 @@ use streams_testkit::{bootstrap_servers, unique};
 const LONG: Duration = Duration::from_secs(120);
 const KEYS: usize = 20;
 
-/// Counts records per key in a RocksDB store and emits the new count.
-struct Counter;
+/// Counts records per key in a RocksDB store and emits the new count; with a probe, `init`
+/// records how many keys the store held when the processor was initialised.
+#[derive(Default)]
+struct Counter {
+    probe: Option<Arc<Mutex<Vec<usize>>>>,
+}
 
 impl Processor for Counter {
     type KeyIn = String;
     type ValueIn = String;
     type KeyOut = String;
     type ValueOut = u64;
+
+    fn init(&mut self, ctx: &mut ProcessorContext<'_, String, u64>) -> Result<()> {
+        if let Some(probe) = &self.probe {
+            let store = ctx.state_store::<KeyValueStore<String, u64>>("counts")?;
+            probe.lock().unwrap().push(store.len()?);
+        }
+        Ok(())
+    }
 
     fn process(
         &mut self,
@@ -47,9 +59,23 @@ impl Processor for Counter {
 }
 
 fn counting_topology(input: &str, output: &str) -> Topology {
+    probed_counting_topology(input, output, None)
+}
+
+fn probed_counting_topology(
+    input: &str,
+    output: &str,
+    probe: Option<Arc<Mutex<Vec<usize>>>>,
+) -> Topology {
     TopologyBuilder::new()
         .add_source("in", Source::new([input], Utf8, Utf8))
-        .add_processor("count", || Counter, ["in"])
+        .add_processor(
+            "count",
+            move || Counter {
+                probe: probe.clone(),
+            },
+            ["in"],
+        )
         .add_state_store(
             KeyValueStore::<String, u64>::builder("counts", Utf8, BigEndian),
             ["count"],
@@ -161,6 +187,8 @@ fn store_contents(streams: &KafkaStreams) -> BTreeMap<String, u64> {
         .key_value_store::<String, u64>("counts")
         .unwrap()
         .all()
+        .unwrap()
+        .collect::<std::result::Result<Vec<_>, _>>()
         .unwrap()
         .into_iter()
         .collect()
@@ -448,5 +476,359 @@ fn a_migrated_task_restores_from_the_changelog_and_keeps_counting() {
         merged,
         oracle(N),
         "the two instances' stores together equal the oracle"
+    );
+}
+
+/// Issue 9, item 6: a processor's `init` runs after its stores are restored, so it sees the
+/// restored state (here: after the state directory was deleted, the whole store).
+#[test]
+fn processors_are_initialised_after_restoration() {
+    let bootstrap = bootstrap_servers();
+    let (input, output, app) = (unique("init-in"), unique("init-out"), unique("init-app"));
+    create_topic(&bootstrap, &input, 1, &[]).unwrap();
+    create_topic(&bootstrap, &output, 1, &[]).unwrap();
+    let dir = std::env::temp_dir().join(unique("init-state"));
+    const N: usize = 100;
+    let restores = Restores::default();
+    let streams = KafkaStreams::new(
+        counting_topology(&input, &output),
+        config(&app, &dir, &restores),
+    )
+    .unwrap();
+    streams.start().unwrap();
+    assert!(streams.wait_for(|s| s == State::Running, LONG));
+    produce_range(&producer(&bootstrap), &input, 0, N);
+    wait_until(|| store_contents(&streams) == oracle(N));
+    assert!(streams.close(LONG));
+
+    std::fs::remove_dir_all(&dir).unwrap();
+    let probe = Arc::new(Mutex::new(vec![]));
+    let streams = KafkaStreams::new(
+        probed_counting_topology(&input, &output, Some(probe.clone())),
+        config(&app, &dir, &restores),
+    )
+    .unwrap();
+    streams.start().unwrap();
+    assert!(streams.wait_for(|s| s == State::Running, LONG));
+    let seen = probe.lock().unwrap().clone();
+    assert!(streams.close(LONG));
+    assert_eq!(
+        seen,
+        vec![KEYS],
+        "init saw the restored store ({KEYS} keys), once"
+    );
+}
+
+/// Issue 9, item 4: restoration ends when the position reaches the changelog's end offset,
+/// also when a transaction another producer left open sits before the stored offset (the
+/// position then starts past the last stable offset, where no end-of-partition event comes).
+/// The stored offset gets past the open transaction through an at-least-once run, whose
+/// producer writes the changelog without a transaction.
+#[test]
+fn restoration_ends_when_the_stored_offset_is_past_an_open_transaction() {
+    let bootstrap = bootstrap_servers();
+    let (input, output, app) = (unique("lso-in"), unique("lso-out"), unique("lso-app"));
+    create_topic(&bootstrap, &input, 1, &[]).unwrap();
+    create_topic(&bootstrap, &output, 1, &[]).unwrap();
+    let changelog = format!("{app}-counts-changelog");
+    create_topic(&bootstrap, &changelog, 1, &[("cleanup.policy", "compact")]).unwrap();
+    // A zombie: a transaction on the changelog that stays open for the whole test.
+    let zombie: BaseProducer = streams_testkit::kafka::client_config(&bootstrap)
+        .set("transactional.id", unique("lso-zombie"))
+        .create()
+        .unwrap();
+    zombie.init_transactions(LONG).unwrap();
+    zombie.begin_transaction().unwrap();
+    send_retrying(
+        &zombie,
+        BaseRecord::to(&changelog)
+            .partition(0)
+            .key("zombie")
+            .payload(&7u64.to_be_bytes()[..]),
+    )
+    .unwrap();
+    zombie.flush(LONG).unwrap();
+
+    let dir = std::env::temp_dir().join(unique("lso-state"));
+    let alos = |restores: &Restores| {
+        config(&app, &dir, restores)
+            .processing_guarantee(kstreams::core::ProcessingGuarantee::AtLeastOnce)
+    };
+    const N: usize = 40;
+    let restores = Restores::default();
+    let streams = KafkaStreams::new(counting_topology(&input, &output), alos(&restores)).unwrap();
+    streams.start().unwrap();
+    assert!(streams.wait_for(|s| s == State::Running, LONG));
+    produce_range(&producer(&bootstrap), &input, 0, N);
+    wait_until(|| store_contents(&streams) == oracle(N));
+    assert!(streams.close(LONG));
+
+    let restores = Restores::default();
+    let streams = KafkaStreams::new(counting_topology(&input, &output), alos(&restores)).unwrap();
+    streams.start().unwrap();
+    let running = streams.wait_for(|s| s == State::Running, Duration::from_secs(60));
+    let store = running.then(|| store_contents(&streams));
+    assert!(streams.close(LONG));
+    let _ = zombie.abort_transaction(Duration::from_secs(5));
+    assert!(
+        running,
+        "restoration ended although the stored offset is past the open transaction"
+    );
+    assert_eq!(store, Some(oracle(N)));
+}
+
+/// Child of the restore-crash test: restores with a small memtable budget (so RocksDB
+/// flushes while restoring) and SIGKILLs itself in the middle of the restoration, right after
+/// a flush wrote a small table file (the offset's column family alone is the danger).
+fn run_restore_crash_child(args: &str) {
+    let parts: Vec<&str> = args.split('|').collect();
+    let [app, input, output, dir] = parts[..] else {
+        panic!("bad child arguments {args}");
+    };
+    struct KillMidway {
+        store_dir: std::path::PathBuf,
+        batches: Mutex<(u64, usize)>,
+    }
+    fn small_tables(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".sst"))
+                    .filter(|e| e.metadata().is_ok_and(|m| m.len() < 16 * 1024))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+    impl RestoreListener for KillMidway {
+        fn on_batch_restored(&self, _: &str, _: i32, last_offset: i64, _: u64) {
+            let mut b = self.batches.lock().unwrap();
+            b.0 += 1;
+            let small = small_tables(&self.store_dir);
+            if b.0 >= 3 && (small > b.1 || b.0 >= 15) {
+                println!(
+                    "KSTREAMS-KILLING batches={} offset={last_offset} small_tables={small}",
+                    b.0
+                );
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+                unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+            }
+            b.1 = small;
+        }
+    }
+    let listener = KillMidway {
+        store_dir: std::path::Path::new(dir)
+            .join(app)
+            .join("0_0")
+            .join("counts"),
+        batches: Mutex::new((0, 0)),
+    };
+    let config = StreamsConfig::new(app, &bootstrap_servers())
+        .state_dir(dir)
+        .restore_listener(listener)
+        .rocksdb_memory(8 << 20, 1 << 20);
+    let streams = KafkaStreams::new(counting_topology(input, output), config).unwrap();
+    streams.start().unwrap();
+    streams.wait_for(|s| s == State::Running, LONG);
+    println!("KSTREAMS-APP-RUNNING");
+}
+
+/// Issue 9, item 2: a process killed in the middle of a restoration (written with the WAL
+/// off) must not leave a stored changelog offset ahead of the data it stored: after a
+/// restart the store equals the changelog, key by key.
+#[test]
+fn a_crash_in_the_middle_of_a_restoration_leaves_a_consistent_store() {
+    if let Some(args) = child_mode() {
+        return run_restore_crash_child(&args);
+    }
+    let bootstrap = bootstrap_servers();
+    let (input, output, app) = (unique("rk-in"), unique("rk-out"), unique("rk-app"));
+    create_topic(&bootstrap, &input, 1, &[]).unwrap();
+    create_topic(&bootstrap, &output, 1, &[]).unwrap();
+    let changelog = format!("{app}-counts-changelog");
+    create_topic(&bootstrap, &changelog, 1, &[("cleanup.policy", "compact")]).unwrap();
+    const N: u64 = 250_000;
+    let p = producer(&bootstrap);
+    let mut expected = BTreeMap::new();
+    for i in 0..N {
+        let key = format!("k{i:07}");
+        send_retrying(
+            &p,
+            BaseRecord::to(&changelog)
+                .partition(0)
+                .key(&key)
+                .payload(&(i + 1).to_be_bytes()[..]),
+        )
+        .unwrap();
+        expected.insert(key, i + 1);
+    }
+    p.flush(LONG).unwrap();
+    let dir = std::env::temp_dir().join(unique("rk-state"));
+    let args = format!("{app}|{input}|{output}|{}", dir.display());
+    let test = "a_crash_in_the_middle_of_a_restoration_leaves_a_consistent_store";
+    let mut child = ChildProcess::spawn(
+        "restore",
+        test,
+        &args,
+        &[("KAFKA_BOOTSTRAP_SERVERS", bootstrap.as_str())],
+    )
+    .unwrap();
+    let line = child.wait_for_line("KSTREAMS-", LONG).unwrap();
+    assert!(line.contains("KSTREAMS-KILLING"), "{line}");
+    let _ = child.kill();
+
+    let restores = Restores::default();
+    let streams = KafkaStreams::new(
+        counting_topology(&input, &output),
+        config(&app, &dir, &restores),
+    )
+    .unwrap();
+    streams.start().unwrap();
+    assert!(streams.wait_for(|s| s == State::Running, LONG));
+    let store = store_contents(&streams);
+    assert!(streams.close(LONG));
+    let missing = expected.keys().filter(|k| !store.contains_key(*k)).count();
+    let wrong = store
+        .iter()
+        .filter(|(k, v)| expected.get(*k) != Some(v))
+        .count();
+    eprintln!(
+        "restore crash: {line}; restart restored {:?}; store {} keys, missing {missing}, wrong {wrong}",
+        restores.0.lock().unwrap(),
+        store.len()
+    );
+    assert_eq!((missing, wrong), (0, 0), "the store equals the changelog");
+}
+
+/// Issue 9, item 3: local state of a task that this instance has not owned for longer than
+/// the cleanup delay is deleted (its changelog may have compacted away tombstones that copy
+/// never saw, and restoring from its stored offset would resurrect deleted keys); within the
+/// delay it is kept, and a restart restores only the tail.
+#[test]
+fn state_unowned_for_longer_than_the_cleanup_delay_is_rebuilt_from_the_changelog() {
+    let bootstrap = bootstrap_servers();
+    let (input, output, app) = (unique("cl-in"), unique("cl-out"), unique("cl-app"));
+    create_topic(&bootstrap, &input, 1, &[]).unwrap();
+    create_topic(&bootstrap, &output, 1, &[]).unwrap();
+    let dir = std::env::temp_dir().join(unique("cl-state"));
+    const DELAY: Duration = Duration::from_secs(2);
+    let run = |n: usize| {
+        let restores = Restores::default();
+        let streams = KafkaStreams::new(
+            counting_topology(&input, &output),
+            config(&app, &dir, &restores).state_cleanup_delay(DELAY),
+        )
+        .unwrap();
+        streams.start().unwrap();
+        assert!(streams.wait_for(|s| s == State::Running, LONG));
+        if n > 0 {
+            produce_range(&producer(&bootstrap), &input, 0, n);
+        }
+        wait_until(|| store_contents(&streams) == oracle(40));
+        assert!(streams.close(LONG));
+        let restored = restores.0.lock().unwrap().clone();
+        restored
+    };
+    assert_eq!(run(40), vec![(0, 0, 0)], "a fresh start restores nothing");
+    let quick = run(0);
+    assert_eq!(quick.len(), 1);
+    assert!(
+        quick[0].1 > 0 && quick[0].2 == 0,
+        "restarted within the delay: resumes from the stored offset, nothing to replay: {quick:?}"
+    );
+    let marker = dir.join(&app).join("0_0").join(".kstreams-owned-at");
+    let released: i64 = std::fs::read_to_string(&marker)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // The delay must pass: that is the condition under test.
+    let due = Instant::now() + DELAY + Duration::from_millis(200);
+    wait_until(|| Instant::now() >= due);
+    let later = run(0);
+    let changelog = read_to_end(
+        &bootstrap,
+        &format!("{app}-counts-changelog"),
+        Isolation::ReadCommitted,
+        LONG,
+    )
+    .unwrap();
+    eprintln!("cleanup: released at {released}; restart after the delay restored {later:?}");
+    assert_eq!(
+        later,
+        vec![(0, 0, changelog.len() as u64)],
+        "after the delay the state was deleted and rebuilt from the changelog's start"
+    );
+}
+
+/// Issue 9, item 5: restoration runs between processing rounds, not inside the rebalance
+/// callback, so a restoration longer than `max.poll.interval.ms` does not get the member
+/// thrown out of the group (which closed the tasks and restored them again, over and over).
+/// The restoration is slowed down by its listener (a slow disk, a slow broker).
+#[test]
+fn a_restoration_longer_than_the_poll_interval_runs_once() {
+    let bootstrap = bootstrap_servers();
+    let (input, output, app) = (unique("slow-in"), unique("slow-out"), unique("slow-app"));
+    create_topic(&bootstrap, &input, 1, &[]).unwrap();
+    create_topic(&bootstrap, &output, 1, &[]).unwrap();
+    let changelog = format!("{app}-counts-changelog");
+    create_topic(&bootstrap, &changelog, 1, &[("cleanup.policy", "compact")]).unwrap();
+    const N: u64 = 100_000;
+    let p = producer(&bootstrap);
+    for i in 0..N {
+        send_retrying(
+            &p,
+            BaseRecord::to(&changelog)
+                .partition(0)
+                .key(&format!("k{i:06}"))
+                .payload(&1u64.to_be_bytes()[..]),
+        )
+        .unwrap();
+    }
+    p.flush(LONG).unwrap();
+
+    #[derive(Clone, Default)]
+    struct Slow(Arc<Mutex<(usize, u64)>>);
+    impl RestoreListener for Slow {
+        fn on_restore_start(&self, _: &str, _: i32, _: i64) {
+            self.0.lock().unwrap().0 += 1;
+        }
+        fn on_batch_restored(&self, _: &str, _: i32, _: i64, records: u64) {
+            self.0.lock().unwrap().1 += records;
+            // A slow restoration: 10 batches take about 8 s, more than max.poll.interval.ms.
+            std::thread::sleep(Duration::from_millis(800));
+        }
+    }
+    let slow = Slow::default();
+    let dir = std::env::temp_dir().join(unique("slow-state"));
+    let config = StreamsConfig::new(&app, &bootstrap)
+        .state_dir(&dir)
+        .restore_listener(slow.clone())
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("max.poll.interval.ms", "6000");
+    let streams = KafkaStreams::new(counting_topology(&input, &output), config).unwrap();
+    streams.start().unwrap();
+    assert!(streams.wait_for(|s| s == State::Running, LONG));
+    let keys = streams
+        .key_value_store::<String, u64>("counts")
+        .unwrap()
+        .all()
+        .unwrap()
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .unwrap()
+        .len();
+    produce_range(&producer(&bootstrap), &input, 0, 10);
+    consume_until(&bootstrap, &output, Isolation::ReadCommitted, LONG, |g| {
+        g.len() >= 10
+    })
+    .unwrap();
+    assert!(streams.close(LONG));
+    let (starts, restored) = *slow.0.lock().unwrap();
+    eprintln!("slow restoration: {starts} start(s), {restored} records restored, {keys} keys");
+    assert_eq!(keys as u64, N);
+    assert_eq!(
+        starts, 1,
+        "restored once: the member was not thrown out during the restoration"
     );
 }

@@ -261,7 +261,13 @@ fn kv_put_get_delete(persistent: bool) {
     kv.core_mut().commit(None).unwrap();
     assert_eq!(kv.get(&s("a")).unwrap(), Some(5));
     assert_eq!(kv.get(&s("b")).unwrap(), None);
-    assert_eq!(kv.all().unwrap(), entries(&[("a", 5)]));
+    assert_eq!(
+        kv.all()
+            .unwrap()
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .unwrap(),
+        entries(&[("a", 5)])
+    );
 }
 conformance!(kv_put_get_delete: kv_put_get_delete_rocksdb, kv_put_get_delete_memory);
 
@@ -278,7 +284,13 @@ fn kv_put_null_deletes(persistent: bool) {
     kv.core_mut().commit(None).unwrap();
     kv.put(&s("a"), &None).unwrap();
     assert_eq!(kv.get(&s("a")).unwrap(), None);
-    assert_eq!(kv.all().unwrap(), vec![(s("b"), Some(2))]);
+    assert_eq!(
+        kv.all()
+            .unwrap()
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .unwrap(),
+        vec![(s("b"), Some(2))]
+    );
     assert_eq!(
         kv.core_mut().take_outbox(),
         vec![rec("a", Some(1)), rec("b", Some(2)), (b"a".to_vec(), None)]
@@ -299,34 +311,65 @@ fn kv_range(persistent: bool) {
 
     for stage in ["pending", "committed"] {
         assert_eq!(
-            kv.range(&s("a"), &s("b")).unwrap(),
+            kv.range(&s("a"), &s("b"))
+                .unwrap()
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .unwrap(),
             entries(&[("a", 1), ("aa", 2), ("b", 3)]),
             "{stage}: both bounds included, key-byte order"
         );
         assert_eq!(
-            kv.range(&s("aa"), &s("ba")).unwrap(),
+            kv.range(&s("aa"), &s("ba"))
+                .unwrap()
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .unwrap(),
             entries(&[("aa", 2), ("b", 3), ("ba", 4)]),
             "{stage}"
         );
         assert_eq!(
-            kv.range(&s("ab"), &s("bz")).unwrap(),
+            kv.range(&s("ab"), &s("bz"))
+                .unwrap()
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .unwrap(),
             entries(&[("b", 3), ("ba", 4)]),
             "{stage}: bounds need not be keys"
         );
-        assert_eq!(kv.range(&s("b"), &s("b")).unwrap(), entries(&[("b", 3)]));
-        assert_eq!(kv.range(&s("bb"), &s("bz")).unwrap(), vec![], "{stage}");
         assert_eq!(
-            kv.range(&s("c"), &s("a")).unwrap(),
+            kv.range(&s("b"), &s("b"))
+                .unwrap()
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .unwrap(),
+            entries(&[("b", 3)])
+        );
+        assert_eq!(
+            kv.range(&s("bb"), &s("bz"))
+                .unwrap()
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .unwrap(),
+            vec![],
+            "{stage}"
+        );
+        assert_eq!(
+            kv.range(&s("c"), &s("a"))
+                .unwrap()
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .unwrap(),
             vec![],
             "{stage}: from > to"
         );
         assert_eq!(
-            kv.range(&s("b"), &s("aa")).unwrap(),
+            kv.range(&s("b"), &s("aa"))
+                .unwrap()
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .unwrap(),
             vec![],
             "{stage}: from > to"
         );
         assert_eq!(
-            kv.range(&s(""), &s("zzz")).unwrap(),
+            kv.range(&s(""), &s("zzz"))
+                .unwrap()
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .unwrap(),
             entries(&[("a", 1), ("aa", 2), ("b", 3), ("ba", 4), ("c", 5)]),
             "{stage}"
         );
@@ -342,16 +385,34 @@ fn kv_range(persistent: bool) {
         nums.put(&k, &((k + 10) as u64)).unwrap();
     }
     let expected: Vec<(i64, u64)> = vec![(1, 11), (2, 12), (-2, 8), (-1, 9)];
-    assert_eq!(nums.range(&1, &-1).unwrap(), expected);
-    nums.core_mut().commit(None).unwrap();
-    assert_eq!(nums.range(&1, &-1).unwrap(), expected);
     assert_eq!(
-        nums.range(&-1, &1).unwrap(),
+        nums.range(&1, &-1)
+            .unwrap()
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .unwrap(),
+        expected
+    );
+    nums.core_mut().commit(None).unwrap();
+    assert_eq!(
+        nums.range(&1, &-1)
+            .unwrap()
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .unwrap(),
+        expected
+    );
+    assert_eq!(
+        nums.range(&-1, &1)
+            .unwrap()
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .unwrap(),
         vec![],
         "from > to in key bytes"
     );
     assert_eq!(
-        nums.all().unwrap(),
+        nums.all()
+            .unwrap()
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .unwrap(),
         vec![(0, 10), (1, 11), (2, 12), (-2, 8), (-1, 9)]
     );
 }
@@ -366,22 +427,54 @@ fn kv_prefix_scan(persistent: bool) {
 
     for stage in ["pending", "committed"] {
         assert_eq!(
-            kv.prefix_scan(&s("a/"), &Utf8).unwrap(),
+            kv.prefix_scan(&s("a/"), &Utf8)
+                .unwrap()
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .unwrap(),
             entries(&[("a/1", 1), ("a/2", 2)]),
             "{stage}"
         );
         assert_eq!(
-            kv.prefix_scan(&s("a"), &Utf8).unwrap(),
+            kv.prefix_scan(&s("a"), &Utf8)
+                .unwrap()
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .unwrap(),
             entries(&[("a", 0), ("a/1", 1), ("a/2", 2), ("a0", 5), ("ab", 3)]),
             "{stage}"
         );
         assert_eq!(
-            kv.prefix_scan(&s("a/1"), &Utf8).unwrap(),
+            kv.prefix_scan(&s("a/1"), &Utf8)
+                .unwrap()
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .unwrap(),
             entries(&[("a/1", 1)])
         );
-        assert_eq!(kv.prefix_scan(&s("c"), &Utf8).unwrap(), vec![], "{stage}");
-        assert_eq!(kv.prefix_scan(&s("a/3"), &Utf8).unwrap(), vec![], "{stage}");
-        assert_eq!(kv.prefix_scan(&s(""), &Utf8).unwrap(), kv.all().unwrap());
+        assert_eq!(
+            kv.prefix_scan(&s("c"), &Utf8)
+                .unwrap()
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .unwrap(),
+            vec![],
+            "{stage}"
+        );
+        assert_eq!(
+            kv.prefix_scan(&s("a/3"), &Utf8)
+                .unwrap()
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .unwrap(),
+            vec![],
+            "{stage}"
+        );
+        assert_eq!(
+            kv.prefix_scan(&s(""), &Utf8)
+                .unwrap()
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .unwrap(),
+            kv.all()
+                .unwrap()
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .unwrap()
+        );
         kv.core_mut().commit(None).unwrap();
     }
 
@@ -406,12 +499,18 @@ fn kv_prefix_scan(persistent: bool) {
     }
     for stage in ["pending", "committed"] {
         assert_eq!(
-            raw.prefix_scan(&vec![0x01, 0xff], &RawBytes).unwrap(),
+            raw.prefix_scan(&vec![0x01, 0xff], &RawBytes)
+                .unwrap()
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .unwrap(),
             vec![(vec![0x01, 0xff], 1), (vec![0x01, 0xff, 0x00], 2)],
             "{stage}"
         );
         assert_eq!(
-            raw.prefix_scan(&vec![0xff], &RawBytes).unwrap(),
+            raw.prefix_scan(&vec![0xff], &RawBytes)
+                .unwrap()
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .unwrap(),
             vec![
                 (vec![0xff], 5),
                 (vec![0xff, 0x01], 6),
@@ -420,7 +519,10 @@ fn kv_prefix_scan(persistent: bool) {
             "{stage}"
         );
         assert_eq!(
-            raw.prefix_scan(&vec![0xff, 0xff], &RawBytes).unwrap(),
+            raw.prefix_scan(&vec![0xff, 0xff], &RawBytes)
+                .unwrap()
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .unwrap(),
             vec![(vec![0xff, 0xff], 7)],
             "{stage}"
         );
@@ -432,7 +534,13 @@ conformance!(kv_prefix_scan: kv_prefix_scan_rocksdb, kv_prefix_scan_memory);
 fn kv_all_and_len(persistent: bool) {
     let env = Env::new(persistent);
     let mut kv = env.kv(kv_builder("kv"));
-    assert_eq!(kv.all().unwrap(), vec![]);
+    assert_eq!(
+        kv.all()
+            .unwrap()
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .unwrap(),
+        vec![]
+    );
     assert_eq!(kv.len().unwrap(), 0);
     assert!(kv.is_empty().unwrap());
 
@@ -440,7 +548,10 @@ fn kv_all_and_len(persistent: bool) {
     kv.core_mut().commit(None).unwrap();
     put_all(&mut kv, &[("c", 3), ("a", 10)]);
     assert_eq!(
-        kv.all().unwrap(),
+        kv.all()
+            .unwrap()
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .unwrap(),
         entries(&[("a", 10), ("b", 2), ("c", 3)]),
         "in key order, pending writes included"
     );
@@ -450,7 +561,13 @@ fn kv_all_and_len(persistent: bool) {
     kv.delete(&s("b")).unwrap();
     assert_eq!(kv.len().unwrap(), 2);
     kv.core_mut().commit(None).unwrap();
-    assert_eq!(kv.all().unwrap(), entries(&[("a", 10), ("c", 3)]));
+    assert_eq!(
+        kv.all()
+            .unwrap()
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .unwrap(),
+        entries(&[("a", 10), ("c", 3)])
+    );
     assert_eq!(kv.len().unwrap(), 2);
 }
 conformance!(kv_all_and_len: kv_all_and_len_rocksdb, kv_all_and_len_memory);
@@ -503,9 +620,27 @@ fn kv_read_your_writes(persistent: bool) {
     );
     assert_eq!(kv.get(&s("d")).unwrap(), Some(4));
     let visible = entries(&[("a", 10), ("c", 3), ("d", 4)]);
-    assert_eq!(kv.range(&s("a"), &s("d")).unwrap(), visible);
-    assert_eq!(kv.range(&s("b"), &s("b")).unwrap(), vec![]);
-    assert_eq!(kv.all().unwrap(), visible);
+    assert_eq!(
+        kv.range(&s("a"), &s("d"))
+            .unwrap()
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .unwrap(),
+        visible
+    );
+    assert_eq!(
+        kv.range(&s("b"), &s("b"))
+            .unwrap()
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .unwrap(),
+        vec![]
+    );
+    assert_eq!(
+        kv.all()
+            .unwrap()
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .unwrap(),
+        visible
+    );
     assert_eq!(kv.len().unwrap(), 3);
 
     kv.core_mut().drop_uncommitted();
@@ -514,13 +649,31 @@ fn kv_read_your_writes(persistent: bool) {
     assert_eq!(kv.get(&s("a")).unwrap(), Some(1));
     assert_eq!(kv.get(&s("b")).unwrap(), Some(2));
     assert_eq!(kv.get(&s("d")).unwrap(), None);
-    assert_eq!(kv.range(&s("a"), &s("d")).unwrap(), committed);
-    assert_eq!(kv.all().unwrap(), committed);
+    assert_eq!(
+        kv.range(&s("a"), &s("d"))
+            .unwrap()
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .unwrap(),
+        committed
+    );
+    assert_eq!(
+        kv.all()
+            .unwrap()
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .unwrap(),
+        committed
+    );
     assert_eq!(kv.len().unwrap(), 3);
 
     // Committing nothing after a drop changes nothing.
     kv.core_mut().commit(None).unwrap();
-    assert_eq!(kv.all().unwrap(), committed);
+    assert_eq!(
+        kv.all()
+            .unwrap()
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .unwrap(),
+        committed
+    );
 
     // A pending write then committed is durable against later drops.
     kv.delete(&s("c")).unwrap();
@@ -528,7 +681,13 @@ fn kv_read_your_writes(persistent: bool) {
     kv.put(&s("c"), &30).unwrap();
     kv.core_mut().drop_uncommitted();
     assert_eq!(kv.get(&s("c")).unwrap(), None);
-    assert_eq!(kv.all().unwrap(), entries(&[("a", 1), ("b", 2)]));
+    assert_eq!(
+        kv.all()
+            .unwrap()
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .unwrap(),
+        entries(&[("a", 1), ("b", 2)])
+    );
 }
 conformance!(kv_read_your_writes: kv_read_your_writes_rocksdb, kv_read_your_writes_memory);
 
@@ -562,7 +721,13 @@ fn kv_commit_offset(persistent: bool) {
         Some(50),
         "an offset is stored even without pending writes"
     );
-    assert_eq!(kv.all().unwrap(), entries(&[("a", 1), ("b", 2)]));
+    assert_eq!(
+        kv.all()
+            .unwrap()
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .unwrap(),
+        entries(&[("a", 1), ("b", 2)])
+    );
 }
 conformance!(kv_commit_offset: kv_commit_offset_rocksdb, kv_commit_offset_memory);
 
@@ -624,7 +789,13 @@ fn kv_changelog_cached(persistent: bool) {
         vec![],
         "caching holds records back"
     );
-    assert_eq!(kv.all().unwrap(), entries(&[("b", 2), ("c", 3)]));
+    assert_eq!(
+        kv.all()
+            .unwrap()
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .unwrap(),
+        entries(&[("b", 2), ("c", 3)])
+    );
     assert_eq!(
         kv.core_mut().cache_flush(),
         vec![
@@ -636,7 +807,13 @@ fn kv_changelog_cached(persistent: bool) {
         "the last write per key"
     );
     kv.core_mut().commit(Some(3)).unwrap();
-    assert_eq!(kv.all().unwrap(), entries(&[("b", 2), ("c", 3)]));
+    assert_eq!(
+        kv.all()
+            .unwrap()
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .unwrap(),
+        entries(&[("b", 2), ("c", 3)])
+    );
     assert_eq!(
         kv.core_mut().cache_flush(),
         vec![],
@@ -659,7 +836,10 @@ fn kv_changelog_disabled(persistent: bool) {
         assert_eq!(kv.core_mut().cache_flush(), vec![], "{name}");
         kv.core_mut().commit(None).unwrap();
         assert_eq!(
-            kv.all().unwrap(),
+            kv.all()
+                .unwrap()
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .unwrap(),
             entries(&[("b", 2)]),
             "{name}: still a store"
         );
@@ -676,16 +856,35 @@ fn kv_reopen(persistent: bool) {
         // Uncommitted at the "crash": a new key, an overwrite, a delete.
         put_all(&mut kv, &[("c", 3), ("b", 20)]);
         kv.delete(&s("a")).unwrap();
-        assert_eq!(kv.all().unwrap(), entries(&[("b", 20), ("c", 3)]));
+        assert_eq!(
+            kv.all()
+                .unwrap()
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .unwrap(),
+            entries(&[("b", 20), ("c", 3)])
+        );
         drop(kv);
     }
     let kv = env.kv(kv_builder("kv"));
     if persistent {
-        assert_eq!(kv.all().unwrap(), entries(&[("a", 1), ("b", 2)]));
+        assert_eq!(
+            kv.all()
+                .unwrap()
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .unwrap(),
+            entries(&[("a", 1), ("b", 2)])
+        );
         assert_eq!(kv.get(&s("c")).unwrap(), None);
         assert_eq!(kv.core().committed_offset().unwrap(), Some(7));
     } else {
-        assert_eq!(kv.all().unwrap(), vec![], "memory starts empty");
+        assert_eq!(
+            kv.all()
+                .unwrap()
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .unwrap(),
+            vec![],
+            "memory starts empty"
+        );
         assert_eq!(kv.core().committed_offset().unwrap(), None);
     }
 }
@@ -967,6 +1166,89 @@ conformance!(
     window_expiry_of_uncommitted_rocksdb,
 
     window_expiry_of_uncommitted_memory
+);
+
+/// Expiry is part of the held-back write (issue 9, item 1): a flush that expires segments and
+/// a transaction that then aborts (`drop_uncommitted`) must leave the committed windows in
+/// place, in memory and on disk; reads between flush and commit already miss the expired
+/// windows; the commit applies the expiry in the same write as everything else.
+fn window_expiry_held_back_until_commit(persistent: bool) {
+    let env = Env::new(persistent);
+    {
+        let mut w = env.window(win_builder("win"));
+        assert!(w.put(&s("a"), &1, 0).unwrap());
+        w.core_mut().commit(Some(0)).unwrap();
+        assert!(w.put(&s("a"), &2, 300_000).unwrap());
+        w.state_store().flush().unwrap();
+        assert_eq!(
+            w.fetch_one(&s("a"), 0).unwrap(),
+            None,
+            "after flush the expired window is not read"
+        );
+        assert_eq!(w.fetch(&s("a"), 0, 400_000).unwrap(), vec![(300_000, 2)]);
+        // The transaction aborts: nothing of this commit interval may have reached the store.
+        w.core_mut().drop_uncommitted();
+        assert_eq!(
+            w.core_mut().committed_offset().unwrap(),
+            Some(0),
+            "the stored offset is the last commit's"
+        );
+    }
+    let mut w = env.window(win_builder("win"));
+    if persistent {
+        assert_eq!(
+            w.fetch(&s("a"), 0, 400_000).unwrap(),
+            vec![(0, 1)],
+            "an aborted expiry leaves the committed window on disk"
+        );
+    }
+    // The same again, committed this time: the expiry lands with the commit.
+    assert!(w.put(&s("a"), &1, 0).unwrap());
+    w.core_mut().commit(Some(1)).unwrap();
+    assert!(w.put(&s("a"), &2, 300_000).unwrap());
+    w.state_store().flush().unwrap();
+    w.core_mut().commit(Some(2)).unwrap();
+    assert_eq!(w.fetch(&s("a"), 0, 400_000).unwrap(), vec![(300_000, 2)]);
+    drop(w);
+    let w = env.window(win_builder("win"));
+    if persistent {
+        assert_eq!(w.fetch(&s("a"), 0, 400_000).unwrap(), vec![(300_000, 2)]);
+    }
+}
+conformance!(
+    window_expiry_held_back_until_commit:
+
+    window_expiry_held_back_until_commit_rocksdb,
+
+    window_expiry_held_back_until_commit_memory
+);
+
+/// The session-store side of item 1: an aborted expiry leaves committed sessions in place.
+fn session_expiry_held_back_until_commit(persistent: bool) {
+    let env = Env::new(persistent);
+    let mut st = env.session(sess_builder("sess"));
+    st.put(&s("a"), 0, 10, &1).unwrap();
+    st.core_mut().commit(Some(0)).unwrap();
+    st.put(&s("a"), 300_000, 300_010, &2).unwrap();
+    st.state_store().flush().unwrap();
+    assert_eq!(
+        st.find_sessions(&s("a"), 0, i64::MAX).unwrap(),
+        vec![((300_000, 300_010), 2)],
+        "after flush the expired session is not read"
+    );
+    st.core_mut().drop_uncommitted();
+    assert_eq!(
+        st.find_sessions(&s("a"), 0, i64::MAX).unwrap(),
+        vec![((0, 10), 1)],
+        "an aborted expiry leaves the committed session"
+    );
+}
+conformance!(
+    session_expiry_held_back_until_commit:
+
+    session_expiry_held_back_until_commit_rocksdb,
+
+    session_expiry_held_back_until_commit_memory
 );
 
 fn window_changelog(persistent: bool) {
@@ -1265,7 +1547,93 @@ fn kv_wipe(persistent: bool) {
     assert_eq!(kv.core().committed_offset().unwrap(), None);
     kv.put(&s("d"), &9).unwrap();
     kv.core_mut().commit(Some(1)).unwrap();
-    assert_eq!(kv.all().unwrap(), vec![(s("d"), 9)]);
+    assert_eq!(
+        kv.all()
+            .unwrap()
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .unwrap(),
+        vec![(s("d"), 9)]
+    );
     assert_eq!(kv.core().committed_offset().unwrap(), Some(1));
 }
 conformance!(kv_wipe: kv_wipe_rocksdb, kv_wipe_memory);
+
+/// A task instance whose store was opened again by a newer instance of its task (the task
+/// moved to another thread while a view kept the database open) may not write any more.
+#[test]
+fn only_the_newest_rocksdb_instance_of_a_store_writes() {
+    use streams_core::store::{BytesStore, RocksBytes};
+    let dir = TempDir::new();
+    let rocks = RocksResources::default();
+    let old = RocksBytes::open("s", &dir.path().join("s"), &rocks).unwrap();
+    old.write(vec![(b"a".to_vec(), Some(b"1".to_vec()))], Some(1), true)
+        .unwrap();
+    let new = RocksBytes::open("s", &dir.path().join("s"), &rocks).unwrap();
+    let refused = old.write(vec![(b"a".to_vec(), Some(b"2".to_vec()))], Some(2), true);
+    assert!(
+        refused
+            .unwrap_err()
+            .to_string()
+            .contains("opened again by a newer instance"),
+        "the old instance may not write"
+    );
+    assert_eq!(new.get(b"a").unwrap(), Some(b"1".to_vec()));
+    new.write(vec![(b"a".to_vec(), Some(b"3".to_vec()))], Some(3), true)
+        .unwrap();
+    assert_eq!(
+        old.get(b"a").unwrap(),
+        Some(b"3".to_vec()),
+        "it still reads"
+    );
+    assert_eq!(new.committed_offset().unwrap(), Some(3));
+}
+
+/// Scans read the committed entries in chunks of 1,024 and merge the held-back writes in:
+/// a scan over several chunks, with held-back deletes, overwrites and new keys on both sides
+/// of the chunk boundaries, equals a map computed alongside.
+fn kv_scan_across_chunks(persistent: bool) {
+    let env = Env::new(persistent);
+    let mut kv = env.kv(kv_builder("kv"));
+    let mut oracle = std::collections::BTreeMap::new();
+    for i in 0..3000u64 {
+        kv.put(&format!("k{i:05}"), &i).unwrap();
+        oracle.insert(format!("k{i:05}"), i);
+    }
+    kv.core_mut().commit(None).unwrap();
+    for i in 0..3000u64 {
+        let key = format!("k{i:05}");
+        if i % 3 == 0 {
+            kv.delete(&key).unwrap();
+            oracle.remove(&key);
+        } else if i % 5 == 0 {
+            kv.put(&key, &(i * 10)).unwrap();
+            oracle.insert(key, i * 10);
+        }
+        if i % 7 == 0 {
+            let between = format!("k{i:05}x");
+            kv.put(&between, &1).unwrap();
+            oracle.insert(between, 1);
+        }
+    }
+    let all: Vec<(String, u64)> = kv
+        .all()
+        .unwrap()
+        .collect::<std::result::Result<_, _>>()
+        .unwrap();
+    assert_eq!(all, oracle.clone().into_iter().collect::<Vec<_>>());
+    assert_eq!(kv.len().unwrap(), oracle.len());
+    let (from, to) = (s("k01000"), s("k02500"));
+    let ranged: Vec<(String, u64)> = kv
+        .range(&from, &to)
+        .unwrap()
+        .collect::<std::result::Result<_, _>>()
+        .unwrap();
+    let expected: Vec<(String, u64)> = oracle
+        .range(from.clone()..=to.clone())
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    assert_eq!(ranged, expected);
+    kv.core_mut().commit(None).unwrap();
+    assert_eq!(kv.len().unwrap(), oracle.len(), "the same once committed");
+}
+conformance!(kv_scan_across_chunks: kv_scan_across_chunks_rocksdb, kv_scan_across_chunks_memory);

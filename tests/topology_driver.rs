@@ -732,7 +732,13 @@ fn counting_processor_keeps_its_counts_in_a_store() {
         ]
     );
     let all = driver
-        .with_store::<KeyValueStore<String, u64>, _>("counts", |store| store.all().unwrap())
+        .with_store::<KeyValueStore<String, u64>, _>("counts", |store| {
+            store
+                .all()
+                .unwrap()
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .unwrap()
+        })
         .unwrap();
     assert_eq!(all, vec![(s("a"), 2), (s("b"), 3), (s("c"), 1)]);
 
@@ -926,7 +932,12 @@ fn repartition_topic_connects_two_subtopologies() {
         ]
     );
     let all = driver
-        .with_store::<KeyValueStore<String, u64>, _>("totals", |s| s.all().unwrap())
+        .with_store::<KeyValueStore<String, u64>, _>("totals", |s| {
+            s.all()
+                .unwrap()
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .unwrap()
+        })
         .unwrap();
     assert_eq!(all, vec![(s("alice"), 17), (s("bob"), 5)]);
 }

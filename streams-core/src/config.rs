@@ -49,6 +49,9 @@ pub struct StreamsConfig {
     pub(crate) replication_factor: i32,
     pub(crate) poll_batch: usize,
     pub(crate) transaction_timeout: Duration,
+    pub(crate) client_timeout: Duration,
+    pub(crate) state_cleanup_delay: Duration,
+    pub(crate) task_timeout: Duration,
     pub(crate) restore_listener: Option<Arc<dyn RestoreListener>>,
     pub(crate) rocks_block_cache: usize,
     pub(crate) rocks_write_buffers: usize,
@@ -89,6 +92,9 @@ impl StreamsConfig {
             replication_factor: 1,
             poll_batch: 1000,
             transaction_timeout: Duration::from_secs(60),
+            client_timeout: Duration::from_secs(30),
+            state_cleanup_delay: Duration::from_secs(600),
+            task_timeout: Duration::from_secs(300),
             restore_listener: None,
             rocks_block_cache: 64 << 20,
             rocks_write_buffers: 32 << 20,
@@ -160,6 +166,32 @@ impl StreamsConfig {
     /// transaction of an instance that vanished without a successor.
     pub fn transaction_timeout(mut self, timeout: Duration) -> Self {
         self.transaction_timeout = timeout;
+        self
+    }
+
+    /// How long one blocking call to the broker (a flush, a transaction commit or abort,
+    /// offsets) may take before it counts as failed (default 30 s). A commit that fails this
+    /// way is aborted, or its producer replaced, and the tasks go back to the last commit.
+    pub fn client_timeout(mut self, timeout: Duration) -> Self {
+        self.client_timeout = timeout;
+        self
+    }
+
+    /// How long the local state of a task this instance no longer owns is kept (default
+    /// 10 minutes, Kafka Streams' `state.cleanup.delay.ms`). Within it, a task that comes back
+    /// restores only the changelog's tail; after it the state is deleted and a returning task
+    /// restores from the start, since the changelog may have compacted away tombstones the old
+    /// copy never saw. Keep it well below the changelogs' `delete.retention.ms` (1 day).
+    pub fn state_cleanup_delay(mut self, delay: Duration) -> Self {
+        self.state_cleanup_delay = delay;
+        self
+    }
+
+    /// How long at-least-once commits may keep failing (a broker away) before the thread
+    /// stops with an error (default 5 minutes, Kafka Streams' `task.timeout.ms`). Meanwhile
+    /// the thread fetches no more input, so what waits for a commit stays bounded.
+    pub fn task_timeout(mut self, timeout: Duration) -> Self {
+        self.task_timeout = timeout;
         self
     }
 

@@ -193,14 +193,16 @@ impl TopologyTestDriver {
                 readers.insert(topology.resolve_topic(&application_id, t), tasks.len());
             }
             let dir = state_dir.join(id.to_string());
-            tasks.push(Task::new(
+            let mut task = Task::new(
                 &topology,
                 id,
                 &application_id,
                 Some(&dir),
                 wall_clock,
                 &rocks,
-            )?);
+            )?;
+            task.init()?;
+            tasks.push(task);
         }
         Ok(TopologyTestDriver {
             state: Rc::new(RefCell::new(State {

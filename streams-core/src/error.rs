@@ -12,6 +12,11 @@ pub enum Error {
     /// The configuration or the topology is invalid; nothing will work until it is fixed.
     #[error("invalid configuration: {0}")]
     Config(String),
+
+    /// Something the runtime waited for did not happen in time (commits kept failing for
+    /// longer than the task timeout, a broker unreachable).
+    #[error("timed out: {0}")]
+    Timeout(String),
     /// A Kafka client call failed.
     #[error("kafka: {context}: {source}")]
     Kafka {

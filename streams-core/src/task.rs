@@ -1,6 +1,6 @@
 //! Tasks: one sub-topology running on one partition, with its own nodes, stores and time.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
@@ -248,10 +248,14 @@ impl NodeCtx<'_> {
 }
 
 struct PartitionQueue {
+    topic: Arc<str>,
+    partition: i32,
     records: VecDeque<RawRecord>,
     source: usize,
     decoder: Arc<dyn SourceDecoder>,
     partition_time: i64,
+    /// The next offset to commit, when records were processed since the last commit.
+    consumed: Option<i64>,
 }
 
 /// One sub-topology on one partition.
@@ -260,14 +264,15 @@ pub(crate) struct Task {
     topology: Topology,
     nodes: Vec<Option<Box<dyn Node>>>,
     env: TaskEnv,
-    queues: BTreeMap<(Arc<str>, i32), PartitionQueue>,
-    /// The next offset to commit per source partition, for records processed since the last commit.
-    consumed: HashMap<(Arc<str>, i32), i64>,
+    /// One per source partition, ordered by topic name (ties in timestamp go to the first).
+    queues: Vec<PartitionQueue>,
+    initialised: bool,
     closed: bool,
 }
 
 impl Task {
-    /// Creates the task's nodes and stores and runs the processors' `init`.
+    /// Creates the task's nodes and opens its stores. The processors' `init` runs later, in
+    /// [`init`](Self::init), once the stores are restored.
     pub(crate) fn new(
         topology: &Topology,
         id: TaskId,
@@ -282,24 +287,25 @@ impl Task {
             .ok_or_else(|| Error::Config(format!("task {id}: no such sub-topology")))?;
         let metas = topology.node_metas();
         let mut nodes: Vec<Option<Box<dyn Node>>> = (0..metas.len()).map(|_| None).collect();
-        let mut queues = BTreeMap::new();
+        let mut queues = vec![];
         for &n in &sub.nodes {
             let (node, source) = topology.instantiate(n, application_id);
             nodes[n] = Some(node);
             if let Some((topics, decoder)) = source {
                 for t in topics {
-                    queues.insert(
-                        (Arc::from(t.as_str()), id.partition),
-                        PartitionQueue {
-                            records: VecDeque::new(),
-                            source: n,
-                            decoder: decoder.clone(),
-                            partition_time: i64::MIN,
-                        },
-                    );
+                    queues.push(PartitionQueue {
+                        topic: Arc::from(t.as_str()),
+                        partition: id.partition,
+                        records: VecDeque::new(),
+                        source: n,
+                        decoder: decoder.clone(),
+                        partition_time: i64::MIN,
+                        consumed: None,
+                    });
                 }
             }
         }
+        queues.sort_by(|a: &PartitionQueue, b| a.topic.cmp(&b.topic));
         let mut stores: Vec<Option<Box<dyn StateStore>>> =
             (0..topology.store_builders().len()).map(|_| None).collect();
         for (i, builder) in topology.store_builders().iter().enumerate() {
@@ -313,7 +319,7 @@ impl Task {
                 stores[i] = Some(builder.build(&ctx).map_err(|e| Error::task(id, e))?);
             }
         }
-        let mut task = Task {
+        let task = Task {
             id,
             topology: topology.clone(),
             nodes,
@@ -329,15 +335,25 @@ impl Task {
                 stores,
             },
             queues,
-            consumed: HashMap::new(),
+            initialised: false,
             closed: false,
         };
-        for &n in &sub.nodes {
-            task.with_ctx(n, &mut NoOutput, |node, ctx| node.init(ctx))
-                .map_err(|e| Error::task(id, e))?;
-        }
         tracing::debug!(task = %id, "task created");
         Ok(task)
+    }
+
+    /// Runs the processors' `init`, after restoration, so that they see the restored stores.
+    pub(crate) fn init(&mut self) -> Result<()> {
+        let id = self.id;
+        let nodes: Vec<usize> = self.topology.subtopologies()[id.subtopology as usize]
+            .nodes
+            .clone();
+        for n in nodes {
+            self.with_ctx(n, &mut NoOutput, |node, ctx| node.init(ctx))
+                .map_err(|e| Error::task(id, e))?;
+        }
+        self.initialised = true;
+        Ok(())
     }
 
     fn with_ctx(
@@ -359,22 +375,25 @@ impl Task {
 
     /// Queues a record read from one of the task's partitions.
     pub(crate) fn add(&mut self, record: RawRecord) -> Result<()> {
-        let key = (record.topic.clone(), record.partition);
-        match self.queues.get_mut(&key) {
+        match self
+            .queues
+            .iter_mut()
+            .find(|q| q.partition == record.partition && q.topic == record.topic)
+        {
             Some(q) => {
                 q.records.push_back(record);
                 Ok(())
             }
             None => Err(Error::Config(format!(
                 "task {} got a record of {}-{}, which it does not read",
-                self.id, key.0, key.1
+                self.id, record.topic, record.partition
             ))),
         }
     }
 
     /// Records queued and not yet processed.
     pub(crate) fn buffered(&self) -> usize {
-        self.queues.values().map(|q| q.records.len()).sum()
+        self.queues.iter().map(|q| q.records.len()).sum()
     }
 
     /// Processes the queued record with the smallest timestamp, then any stream-time
@@ -387,16 +406,17 @@ impl Task {
         let picked = self
             .queues
             .iter()
-            .filter_map(|(k, q)| q.records.front().map(|r| (r.timestamp, k.clone())))
+            .enumerate()
+            .filter_map(|(i, q)| q.records.front().map(|r| (r.timestamp, i)))
             .min_by_key(|(ts, _)| *ts);
-        let Some((_, key)) = picked else {
+        let Some((_, index)) = picked else {
             return Ok(false);
         };
-        let queue = self.queues.get_mut(&key).unwrap();
+        let queue = &mut self.queues[index];
         let raw = queue.records.pop_front().unwrap();
+        queue.consumed = Some(raw.offset + 1);
         let (source, decoder, partition_time) =
             (queue.source, queue.decoder.clone(), queue.partition_time);
-        self.consumed.insert(key.clone(), raw.offset + 1);
         let meta = RecordMetadata {
             topic: raw.topic.clone(),
             partition: raw.partition,
@@ -404,7 +424,7 @@ impl Task {
         };
         match decoder.decode(&raw, partition_time) {
             Ok(decoded) => {
-                let q = self.queues.get_mut(&key).unwrap();
+                let q = &mut self.queues[index];
                 q.partition_time = q.partition_time.max(decoded.timestamp);
                 self.env.stream_time = self.env.stream_time.max(decoded.timestamp);
                 self.env.current = Some(meta);
@@ -520,7 +540,7 @@ impl Task {
 
     /// Whether records were processed since the last commit.
     pub(crate) fn has_uncommitted(&self) -> bool {
-        !self.consumed.is_empty()
+        self.queues.iter().any(|q| q.consumed.is_some())
     }
 
     /// Sends the stores' changelog records: those queued by writes, and with `commit` also
@@ -567,9 +587,9 @@ impl Task {
         }
         self.send_changelog(collector, true)?;
         Ok(self
-            .consumed
+            .queues
             .iter()
-            .map(|((t, p), o)| (t.clone(), *p, *o))
+            .filter_map(|q| q.consumed.map(|o| (q.topic.clone(), q.partition, o)))
             .collect())
     }
 
@@ -580,7 +600,9 @@ impl Task {
         changelog_offsets: &HashMap<(String, i32), i64>,
         durable: bool,
     ) -> Result<()> {
-        self.consumed.clear();
+        for q in &mut self.queues {
+            q.consumed = None;
+        }
         for store in self.env.stores.iter_mut().flatten() {
             if let Some(core) = store.core_mut() {
                 let offset = match &core.changelog {
@@ -643,7 +665,13 @@ impl Task {
             }
         }
         let mut first_error = None;
-        for node in self.nodes.iter_mut().flatten() {
+        // Processors never initialised (restoration was interrupted) are not closed either.
+        let nodes = if self.initialised {
+            &mut self.nodes[..]
+        } else {
+            &mut []
+        };
+        for node in nodes.iter_mut().flatten() {
             if let Err(e) = node.close() {
                 first_error.get_or_insert(e);
             }

@@ -21,6 +21,8 @@
 //! # Ok::<(), streams_core::Error>(())
 //! ```
 
+mod cleanup;
+mod restore;
 mod thread;
 mod topics;
 
@@ -123,6 +125,15 @@ impl Shared {
             });
         }
         drop(threads);
+    }
+
+    /// The tasks every thread of this instance owns, by directory name.
+    pub(crate) fn owned_task_dirs(&self) -> std::collections::HashSet<String> {
+        lock(&self.tasks)
+            .iter()
+            .flatten()
+            .map(ToString::to_string)
+            .collect()
     }
 
     pub(crate) fn set_thread_tasks(
@@ -268,6 +279,16 @@ impl KafkaStreams {
             source: e,
         })?;
         let lock_file = lock_state_dir(&app_dir)?;
+        {
+            // Nothing is owned yet: state released longer than the delay ago goes.
+            let dirs = cleanup::dir_lock(&app_dir);
+            let _dirs = lock(&dirs);
+            cleanup::clean(
+                &app_dir,
+                &Default::default(),
+                self.config.state_cleanup_delay,
+            );
+        }
         let instance_id = match &self.config.instance_id {
             Some(id) => id.clone(),
             None => instance_id(&app_dir)?,

@@ -13,6 +13,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use super::restore::{RestoreEnv, Restorer};
 use super::{Shared, ThreadState};
 use crate::config::{ProcessingGuarantee, StreamsConfig};
 use crate::handlers::ProductionResponse;
@@ -23,6 +24,8 @@ use crate::topology::Topology;
 use crate::{Error, Headers, Result, SerdeError};
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a failed at-least-once commit is tried again.
+const RETRY_COMMIT: Duration = Duration::from_secs(1);
 
 /// Send failures reported by the producer's delivery callback.
 #[derive(Clone, Default)]
@@ -83,7 +86,8 @@ pub(crate) struct Inner {
     delivery_errors: DeliveryErrors,
     delivered: Delivered,
     rocks: RocksResources,
-    restorer: Option<BaseConsumer>,
+    /// New tasks whose stores are being restored, between processing rounds.
+    restoring: Restorer,
     in_transaction: bool,
     partition_counts: HashMap<String, i32>,
     /// A fatal error raised inside a rebalance callback, handed to the main loop.
@@ -112,8 +116,8 @@ impl ConsumerContext for ThreadContext {
         self.guarded(|| self.on_pre_rebalance(consumer, rebalance));
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        self.guarded(|| self.on_post_rebalance(rebalance));
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.guarded(|| self.on_post_rebalance(consumer, rebalance));
     }
 }
 
@@ -165,7 +169,7 @@ impl ThreadContext {
         }
     }
 
-    fn on_post_rebalance(&self, rebalance: &Rebalance<'_>) {
+    fn on_post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let mut inner = self.lock();
         if inner.failed {
             return;
@@ -176,10 +180,13 @@ impl ThreadContext {
                 .iter()
                 .map(|e| (e.topic().to_string(), e.partition()))
                 .collect();
-            if let Err(e) = inner.create_tasks(&parts) {
+            if let Err(e) = inner.create_tasks(consumer, &parts) {
                 inner.pending_error.get_or_insert(e);
             }
-            inner.set_state(ThreadState::Running);
+            // Running once every new task is restored (the loop restores them).
+            if inner.restoring.is_empty() {
+                inner.set_state(ThreadState::Running);
+            }
         }
     }
 }
@@ -264,10 +271,16 @@ impl RecordCollector for Collector<'_> {
         if let Some(p) = record.partition {
             base = base.partition(p);
         }
+        let mut full_since: Option<Instant> = None;
         loop {
             match self.producer.send(base) {
                 Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                    if full_since.get_or_insert_with(Instant::now).elapsed()
+                        < self.config.client_timeout =>
+                {
+                    // The producer's queue drains as the broker acknowledges: serve its
+                    // delivery reports and try again, for up to the client timeout.
                     base = back;
                     self.producer.poll(Duration::from_millis(5));
                 }
@@ -364,7 +377,7 @@ impl Inner {
         if self.eos() {
             let started = Instant::now();
             loop {
-                match producer.init_transactions(CLIENT_TIMEOUT) {
+                match producer.init_transactions(self.config.client_timeout) {
                     Ok(()) => break,
                     Err(e) => {
                         let e = Error::kafka(
@@ -400,27 +413,47 @@ impl Inner {
     }
 
     fn abandon_transaction(&mut self) {
-        self.forget_sends();
-        if !self.in_transaction {
-            return;
-        }
-        self.in_transaction = false;
-        if let Some(p) = &self.producer {
-            let _ = p.flush(CLIENT_TIMEOUT);
-            if let Err(e) = p.abort_transaction(CLIENT_TIMEOUT) {
-                tracing::warn!(thread = %self.name, error = %e, "aborting the open transaction failed; dropping the producer");
-                self.producer = None;
+        let timeout = self.config.client_timeout;
+        if self.in_transaction {
+            self.in_transaction = false;
+            if let Some(p) = &self.producer {
+                let _ = p.flush(timeout);
+                if let Err(e) = p.abort_transaction(timeout) {
+                    tracing::warn!(thread = %self.name, error = %e, "aborting the open transaction failed; replacing the producer");
+                    self.drop_producer();
+                }
             }
         }
+        // After the flush and the abort: their delivery reports belong to the aborted
+        // transaction too, and must not fail the next commit.
+        self.forget_sends();
     }
 
-    fn producer(&self) -> Result<&Producer_> {
-        self.producer
-            .as_ref()
-            .ok_or_else(|| Error::Config("the stream thread has no producer".into()))
+    /// Drops the producer without waiting for what it still holds. Its successor (same
+    /// `transactional.id`) fences it and ends its open transaction when it initialises.
+    fn drop_producer(&mut self) {
+        if let Some(p) = self.producer.take() {
+            p.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+        }
+        self.in_transaction = false;
     }
 
-    fn create_tasks(&mut self, partitions: &[(String, i32)]) -> Result<()> {
+    /// A thread whose producer was dropped (a failed abort) gets a new one before it
+    /// processes again.
+    fn ensure_producer(&mut self) -> Result<()> {
+        if self.producer.is_none() && !self.failed {
+            self.create_producer()?;
+        }
+        Ok(())
+    }
+
+    /// Creates the tasks of newly assigned partitions and queues them for restoration; their
+    /// partitions stay paused in `consumer` until they are restored.
+    fn create_tasks(
+        &mut self,
+        consumer: &BaseConsumer<ThreadContext>,
+        partitions: &[(String, i32)],
+    ) -> Result<()> {
         let mut ids: Vec<TaskId> = partitions
             .iter()
             .filter_map(|(t, p)| {
@@ -432,14 +465,17 @@ impl Inner {
             .collect();
         ids.sort();
         ids.dedup();
-        let now = super::now_ms();
+        // No cleaner deletes a directory while tasks are opened from it.
         let app_dir = self.config.state_dir.join(&*self.app_id);
+        let dirs = super::cleanup::dir_lock(&app_dir);
+        let _dirs = dirs.lock().unwrap_or_else(|e| e.into_inner());
+        let now = super::now_ms();
         for id in ids {
-            if self.tasks.contains_key(&id) {
+            if self.tasks.contains_key(&id) || self.restoring.contains(id) {
                 continue;
             }
             let dir = app_dir.join(id.to_string());
-            let mut task = Task::new(
+            let task = Task::new(
                 &self.topology,
                 id,
                 &self.app_id,
@@ -447,161 +483,157 @@ impl Inner {
                 now,
                 &self.rocks,
             )?;
-            if !self.restore(&mut task)? {
-                let _ = task.close(false);
-                break;
-            }
-            self.tasks.insert(id, task);
+            super::cleanup::mark_owned(&dir);
+            consumer
+                .pause(&self.source_partitions(id)?)
+                .map_err(|e| Error::kafka("pause a restoring task's partitions", e))?;
+            self.restoring.add(task, dir);
         }
         self.publish_tasks();
-        let ids: Vec<String> = self.tasks.keys().map(ToString::to_string).collect();
-        tracing::info!(thread = %self.name, tasks = ?ids, "partitions assigned; tasks created");
+        let ids: Vec<String> = self.restoring.task_ids().map(|t| t.to_string()).collect();
+        tracing::info!(thread = %self.name, restoring = ?ids, "partitions assigned; tasks created");
+        Ok(())
+    }
+
+    /// Pauses (or resumes) fetching for the running tasks' partitions.
+    fn pause_running(&self, consumer: &BaseConsumer<ThreadContext>) -> Result<()> {
+        self.running_partitions(consumer, true)
+    }
+
+    fn resume_running(&self, consumer: &BaseConsumer<ThreadContext>) -> Result<()> {
+        self.running_partitions(consumer, false)
+    }
+
+    fn running_partitions(
+        &self,
+        consumer: &BaseConsumer<ThreadContext>,
+        pause: bool,
+    ) -> Result<()> {
+        for id in self.tasks.keys() {
+            let tpl = self.source_partitions(*id)?;
+            let result = if pause {
+                consumer.pause(&tpl)
+            } else {
+                consumer.resume(&tpl)
+            };
+            result.map_err(|e| Error::kafka("pause or resume fetching", e))?;
+        }
+        Ok(())
+    }
+
+    /// The source partitions of task `id`.
+    fn source_partitions(&self, id: TaskId) -> Result<TopicPartitionList> {
+        let mut tpl = TopicPartitionList::new();
+        for (topic, &sub) in &self.topic_owner {
+            if sub == id.subtopology {
+                tpl.add_partition(topic, id.partition);
+            }
+        }
+        Ok(tpl)
+    }
+
+    /// Restores queued tasks for a while; the restored ones get their processors initialised
+    /// and start processing (their partitions resume).
+    fn restore_step(&mut self, consumer: &BaseConsumer<ThreadContext>) -> Result<()> {
+        if self.restoring.is_empty() {
+            return Ok(());
+        }
+        let mut restoring = std::mem::take(&mut self.restoring);
+        let make_consumer = || self.restore_consumer();
+        let env = RestoreEnv {
+            make_consumer: &make_consumer,
+            listener: self.config.restore_listener.as_ref(),
+            client_timeout: self.config.client_timeout,
+        };
+        let done = restoring.step(&env, Duration::from_millis(100));
+        self.restoring = restoring;
+        for p in done? {
+            let mut task = p.task;
+            if let Err(e) = task.init() {
+                let _ = task.close(false);
+                return Err(e);
+            }
+            super::cleanup::mark_owned(&p.dir);
+            consumer
+                .resume(&self.source_partitions(task.id)?)
+                .map_err(|e| Error::kafka("resume a restored task's partitions", e))?;
+            tracing::debug!(thread = %self.name, task = %task.id, "restored; processing");
+            self.tasks.insert(task.id, task);
+            self.publish_tasks();
+        }
+        if self.restoring.is_empty() {
+            let ids: Vec<String> = self.tasks.keys().map(ToString::to_string).collect();
+            tracing::info!(thread = %self.name, tasks = ?ids, "every task restored; running");
+            self.set_state(ThreadState::Running);
+        }
         Ok(())
     }
 
     fn publish_tasks(&self) {
         let handles = self.tasks.values().flat_map(Task::query_handles).collect();
-        self.shared
-            .set_thread_tasks(self.index, self.tasks.keys().copied().collect(), handles);
+        let owned = self
+            .tasks
+            .keys()
+            .copied()
+            .chain(self.restoring.task_ids())
+            .collect();
+        self.shared.set_thread_tasks(self.index, owned, handles);
     }
 
-    /// Brings the task's change-logged stores up to their changelogs' ends, from the offset
-    /// each store has committed (or from the beginning), reading `read_committed`.
-    /// Returns false when a shutdown interrupted it (the task must not run).
-    fn restore(&mut self, task: &mut Task) -> Result<bool> {
-        if self.restorer.is_none() {
-            let mut c = self.client_config();
-            c.set("client.id", format!("{}-restore-consumer", self.name));
-            let c = with_pinned(
-                c,
-                &self.config.client_properties,
-                &[
-                    ("group.id", format!("{}-restore", self.app_id)),
-                    ("enable.auto.commit", "false".into()),
-                    ("enable.auto.offset.store", "false".into()),
-                    ("enable.partition.eof", "true".into()),
-                    ("isolation.level", "read_committed".into()),
-                    // A stored offset the changelog no longer has (truncated, recreated):
-                    // replay what it has rather than jump to the end.
-                    ("auto.offset.reset", "earliest".into()),
-                ],
-            );
-            self.restorer = Some(
-                c.create()
-                    .map_err(|e| Error::kafka("create restore consumer", e))?,
-            );
-        }
-        let consumer = self.restorer.as_ref().unwrap();
-        let shutdown = &self.shared.shutdown;
-        let listener = self.config.restore_listener.clone();
-        let task_id = task.id;
-        for core in task.logged_stores() {
-            let target = core.changelog.clone().unwrap();
-            let mut from = core.committed_offset()?.map(|o| o + 1);
-            if let Some(f) = from {
-                // The changelog no longer holds the records after the stored offset (it was
-                // truncated by retention, or deleted and recreated): the local state cannot be
-                // brought forward, so rebuild it from what the changelog has.
-                let (low, _) = consumer
-                    .fetch_watermarks(&target.topic, target.partition, CLIENT_TIMEOUT)
-                    .map_err(|e| Error::kafka(format!("watermarks of {}", target.topic), e))?;
-                if f < low {
-                    tracing::warn!(store = %core.name, partition = target.partition, stored = f - 1, log_start = low, "the changelog starts after the stored offset; wiping the store and restoring from the start");
-                    core.bytes.wipe()?;
-                    from = None;
-                }
-            }
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition_offset(
-                &target.topic,
-                target.partition,
-                // Offset 0 rather than Beginning when nothing is stored: no ListOffsets round
-                // trip; a changelog that starts later falls back to auto.offset.reset=earliest.
-                Offset::Offset(from.unwrap_or(0)),
-            )
-            .map_err(|e| Error::kafka("restore assignment", e))?;
-            consumer
-                .assign(&tpl)
-                .map_err(|e| Error::kafka("assign changelog", e))?;
-            let started = Instant::now();
-            let start_offset = from.unwrap_or(0);
-            if let Some(l) = &listener {
-                l.on_restore_start(&core.name, target.partition, start_offset);
-            }
-            let mut total = 0u64;
-            let mut batch = Vec::new();
-            let mut last = None;
-            let mut last_report = Instant::now();
-            let mut errors_in_a_row = 0;
-            loop {
-                if shutdown.load(std::sync::atomic::Ordering::SeqCst) {
-                    tracing::info!(store = %core.name, partition = target.partition, "shutdown during restoration");
-                    let _ = consumer.unassign();
-                    return Ok(false);
-                }
-                match consumer.poll(Duration::from_millis(500)) {
-                    None => {}
-                    Some(Err(KafkaError::PartitionEOF(_))) => break,
-                    Some(Err(e)) => {
-                        let e = Error::kafka(format!("restore {}", target.topic), e);
-                        errors_in_a_row += 1;
-                        if e.is_fatal() || errors_in_a_row > 20 {
-                            return Err(e);
-                        }
-                        tracing::warn!(error = %e, "restore consumer error");
-                    }
-                    Some(Ok(m)) => {
-                        errors_in_a_row = 0;
-                        let Some(key) = m.key() else { continue };
-                        batch.push((key.to_vec(), m.payload().map(<[u8]>::to_vec)));
-                        last = Some(m.offset());
-                        if batch.len() >= 10_000 {
-                            total += batch.len() as u64;
-                            let n = batch.len() as u64;
-                            core.bytes.write(std::mem::take(&mut batch), last, false)?;
-                            if let Some(l) = &listener {
-                                l.on_batch_restored(
-                                    &core.name,
-                                    target.partition,
-                                    last.unwrap_or(-1),
-                                    n,
-                                );
-                            }
-                            if last_report.elapsed() > Duration::from_secs(5) {
-                                last_report = Instant::now();
-                                tracing::info!(store = %core.name, partition = target.partition, restored = total, rate = total as f64 / started.elapsed().as_secs_f64(), "restoring");
-                            }
-                        }
-                    }
-                }
-            }
-            if !batch.is_empty() {
-                total += batch.len() as u64;
-                let n = batch.len() as u64;
-                core.bytes.write(batch, last, false)?;
-                if let Some(l) = &listener {
-                    l.on_batch_restored(&core.name, target.partition, last.unwrap_or(-1), n);
-                }
-            }
-            // Restored with the WAL off: make it durable before any logged write follows.
-            core.bytes.flush()?;
-            let secs = started.elapsed().as_secs_f64();
-            tracing::info!(task = %task_id, store = %core.name, partition = target.partition, from = start_offset, restored = total, seconds = secs, rate = total as f64 / secs.max(1e-9), "restored");
-            if let Some(l) = &listener {
-                l.on_restore_end(&core.name, target.partition, total);
-            }
-        }
-        let _ = consumer.unassign();
-        Ok(true)
+    /// The consumer that reads changelogs, `read_committed`, assigned by hand.
+    fn restore_consumer(&self) -> Result<BaseConsumer> {
+        let mut c = self.client_config();
+        c.set("client.id", format!("{}-restore-consumer", self.name));
+        let c = with_pinned(
+            c,
+            &self.config.client_properties,
+            &[
+                ("group.id", format!("{}-restore", self.app_id)),
+                ("enable.auto.commit", "false".into()),
+                ("enable.auto.offset.store", "false".into()),
+                ("enable.partition.eof", "true".into()),
+                ("isolation.level", "read_committed".into()),
+                // A stored offset the changelog no longer has (truncated, recreated):
+                // replay what it has rather than jump to the end.
+                ("auto.offset.reset", "earliest".into()),
+            ],
+        );
+        c.create()
+            .map_err(|e| Error::kafka("create restore consumer", e))
     }
 
     fn close_all_tasks(&mut self, clean: bool) {
-        for (_, mut task) in std::mem::take(&mut self.tasks) {
+        let app_dir = self.config.state_dir.join(&*self.app_id);
+        let restoring = self
+            .restoring
+            .take_all()
+            .into_iter()
+            .map(|p| (p.task, false));
+        let running = std::mem::take(&mut self.tasks)
+            .into_values()
+            .map(|t| (t, clean));
+        for (mut task, clean) in running.chain(restoring) {
             if let Err(e) = task.close(clean) {
                 tracing::warn!(thread = %self.name, error = %e, "closing a task failed");
             }
+            super::cleanup::mark_owned(&app_dir.join(task.id.to_string()));
         }
         self.publish_tasks();
+    }
+
+    /// Deletes the state of tasks no thread of this instance has owned for longer than the
+    /// cleanup delay (run by the first thread; skipped while another thread opens tasks).
+    fn clean_state_dirs(&self) {
+        let app_dir = self.config.state_dir.join(&*self.app_id);
+        let dirs = super::cleanup::dir_lock(&app_dir);
+        let Ok(_dirs) = dirs.try_lock() else {
+            return;
+        };
+        super::cleanup::clean(
+            &app_dir,
+            &self.shared.owned_task_dirs(),
+            self.config.state_cleanup_delay,
+        );
     }
 
     fn add(&mut self, raw: RawRecord) -> Result<()> {
@@ -612,7 +644,11 @@ impl Inner {
             subtopology: sub,
             partition: raw.partition,
         };
-        match self.tasks.get_mut(&id) {
+        if let Some(task) = self.tasks.get_mut(&id) {
+            return task.add(raw);
+        }
+        match self.restoring.task_mut(id) {
+            // Fetched before its partitions were paused: processed once it is restored.
             Some(task) => task.add(raw),
             // A record fetched before a revocation; the new owner reads it again.
             None => Ok(()),
@@ -700,8 +736,9 @@ impl Inner {
             .producer
             .as_ref()
             .ok_or_else(|| Error::Config("no producer".into()))?;
+        let timeout = self.config.client_timeout;
         producer
-            .flush(CLIENT_TIMEOUT)
+            .flush(timeout)
             .map_err(|e| Error::kafka("flush", e))?;
         let failures = self.delivery_errors.take();
         if let Some((topic, e)) = failures.first() {
@@ -734,12 +771,12 @@ impl Inner {
                 let group = consumer
                     .group_metadata()
                     .ok_or_else(|| Error::Config("the consumer has no group metadata".into()))?;
-                retrying(|| producer.send_offsets_to_transaction(&tpl, &group, CLIENT_TIMEOUT))
+                retrying(|| producer.send_offsets_to_transaction(&tpl, &group, timeout))
                     .map_err(|e| Error::kafka("send offsets to transaction", e))?;
             }
             // A retriable failure (a timeout) leaves the commit in flight in librdkafka: call
             // it again rather than abort, which librdkafka would refuse.
-            retrying(|| producer.commit_transaction(CLIENT_TIMEOUT))
+            retrying(|| producer.commit_transaction(timeout))
                 .map_err(|e| Error::kafka("commit transaction", e))?;
             self.in_transaction = false;
         } else if !eos && tpl.count() > 0 {
@@ -757,42 +794,80 @@ impl Inner {
     }
 
     /// After a failed commit or send: when the error means the tasks were taken over (fencing)
-    /// or the transaction can be aborted, drop the uncommitted work and return Ok so the
-    /// caller rewinds; otherwise return the error, which stops the thread.
+    /// or the transaction cannot commit (a timeout, a failed delivery, an abortable error),
+    /// drop the uncommitted work and return Ok(true) so the caller rewinds to the last commit;
+    /// Ok(false) keeps the work for the next commit (at-least-once, retriable); an error that
+    /// no rewind can cure is returned, and stops the thread.
     fn handle_commit_failure(&mut self, error: Error) -> Result<bool> {
-        let abortable = matches!(error.root(), Error::Kafka { source: KafkaError::Transaction(e), .. } if e.txn_requires_abort());
         if error.is_fenced() {
             tracing::warn!(thread = %self.name, %error, "fenced: dropping uncommitted work and the producer");
             // A fenced producer cannot abort (and some brokers never answer); drop it.
-            self.producer = None;
-            self.in_transaction = false;
+            self.drop_producer();
             self.forget_sends();
             self.close_all_tasks(false);
             self.create_producer()?;
             return Ok(true);
         }
-        if !self.eos() && error.is_retriable() {
-            // At-least-once keeps the tasks and their consumed offsets; the next commit
-            // interval tries again.
-            tracing::warn!(thread = %self.name, %error, "commit failed; retrying at the next interval");
-            return Ok(false);
-        }
-        if self.eos() && (abortable || error.is_retriable()) {
-            tracing::warn!(thread = %self.name, %error, "aborting the transaction; the tasks reprocess from the last commit");
-            let producer = self.producer()?;
-            let _ = producer.flush(CLIENT_TIMEOUT);
-            if self.in_transaction {
-                producer
-                    .abort_transaction(CLIENT_TIMEOUT)
-                    .map_err(|e| Error::kafka("abort transaction", e))?;
+        if !self.eos() {
+            if error.is_retriable() {
+                // At-least-once keeps the tasks and their consumed offsets; the next commit
+                // interval tries again.
+                tracing::warn!(thread = %self.name, %error, "commit failed; retrying at the next interval");
+                return Ok(false);
             }
-            self.in_transaction = false;
-            self.forget_sends();
-            self.close_all_tasks(false);
-            return Ok(true);
+            return Err(error);
         }
-        Err(error)
+        if !cured_by_rewind(&error) {
+            return Err(error);
+        }
+        // Exactly-once: whatever this transaction holds is dropped. When the producer cannot
+        // abort (a commit still in flight after a timeout, a broker that does not answer), it
+        // is replaced: its successor's initialisation ends the transaction, committed or
+        // aborted, and the rewind reads the outcome back (committed offsets from the group,
+        // committed changelog records by restoration).
+        tracing::warn!(thread = %self.name, %error, "the transaction cannot commit; aborting it, the tasks reprocess from the last commit");
+        self.abandon_transaction();
+        self.close_all_tasks(false);
+        self.ensure_producer()?;
+        Ok(true)
     }
+}
+
+/// Errors after which an exactly-once thread aborts and reprocesses from its last commit
+/// instead of stopping: the broker was slow or away (timeouts, lost connections, a
+/// coordinator moving), a send was not delivered in time, or librdkafka says the transaction
+/// must abort. Anything else (a topic that does not exist, a record too large, missing
+/// authorisation) would fail again after the rewind, and stops the thread.
+fn cured_by_rewind(error: &Error) -> bool {
+    let Error::Kafka { source, .. } = error.root() else {
+        return false;
+    };
+    if let KafkaError::Transaction(e) = source {
+        // A fatal producer error (an idempotence sequence out of sync) ends that producer
+        // only: it is replaced.
+        return e.txn_requires_abort() || e.is_retriable() || e.is_fatal();
+    }
+    error.is_retriable()
+        || matches!(
+            source.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::MessageTimedOut
+                    | RDKafkaErrorCode::PurgeQueue
+                    | RDKafkaErrorCode::PurgeInflight
+                    | RDKafkaErrorCode::NotEnoughReplicas
+                    | RDKafkaErrorCode::NotEnoughReplicasAfterAppend
+                    | RDKafkaErrorCode::NotLeaderForPartition
+                    | RDKafkaErrorCode::LeaderNotAvailable
+                    | RDKafkaErrorCode::NetworkException
+                    | RDKafkaErrorCode::OutOfOrderSequenceNumber
+                    | RDKafkaErrorCode::UnknownProducerId
+                    | RDKafkaErrorCode::Fatal
+                    | RDKafkaErrorCode::InconsistentGroupProtocol
+                    | RDKafkaErrorCode::RebalanceInProgress
+                    | RDKafkaErrorCode::ConcurrentTransactions
+                    | RDKafkaErrorCode::QueueFull
+            )
+        )
 }
 
 pub(crate) struct StreamThread {
@@ -830,7 +905,7 @@ impl StreamThread {
                 delivery_errors: DeliveryErrors::default(),
                 delivered: Delivered::default(),
                 rocks,
-                restorer: None,
+                restoring: Restorer::default(),
                 in_transaction: false,
                 partition_counts: HashMap::new(),
                 pending_error: None,
@@ -944,16 +1019,32 @@ fn run_loop(
     let ctx = consumer.context();
     let mut last_commit = Instant::now();
     let mut raws: Vec<RawRecord> = Vec::with_capacity(batch);
+    // Set after the tasks' uncommitted work was dropped, until the consumer is back at the
+    // committed offsets with new tasks (retried while the broker does not answer).
+    let mut rewind_pending = false;
+    // Set while at-least-once commits fail: input fetching is paused until one succeeds.
+    let mut failing_since: Option<Instant> = None;
+    let (clean_every, cleaner) = {
+        let inner = ctx.lock();
+        (
+            super::cleanup::period(inner.config.state_cleanup_delay),
+            inner.index == 0,
+        )
+    };
+    let mut last_clean = Instant::now();
+    let mut topic_names = TopicNames::default();
+    let mut restoring = false;
     while !shared.shutdown.load(Ordering::SeqCst) {
         let wait = commit_interval
             .saturating_sub(last_commit.elapsed())
             .min(Duration::from_millis(100));
-        let mut timeout = wait;
+        // While tasks restore, the restoration step is the loop's wait.
+        let mut timeout = if restoring { Duration::ZERO } else { wait };
         while raws.len() < batch {
             match consumer.poll(timeout) {
                 None => break,
                 Some(Ok(m)) => raws.push(RawRecord {
-                    topic: Arc::from(m.topic()),
+                    topic: topic_names.get(m.topic()),
                     partition: m.partition(),
                     offset: m.offset(),
                     timestamp: m.timestamp().to_millis().unwrap_or(0),
@@ -976,9 +1067,29 @@ fn run_loop(
         if let Some(e) = inner.pending_error.take() {
             return Err(e);
         }
+        if cleaner && last_clean.elapsed() >= clean_every {
+            inner.clean_state_dirs();
+            last_clean = Instant::now();
+        }
+        if rewind_pending {
+            // Records polled meanwhile belong to no task; the rewind reads them again.
+            raws.clear();
+            inner.ensure_producer()?;
+            match rewind(consumer, &mut inner) {
+                Ok(()) => rewind_pending = false,
+                Err(e) if e.is_retriable() => {
+                    tracing::warn!(error = %e, "rewinding to the last commit failed; trying again");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        inner.ensure_producer()?;
         for raw in raws.drain(..) {
             inner.add(raw)?;
         }
+        inner.restore_step(consumer)?;
+        restoring = !inner.restoring.is_empty();
         let requested = match inner.process() {
             Ok(r) => r,
             Err(e) if matches!(e.root(), Error::Kafka { .. }) => {
@@ -987,7 +1098,7 @@ fn run_loop(
                 if !inner.handle_commit_failure(e)? {
                     inner.close_all_tasks(false);
                 }
-                rewind(consumer, &mut inner)?;
+                rewind_pending = true;
                 continue;
             }
             Err(e) => return Err(e),
@@ -995,10 +1106,32 @@ fn run_loop(
         if let Some(p) = &inner.producer {
             p.poll(Duration::ZERO);
         }
-        if requested || last_commit.elapsed() >= commit_interval {
-            if let Err(e) = inner.commit(consumer) {
-                if inner.handle_commit_failure(e)? {
-                    rewind(consumer, &mut inner)?;
+        let retry_due = failing_since.is_some() && last_commit.elapsed() >= RETRY_COMMIT;
+        if requested || retry_due || last_commit.elapsed() >= commit_interval {
+            match inner.commit(consumer) {
+                Ok(()) => {
+                    if let Some(since) = failing_since.take() {
+                        tracing::info!(failed_for = ?since.elapsed(), "committing again; fetching resumes");
+                        inner.resume_running(consumer)?;
+                    }
+                }
+                Err(e) => {
+                    rewind_pending = inner.handle_commit_failure(e)?;
+                    if rewind_pending {
+                        failing_since = None;
+                    } else {
+                        // At-least-once keeps what waits for the commit: fetch nothing more
+                        // until a commit goes through, and give up after the task timeout.
+                        let since = *failing_since.get_or_insert_with(Instant::now);
+                        inner.pause_running(consumer)?;
+                        if since.elapsed() > inner.config.task_timeout {
+                            return Err(Error::Timeout(format!(
+                                "commits have failed for {:?}, longer than the task timeout ({:?}); is the broker reachable?",
+                                since.elapsed(),
+                                inner.config.task_timeout
+                            )));
+                        }
+                    }
                 }
             }
             last_commit = Instant::now();
@@ -1006,6 +1139,21 @@ fn run_loop(
         debug_assert!(inner.buffered() == 0);
     }
     Ok(())
+}
+
+/// Source topic names shared by the records read from them (no allocation per record).
+#[derive(Default)]
+struct TopicNames(Vec<Arc<str>>);
+
+impl TopicNames {
+    fn get(&mut self, topic: &str) -> Arc<str> {
+        if let Some(t) = self.0.iter().find(|t| &***t == topic) {
+            return t.clone();
+        }
+        let t: Arc<str> = Arc::from(topic);
+        self.0.push(t.clone());
+        t
+    }
 }
 
 /// Puts the consumer back at the last committed offsets of its assignment and recreates the
@@ -1017,8 +1165,9 @@ fn rewind(consumer: &BaseConsumer<ThreadContext>, inner: &mut Inner) -> Result<(
     if assignment.count() == 0 {
         return Ok(());
     }
+    let timeout = inner.config.client_timeout;
     let committed = consumer
-        .committed_offsets(assignment.clone(), CLIENT_TIMEOUT)
+        .committed_offsets(assignment.clone(), timeout)
         .map_err(|e| Error::kafka("committed offsets", e))?;
     let mut seek = TopicPartitionList::new();
     for e in committed.elements() {
@@ -1030,14 +1179,14 @@ fn rewind(consumer: &BaseConsumer<ThreadContext>, inner: &mut Inner) -> Result<(
             .map_err(|e| Error::kafka("seek list", e))?;
     }
     consumer
-        .seek_partitions(seek, CLIENT_TIMEOUT)
+        .seek_partitions(seek, timeout)
         .map_err(|e| Error::kafka("seek to committed offsets", e))?;
     let parts: Vec<(String, i32)> = assignment
         .elements()
         .iter()
         .map(|e| (e.topic().to_string(), e.partition()))
         .collect();
-    inner.create_tasks(&parts)?;
+    inner.create_tasks(consumer, &parts)?;
     tracing::info!(thread = %inner.name, partitions = parts.len(), "rewound to the committed offsets");
     Ok(())
 }

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use rocksdb::{
@@ -24,13 +25,33 @@ pub trait BytesStore: Send + Sync {
     /// The value of `key`.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
     /// Entries with keys in the range, in key order.
-    fn range(&self, from: Bound<&[u8]>, to: Bound<&[u8]>) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    fn range(&self, from: Bound<&[u8]>, to: Bound<&[u8]>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.range_limited(from, to, usize::MAX)
+    }
+    /// The first `limit` entries with keys in the range, in key order (scans read in chunks
+    /// of these, see [`Chunked`]).
+    fn range_limited(
+        &self,
+        from: Bound<&[u8]>,
+        to: Bound<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
     /// Applies `batch` atomically; when `offset` is given, it is stored in the same write as
     /// the changelog offset the store is now up to. `durable` false skips the write-ahead log
     /// (restoration), after which the caller must [`flush`](Self::flush).
-    fn write(&self, batch: Batch, offset: Option<i64>, durable: bool) -> Result<()>;
-    /// Deletes every key in `[from, to)` (dropping a whole expired segment).
-    fn delete_range(&self, from: &[u8], to: &[u8]) -> Result<()>;
+    fn write(&self, batch: Batch, offset: Option<i64>, durable: bool) -> Result<()> {
+        self.write_expiring(None, batch, offset, durable)
+    }
+    /// [`write`](Self::write), first deleting every key below `delete_below` (expired
+    /// segments) in the same atomic write, so that an expiry lands with the commit it belongs
+    /// to and never before.
+    fn write_expiring(
+        &self,
+        delete_below: Option<&[u8]>,
+        batch: Batch,
+        offset: Option<i64>,
+        durable: bool,
+    ) -> Result<()>;
     /// The changelog offset stored with the last batch that had one.
     fn committed_offset(&self) -> Result<Option<i64>>;
     /// An estimate of the number of entries.
@@ -81,6 +102,61 @@ impl MemoryBytes {
     }
 }
 
+/// Reads a key range of a bytes store in chunks, so that a scan of a large store never holds
+/// more than a chunk of it: each chunk starts after the last key of the previous one.
+pub(crate) struct Chunked<'a> {
+    bytes: &'a dyn BytesStore,
+    /// Where the next chunk starts; `None` when the range is read.
+    next: Option<Bound<Vec<u8>>>,
+    to: Bound<Vec<u8>>,
+    buf: std::collections::VecDeque<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Entries per chunk of a [`Chunked`] scan.
+const CHUNK: usize = 1024;
+
+impl<'a> Chunked<'a> {
+    pub(crate) fn new(bytes: &'a dyn BytesStore, from: Bound<&[u8]>, to: Bound<&[u8]>) -> Self {
+        Chunked {
+            bytes,
+            next: Some(owned(from)),
+            to: owned(to),
+            buf: Default::default(),
+        }
+    }
+}
+
+fn borrowed(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
+    match b {
+        Bound::Included(k) => Bound::Included(k),
+        Bound::Excluded(k) => Bound::Excluded(k),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+impl Iterator for Chunked<'_> {
+    type Item = Result<(Vec<u8>, Vec<u8>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.buf.is_empty() {
+            let from = self.next.take()?;
+            match self
+                .bytes
+                .range_limited(borrowed(&from), borrowed(&self.to), CHUNK)
+            {
+                Ok(chunk) => {
+                    if chunk.len() == CHUNK {
+                        self.next = chunk.last().map(|(k, _)| Bound::Excluded(k.clone()));
+                    }
+                    self.buf = chunk.into();
+                }
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        self.buf.pop_front().map(Ok)
+    }
+}
+
 fn owned(b: Bound<&[u8]>) -> Bound<Vec<u8>> {
     match b {
         Bound::Included(k) => Bound::Included(k.to_vec()),
@@ -94,18 +170,33 @@ impl BytesStore for MemoryBytes {
         let d = self.data.read().map_err(|e| state_error(&self.name, e))?;
         Ok(d.0.get(key).cloned())
     }
-    fn range(&self, from: Bound<&[u8]>, to: Bound<&[u8]>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    fn range_limited(
+        &self,
+        from: Bound<&[u8]>,
+        to: Bound<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         if !non_empty(from, to) {
             return Ok(vec![]);
         }
         let d = self.data.read().map_err(|e| state_error(&self.name, e))?;
         Ok(d.0
             .range::<Vec<u8>, _>((owned(from), owned(to)))
+            .take(limit)
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect())
     }
-    fn write(&self, batch: Batch, offset: Option<i64>, _durable: bool) -> Result<()> {
+    fn write_expiring(
+        &self,
+        delete_below: Option<&[u8]>,
+        batch: Batch,
+        offset: Option<i64>,
+        _durable: bool,
+    ) -> Result<()> {
         let mut d = self.data.write().map_err(|e| state_error(&self.name, e))?;
+        if let Some(bound) = delete_below {
+            d.0 = d.0.split_off(bound);
+        }
         for (k, v) in batch {
             match v {
                 Some(v) => {
@@ -118,17 +209,6 @@ impl BytesStore for MemoryBytes {
         }
         if offset.is_some() {
             d.1 = offset;
-        }
-        Ok(())
-    }
-    fn delete_range(&self, from: &[u8], to: &[u8]) -> Result<()> {
-        let mut d = self.data.write().map_err(|e| state_error(&self.name, e))?;
-        let doomed: Vec<Vec<u8>> =
-            d.0.range::<[u8], _>((Bound::Included(from), Bound::Excluded(to)))
-                .map(|(k, _)| k.clone())
-                .collect();
-        for k in doomed {
-            d.0.remove(&k);
         }
         Ok(())
     }
@@ -167,16 +247,34 @@ impl BytesStore for MemoryBytes {
 
 const META_CF: &str = "kstreams-meta";
 
-/// The RocksDB databases open in this process, by directory.
-static OPEN_DBS: std::sync::LazyLock<
-    std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, std::sync::Weak<DB>>>,
-> = std::sync::LazyLock::new(Default::default);
+/// The RocksDB databases open in this process, by directory, with the number of the newest
+/// store instance opened on each.
+type OpenDbs = std::collections::HashMap<std::path::PathBuf, (std::sync::Weak<DB>, Arc<AtomicU64>)>;
+
+/// The RocksDB databases open in this process (see [`OpenDbs`]).
+static OPEN_DBS: std::sync::LazyLock<std::sync::Mutex<OpenDbs>> =
+    std::sync::LazyLock::new(Default::default);
 const OFFSET_KEY: &[u8] = b"changelog-offset";
 
+/// Whether a RocksDB store under `dir` is open in this process (a task or a query view).
+pub(crate) fn is_open_under(dir: &Path) -> bool {
+    OPEN_DBS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .any(|(path, (db, _))| path.starts_with(dir) && db.strong_count() > 0)
+}
+
 /// A RocksDB database: data in the default column family, the changelog offset in its own.
+///
+/// Only the newest instance opened on a directory in this process may write: a task instance
+/// that lost its task (and whose database a view kept open while the task's new instance
+/// opened it) gets an error instead of writing into its successor's state.
 pub struct RocksBytes {
     name: String,
     db: Arc<DB>,
+    instance: u64,
+    newest: Arc<AtomicU64>,
 }
 
 impl RocksBytes {
@@ -187,6 +285,10 @@ impl RocksBytes {
             source: e,
         })?;
         let mut opts = resources.options(name);
+        // The offset's column family and the data's flush together: a flush of the small
+        // offset family alone could persist an offset ahead of data still in a memtable
+        // (restoration writes without the write-ahead log).
+        opts.set_atomic_flush(true);
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         let cfs = vec![
@@ -200,27 +302,46 @@ impl RocksBytes {
         // closed and recreated the task) shares the open database: RocksDB allows one
         // handle per directory and process.
         let mut open = OPEN_DBS.lock().unwrap_or_else(|e| e.into_inner());
-        open.retain(|_, db| db.strong_count() > 0);
+        open.retain(|_, (db, _)| db.strong_count() > 0);
         let key = dir.to_path_buf();
-        if let Some(db) = open.get(&key).and_then(std::sync::Weak::upgrade) {
+        if let Some((db, newest)) = open
+            .get(&key)
+            .and_then(|(db, newest)| Some((db.upgrade()?, newest.clone())))
+        {
             return Ok(RocksBytes {
                 name: name.to_string(),
                 db,
+                instance: newest.fetch_add(1, Ordering::SeqCst) + 1,
+                newest,
             });
         }
         let db = Arc::new(
             DB::open_cf_descriptors(&opts, dir, cfs)
                 .map_err(|e| state_error(name, format!("open {}: {e}", dir.display())))?,
         );
-        open.insert(key, Arc::downgrade(&db));
+        let newest = Arc::new(AtomicU64::new(1));
+        open.insert(key, (Arc::downgrade(&db), newest.clone()));
         Ok(RocksBytes {
             name: name.to_string(),
             db,
+            instance: 1,
+            newest,
         })
     }
 
     fn err(&self, e: rocksdb::Error) -> Error {
         state_error(&self.name, e)
+    }
+
+    fn check_writer(&self) -> Result<()> {
+        if self.instance == self.newest.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        Err(state_error(
+            &self.name,
+            "the store was opened again by a newer instance of its task (the task moved); \
+             this instance may no longer write",
+        ))
     }
 }
 
@@ -228,13 +349,21 @@ impl BytesStore for RocksBytes {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.db.get(key).map_err(|e| self.err(e))
     }
-    fn range(&self, from: Bound<&[u8]>, to: Bound<&[u8]>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    fn range_limited(
+        &self,
+        from: Bound<&[u8]>,
+        to: Bound<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let start = match from {
             Bound::Included(k) | Bound::Excluded(k) => IteratorMode::From(k, Direction::Forward),
             Bound::Unbounded => IteratorMode::Start,
         };
         let mut out = vec![];
         for item in self.db.iterator(start) {
+            if out.len() >= limit {
+                break;
+            }
             let (k, v) = item.map_err(|e| self.err(e))?;
             if let Bound::Excluded(f) = from {
                 if &*k == f {
@@ -250,8 +379,19 @@ impl BytesStore for RocksBytes {
         }
         Ok(out)
     }
-    fn write(&self, batch: Batch, offset: Option<i64>, durable: bool) -> Result<()> {
+    fn write_expiring(
+        &self,
+        delete_below: Option<&[u8]>,
+        batch: Batch,
+        offset: Option<i64>,
+        durable: bool,
+    ) -> Result<()> {
+        self.check_writer()?;
         let mut wb = WriteBatch::default();
+        if let Some(bound) = delete_below {
+            // Before the puts: a later write below the bound (a late session) survives.
+            wb.delete_range(&[][..], bound);
+        }
         for (k, v) in batch {
             match v {
                 Some(v) => wb.put(k, v),
@@ -268,11 +408,6 @@ impl BytesStore for RocksBytes {
         let mut wo = WriteOptions::default();
         wo.disable_wal(!durable);
         self.db.write_opt(wb, &wo).map_err(|e| self.err(e))
-    }
-    fn delete_range(&self, from: &[u8], to: &[u8]) -> Result<()> {
-        let mut wb = WriteBatch::default();
-        wb.delete_range(from, to);
-        self.db.write(wb).map_err(|e| self.err(e))
     }
     fn committed_offset(&self) -> Result<Option<i64>> {
         let cf = self
@@ -302,6 +437,7 @@ impl BytesStore for RocksBytes {
         true
     }
     fn wipe(&self) -> Result<()> {
+        self.check_writer()?;
         let mut wb = WriteBatch::default();
         if let Some((first, last)) = self.key_span()? {
             wb.delete_range(&first, &last);

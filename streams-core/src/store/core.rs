@@ -5,8 +5,46 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Arc;
 
-use super::bytes::{Batch, BytesStore};
+use super::bytes::{Batch, BytesStore, Chunked};
 use crate::Result;
+
+/// The held-back writes in a key range (none when the range is empty).
+type PendingRange<'a> = std::iter::Flatten<
+    std::option::IntoIter<std::collections::btree_map::Range<'a, Vec<u8>, Option<Vec<u8>>>>,
+>;
+
+/// The entries of a key range of a store, committed ones merged with the held-back writes
+/// (which win, and hide deleted keys), in key order. See [`StoreCore::iter`].
+pub struct RangeIter<'a> {
+    committed: std::iter::Peekable<Chunked<'a>>,
+    pending: std::iter::Peekable<PendingRange<'a>>,
+}
+
+impl Iterator for RangeIter<'_> {
+    type Item = Result<(Vec<u8>, Vec<u8>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let order = match (self.committed.peek(), self.pending.peek()) {
+                (None, None) => return None,
+                (Some(Err(_)), _) => return self.committed.next(),
+                (Some(Ok(_)), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (Some(Ok((c, _))), Some((p, _))) => c.as_slice().cmp(p.as_slice()),
+            };
+            if order == std::cmp::Ordering::Less {
+                return self.committed.next();
+            }
+            if order == std::cmp::Ordering::Equal {
+                self.committed.next();
+            }
+            if let Some((k, Some(v))) = self.pending.next() {
+                return Some(Ok((k.clone(), v.clone())));
+            }
+            // A held-back delete: the key is gone.
+        }
+    }
+}
 
 /// Where a store's changes go: its changelog topic, on the task's partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,7 +63,13 @@ pub struct StoreCore {
     pub(crate) name: String,
     pub(crate) bytes: Arc<dyn BytesStore>,
     pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Keys below this bound expired in this commit interval: hidden from reads now, deleted
+    /// from the bytes store in the commit's write (never before the transaction commits).
+    expired_below: Option<Vec<u8>>,
     outbox: Batch,
+    /// Bumped whenever the data changes other than through this core's puts (dropped writes,
+    /// restoration, a wipe), so that what a store derived from it is computed again.
+    generation: u64,
     pub(crate) changelog: Option<ChangelogTarget>,
     caching: bool,
 }
@@ -42,7 +86,9 @@ impl StoreCore {
             name: name.to_string(),
             bytes,
             pending: BTreeMap::new(),
+            expired_below: None,
             outbox: vec![],
+            generation: 0,
             changelog,
             caching,
         }
@@ -50,6 +96,9 @@ impl StoreCore {
 
     /// The value of `key`, uncommitted writes included.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if self.is_expired(key) {
+            return Ok(None);
+        }
         match self.pending.get(key) {
             Some(v) => Ok(v.clone()),
             None => self.bytes.get(key),
@@ -66,29 +115,28 @@ impl StoreCore {
 
     /// Entries in the range, uncommitted writes included, in key order.
     pub fn range(&self, from: Bound<&[u8]>, to: Bound<&[u8]>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> =
-            self.bytes.range(from, to)?.into_iter().collect();
-        if !self.pending.is_empty() {
-            let lo = match from {
-                Bound::Included(k) => Bound::Included(k.to_vec()),
-                Bound::Excluded(k) => Bound::Excluded(k.to_vec()),
-                Bound::Unbounded => Bound::Unbounded,
-            };
-            let hi = match to {
-                Bound::Included(k) => Bound::Included(k.to_vec()),
-                Bound::Excluded(k) => Bound::Excluded(k.to_vec()),
-                Bound::Unbounded => Bound::Unbounded,
-            };
-            if super::bytes::non_empty(from, to) {
-                for (k, v) in self.pending.range((lo, hi)) {
-                    match v {
-                        Some(v) => merged.insert(k.clone(), v.clone()),
-                        None => merged.remove(k),
-                    };
-                }
+        self.iter(from, to).collect()
+    }
+
+    /// The entries in the range, uncommitted writes included, in key order, read lazily: the
+    /// committed entries in chunks, merged with the held-back writes.
+    pub fn iter(&self, from: Bound<&[u8]>, to: Bound<&[u8]>) -> RangeIter<'_> {
+        let from = match (&self.expired_below, from) {
+            (Some(bound), Bound::Unbounded) => Bound::Included(bound.as_slice()),
+            (Some(bound), Bound::Included(k) | Bound::Excluded(k)) if k < bound.as_slice() => {
+                Bound::Included(bound.as_slice())
             }
+            (_, from) => from,
+        };
+        let pending = if super::bytes::non_empty(from, to) && !self.pending.is_empty() {
+            Some(self.pending.range::<[u8], _>((from, to)))
+        } else {
+            None
+        };
+        RangeIter {
+            committed: Chunked::new(&*self.bytes, from, to).peekable(),
+            pending: pending.into_iter().flatten().peekable(),
         }
-        Ok(merged.into_iter().collect())
     }
 
     /// Changelog records to send now (without caching: every write since the last call).
@@ -114,20 +162,57 @@ impl StoreCore {
     /// [`commit`](Self::commit), optionally without the write-ahead log (the test driver's
     /// throw-away state).
     pub fn commit_with(&mut self, changelog_offset: Option<i64>, durable: bool) -> Result<()> {
-        if self.pending.is_empty() && changelog_offset.is_none() {
+        if self.pending.is_empty() && changelog_offset.is_none() && self.expired_below.is_none() {
             return Ok(());
         }
         let batch: Batch = std::mem::take(&mut self.pending).into_iter().collect();
-        self.bytes.write(batch, changelog_offset, durable)
+        let expired = self.expired_below.take();
+        self.bytes
+            .write_expiring(expired.as_deref(), batch, changelog_offset, durable)
     }
 
-    /// Drops what was not committed (the transaction aborted or the task was taken over).
+    /// Drops what was not committed (the transaction aborted or the task was taken over),
+    /// expiry included.
     pub fn drop_uncommitted(&mut self) {
         self.pending.clear();
         self.outbox.clear();
+        self.expired_below = None;
+        self.generation += 1;
     }
 
-    /// The smallest and largest key, uncommitted writes included.
+    /// Restoration: writes a batch of changelog records (`None` deletes) and the offset of
+    /// the last one, without the write-ahead log; [`restored`](Self::restored) makes it
+    /// durable.
+    pub(crate) fn restore_batch(&mut self, batch: Batch, last_offset: i64) -> Result<()> {
+        self.generation += 1;
+        self.bytes.write(batch, Some(last_offset), false)
+    }
+
+    /// Restoration ended: what it wrote becomes durable before any logged write follows.
+    pub(crate) fn restored(&mut self) -> Result<()> {
+        self.generation += 1;
+        self.bytes.flush()
+    }
+
+    /// Deletes every entry and the stored offset, before a restoration from the start.
+    pub(crate) fn wipe(&mut self) -> Result<()> {
+        self.drop_uncommitted();
+        self.bytes.wipe()
+    }
+
+    /// Changes whenever the data changed other than through this core's writes.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    fn is_expired(&self, key: &[u8]) -> bool {
+        self.expired_below
+            .as_deref()
+            .is_some_and(|bound| key < bound)
+    }
+
+    /// The smallest and largest key, uncommitted writes included (a smallest key that
+    /// expired in this commit interval may still show).
     pub fn key_span(&self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         let mut span = self.bytes.key_span()?;
         if let (Some(first), Some(last)) =
@@ -141,15 +226,18 @@ impl StoreCore {
         Ok(span)
     }
 
-    /// Drops every entry with a key below `bound`, committed or not (expired segments).
-    pub fn expire_below(&mut self, bound: &[u8]) -> Result<()> {
+    /// Drops every entry with a key below `bound`, committed or not (expired segments): at
+    /// once for reads, in the bytes store with the next [`commit`](Self::commit).
+    pub fn expire_below(&mut self, bound: &[u8]) {
         self.pending = self.pending.split_off(bound);
-        self.bytes.delete_range(&[], bound)
+        if !self.is_expired(bound) {
+            self.expired_below = Some(bound.to_vec());
+        }
     }
 
-    /// Whether writes are waiting for a commit.
+    /// Whether writes (or an expiry) are waiting for a commit.
     pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
+        !self.pending.is_empty() || self.expired_below.is_some()
     }
 
     /// The bytes store underneath (committed state), for tests and tools.

@@ -57,13 +57,6 @@ impl<K: 'static, V: 'static> KeyValueStore<K, V> {
         key_bytes(&self.core.name, &*self.keys, key)
     }
 
-    fn decode(&self, (k, v): (Vec<u8>, Vec<u8>)) -> Result<(K, V)> {
-        Ok((
-            self.keys.deserialize(&self.core.name, Some(&k))?,
-            self.values.deserialize(&self.core.name, Some(&v))?,
-        ))
-    }
-
     /// The value of `key`.
     pub fn get(&self, key: &K) -> Result<Option<V>> {
         match self.core.get(&self.key(key)?)? {
@@ -100,49 +93,62 @@ impl<K: 'static, V: 'static> KeyValueStore<K, V> {
         Ok(old)
     }
 
-    /// Entries with keys from `from` to `to` (both included), in key-byte order.
-    pub fn range(&self, from: &K, to: &K) -> Result<Vec<(K, V)>> {
-        let (a, b) = (self.key(from)?, self.key(to)?);
-        self.core
-            .range(Bound::Included(&a), Bound::Included(&b))?
-            .into_iter()
-            .map(|e| self.decode(e))
-            .collect()
+    fn scan(&self, from: Bound<&[u8]>, to: Bound<&[u8]>) -> KeyValueIter<'_, K, V> {
+        KeyValueIter {
+            inner: Box::new(self.core.iter(from, to)),
+            keys: &*self.keys,
+            values: &*self.values,
+            name: &self.core.name,
+        }
     }
 
-    /// Entries whose key bytes start with the bytes of `prefix` (serialized with `serde`).
-    pub fn prefix_scan<P: 'static>(&self, prefix: &P, serde: &dyn Serde<P>) -> Result<Vec<(K, V)>> {
+    /// Entries with keys from `from` to `to` (both included), in key-byte order, read lazily
+    /// (a large range is never held in memory at once).
+    pub fn range(&self, from: &K, to: &K) -> Result<KeyValueIter<'_, K, V>> {
+        let (a, b) = (self.key(from)?, self.key(to)?);
+        Ok(self.scan(Bound::Included(&a), Bound::Included(&b)))
+    }
+
+    /// Entries whose key bytes start with the bytes of `prefix` (serialized with `serde`),
+    /// read lazily.
+    pub fn prefix_scan<P: 'static>(
+        &self,
+        prefix: &P,
+        serde: &dyn Serde<P>,
+    ) -> Result<KeyValueIter<'_, K, V>> {
         let p = key_bytes(&self.core.name, serde, prefix)?;
         let upper = prefix_upper_bound(&p);
         let to = match &upper {
             Some(u) => Bound::Excluded(u.as_slice()),
             None => Bound::Unbounded,
         };
-        self.core
-            .range(Bound::Included(&p), to)?
-            .into_iter()
-            .map(|e| self.decode(e))
-            .collect()
+        Ok(self.scan(Bound::Included(&p), to))
     }
 
-    /// Every entry, in key-byte order.
-    pub fn all(&self) -> Result<Vec<(K, V)>> {
-        self.core
-            .range(Bound::Unbounded, Bound::Unbounded)?
-            .into_iter()
-            .map(|e| self.decode(e))
-            .collect()
+    /// Every entry, in key-byte order, read lazily.
+    pub fn all(&self) -> Result<KeyValueIter<'_, K, V>> {
+        Ok(self.scan(Bound::Unbounded, Bound::Unbounded))
     }
 
-    /// The exact number of entries (a full scan; see
+    /// The exact number of entries (a full scan, in chunks; see
     /// [`approximate_num_entries`](Self::approximate_num_entries) for a cheap estimate).
     pub fn len(&self) -> Result<usize> {
-        Ok(self.core.range(Bound::Unbounded, Bound::Unbounded)?.len())
+        let mut n = 0;
+        for entry in self.core.iter(Bound::Unbounded, Bound::Unbounded) {
+            entry?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// Whether the store has no entries.
     pub fn is_empty(&self) -> Result<bool> {
-        Ok(self.len()? == 0)
+        Ok(self
+            .core
+            .iter(Bound::Unbounded, Bound::Unbounded)
+            .next()
+            .transpose()?
+            .is_none())
     }
 
     /// An estimate of the number of entries (committed ones, from RocksDB's estimate).
@@ -158,6 +164,33 @@ impl<K: 'static, V: 'static> KeyValueStore<K, V> {
     /// The write path, mutable (commit, drop uncommitted writes: what the runtime does).
     pub fn core_mut(&mut self) -> &mut StoreCore {
         &mut self.core
+    }
+}
+
+/// A key and a value, as bytes.
+type Entry = (Vec<u8>, Vec<u8>);
+
+/// The entries of a scan of a [`KeyValueStore`] (or of a [`ReadOnlyKeyValueStore`]), decoded,
+/// in key-byte order. It reads the store lazily, in chunks, so a scan of a large store holds
+/// only a chunk at a time; collect it with `.collect::<Result<Vec<_>>>()`.
+pub struct KeyValueIter<'a, K, V> {
+    inner: Box<dyn Iterator<Item = Result<Entry>> + 'a>,
+    keys: &'a dyn Serde<K>,
+    values: &'a dyn Serde<V>,
+    name: &'a str,
+}
+
+impl<K: 'static, V: 'static> Iterator for KeyValueIter<'_, K, V> {
+    type Item = Result<(K, V)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let entry = self.inner.next()?;
+        Some(entry.and_then(|(k, v)| {
+            Ok((
+                self.keys.deserialize(self.name, Some(&k))?,
+                self.values.deserialize(self.name, Some(&v))?,
+            ))
+        }))
     }
 }
 
@@ -281,17 +314,17 @@ impl<K: 'static, V: 'static> ReadOnlyKeyValueStore<K, V> {
         Ok(None)
     }
 
-    /// Every committed entry of every local partition (partition by partition, key order within).
-    pub fn all(&self) -> Result<Vec<(K, V)>> {
-        let mut out = vec![];
-        for (_, b) in &self.parts {
-            for (k, v) in b.range(Bound::Unbounded, Bound::Unbounded)? {
-                out.push((
-                    self.keys.deserialize(&self.name, Some(&k))?,
-                    self.values.deserialize(&self.name, Some(&v))?,
-                ));
-            }
-        }
-        Ok(out)
+    /// Every committed entry of every local partition (partition by partition, key order
+    /// within), read lazily.
+    pub fn all(&self) -> Result<KeyValueIter<'_, K, V>> {
+        let inner = self.parts.iter().flat_map(|(_, b)| {
+            super::bytes::Chunked::new(&**b, Bound::Unbounded, Bound::Unbounded)
+        });
+        Ok(KeyValueIter {
+            inner: Box::new(inner),
+            keys: &*self.keys,
+            values: &*self.values,
+            name: &self.name,
+        })
     }
 }

@@ -25,9 +25,10 @@ use std::any::Any;
 use std::path::Path;
 use std::sync::Arc;
 
+pub(crate) use self::bytes::is_open_under;
 pub use self::bytes::{Batch, BytesStore, MemoryBytes, RocksBytes};
-pub use self::core::{ChangelogTarget, StoreCore};
-pub use self::kv::{KeyValueStore, KeyValueStoreBuilder, ReadOnlyKeyValueStore};
+pub use self::core::{ChangelogTarget, RangeIter, StoreCore};
+pub use self::kv::{KeyValueIter, KeyValueStore, KeyValueStoreBuilder, ReadOnlyKeyValueStore};
 pub use self::rocks::{RocksConfigSetter, RocksResources};
 pub use self::session::{SessionStore, SessionStoreBuilder};
 pub use self::window::{WindowStore, WindowStoreBuilder};

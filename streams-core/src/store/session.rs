@@ -17,7 +17,6 @@ pub struct SessionStore<K, V> {
     keys: Arc<dyn Serde<K>>,
     values: Arc<dyn Serde<V>>,
     segments: Segments,
-    observed: i64,
 }
 
 impl<K: 'static, V: 'static> SessionStore<K, V> {
@@ -48,11 +47,11 @@ impl<K: 'static, V: 'static> SessionStore<K, V> {
 
     /// Stores `value` for the session `[start, end]` of `key`.
     pub fn put(&mut self, key: &K, start: i64, end: i64, value: &V) -> Result<()> {
-        self.observed = self.observed.max(end);
+        self.segments.observe(&self.core, end)?;
         let k = self.internal(&key_bytes(&self.core.name, &*self.keys, key)?, start, end);
         let v = self.values.serialize(&self.core.name, value)?;
         self.core.put(k, v);
-        Ok(())
+        self.segments.wrote(&self.core, self.segments.id(end))
     }
 
     /// Removes the session `[start, end]` of `key`.

@@ -1,6 +1,7 @@
 //! Window stores: values per key and window start, kept for a retention period in time
 //! segments that expire whole.
 
+use std::cell::Cell;
 use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,10 +24,28 @@ pub(crate) fn ts_from(b: &[u8]) -> i64 {
 }
 
 /// Segment layout shared by window and session stores: `segment id (8 bytes) || rest`.
-#[derive(Debug, Clone, Copy)]
+///
+/// It also tracks, per store instance, the segments that hold data, the stream time observed
+/// and the segments already expired, so that a fetch does not scan the store for its first
+/// and last key and a flush issues a range delete only when a segment newly expired. What it
+/// knows is valid for one generation of the store's data ([`StoreCore::generation`]); after
+/// dropped writes or a restoration it is computed again from the store.
+#[derive(Debug)]
 pub(crate) struct Segments {
     pub(crate) retention: i64,
     pub(crate) interval: i64,
+    known: Cell<Option<Known>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    generation: u64,
+    /// The first and last segment ids that may hold data (`None`: none does).
+    span: Option<(i64, i64)>,
+    /// The stream time seen (a lower bound after a reopen: the last segment's start).
+    observed: i64,
+    /// Segments below this id are expired (deleted, or deleted with the next commit).
+    expired_below: i64,
 }
 
 impl Segments {
@@ -36,24 +55,67 @@ impl Segments {
         Segments {
             retention,
             interval: (retention / 2).max(60_000),
+            known: Cell::new(None),
         }
     }
     pub(crate) fn id(&self, ts: i64) -> i64 {
         ts.div_euclid(self.interval)
     }
-    /// Drops the segments that only hold data older than `stream_time - retention`,
-    /// committed or not.
-    pub(crate) fn expire(&self, core: &mut StoreCore, stream_time: i64) -> Result<()> {
-        if stream_time == i64::MIN {
-            return Ok(());
+
+    fn known(&self, core: &StoreCore) -> Result<Known> {
+        if let Some(k) = self.known.get() {
+            if k.generation == core.generation() {
+                return Ok(k);
+            }
         }
-        let oldest_live = self.id(stream_time.saturating_sub(self.retention));
-        core.expire_below(&ts_bytes(oldest_live))
+        let span = core.key_span()?.map(|(a, b)| (ts_from(&a), ts_from(&b)));
+        let k = Known {
+            generation: core.generation(),
+            span,
+            observed: span.map_or(i64::MIN, |(_, hi)| hi.saturating_mul(self.interval)),
+            expired_below: i64::MIN,
+        };
+        self.known.set(Some(k));
+        Ok(k)
     }
 
-    /// The first and last segment ids holding data, if any.
-    pub(crate) fn span(&self, core: &StoreCore) -> Result<Option<(i64, i64)>> {
-        Ok(core.key_span()?.map(|(a, b)| (ts_from(&a), ts_from(&b))))
+    /// Records a write at `ts` (a window start, a session end) into segment `id(ts)`, and
+    /// returns the stream time observed so far, `ts` included.
+    pub(crate) fn observe(&self, core: &StoreCore, ts: i64) -> Result<i64> {
+        let mut k = self.known(core)?;
+        k.observed = k.observed.max(ts);
+        self.known.set(Some(k));
+        Ok(k.observed)
+    }
+
+    /// Records that segment `id` now holds data.
+    pub(crate) fn wrote(&self, core: &StoreCore, id: i64) -> Result<()> {
+        let mut k = self.known(core)?;
+        k.span = Some(k.span.map_or((id, id), |(lo, hi)| (lo.min(id), hi.max(id))));
+        self.known.set(Some(k));
+        Ok(())
+    }
+
+    /// Drops the segments that only hold data older than `stream time - retention`,
+    /// committed or not (in the bytes store with the next commit).
+    pub(crate) fn expire(&self, core: &mut StoreCore) -> Result<()> {
+        let mut k = self.known(core)?;
+        if k.observed == i64::MIN {
+            return Ok(());
+        }
+        let oldest_live = self.id(k.observed.saturating_sub(self.retention));
+        if oldest_live <= k.expired_below {
+            return Ok(());
+        }
+        k.expired_below = oldest_live;
+        if let Some((lo, hi)) = k.span {
+            if lo < oldest_live {
+                core.expire_below(&ts_bytes(oldest_live));
+                k.span = (hi >= oldest_live).then_some((oldest_live, hi));
+            }
+        }
+        self.known.set(Some(k));
+        Ok(())
     }
 
     /// The segment ids to visit for times `[from, to]`, clamped to the segments that exist.
@@ -63,18 +125,11 @@ impl Segments {
         from: i64,
         to: i64,
     ) -> Result<std::ops::RangeInclusive<i64>> {
-        Ok(match self.span(core)? {
+        Ok(match self.known(core)?.span {
             Some((lo, hi)) => self.id(from).max(lo)..=self.id(to).min(hi),
             #[allow(clippy::reversed_empty_ranges)]
             None => 1..=0,
         })
-    }
-
-    /// A lower bound of the stream time a reopened store had seen: its last segment's start.
-    pub(crate) fn observed(&self, core: &StoreCore) -> Result<i64> {
-        Ok(self
-            .span(core)?
-            .map_or(i64::MIN, |(_, hi)| hi.saturating_mul(self.interval)))
     }
 }
 
@@ -84,7 +139,6 @@ pub struct WindowStore<K, V> {
     keys: Arc<dyn Serde<K>>,
     values: Arc<dyn Serde<V>>,
     segments: Segments,
-    observed: i64,
 }
 
 impl<K: 'static, V: 'static> WindowStore<K, V> {
@@ -115,14 +169,16 @@ impl<K: 'static, V: 'static> WindowStore<K, V> {
     /// Stores `value` for `key` in the window starting at `window_start`; a window older
     /// than the retention (behind the largest start seen) is dropped and `false` returned.
     pub fn put(&mut self, key: &K, value: &V, window_start: i64) -> Result<bool> {
-        self.observed = self.observed.max(window_start);
-        if window_start < self.observed.saturating_sub(self.segments.retention) {
+        let observed = self.segments.observe(&self.core, window_start)?;
+        if window_start < observed.saturating_sub(self.segments.retention) {
             tracing::debug!(store = %self.core.name, window_start, "dropping a write to an expired window");
             return Ok(false);
         }
         let k = self.internal(&key_bytes(&self.core.name, &*self.keys, key)?, window_start);
         let v = self.values.serialize(&self.core.name, value)?;
         self.core.put(k, v);
+        self.segments
+            .wrote(&self.core, self.segments.id(window_start))?;
         Ok(true)
     }
 
@@ -206,7 +262,7 @@ macro_rules! segmented_store {
                 &self.core.name
             }
             fn flush(&mut self) -> Result<()> {
-                self.segments.expire(&mut self.core, self.observed)
+                self.segments.expire(&mut self.core)
             }
             fn as_any(&self) -> &dyn std::any::Any {
                 self
@@ -245,13 +301,11 @@ macro_rules! segmented_store {
             }
             fn build(&self, ctx: &StoreContext<'_>) -> Result<Box<dyn StateStore>> {
                 let core = self.options.open(&self.name, ctx)?;
-                let segments = Segments::new(self.retention);
                 Ok(Box::new($store {
-                    observed: segments.observed(&core)?,
+                    segments: Segments::new(self.retention),
                     core,
                     keys: self.keys.clone(),
                     values: self.values.clone(),
-                    segments,
                 }))
             }
         }

@@ -1,0 +1,296 @@
+//! Restoration of new tasks' change-logged stores, in steps between processing rounds.
+//!
+//! A task the consumer was assigned is created (stores opened, processors not yet
+//! initialised) and queued here; the stream thread then calls [`Restorer::step`] on every round
+//! of its loop, which reads the changelogs for a bounded time and returns the tasks whose
+//! stores reached their changelogs' ends. Restoration never runs inside a rebalance callback
+//! and never keeps the thread from polling its consumer for long, so a long restoration does
+//! not exceed `max.poll.interval.ms` and get the member thrown out of the group (which would
+//! close and restore every task again). Kafka Streams' state updater does the same.
+//!
+//! Changelog partitions are read one at a time, from the offset each store has stored (or from
+//! the start), `read_committed`, in batches written without the write-ahead log. A changelog
+//! partition is done at librdkafka's end-of-partition event, or when the position has reached
+//! the end offset the broker reported and nothing arrived for a while: end-of-partition only
+//! comes when the position *equals* the last stable offset, and a stored offset past another
+//! producer's open transaction starts beyond it.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::RestoreListener;
+use crate::store::Batch;
+use crate::task::{Task, TaskId};
+use crate::{Error, Result};
+
+/// Records written to a store in one batch.
+const BATCH: usize = 10_000;
+/// How long nothing must arrive, at or past the end offset, for a changelog to count as read.
+const QUIET: Duration = Duration::from_millis(500);
+
+/// A task waiting for, or in, restoration.
+pub(crate) struct Pending {
+    pub(crate) task: Task,
+    pub(crate) dir: PathBuf,
+    /// The logged stores not yet restored, by name.
+    stores: VecDeque<String>,
+}
+
+/// The changelog partition being read.
+struct Cursor {
+    store: String,
+    topic: Arc<str>,
+    partition: i32,
+    start: i64,
+    end: i64,
+    last: Option<i64>,
+    total: u64,
+    batch: Batch,
+    started: Instant,
+    quiet_since: Option<Instant>,
+    errors_in_a_row: u32,
+    last_report: Instant,
+}
+
+/// Queued tasks and the consumer that reads their changelogs.
+#[derive(Default)]
+pub(crate) struct Restorer {
+    consumer: Option<BaseConsumer>,
+    queue: VecDeque<Pending>,
+    current: Option<Cursor>,
+}
+
+/// What restoration needs from the thread.
+pub(crate) struct RestoreEnv<'a> {
+    /// Creates the restore consumer when there is none yet.
+    pub(crate) make_consumer: &'a dyn Fn() -> Result<BaseConsumer>,
+    pub(crate) listener: Option<&'a Arc<dyn RestoreListener>>,
+    pub(crate) client_timeout: Duration,
+}
+
+impl Restorer {
+    /// Queues a created task; its processors are initialised when it is returned by `step`.
+    pub(crate) fn add(&mut self, mut task: Task, dir: PathBuf) {
+        let stores = task.logged_stores().map(|c| c.name().to_string()).collect();
+        self.queue.push_back(Pending { task, dir, stores });
+    }
+
+    /// Whether no task waits for restoration.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// The ids of the queued tasks.
+    pub(crate) fn task_ids(&self) -> impl Iterator<Item = TaskId> + '_ {
+        self.queue.iter().map(|p| p.task.id)
+    }
+
+    /// Whether `id` is queued.
+    pub(crate) fn contains(&self, id: TaskId) -> bool {
+        self.queue.iter().any(|p| p.task.id == id)
+    }
+
+    /// The queued task `id`, to buffer records fetched for it before it runs.
+    pub(crate) fn task_mut(&mut self, id: TaskId) -> Option<&mut Task> {
+        self.queue
+            .iter_mut()
+            .find(|p| p.task.id == id)
+            .map(|p| &mut p.task)
+    }
+
+    /// Takes every queued task out (a revocation, a rewind, shutdown) and stops reading.
+    pub(crate) fn take_all(&mut self) -> Vec<Pending> {
+        if let Some(c) = self.current.take() {
+            tracing::info!(store = %c.store, partition = c.partition, restored = c.total, "restoration interrupted");
+        }
+        if let Some(consumer) = &self.consumer {
+            let _ = consumer.unassign();
+        }
+        self.queue.drain(..).collect()
+    }
+
+    /// Reads changelogs for up to `budget` and returns the tasks whose stores are all restored
+    /// (in queue order; their processors are not initialised yet).
+    pub(crate) fn step(&mut self, env: &RestoreEnv<'_>, budget: Duration) -> Result<Vec<Pending>> {
+        let deadline = Instant::now() + budget;
+        let mut done = vec![];
+        loop {
+            if self.current.is_none() {
+                let Some(pending) = self.queue.front_mut() else {
+                    break;
+                };
+                let Some(store) = pending.stores.pop_front() else {
+                    done.extend(self.queue.pop_front());
+                    continue;
+                };
+                if self.consumer.is_none() {
+                    self.consumer = Some((env.make_consumer)()?);
+                }
+                let consumer = self.consumer.as_ref().unwrap();
+                self.current = Some(open(consumer, &mut pending.task, store, env)?);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let consumer = self.consumer.as_ref().unwrap();
+            let cursor = self.current.as_mut().unwrap();
+            let task = &mut self.queue.front_mut().unwrap().task;
+            if read(consumer, cursor, task, env, left.min(QUIET))? {
+                let cursor = self.current.take().unwrap();
+                finish(task, cursor, env)?;
+                let _ = consumer.unassign();
+            }
+        }
+        Ok(done)
+    }
+}
+
+fn store_of<'t>(task: &'t mut Task, name: &str) -> Result<&'t mut crate::store::StoreCore> {
+    task.logged_stores()
+        .find(|c| c.name() == name)
+        .ok_or_else(|| Error::State {
+            store: name.to_string(),
+            message: "no such logged store in the task".into(),
+        })
+}
+
+/// Starts reading the changelog partition of `store`: from its stored offset, unless the
+/// changelog no longer holds the records after it (wipe, read from the start).
+fn open(
+    consumer: &BaseConsumer,
+    task: &mut Task,
+    store: String,
+    env: &RestoreEnv<'_>,
+) -> Result<Cursor> {
+    let core = store_of(task, &store)?;
+    let target = core
+        .changelog
+        .clone()
+        .expect("only logged stores are restored");
+    let mut from = core.committed_offset()?.map(|o| o + 1);
+    // The end offset: ListOffsets of a read_committed consumer, the last stable offset.
+    let (low, end) = consumer
+        .fetch_watermarks(&target.topic, target.partition, env.client_timeout)
+        .map_err(|e| Error::kafka(format!("watermarks of {}", target.topic), e))?;
+    if let Some(f) = from {
+        // The changelog no longer holds the records after the stored offset (truncated by
+        // retention, or deleted and recreated): rebuild from what it has.
+        if f < low {
+            tracing::warn!(store = %store, partition = target.partition, stored = f - 1, log_start = low, "the changelog starts after the stored offset; wiping the store and restoring from the start");
+            core.wipe()?;
+            from = None;
+        }
+    }
+    let start = from.unwrap_or(0);
+    let mut tpl = TopicPartitionList::new();
+    // Offset 0 rather than Beginning when nothing is stored: no ListOffsets round trip; a
+    // changelog that starts later falls back to auto.offset.reset=earliest.
+    tpl.add_partition_offset(&target.topic, target.partition, Offset::Offset(start))
+        .map_err(|e| Error::kafka("restore assignment", e))?;
+    consumer
+        .assign(&tpl)
+        .map_err(|e| Error::kafka("assign changelog", e))?;
+    if let Some(l) = env.listener {
+        l.on_restore_start(&store, target.partition, start);
+    }
+    Ok(Cursor {
+        store,
+        topic: target.topic,
+        partition: target.partition,
+        start,
+        end,
+        last: None,
+        total: 0,
+        batch: Vec::new(),
+        started: Instant::now(),
+        quiet_since: None,
+        errors_in_a_row: 0,
+        last_report: Instant::now(),
+    })
+}
+
+/// Reads for up to `wait`; returns whether the changelog partition was read to its end.
+fn read(
+    consumer: &BaseConsumer,
+    c: &mut Cursor,
+    task: &mut Task,
+    env: &RestoreEnv<'_>,
+    wait: Duration,
+) -> Result<bool> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match consumer.poll(left) {
+            None => {
+                let quiet = *c.quiet_since.get_or_insert_with(Instant::now);
+                let position = c.last.map_or(c.start, |o| o + 1);
+                // Only after a quiet spell: a broker that under-reports the end offset keeps
+                // delivering records past it.
+                return Ok(position >= c.end && quiet.elapsed() >= QUIET);
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => return Ok(true),
+            Some(Err(e)) => {
+                let e = Error::kafka(format!("restore {}", c.topic), e);
+                c.errors_in_a_row += 1;
+                if e.is_fatal() || c.errors_in_a_row > 20 {
+                    return Err(e);
+                }
+                tracing::warn!(error = %e, "restore consumer error");
+            }
+            Some(Ok(m)) => {
+                c.errors_in_a_row = 0;
+                c.quiet_since = None;
+                c.last = Some(m.offset());
+                if let Some(key) = m.key() {
+                    c.batch
+                        .push((key.to_vec(), m.payload().map(<[u8]>::to_vec)));
+                }
+                if c.batch.len() >= BATCH {
+                    write(task, c, env)?;
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+    }
+}
+
+/// Writes the cursor's batch to its store, with the offset it reaches.
+fn write(task: &mut Task, c: &mut Cursor, env: &RestoreEnv<'_>) -> Result<()> {
+    let Some(last) = c.last else {
+        return Ok(());
+    };
+    let n = c.batch.len() as u64;
+    store_of(task, &c.store)?.restore_batch(std::mem::take(&mut c.batch), last)?;
+    c.total += n;
+    if let Some(l) = env.listener {
+        l.on_batch_restored(&c.store, c.partition, last, n);
+    }
+    if c.last_report.elapsed() > Duration::from_secs(5) {
+        c.last_report = Instant::now();
+        tracing::info!(store = %c.store, partition = c.partition, restored = c.total, rate = c.total as f64 / c.started.elapsed().as_secs_f64(), "restoring");
+    }
+    Ok(())
+}
+
+fn finish(task: &mut Task, mut c: Cursor, env: &RestoreEnv<'_>) -> Result<()> {
+    if !c.batch.is_empty() {
+        write(task, &mut c, env)?;
+    }
+    store_of(task, &c.store)?.restored()?;
+    let secs = c.started.elapsed().as_secs_f64();
+    tracing::info!(task = %task.id, store = %c.store, partition = c.partition, from = c.start, restored = c.total, seconds = secs, rate = c.total as f64 / secs.max(1e-9), "restored");
+    if let Some(l) = env.listener {
+        l.on_restore_end(&c.store, c.partition, c.total);
+    }
+    Ok(())
+}
