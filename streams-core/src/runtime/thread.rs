@@ -820,13 +820,16 @@ impl Inner {
         if !cured_by_rewind(&error) {
             return Err(error);
         }
-        // Exactly-once: whatever this transaction holds is dropped. When the producer cannot
-        // abort (a commit still in flight after a timeout, a broker that does not answer), it
-        // is replaced: its successor's initialisation ends the transaction, committed or
-        // aborted, and the rewind reads the outcome back (committed offsets from the group,
-        // committed changelog records by restoration).
-        tracing::warn!(thread = %self.name, %error, "the transaction cannot commit; aborting it, the tasks reprocess from the last commit");
+        // Exactly-once: whatever this transaction holds is dropped, and the producer is
+        // replaced after the abort. An abort can fail (a commit still in flight after a
+        // timeout, a broker that does not answer), and one that librdkafka reports done
+        // after records timed out may leave the broker holding the transaction open (produce
+        // requests that were on the wire): the successor's initialisation, with the same
+        // transactional id, ends it on the broker either way, and the rewind reads the outcome
+        // back (committed offsets from the group, committed changelog records by restoration).
+        tracing::warn!(thread = %self.name, %error, "the transaction cannot commit; aborting it and replacing the producer; the tasks reprocess from the last commit");
         self.abandon_transaction();
+        self.drop_producer();
         self.close_all_tasks(false);
         self.ensure_producer()?;
         Ok(true)
@@ -1170,10 +1173,23 @@ fn rewind(consumer: &BaseConsumer<ThreadContext>, inner: &mut Inner) -> Result<(
         .committed_offsets(assignment.clone(), timeout)
         .map_err(|e| Error::kafka("committed offsets", e))?;
     let mut seek = TopicPartitionList::new();
+    // A partition without a committed offset goes back to where auto.offset.reset put it:
+    // offset 0 for "earliest" (a log that starts later falls back to the reset policy), not
+    // the logical Beginning, whose offset lookup librdkafka does not finish when the
+    // partition is paused right after (restoration pauses it), leaving it unfetched.
+    let from_latest = matches!(
+        inner
+            .config
+            .client_properties
+            .get("auto.offset.reset")
+            .map(String::as_str),
+        Some("latest" | "largest" | "end")
+    );
     for e in committed.elements() {
         let offset = match e.offset() {
             Offset::Offset(o) => Offset::Offset(o),
-            _ => Offset::Beginning,
+            _ if from_latest => Offset::End,
+            _ => Offset::Offset(0),
         };
         seek.add_partition_offset(e.topic(), e.partition(), offset)
             .map_err(|e| Error::kafka("seek list", e))?;
