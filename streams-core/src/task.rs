@@ -552,6 +552,10 @@ impl Task {
             let Some(core) = store.core_mut() else {
                 continue;
             };
+            // After every record: only stores that queued changelog records.
+            if !commit && !core.has_outbox() {
+                continue;
+            }
             let Some(target) = core.changelog.clone() else {
                 continue;
             };

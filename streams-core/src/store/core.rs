@@ -139,6 +139,11 @@ impl StoreCore {
         }
     }
 
+    /// Whether changelog records wait to be sent.
+    pub(crate) fn has_outbox(&self) -> bool {
+        !self.outbox.is_empty()
+    }
+
     /// Changelog records to send now (without caching: every write since the last call).
     pub fn take_outbox(&mut self) -> Batch {
         std::mem::take(&mut self.outbox)
