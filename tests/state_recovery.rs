@@ -173,6 +173,24 @@ fn config(app: &str, dir: &std::path::Path, restores: &Restores) -> StreamsConfi
         .set("heartbeat.interval.ms", "1000")
 }
 
+/// Unique names for a test's input, output and application, with the input and output topics
+/// created with one partition, and the store's changelog (compacted) when asked for.
+fn one_partition_app(prefix: &str, changelog: bool) -> (String, String, String) {
+    let bootstrap = bootstrap_servers();
+    let (input, output, app) = (
+        unique(&format!("{prefix}-in")),
+        unique(&format!("{prefix}-out")),
+        unique(&format!("{prefix}-app")),
+    );
+    create_topic(&bootstrap, &input, 1, &[]).unwrap();
+    create_topic(&bootstrap, &output, 1, &[]).unwrap();
+    if changelog {
+        let topic = format!("{app}-counts-changelog");
+        create_topic(&bootstrap, &topic, 1, &[("cleanup.policy", "compact")]).unwrap();
+    }
+    (input, output, app)
+}
+
 /// Polls `condition` (every 50 ms) for up to two minutes.
 fn wait_until(condition: impl Fn() -> bool) {
     let deadline = Instant::now() + LONG;
@@ -484,9 +502,7 @@ fn a_migrated_task_restores_from_the_changelog_and_keeps_counting() {
 #[test]
 fn processors_are_initialised_after_restoration() {
     let bootstrap = bootstrap_servers();
-    let (input, output, app) = (unique("init-in"), unique("init-out"), unique("init-app"));
-    create_topic(&bootstrap, &input, 1, &[]).unwrap();
-    create_topic(&bootstrap, &output, 1, &[]).unwrap();
+    let (input, output, app) = one_partition_app("init", false);
     let dir = std::env::temp_dir().join(unique("init-state"));
     const N: usize = 100;
     let restores = Restores::default();
@@ -527,11 +543,8 @@ fn processors_are_initialised_after_restoration() {
 #[test]
 fn restoration_ends_when_the_stored_offset_is_past_an_open_transaction() {
     let bootstrap = bootstrap_servers();
-    let (input, output, app) = (unique("lso-in"), unique("lso-out"), unique("lso-app"));
-    create_topic(&bootstrap, &input, 1, &[]).unwrap();
-    create_topic(&bootstrap, &output, 1, &[]).unwrap();
+    let (input, output, app) = one_partition_app("lso", true);
     let changelog = format!("{app}-counts-changelog");
-    create_topic(&bootstrap, &changelog, 1, &[("cleanup.policy", "compact")]).unwrap();
     // A zombie: a transaction on the changelog that stays open for the whole test.
     let zombie: BaseProducer = streams_testkit::kafka::client_config(&bootstrap)
         .set("transactional.id", unique("lso-zombie"))
@@ -642,11 +655,8 @@ fn a_crash_in_the_middle_of_a_restoration_leaves_a_consistent_store() {
         return run_restore_crash_child(&args);
     }
     let bootstrap = bootstrap_servers();
-    let (input, output, app) = (unique("rk-in"), unique("rk-out"), unique("rk-app"));
-    create_topic(&bootstrap, &input, 1, &[]).unwrap();
-    create_topic(&bootstrap, &output, 1, &[]).unwrap();
+    let (input, output, app) = one_partition_app("rk", true);
     let changelog = format!("{app}-counts-changelog");
-    create_topic(&bootstrap, &changelog, 1, &[("cleanup.policy", "compact")]).unwrap();
     const N: u64 = 250_000;
     let p = producer(&bootstrap);
     let mut expected = BTreeMap::new();
@@ -707,9 +717,7 @@ fn a_crash_in_the_middle_of_a_restoration_leaves_a_consistent_store() {
 #[test]
 fn state_unowned_for_longer_than_the_cleanup_delay_is_rebuilt_from_the_changelog() {
     let bootstrap = bootstrap_servers();
-    let (input, output, app) = (unique("cl-in"), unique("cl-out"), unique("cl-app"));
-    create_topic(&bootstrap, &input, 1, &[]).unwrap();
-    create_topic(&bootstrap, &output, 1, &[]).unwrap();
+    let (input, output, app) = one_partition_app("cl", false);
     let dir = std::env::temp_dir().join(unique("cl-state"));
     const DELAY: Duration = Duration::from_secs(2);
     let run = |n: usize| {
@@ -762,11 +770,8 @@ fn state_unowned_for_longer_than_the_cleanup_delay_is_rebuilt_from_the_changelog
 #[test]
 fn a_restoration_longer_than_the_poll_interval_runs_once() {
     let bootstrap = bootstrap_servers();
-    let (input, output, app) = (unique("slow-in"), unique("slow-out"), unique("slow-app"));
-    create_topic(&bootstrap, &input, 1, &[]).unwrap();
-    create_topic(&bootstrap, &output, 1, &[]).unwrap();
+    let (input, output, app) = one_partition_app("slow", true);
     let changelog = format!("{app}-counts-changelog");
-    create_topic(&bootstrap, &changelog, 1, &[("cleanup.policy", "compact")]).unwrap();
     const N: u64 = 100_000;
     let p = producer(&bootstrap);
     for i in 0..N {

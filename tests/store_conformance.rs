@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use streams_core::serde::{BigEndian, Nullable, RawBytes, Utf8};
 use streams_core::store::{
-    Batch, KeyValueStore, KeyValueStoreBuilder, RocksResources, SessionStore, SessionStoreBuilder,
-    StateStore, StoreBuilder, StoreContext, WindowStore, WindowStoreBuilder,
+    Batch, KeyValueIter, KeyValueStore, KeyValueStoreBuilder, RocksResources, SessionStore,
+    SessionStoreBuilder, StateStore, StoreBuilder, StoreContext, WindowStore, WindowStoreBuilder,
 };
 use streams_core::TaskId;
 
@@ -188,6 +188,18 @@ fn kv_builder(name: &str) -> KeyValueStoreBuilder<String, u64> {
     KeyValueStore::<String, u64>::builder(name, Utf8, BigEndian)
 }
 
+/// A scan's entries, collected.
+fn scan<K, V>(entries: streams_core::Result<KeyValueIter<'_, K, V>>) -> Vec<(K, V)>
+where
+    K: 'static,
+    V: 'static,
+{
+    entries
+        .unwrap()
+        .collect::<std::result::Result<_, _>>()
+        .unwrap()
+}
+
 fn s(x: &str) -> String {
     x.to_string()
 }
@@ -261,13 +273,7 @@ fn kv_put_get_delete(persistent: bool) {
     kv.core_mut().commit(None).unwrap();
     assert_eq!(kv.get(&s("a")).unwrap(), Some(5));
     assert_eq!(kv.get(&s("b")).unwrap(), None);
-    assert_eq!(
-        kv.all()
-            .unwrap()
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .unwrap(),
-        entries(&[("a", 5)])
-    );
+    assert_eq!(scan(kv.all()), entries(&[("a", 5)]));
 }
 conformance!(kv_put_get_delete: kv_put_get_delete_rocksdb, kv_put_get_delete_memory);
 
@@ -284,13 +290,7 @@ fn kv_put_null_deletes(persistent: bool) {
     kv.core_mut().commit(None).unwrap();
     kv.put(&s("a"), &None).unwrap();
     assert_eq!(kv.get(&s("a")).unwrap(), None);
-    assert_eq!(
-        kv.all()
-            .unwrap()
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .unwrap(),
-        vec![(s("b"), Some(2))]
-    );
+    assert_eq!(scan(kv.all()), vec![(s("b"), Some(2))]);
     assert_eq!(
         kv.core_mut().take_outbox(),
         vec![rec("a", Some(1)), rec("b", Some(2)), (b"a".to_vec(), None)]
@@ -311,65 +311,34 @@ fn kv_range(persistent: bool) {
 
     for stage in ["pending", "committed"] {
         assert_eq!(
-            kv.range(&s("a"), &s("b"))
-                .unwrap()
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .unwrap(),
+            scan(kv.range(&s("a"), &s("b"))),
             entries(&[("a", 1), ("aa", 2), ("b", 3)]),
             "{stage}: both bounds included, key-byte order"
         );
         assert_eq!(
-            kv.range(&s("aa"), &s("ba"))
-                .unwrap()
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .unwrap(),
+            scan(kv.range(&s("aa"), &s("ba"))),
             entries(&[("aa", 2), ("b", 3), ("ba", 4)]),
             "{stage}"
         );
         assert_eq!(
-            kv.range(&s("ab"), &s("bz"))
-                .unwrap()
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .unwrap(),
+            scan(kv.range(&s("ab"), &s("bz"))),
             entries(&[("b", 3), ("ba", 4)]),
             "{stage}: bounds need not be keys"
         );
+        assert_eq!(scan(kv.range(&s("b"), &s("b"))), entries(&[("b", 3)]));
+        assert_eq!(scan(kv.range(&s("bb"), &s("bz"))), vec![], "{stage}");
         assert_eq!(
-            kv.range(&s("b"), &s("b"))
-                .unwrap()
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .unwrap(),
-            entries(&[("b", 3)])
-        );
-        assert_eq!(
-            kv.range(&s("bb"), &s("bz"))
-                .unwrap()
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .unwrap(),
-            vec![],
-            "{stage}"
-        );
-        assert_eq!(
-            kv.range(&s("c"), &s("a"))
-                .unwrap()
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .unwrap(),
+            scan(kv.range(&s("c"), &s("a"))),
             vec![],
             "{stage}: from > to"
         );
         assert_eq!(
-            kv.range(&s("b"), &s("aa"))
-                .unwrap()
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .unwrap(),
+            scan(kv.range(&s("b"), &s("aa"))),
             vec![],
             "{stage}: from > to"
         );
         assert_eq!(
-            kv.range(&s(""), &s("zzz"))
-                .unwrap()
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .unwrap(),
+            scan(kv.range(&s(""), &s("zzz"))),
             entries(&[("a", 1), ("aa", 2), ("b", 3), ("ba", 4), ("c", 5)]),
             "{stage}"
         );
@@ -385,34 +354,12 @@ fn kv_range(persistent: bool) {
         nums.put(&k, &((k + 10) as u64)).unwrap();
     }
     let expected: Vec<(i64, u64)> = vec![(1, 11), (2, 12), (-2, 8), (-1, 9)];
-    assert_eq!(
-        nums.range(&1, &-1)
-            .unwrap()
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .unwrap(),
-        expected
-    );
+    assert_eq!(scan(nums.range(&1, &-1)), expected);
     nums.core_mut().commit(None).unwrap();
+    assert_eq!(scan(nums.range(&1, &-1)), expected);
+    assert_eq!(scan(nums.range(&-1, &1)), vec![], "from > to in key bytes");
     assert_eq!(
-        nums.range(&1, &-1)
-            .unwrap()
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .unwrap(),
-        expected
-    );
-    assert_eq!(
-        nums.range(&-1, &1)
-            .unwrap()
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .unwrap(),
-        vec![],
-        "from > to in key bytes"
-    );
-    assert_eq!(
-        nums.all()
-            .unwrap()
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .unwrap(),
+        scan(nums.all()),
         vec![(0, 10), (1, 11), (2, 12), (-2, 8), (-1, 9)]
     );
 }
@@ -427,54 +374,22 @@ fn kv_prefix_scan(persistent: bool) {
 
     for stage in ["pending", "committed"] {
         assert_eq!(
-            kv.prefix_scan(&s("a/"), &Utf8)
-                .unwrap()
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .unwrap(),
+            scan(kv.prefix_scan(&s("a/"), &Utf8)),
             entries(&[("a/1", 1), ("a/2", 2)]),
             "{stage}"
         );
         assert_eq!(
-            kv.prefix_scan(&s("a"), &Utf8)
-                .unwrap()
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .unwrap(),
+            scan(kv.prefix_scan(&s("a"), &Utf8)),
             entries(&[("a", 0), ("a/1", 1), ("a/2", 2), ("a0", 5), ("ab", 3)]),
             "{stage}"
         );
         assert_eq!(
-            kv.prefix_scan(&s("a/1"), &Utf8)
-                .unwrap()
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .unwrap(),
+            scan(kv.prefix_scan(&s("a/1"), &Utf8)),
             entries(&[("a/1", 1)])
         );
-        assert_eq!(
-            kv.prefix_scan(&s("c"), &Utf8)
-                .unwrap()
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .unwrap(),
-            vec![],
-            "{stage}"
-        );
-        assert_eq!(
-            kv.prefix_scan(&s("a/3"), &Utf8)
-                .unwrap()
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .unwrap(),
-            vec![],
-            "{stage}"
-        );
-        assert_eq!(
-            kv.prefix_scan(&s(""), &Utf8)
-                .unwrap()
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .unwrap(),
-            kv.all()
-                .unwrap()
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .unwrap()
-        );
+        assert_eq!(scan(kv.prefix_scan(&s("c"), &Utf8)), vec![], "{stage}");
+        assert_eq!(scan(kv.prefix_scan(&s("a/3"), &Utf8)), vec![], "{stage}");
+        assert_eq!(scan(kv.prefix_scan(&s(""), &Utf8)), scan(kv.all()));
         kv.core_mut().commit(None).unwrap();
     }
 
@@ -499,18 +414,12 @@ fn kv_prefix_scan(persistent: bool) {
     }
     for stage in ["pending", "committed"] {
         assert_eq!(
-            raw.prefix_scan(&vec![0x01, 0xff], &RawBytes)
-                .unwrap()
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .unwrap(),
+            scan(raw.prefix_scan(&vec![0x01, 0xff], &RawBytes)),
             vec![(vec![0x01, 0xff], 1), (vec![0x01, 0xff, 0x00], 2)],
             "{stage}"
         );
         assert_eq!(
-            raw.prefix_scan(&vec![0xff], &RawBytes)
-                .unwrap()
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .unwrap(),
+            scan(raw.prefix_scan(&vec![0xff], &RawBytes)),
             vec![
                 (vec![0xff], 5),
                 (vec![0xff, 0x01], 6),
@@ -519,10 +428,7 @@ fn kv_prefix_scan(persistent: bool) {
             "{stage}"
         );
         assert_eq!(
-            raw.prefix_scan(&vec![0xff, 0xff], &RawBytes)
-                .unwrap()
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .unwrap(),
+            scan(raw.prefix_scan(&vec![0xff, 0xff], &RawBytes)),
             vec![(vec![0xff, 0xff], 7)],
             "{stage}"
         );
@@ -534,13 +440,7 @@ conformance!(kv_prefix_scan: kv_prefix_scan_rocksdb, kv_prefix_scan_memory);
 fn kv_all_and_len(persistent: bool) {
     let env = Env::new(persistent);
     let mut kv = env.kv(kv_builder("kv"));
-    assert_eq!(
-        kv.all()
-            .unwrap()
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .unwrap(),
-        vec![]
-    );
+    assert_eq!(scan(kv.all()), vec![]);
     assert_eq!(kv.len().unwrap(), 0);
     assert!(kv.is_empty().unwrap());
 
@@ -548,10 +448,7 @@ fn kv_all_and_len(persistent: bool) {
     kv.core_mut().commit(None).unwrap();
     put_all(&mut kv, &[("c", 3), ("a", 10)]);
     assert_eq!(
-        kv.all()
-            .unwrap()
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .unwrap(),
+        scan(kv.all()),
         entries(&[("a", 10), ("b", 2), ("c", 3)]),
         "in key order, pending writes included"
     );
@@ -561,13 +458,7 @@ fn kv_all_and_len(persistent: bool) {
     kv.delete(&s("b")).unwrap();
     assert_eq!(kv.len().unwrap(), 2);
     kv.core_mut().commit(None).unwrap();
-    assert_eq!(
-        kv.all()
-            .unwrap()
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .unwrap(),
-        entries(&[("a", 10), ("c", 3)])
-    );
+    assert_eq!(scan(kv.all()), entries(&[("a", 10), ("c", 3)]));
     assert_eq!(kv.len().unwrap(), 2);
 }
 conformance!(kv_all_and_len: kv_all_and_len_rocksdb, kv_all_and_len_memory);
@@ -620,27 +511,9 @@ fn kv_read_your_writes(persistent: bool) {
     );
     assert_eq!(kv.get(&s("d")).unwrap(), Some(4));
     let visible = entries(&[("a", 10), ("c", 3), ("d", 4)]);
-    assert_eq!(
-        kv.range(&s("a"), &s("d"))
-            .unwrap()
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .unwrap(),
-        visible
-    );
-    assert_eq!(
-        kv.range(&s("b"), &s("b"))
-            .unwrap()
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .unwrap(),
-        vec![]
-    );
-    assert_eq!(
-        kv.all()
-            .unwrap()
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .unwrap(),
-        visible
-    );
+    assert_eq!(scan(kv.range(&s("a"), &s("d"))), visible);
+    assert_eq!(scan(kv.range(&s("b"), &s("b"))), vec![]);
+    assert_eq!(scan(kv.all()), visible);
     assert_eq!(kv.len().unwrap(), 3);
 
     kv.core_mut().drop_uncommitted();
@@ -649,31 +522,13 @@ fn kv_read_your_writes(persistent: bool) {
     assert_eq!(kv.get(&s("a")).unwrap(), Some(1));
     assert_eq!(kv.get(&s("b")).unwrap(), Some(2));
     assert_eq!(kv.get(&s("d")).unwrap(), None);
-    assert_eq!(
-        kv.range(&s("a"), &s("d"))
-            .unwrap()
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .unwrap(),
-        committed
-    );
-    assert_eq!(
-        kv.all()
-            .unwrap()
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .unwrap(),
-        committed
-    );
+    assert_eq!(scan(kv.range(&s("a"), &s("d"))), committed);
+    assert_eq!(scan(kv.all()), committed);
     assert_eq!(kv.len().unwrap(), 3);
 
     // Committing nothing after a drop changes nothing.
     kv.core_mut().commit(None).unwrap();
-    assert_eq!(
-        kv.all()
-            .unwrap()
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .unwrap(),
-        committed
-    );
+    assert_eq!(scan(kv.all()), committed);
 
     // A pending write then committed is durable against later drops.
     kv.delete(&s("c")).unwrap();
@@ -681,13 +536,7 @@ fn kv_read_your_writes(persistent: bool) {
     kv.put(&s("c"), &30).unwrap();
     kv.core_mut().drop_uncommitted();
     assert_eq!(kv.get(&s("c")).unwrap(), None);
-    assert_eq!(
-        kv.all()
-            .unwrap()
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .unwrap(),
-        entries(&[("a", 1), ("b", 2)])
-    );
+    assert_eq!(scan(kv.all()), entries(&[("a", 1), ("b", 2)]));
 }
 conformance!(kv_read_your_writes: kv_read_your_writes_rocksdb, kv_read_your_writes_memory);
 
@@ -721,13 +570,7 @@ fn kv_commit_offset(persistent: bool) {
         Some(50),
         "an offset is stored even without pending writes"
     );
-    assert_eq!(
-        kv.all()
-            .unwrap()
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .unwrap(),
-        entries(&[("a", 1), ("b", 2)])
-    );
+    assert_eq!(scan(kv.all()), entries(&[("a", 1), ("b", 2)]));
 }
 conformance!(kv_commit_offset: kv_commit_offset_rocksdb, kv_commit_offset_memory);
 
@@ -789,13 +632,7 @@ fn kv_changelog_cached(persistent: bool) {
         vec![],
         "caching holds records back"
     );
-    assert_eq!(
-        kv.all()
-            .unwrap()
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .unwrap(),
-        entries(&[("b", 2), ("c", 3)])
-    );
+    assert_eq!(scan(kv.all()), entries(&[("b", 2), ("c", 3)]));
     assert_eq!(
         kv.core_mut().cache_flush(),
         vec![
@@ -807,13 +644,7 @@ fn kv_changelog_cached(persistent: bool) {
         "the last write per key"
     );
     kv.core_mut().commit(Some(3)).unwrap();
-    assert_eq!(
-        kv.all()
-            .unwrap()
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .unwrap(),
-        entries(&[("b", 2), ("c", 3)])
-    );
+    assert_eq!(scan(kv.all()), entries(&[("b", 2), ("c", 3)]));
     assert_eq!(
         kv.core_mut().cache_flush(),
         vec![],
@@ -836,10 +667,7 @@ fn kv_changelog_disabled(persistent: bool) {
         assert_eq!(kv.core_mut().cache_flush(), vec![], "{name}");
         kv.core_mut().commit(None).unwrap();
         assert_eq!(
-            kv.all()
-                .unwrap()
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .unwrap(),
+            scan(kv.all()),
             entries(&[("b", 2)]),
             "{name}: still a store"
         );
@@ -856,35 +684,16 @@ fn kv_reopen(persistent: bool) {
         // Uncommitted at the "crash": a new key, an overwrite, a delete.
         put_all(&mut kv, &[("c", 3), ("b", 20)]);
         kv.delete(&s("a")).unwrap();
-        assert_eq!(
-            kv.all()
-                .unwrap()
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .unwrap(),
-            entries(&[("b", 20), ("c", 3)])
-        );
+        assert_eq!(scan(kv.all()), entries(&[("b", 20), ("c", 3)]));
         drop(kv);
     }
     let kv = env.kv(kv_builder("kv"));
     if persistent {
-        assert_eq!(
-            kv.all()
-                .unwrap()
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .unwrap(),
-            entries(&[("a", 1), ("b", 2)])
-        );
+        assert_eq!(scan(kv.all()), entries(&[("a", 1), ("b", 2)]));
         assert_eq!(kv.get(&s("c")).unwrap(), None);
         assert_eq!(kv.core().committed_offset().unwrap(), Some(7));
     } else {
-        assert_eq!(
-            kv.all()
-                .unwrap()
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .unwrap(),
-            vec![],
-            "memory starts empty"
-        );
+        assert_eq!(scan(kv.all()), vec![], "memory starts empty");
         assert_eq!(kv.core().committed_offset().unwrap(), None);
     }
 }
@@ -1547,13 +1356,7 @@ fn kv_wipe(persistent: bool) {
     assert_eq!(kv.core().committed_offset().unwrap(), None);
     kv.put(&s("d"), &9).unwrap();
     kv.core_mut().commit(Some(1)).unwrap();
-    assert_eq!(
-        kv.all()
-            .unwrap()
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .unwrap(),
-        vec![(s("d"), 9)]
-    );
+    assert_eq!(scan(kv.all()), vec![(s("d"), 9)]);
     assert_eq!(kv.core().committed_offset().unwrap(), Some(1));
 }
 conformance!(kv_wipe: kv_wipe_rocksdb, kv_wipe_memory);
