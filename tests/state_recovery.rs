@@ -191,6 +191,27 @@ fn one_partition_app(prefix: &str, changelog: bool) -> (String, String, String) 
     (input, output, app)
 }
 
+/// Writes `n` records with distinct keys `k0000000`, … (value: their number + 1) straight to
+/// partition 0 of a store's changelog; returns them as the store should hold them.
+fn fill_changelog(bootstrap: &str, changelog: &str, n: u64) -> BTreeMap<String, u64> {
+    let p = producer(bootstrap);
+    let mut expected = BTreeMap::new();
+    for i in 0..n {
+        let key = format!("k{i:07}");
+        send_retrying(
+            &p,
+            BaseRecord::to(changelog)
+                .partition(0)
+                .key(&key)
+                .payload(&(i + 1).to_be_bytes()[..]),
+        )
+        .unwrap();
+        expected.insert(key, i + 1);
+    }
+    p.flush(LONG).unwrap();
+    expected
+}
+
 /// Polls `condition` (every 50 ms) for up to two minutes.
 fn wait_until(condition: impl Fn() -> bool) {
     let deadline = Instant::now() + LONG;
@@ -658,21 +679,7 @@ fn a_crash_in_the_middle_of_a_restoration_leaves_a_consistent_store() {
     let (input, output, app) = one_partition_app("rk", true);
     let changelog = format!("{app}-counts-changelog");
     const N: u64 = 250_000;
-    let p = producer(&bootstrap);
-    let mut expected = BTreeMap::new();
-    for i in 0..N {
-        let key = format!("k{i:07}");
-        send_retrying(
-            &p,
-            BaseRecord::to(&changelog)
-                .partition(0)
-                .key(&key)
-                .payload(&(i + 1).to_be_bytes()[..]),
-        )
-        .unwrap();
-        expected.insert(key, i + 1);
-    }
-    p.flush(LONG).unwrap();
+    let expected = fill_changelog(&bootstrap, &changelog, N);
     let dir = std::env::temp_dir().join(unique("rk-state"));
     let args = format!("{app}|{input}|{output}|{}", dir.display());
     let test = "a_crash_in_the_middle_of_a_restoration_leaves_a_consistent_store";
@@ -773,18 +780,7 @@ fn a_restoration_longer_than_the_poll_interval_runs_once() {
     let (input, output, app) = one_partition_app("slow", true);
     let changelog = format!("{app}-counts-changelog");
     const N: u64 = 100_000;
-    let p = producer(&bootstrap);
-    for i in 0..N {
-        send_retrying(
-            &p,
-            BaseRecord::to(&changelog)
-                .partition(0)
-                .key(&format!("k{i:06}"))
-                .payload(&1u64.to_be_bytes()[..]),
-        )
-        .unwrap();
-    }
-    p.flush(LONG).unwrap();
+    fill_changelog(&bootstrap, &changelog, N);
 
     #[derive(Clone, Default)]
     struct Slow(Arc<Mutex<(usize, u64)>>);
