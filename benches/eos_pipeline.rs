@@ -211,7 +211,7 @@ fn topology(bootstrap: &str, input: &str, output: &str, n: usize) -> Steady {
         .build()
         .unwrap();
     let config = StreamsConfig::new(&app, bootstrap)
-        .commit_interval_ms(COMMIT_INTERVAL)
+        .commit_interval(COMMIT_INTERVAL)
         .state_dir(std::env::temp_dir().join(unique("bench-state")))
         .set("linger.ms", "5");
     let streams = KafkaStreams::new(topology, config).unwrap();

@@ -11,3 +11,8 @@
 
 pub use streams_core as core;
 pub use streams_dsl as dsl;
+
+/// The README's Rust code, compiled (not run: it needs a broker) with the doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -132,7 +132,7 @@ fn run_multi_partition(guarantee: ProcessingGuarantee) {
     let config = StreamsConfig::new(&app, &bootstrap)
         .processing_guarantee(guarantee)
         .num_stream_threads(threads)
-        .commit_interval_ms(Duration::from_millis(100))
+        .commit_interval(Duration::from_millis(100))
         .state_dir(state_dir());
     let streams = KafkaStreams::new(tag_topology(&input, &output, "solo"), config).unwrap();
     let transitions = Arc::new(Mutex::new(vec![]));

@@ -13,8 +13,8 @@ use streams_core::handlers::{headers, DeadLetterTopic, LogAndContinue, LogAndFai
 use streams_core::processor::{Processor, ProcessorContext, PunctuationType, PunctuatorId};
 use streams_core::serde::{BigEndian, Nullable, RawBytes, Utf8};
 use streams_core::store::KeyValueStore;
-use streams_core::task::TaskId;
 use streams_core::topology::{Sink, Source, Topology, TopologyBuilder};
+use streams_core::TaskId;
 use streams_core::{Error, Headers, Record, Result};
 
 fn s(x: &str) -> String {

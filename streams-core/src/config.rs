@@ -32,7 +32,10 @@ pub enum ProcessingGuarantee {
 ///     .processing_guarantee(ProcessingGuarantee::ExactlyOnce)
 ///     .num_stream_threads(2)
 ///     .set("fetch.min.bytes", "1");
-/// assert_eq!(config.commit_interval(), Duration::from_millis(100));
+/// assert_eq!(config.effective_commit_interval(), Duration::from_millis(100));
+/// // Secrets among the client properties are not printed.
+/// let config = config.set("sasl.password", "hunter2");
+/// assert!(!format!("{config:?}").contains("hunter2"));
 /// ```
 #[derive(Clone)]
 pub struct StreamsConfig {
@@ -56,6 +59,59 @@ pub struct StreamsConfig {
     pub(crate) rocks_block_cache: usize,
     pub(crate) rocks_write_buffers: usize,
     pub(crate) rocks_setter: Option<RocksConfigSetter>,
+}
+
+/// Whether a client property holds a secret (its value is never printed).
+fn is_secret(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "jaas",
+        "token",
+        "credential",
+        "ssl.key",
+        "private",
+    ]
+    .iter()
+    .any(|s| key.contains(s))
+}
+
+impl std::fmt::Debug for StreamsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let properties: BTreeMap<&str, &str> = self
+            .client_properties
+            .iter()
+            .map(|(k, v)| {
+                let v = if is_secret(k) {
+                    "[redacted]"
+                } else {
+                    v.as_str()
+                };
+                (k.as_str(), v)
+            })
+            .collect();
+        f.debug_struct("StreamsConfig")
+            .field("application_id", &self.application_id)
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("guarantee", &self.guarantee)
+            .field("commit_interval", &self.effective_commit_interval())
+            .field("num_stream_threads", &self.num_stream_threads)
+            .field("state_dir", &self.state_dir)
+            .field("instance_id", &self.instance_id)
+            .field("client_properties", &properties)
+            .field("replication_factor", &self.replication_factor)
+            .field("poll_batch", &self.poll_batch)
+            .field("transaction_timeout", &self.transaction_timeout)
+            .field("client_timeout", &self.client_timeout)
+            .field("state_cleanup_delay", &self.state_cleanup_delay)
+            .field("task_timeout", &self.task_timeout)
+            .field("restore_listener", &self.restore_listener.is_some())
+            .field("rocksdb_block_cache", &self.rocks_block_cache)
+            .field("rocksdb_write_buffers", &self.rocks_write_buffers)
+            .field("rocksdb_config_setter", &self.rocks_setter.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Told about the restoration of every change-logged store a task opens.
@@ -108,8 +164,9 @@ impl StreamsConfig {
         self
     }
 
-    /// How often tasks commit (default 100 ms under exactly-once, 30 s under at-least-once).
-    pub fn commit_interval_ms(mut self, interval: Duration) -> Self {
+    /// How often tasks commit (default 100 ms under exactly-once, 30 s under at-least-once;
+    /// Kafka Streams' `commit.interval.ms`).
+    pub fn commit_interval(mut self, interval: Duration) -> Self {
         self.commit_interval = Some(interval);
         self
     }
@@ -233,8 +290,8 @@ impl StreamsConfig {
         &self.application_id
     }
 
-    /// The commit interval in effect.
-    pub fn commit_interval(&self) -> Duration {
+    /// The commit interval in effect: the one set, or the guarantee's default.
+    pub fn effective_commit_interval(&self) -> Duration {
         self.commit_interval.unwrap_or(match self.guarantee {
             ProcessingGuarantee::ExactlyOnce => Duration::from_millis(100),
             ProcessingGuarantee::AtLeastOnce => Duration::from_secs(30),
@@ -262,7 +319,7 @@ impl StreamsConfig {
         if self.num_stream_threads == 0 {
             return bad("num_stream_threads must be at least 1");
         }
-        if self.commit_interval().is_zero() {
+        if self.effective_commit_interval().is_zero() {
             return bad("the commit interval must be positive");
         }
         Ok(())

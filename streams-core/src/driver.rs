@@ -49,12 +49,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::handlers::{DeserializationErrorHandler, LogAndFail};
-use crate::processor::PunctuationType;
+use crate::node::{OutRecord, RawRecord, RecordCollector};
 use crate::serde::Serde;
 use crate::store::{RocksResources, StateStore};
-use crate::task::{OutRecord, RawRecord, RecordCollector, Task, TaskId};
+use crate::task::{SourceTopics, Task, Tasks};
 use crate::topology::Topology;
-use crate::{Error, Headers, Record, Result, SerdeError};
+use crate::{Error, Headers, Record, Result, SerdeError, TaskId};
 
 struct Collector {
     pending: VecDeque<OutRecord>,
@@ -74,9 +74,8 @@ impl RecordCollector for Collector {
 }
 
 struct State {
-    tasks: Vec<Task>,
-    /// Resolved source topic -> index of the task reading it.
-    readers: HashMap<String, usize>,
+    tasks: Tasks,
+    sources: SourceTopics,
     outputs: HashMap<Arc<str>, VecDeque<OutRecord>>,
     offsets: HashMap<Arc<str>, i64>,
     wall_clock: i64,
@@ -93,6 +92,15 @@ impl State {
         0
     }
 
+    /// The task loop of the stream thread, committed after every step (no transaction: the
+    /// stores write what they held back right away).
+    fn process_and_commit(&mut self, collector: &mut Collector) -> Result<()> {
+        self.tasks
+            .process(collector, &*self.on_poison, self.wall_clock)?;
+        self.tasks.prepare_commit(collector)?;
+        self.tasks.committed(&HashMap::new(), false)
+    }
+
     /// Processes `first` and the records already written (`pending`), feeding records the
     /// topology writes to its own sources back in, and commits each task after each record.
     fn run(&mut self, first: Option<RawRecord>, pending: VecDeque<OutRecord>) -> Result<()> {
@@ -100,17 +108,14 @@ impl State {
         let mut incoming: VecDeque<RawRecord> = first.into_iter().collect();
         loop {
             if let Some(raw) = incoming.pop_front() {
-                let Some(&t) = self.readers.get(&*raw.topic) else {
+                let Some(id) = self.sources.task_of(&raw.topic, 0) else {
                     return Err(Error::Config(format!(
                         "no source of the topology reads topic {}",
                         raw.topic
                     )));
                 };
-                let task = &mut self.tasks[t];
-                task.add(raw)?;
-                while task.process_one(&mut collector, &*self.on_poison)? {}
-                task.prepare_commit(&mut collector)?;
-                task.committed(&HashMap::new(), false)?;
+                self.tasks.add(id, raw)?;
+                self.process_and_commit(&mut collector)?;
             }
             let Some(out) = collector.pending.pop_front() else {
                 if incoming.is_empty() {
@@ -118,7 +123,7 @@ impl State {
                 }
                 continue;
             };
-            if self.readers.contains_key(&*out.topic) {
+            if self.sources.task_of(&out.topic, 0).is_some() {
                 let offset = self.offset(&out.topic);
                 incoming.push_back(RawRecord {
                     topic: out.topic.clone(),
@@ -150,10 +155,9 @@ pub struct TopologyTestDriver {
 impl Drop for TopologyTestDriver {
     fn drop(&mut self) {
         if let Ok(mut state) = self.state.try_borrow_mut() {
-            for task in &mut state.tasks {
+            for mut task in state.tasks.take_all() {
                 let _ = task.close(true);
             }
-            state.tasks.clear();
         }
         let _ = std::fs::remove_dir_all(&self.state_dir);
     }
@@ -182,16 +186,12 @@ impl TopologyTestDriver {
             NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         let rocks = RocksResources::new(8 << 20, 8 << 20, None);
-        let mut tasks = vec![];
-        let mut readers = HashMap::new();
+        let mut tasks = Tasks::default();
         for st in topology.subtopologies() {
             let id = TaskId {
                 subtopology: st.id,
                 partition: 0,
             };
-            for t in &st.source_topics {
-                readers.insert(topology.resolve_topic(&application_id, t), tasks.len());
-            }
             let dir = state_dir.join(id.to_string());
             let mut task = Task::new(
                 &topology,
@@ -202,12 +202,12 @@ impl TopologyTestDriver {
                 &rocks,
             )?;
             task.init()?;
-            tasks.push(task);
+            tasks.insert(task);
         }
         Ok(TopologyTestDriver {
             state: Rc::new(RefCell::new(State {
                 tasks,
-                readers,
+                sources: SourceTopics::of(&topology, &application_id),
                 outputs: HashMap::new(),
                 offsets: HashMap::new(),
                 wall_clock,
@@ -256,15 +256,10 @@ impl TopologyTestDriver {
         state.wall_clock = state
             .wall_clock
             .saturating_add(i64::try_from(by.as_millis()).unwrap_or(i64::MAX));
-        let now = state.wall_clock;
         let mut collector = Collector {
             pending: VecDeque::new(),
         };
-        for task in &mut state.tasks {
-            task.punctuate(PunctuationType::WallClockTime, now, &mut collector)?;
-            task.prepare_commit(&mut collector)?;
-            task.committed(&HashMap::new(), false)?;
-        }
+        state.process_and_commit(&mut collector)?;
         state.run(None, collector.pending)
     }
 
@@ -275,7 +270,7 @@ impl TopologyTestDriver {
         f: impl FnOnce(&mut S) -> R,
     ) -> Result<R> {
         let mut state = self.state.borrow_mut();
-        for task in &mut state.tasks {
+        for task in state.tasks.iter_mut() {
             if let Some(store) = task.store_mut(name) {
                 let store = store
                     .as_any_mut()
@@ -295,10 +290,13 @@ impl TopologyTestDriver {
     /// Closes every task (processors' and stores' `close`).
     pub fn close(self) -> Result<()> {
         let mut state = self.state.borrow_mut();
-        for task in &mut state.tasks {
-            task.close(true)?;
+        let mut first_error = None;
+        for mut task in state.tasks.take_all() {
+            if let Err(e) = task.close(true) {
+                first_error.get_or_insert(e);
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 }
 

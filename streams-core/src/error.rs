@@ -26,6 +26,13 @@ pub enum Error {
         #[source]
         source: KafkaError,
     },
+    /// User code (a processor, a punctuation) failed; the message is what it reported. Return
+    /// it with [`Error::user`].
+    #[error("{0}")]
+    User(String),
+    /// A bug in kstreams: something the runtime relies on did not hold. Please report it.
+    #[error("internal error (a bug in kstreams): {0}")]
+    Internal(String),
     /// A key or value could not be (de)serialized.
     #[error(transparent)]
     Serde(#[from] crate::serde::SerdeError),
@@ -96,8 +103,13 @@ impl Error {
         }
     }
 
+    /// An error of user code, for a processor to return.
+    pub fn user(message: impl std::fmt::Display) -> Self {
+        Error::User(message.to_string())
+    }
+
     /// Wraps an error with the task it happened in (once).
-    pub fn task(task: crate::task::TaskId, source: Error) -> Self {
+    pub fn task(task: crate::TaskId, source: Error) -> Self {
         match source {
             Error::Task { .. } => source,
             other => Error::Task {
@@ -166,7 +178,7 @@ impl Error {
     /// True when the error cannot be recovered from in this process.
     pub fn is_fatal(&self) -> bool {
         match self.root() {
-            Error::Config(_) => true,
+            Error::Config(_) | Error::User(_) | Error::Internal(_) => true,
             Error::Kafka {
                 source: KafkaError::Transaction(e),
                 ..

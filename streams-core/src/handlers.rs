@@ -8,7 +8,7 @@
 //! serialized, and (under at-least-once) sends the broker rejects, go to the
 //! [`ProductionErrorHandler`].
 
-use crate::task::TaskId;
+use crate::TaskId;
 
 /// The record that failed and where it came from.
 #[derive(Debug)]

@@ -2,9 +2,10 @@
 
 use std::sync::Arc;
 
-/// Where a record was read from.
+/// Where a record was read from: what [`Record::origin`] and
+/// `ProcessorContext::record_metadata` return.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecordOrigin {
+pub struct RecordMetadata {
     /// Source topic.
     pub topic: Arc<str>,
     /// Partition of the source topic.
@@ -71,7 +72,7 @@ pub struct Record<K, V> {
     value: V,
     timestamp: i64,
     headers: Headers,
-    origin: Option<RecordOrigin>,
+    origin: Option<RecordMetadata>,
 }
 
 impl<K, V> Record<K, V> {
@@ -107,7 +108,7 @@ impl<K, V> Record<K, V> {
     }
 
     /// Where it was read from, if it came from a topic.
-    pub fn origin(&self) -> Option<&RecordOrigin> {
+    pub fn origin(&self) -> Option<&RecordMetadata> {
         self.origin.as_ref()
     }
 
@@ -157,7 +158,7 @@ impl<K, V> Record<K, V> {
     }
 
     /// The same record, marked as read from `origin`.
-    pub fn with_origin(mut self, origin: RecordOrigin) -> Self {
+    pub fn with_origin(mut self, origin: RecordMetadata) -> Self {
         self.origin = Some(origin);
         self
     }
@@ -189,7 +190,7 @@ mod tests {
 
     #[test]
     fn with_methods_keep_the_rest() {
-        let origin = RecordOrigin {
+        let origin = RecordMetadata {
             topic: "orders".into(),
             partition: 2,
             offset: 40,

@@ -22,6 +22,10 @@
 //! ```
 
 mod cleanup;
+mod clients;
+mod collector;
+mod commit;
+mod rebalance;
 mod restore;
 mod thread;
 mod topics;
@@ -34,8 +38,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::StreamsConfig;
 use crate::store::{QueryHandle, ReadOnlyKeyValueStore};
-use crate::task::TaskId;
 use crate::topology::Topology;
+use crate::TaskId;
 use crate::{Error, Result};
 
 /// The life of a [`KafkaStreams`] instance, as Kafka Streams names it.

@@ -27,7 +27,8 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::RestoreListener;
 use crate::store::Batch;
-use crate::task::{Task, TaskId};
+use crate::task::Task;
+use crate::TaskId;
 use crate::{Error, Result};
 
 /// Records written to a store in one batch.

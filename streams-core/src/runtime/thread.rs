@@ -1,467 +1,109 @@
 //! A stream thread: one consumer, one producer, many tasks.
+//!
+//! The thread's loop polls records, hands them to the running tasks, restores new tasks in
+//! steps between rounds, and commits every commit interval through its [`CommitProtocol`];
+//! the rebalance callbacks (`rebalance.rs`) commit and close tasks on revocation and create
+//! them on assignment. Clients are made in `clients.rs`, restoration is in `restore.rs`.
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Headers as _, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
-use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
 
+use super::clients::{self, copy_headers, KafkaProducer};
+use super::commit::{self, CommitProtocol, Output, ProducerClient, Recovery};
+use super::rebalance::ThreadContext;
 use super::restore::{RestoreEnv, Restorer};
 use super::{Shared, ThreadState};
 use crate::config::{ProcessingGuarantee, StreamsConfig};
-use crate::handlers::ProductionResponse;
-use crate::processor::PunctuationType;
+use crate::node::RawRecord;
 use crate::store::RocksResources;
-use crate::task::{OutRecord, RawRecord, RecordCollector, Task, TaskId};
+use crate::task::{SourceTopics, Task, Tasks};
 use crate::topology::Topology;
-use crate::{Error, Headers, Result, SerdeError};
+use crate::{Error, Result, TaskId};
 
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a failed at-least-once commit is tried again.
 const RETRY_COMMIT: Duration = Duration::from_secs(1);
-
-/// Send failures reported by the producer's delivery callback.
-#[derive(Clone, Default)]
-pub(crate) struct DeliveryErrors(Arc<Mutex<Vec<(String, KafkaError)>>>);
-
-impl DeliveryErrors {
-    fn take(&self) -> Vec<(String, KafkaError)> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-}
-
-/// The last offset delivered per topic-partition since the last commit (for changelog offsets).
-pub(crate) type Delivered = Arc<Mutex<HashMap<(String, i32), i64>>>;
-
-pub(crate) struct ProducerCtx {
-    errors: DeliveryErrors,
-    delivered: Delivered,
-}
-
-impl ClientContext for ProducerCtx {}
-
-impl ProducerContext for ProducerCtx {
-    type DeliveryOpaque = ();
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Ok(msg) = result {
-            let mut d = self.delivered.lock().unwrap_or_else(|e| e.into_inner());
-            let entry = d
-                .entry((msg.topic().to_string(), msg.partition()))
-                .or_insert(-1);
-            *entry = (*entry).max(msg.offset());
-        }
-        if let Err((e, msg)) = result {
-            self.errors
-                .0
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push((msg.topic().to_string(), e.clone()));
-        }
-    }
-}
-
-type Producer_ = BaseProducer<ProducerCtx>;
 
 /// Everything the thread owns besides its consumer; the consumer's rebalance callbacks reach it
 /// through the consumer context.
 pub(crate) struct Inner {
-    name: String,
+    pub(super) name: String,
     index: usize,
     topology: Topology,
     config: StreamsConfig,
     app_id: Arc<str>,
-    transactional_id: String,
     shared: Arc<Shared>,
-    tasks: BTreeMap<TaskId, Task>,
-    /// Resolved source topic -> sub-topology.
-    topic_owner: HashMap<String, u32>,
-    producer: Option<Producer_>,
-    delivery_errors: DeliveryErrors,
-    delivered: Delivered,
+    /// The running tasks.
+    tasks: Tasks,
+    sources: SourceTopics,
+    /// The producer and the commit protocol of the configured guarantee.
+    pub(super) protocol: Box<dyn CommitProtocol>,
     rocks: RocksResources,
     /// New tasks whose stores are being restored, between processing rounds.
-    restoring: Restorer,
-    in_transaction: bool,
-    partition_counts: HashMap<String, i32>,
+    pub(super) restoring: Restorer,
     /// A fatal error raised inside a rebalance callback, handed to the main loop.
-    pending_error: Option<Error>,
+    pub(super) pending_error: Option<Error>,
     /// Set once the thread failed: nothing may be committed any more (the rebalance
     /// callbacks that run while the consumer closes must not commit half-done work).
-    failed: bool,
-}
-
-pub(crate) struct ThreadContext {
-    inner: Mutex<Inner>,
-}
-
-impl ThreadContext {
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-impl ClientContext for ThreadContext {}
-
-impl ConsumerContext for ThreadContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        // User code (processors' close) runs here, inside a librdkafka callback: a panic must
-        // not unwind into C.
-        self.guarded(|| self.on_pre_rebalance(consumer, rebalance));
-    }
-
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        self.guarded(|| self.on_post_rebalance(consumer, rebalance));
-    }
-}
-
-impl ThreadContext {
-    fn guarded(&self, f: impl FnOnce()) {
-        if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-            let message = super::panic_message(&*panic);
-            let mut inner = self.lock();
-            inner.failed = true;
-            let thread = inner.name.clone();
-            inner.pending_error.get_or_insert(Error::ThreadDied {
-                thread,
-                message: format!("panicked in a rebalance callback: {message}"),
-            });
-        }
-    }
-
-    fn on_pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let mut inner = self.lock();
-        match rebalance {
-            Rebalance::Revoke(tpl) => {
-                inner.set_state(ThreadState::PartitionsRevoked);
-                if inner.failed || consumer.assignment_lost() {
-                    // Another member may own these partitions already: commit nothing.
-                    tracing::warn!(thread = %inner.name, failed = inner.failed, "partitions lost; closing tasks without commit");
-                    inner.abandon_transaction();
-                    inner.close_all_tasks(false);
-                    return;
-                }
-                tracing::info!(thread = %inner.name, partitions = tpl.count(), "partitions revoked; committing and closing tasks");
-                let clean = match inner.commit(consumer) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        if let Err(e) = inner.handle_commit_failure(e) {
-                            inner.pending_error.get_or_insert(e);
-                        }
-                        false
-                    }
-                };
-                inner.close_all_tasks(clean);
-            }
-            Rebalance::Assign(_) => inner.set_state(ThreadState::PartitionsAssigned),
-            Rebalance::Error(e) => {
-                // librdkafka unassigns the partitions: drop the tasks' uncommitted work.
-                tracing::warn!(thread = %inner.name, error = %e, "rebalance error; closing tasks without commit");
-                inner.abandon_transaction();
-                inner.close_all_tasks(false);
-            }
-        }
-    }
-
-    fn on_post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let mut inner = self.lock();
-        if inner.failed {
-            return;
-        }
-        if let Rebalance::Assign(tpl) = rebalance {
-            let parts: Vec<(String, i32)> = tpl
-                .elements()
-                .iter()
-                .map(|e| (e.topic().to_string(), e.partition()))
-                .collect();
-            if let Err(e) = inner.create_tasks(consumer, &parts) {
-                inner.pending_error.get_or_insert(e);
-            }
-            // Running once every new task is restored (the loop restores them).
-            if inner.restoring.is_empty() {
-                inner.set_state(ThreadState::Running);
-            }
-        }
-    }
-}
-
-/// Builds a client config: the user's pass-through properties first, then the settings the
-/// runtime's guarantees rest on, which win (with a warning when the user tried to change them).
-fn with_pinned(
-    mut c: ClientConfig,
-    user: &std::collections::BTreeMap<String, String>,
-    pinned: &[(&str, String)],
-) -> ClientConfig {
-    for (k, v) in user {
-        c.set(k, v);
-    }
-    for (k, v) in pinned {
-        if user.get(*k).is_some_and(|u| u != v) {
-            tracing::warn!(property = k, ignored = %user[*k], kept = %v, "the runtime needs this client property; the configured value is ignored");
-        }
-        c.set(*k, v);
-    }
-    c
-}
-
-/// Runs a transactional call again (up to three times) while librdkafka says it is retriable.
-fn retrying(
-    mut call: impl FnMut() -> rdkafka::error::KafkaResult<()>,
-) -> rdkafka::error::KafkaResult<()> {
-    let mut attempt = 0;
-    loop {
-        match call() {
-            Err(KafkaError::Transaction(e)) if e.is_retriable() && attempt < 3 => {
-                attempt += 1;
-                tracing::warn!(error = %e, attempt, "retrying a transactional call");
-            }
-            other => return other,
-        }
-    }
-}
-
-/// Copies a Kafka headers list into ours.
-fn copy_headers(h: Option<&rdkafka::message::BorrowedHeaders>) -> Headers {
-    let mut out = Headers::new();
-    if let Some(h) = h {
-        for header in h.iter() {
-            out = out.with(header.key, header.value);
-        }
-    }
-    out
-}
-
-struct Collector<'a> {
-    producer: &'a Producer_,
-    in_transaction: &'a mut bool,
-    eos: bool,
-    partition_counts: &'a mut HashMap<String, i32>,
-    config: &'a StreamsConfig,
-}
-
-impl RecordCollector for Collector<'_> {
-    fn send(&mut self, record: OutRecord) -> Result<()> {
-        if self.eos && !*self.in_transaction {
-            self.producer
-                .begin_transaction()
-                .map_err(|e| Error::kafka("begin transaction", e))?;
-            *self.in_transaction = true;
-        }
-        let mut base: BaseRecord<'_, [u8], [u8]> =
-            BaseRecord::to(&record.topic).timestamp(record.timestamp);
-        if !record.headers.is_empty() {
-            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-            for (k, v) in record.headers.iter() {
-                headers = headers.insert(Header { key: k, value: v });
-            }
-            base = base.headers(headers);
-        }
-        if let Some(k) = &record.key {
-            base = base.key(k.as_slice());
-        }
-        if let Some(v) = &record.value {
-            base = base.payload(v.as_slice());
-        }
-        if let Some(p) = record.partition {
-            base = base.partition(p);
-        }
-        let mut full_since: Option<Instant> = None;
-        loop {
-            match self.producer.send(base) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
-                    if full_since.get_or_insert_with(Instant::now).elapsed()
-                        < self.config.client_timeout =>
-                {
-                    // The producer's queue drains as the broker acknowledges: serve its
-                    // delivery reports and try again, for up to the client timeout.
-                    base = back;
-                    self.producer.poll(Duration::from_millis(5));
-                }
-                Err((e, _)) => {
-                    let error = Error::kafka(format!("send to {}", record.topic), e);
-                    if self.eos {
-                        return Err(error);
-                    }
-                    return match self
-                        .config
-                        .on_production_error
-                        .handle(&record.topic, &error.to_string())
-                    {
-                        ProductionResponse::Continue => Ok(()),
-                        ProductionResponse::Fail => Err(Error::Production {
-                            topic: record.topic.to_string(),
-                            message: error.to_string(),
-                        }),
-                    };
-                }
-            }
-        }
-    }
-
-    fn partition_count(&mut self, topic: &str) -> Result<i32> {
-        if let Some(&n) = self.partition_counts.get(topic) {
-            return Ok(n);
-        }
-        let md = self
-            .producer
-            .client()
-            .fetch_metadata(Some(topic), CLIENT_TIMEOUT)
-            .map_err(|e| Error::kafka(format!("metadata of {topic}"), e))?;
-        let n = md
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic && t.error().is_none())
-            .map(|t| t.partitions().len() as i32)
-            .filter(|&n| n > 0)
-            .ok_or_else(|| Error::Config(format!("output topic {topic} does not exist")))?;
-        self.partition_counts.insert(topic.to_string(), n);
-        Ok(n)
-    }
-
-    fn serialization_error(&mut self, node: &str, topic: &str, error: SerdeError) -> Result<()> {
-        let message = format!("sink {node}: {error}");
-        match self.config.on_production_error.handle(topic, &message) {
-            ProductionResponse::Continue => Ok(()),
-            ProductionResponse::Fail => Err(Error::Production {
-                topic: topic.to_string(),
-                message,
-            }),
-        }
-    }
+    pub(super) failed: bool,
 }
 
 impl Inner {
-    fn eos(&self) -> bool {
-        self.config.guarantee == ProcessingGuarantee::ExactlyOnce
-    }
-
-    fn set_state(&self, state: ThreadState) {
+    pub(super) fn set_state(&self, state: ThreadState) {
         self.shared.set_thread_state(self.index, state);
-    }
-
-    fn client_config(&self) -> ClientConfig {
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &self.config.bootstrap_servers);
-        c
-    }
-
-    fn create_producer(&mut self) -> Result<()> {
-        let mut c = self.client_config();
-        c.set("client.id", format!("{}-producer", self.name))
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("partitioner", "murmur2_random");
-        let mut pinned = vec![("enable.idempotence", "true".to_string())];
-        if self.eos() {
-            pinned.push(("transactional.id", self.transactional_id.clone()));
-            pinned.push((
-                "transaction.timeout.ms",
-                self.config.transaction_timeout.as_millis().to_string(),
-            ));
-        }
-        let c = with_pinned(c, &self.config.client_properties, &pinned);
-        let producer: Producer_ = c
-            .create_with_context(ProducerCtx {
-                errors: self.delivery_errors.clone(),
-                delivered: self.delivered.clone(),
-            })
-            .map_err(|e| Error::kafka("create producer", e))?;
-        if self.eos() {
-            let started = Instant::now();
-            loop {
-                match producer.init_transactions(self.config.client_timeout) {
-                    Ok(()) => break,
-                    Err(e) => {
-                        let e = Error::kafka(
-                            format!("init transactions of {}", self.transactional_id),
-                            e,
-                        );
-                        if e.is_retriable()
-                            && started.elapsed() < self.config.transaction_timeout * 2
-                        {
-                            tracing::warn!(thread = %self.name, error = %e, "retrying");
-                            continue;
-                        }
-                        return Err(e);
-                    }
-                }
-            }
-            tracing::info!(thread = %self.name, transactional_id = %self.transactional_id, "transactional producer ready");
-        }
-        self.producer = Some(producer);
-        self.in_transaction = false;
-        Ok(())
-    }
-
-    /// Aborts the open transaction if there is one and the producer can (it cannot when
-    /// fenced: then it is dropped).
-    /// Forgets the delivery reports of sends whose transaction will not commit.
-    fn forget_sends(&mut self) {
-        self.delivery_errors.take();
-        self.delivered
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-    }
-
-    fn abandon_transaction(&mut self) {
-        let timeout = self.config.client_timeout;
-        if self.in_transaction {
-            self.in_transaction = false;
-            if let Some(p) = &self.producer {
-                let _ = p.flush(timeout);
-                if let Err(e) = p.abort_transaction(timeout) {
-                    tracing::warn!(thread = %self.name, error = %e, "aborting the open transaction failed; replacing the producer");
-                    self.drop_producer();
-                }
-            }
-        }
-        // After the flush and the abort: their delivery reports belong to the aborted
-        // transaction too, and must not fail the next commit.
-        self.forget_sends();
-    }
-
-    /// Drops the producer without waiting for what it still holds. Its successor (same
-    /// `transactional.id`) fences it and ends its open transaction when it initialises.
-    fn drop_producer(&mut self) {
-        if let Some(p) = self.producer.take() {
-            p.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
-        }
-        self.in_transaction = false;
     }
 
     /// A thread whose producer was dropped (a failed abort) gets a new one before it
     /// processes again.
     fn ensure_producer(&mut self) -> Result<()> {
-        if self.producer.is_none() && !self.failed {
-            self.create_producer()?;
+        if self.failed {
+            return Ok(());
         }
-        Ok(())
+        self.protocol.ensure_producer()
+    }
+
+    /// Commits every task through the protocol.
+    fn commit(&mut self, consumer: &BaseConsumer<ThreadContext>) -> Result<()> {
+        self.protocol.commit(&mut self.tasks, consumer)
+    }
+
+    /// Partitions are revoked (or `lost`): commit what can be committed; returns whether the
+    /// tasks may close clean. Rewinding is moot, the tasks close either way.
+    pub(super) fn commit_on_revoke(
+        &mut self,
+        consumer: &BaseConsumer<ThreadContext>,
+        lost: bool,
+    ) -> Result<bool> {
+        self.protocol.on_revoke(&mut self.tasks, consumer, lost)
+    }
+
+    /// After a failed commit or send: Ok(true) when the tasks' uncommitted work was dropped
+    /// (they are closed) and the caller must rewind to the last commit; Ok(false) when the
+    /// work is kept for the next commit; an error no rewind cures stops the thread.
+    fn handle_commit_failure(&mut self, error: Error) -> Result<bool> {
+        match self.protocol.recover(error)? {
+            Recovery::Rewind => {
+                self.close_all_tasks(false);
+                Ok(true)
+            }
+            Recovery::RetryLater => Ok(false),
+        }
     }
 
     /// Creates the tasks of newly assigned partitions and queues them for restoration; their
     /// partitions stay paused in `consumer` until they are restored.
-    fn create_tasks(
+    pub(super) fn create_tasks(
         &mut self,
         consumer: &BaseConsumer<ThreadContext>,
         partitions: &[(String, i32)],
     ) -> Result<()> {
         let mut ids: Vec<TaskId> = partitions
             .iter()
-            .filter_map(|(t, p)| {
-                self.topic_owner.get(t).map(|&s| TaskId {
-                    subtopology: s,
-                    partition: *p,
-                })
-            })
+            .filter_map(|(t, p)| self.sources.task_of(t, *p))
             .collect();
         ids.sort();
         ids.dedup();
@@ -471,7 +113,7 @@ impl Inner {
         let _dirs = dirs.lock().unwrap_or_else(|e| e.into_inner());
         let now = super::now_ms();
         for id in ids {
-            if self.tasks.contains_key(&id) || self.restoring.contains(id) {
+            if self.tasks.contains(id) || self.restoring.contains(id) {
                 continue;
             }
             let dir = app_dir.join(id.to_string());
@@ -509,8 +151,8 @@ impl Inner {
         consumer: &BaseConsumer<ThreadContext>,
         pause: bool,
     ) -> Result<()> {
-        for id in self.tasks.keys() {
-            let tpl = self.source_partitions(*id)?;
+        for id in self.tasks.ids() {
+            let tpl = self.source_partitions(id)?;
             let result = if pause {
                 consumer.pause(&tpl)
             } else {
@@ -524,10 +166,8 @@ impl Inner {
     /// The source partitions of task `id`.
     fn source_partitions(&self, id: TaskId) -> Result<TopicPartitionList> {
         let mut tpl = TopicPartitionList::new();
-        for (topic, &sub) in &self.topic_owner {
-            if sub == id.subtopology {
-                tpl.add_partition(topic, id.partition);
-            }
+        for (topic, partition) in self.sources.partitions_of(id) {
+            tpl.add_partition(topic, partition);
         }
         Ok(tpl)
     }
@@ -539,7 +179,7 @@ impl Inner {
             return Ok(());
         }
         let mut restoring = std::mem::take(&mut self.restoring);
-        let make_consumer = || self.restore_consumer();
+        let make_consumer = || clients::restore_consumer(&self.config, &self.name);
         let env = RestoreEnv {
             make_consumer: &make_consumer,
             listener: self.config.restore_listener.as_ref(),
@@ -558,11 +198,11 @@ impl Inner {
                 .resume(&self.source_partitions(task.id)?)
                 .map_err(|e| Error::kafka("resume a restored task's partitions", e))?;
             tracing::debug!(thread = %self.name, task = %task.id, "restored; processing");
-            self.tasks.insert(task.id, task);
+            self.tasks.insert(task);
             self.publish_tasks();
         }
         if self.restoring.is_empty() {
-            let ids: Vec<String> = self.tasks.keys().map(ToString::to_string).collect();
+            let ids: Vec<String> = self.tasks.ids().map(|t| t.to_string()).collect();
             tracing::info!(thread = %self.name, tasks = ?ids, "every task restored; running");
             self.set_state(ThreadState::Running);
         }
@@ -570,48 +210,19 @@ impl Inner {
     }
 
     fn publish_tasks(&self) {
-        let handles = self.tasks.values().flat_map(Task::query_handles).collect();
-        let owned = self
-            .tasks
-            .keys()
-            .copied()
-            .chain(self.restoring.task_ids())
-            .collect();
+        let handles = self.tasks.query_handles();
+        let owned = self.tasks.ids().chain(self.restoring.task_ids()).collect();
         self.shared.set_thread_tasks(self.index, owned, handles);
     }
 
-    /// The consumer that reads changelogs, `read_committed`, assigned by hand.
-    fn restore_consumer(&self) -> Result<BaseConsumer> {
-        let mut c = self.client_config();
-        c.set("client.id", format!("{}-restore-consumer", self.name));
-        let c = with_pinned(
-            c,
-            &self.config.client_properties,
-            &[
-                ("group.id", format!("{}-restore", self.app_id)),
-                ("enable.auto.commit", "false".into()),
-                ("enable.auto.offset.store", "false".into()),
-                ("enable.partition.eof", "true".into()),
-                ("isolation.level", "read_committed".into()),
-                // A stored offset the changelog no longer has (truncated, recreated):
-                // replay what it has rather than jump to the end.
-                ("auto.offset.reset", "earliest".into()),
-            ],
-        );
-        c.create()
-            .map_err(|e| Error::kafka("create restore consumer", e))
-    }
-
-    fn close_all_tasks(&mut self, clean: bool) {
+    pub(super) fn close_all_tasks(&mut self, clean: bool) {
         let app_dir = self.config.state_dir.join(&*self.app_id);
         let restoring = self
             .restoring
             .take_all()
             .into_iter()
             .map(|p| (p.task, false));
-        let running = std::mem::take(&mut self.tasks)
-            .into_values()
-            .map(|t| (t, clean));
+        let running = self.tasks.take_all().into_iter().map(|t| (t, clean));
         for (mut task, clean) in running.chain(restoring) {
             if let Err(e) = task.close(clean) {
                 tracing::warn!(thread = %self.name, error = %e, "closing a task failed");
@@ -637,15 +248,11 @@ impl Inner {
     }
 
     fn add(&mut self, raw: RawRecord) -> Result<()> {
-        let Some(&sub) = self.topic_owner.get(&*raw.topic) else {
+        let Some(id) = self.sources.task_of(&raw.topic, raw.partition) else {
             return Ok(());
         };
-        let id = TaskId {
-            subtopology: sub,
-            partition: raw.partition,
-        };
-        if let Some(task) = self.tasks.get_mut(&id) {
-            return task.add(raw);
+        if self.tasks.contains(id) {
+            return self.tasks.add(id, raw);
         }
         match self.restoring.task_mut(id) {
             // Fetched before its partitions were paused: processed once it is restored.
@@ -655,222 +262,14 @@ impl Inner {
         }
     }
 
-    fn buffered(&self) -> usize {
-        self.tasks.values().map(Task::buffered).sum()
-    }
-
     /// Processes every buffered record and runs due wall-clock punctuations. Returns whether
     /// a task asked for a commit.
     fn process(&mut self) -> Result<bool> {
-        let eos = self.eos();
-        let Inner {
-            tasks,
-            producer,
-            in_transaction,
-            partition_counts,
-            config,
-            ..
-        } = self;
-        let producer = producer
-            .as_ref()
-            .ok_or_else(|| Error::Config("no producer".into()))?;
-        let mut collector = Collector {
-            producer,
-            in_transaction,
-            eos,
-            partition_counts,
-            config,
-        };
-        let handler = config.on_poison.clone();
-        let now = super::now_ms();
-        let mut commit = false;
-        for task in tasks.values_mut() {
-            while task.process_one(&mut collector, &*handler)? {}
-            task.punctuate(PunctuationType::WallClockTime, now, &mut collector)?;
-            commit |= task.take_commit_request();
-        }
-        Ok(commit)
+        let handler = self.config.on_poison.clone();
+        let mut collector = self.protocol.collector()?;
+        self.tasks
+            .process(&mut collector, &*handler, super::now_ms())
     }
-
-    /// Commits every task: output flushed, then offsets (in the transaction under exactly-once).
-    fn commit(&mut self, consumer: &BaseConsumer<ThreadContext>) -> Result<()> {
-        if self.producer.is_none() {
-            return Ok(());
-        }
-        let dirty = self.in_transaction
-            || self
-                .tasks
-                .values_mut()
-                .any(|t| t.has_uncommitted() || t.has_pending_writes());
-        if !dirty {
-            return Ok(());
-        }
-        let mut tpl = TopicPartitionList::new();
-        let eos = self.eos();
-        let Inner {
-            tasks,
-            producer,
-            in_transaction,
-            partition_counts,
-            config,
-            ..
-        } = self;
-        let producer_ref = producer
-            .as_ref()
-            .ok_or_else(|| Error::Config("no producer".into()))?;
-        let mut collector = Collector {
-            producer: producer_ref,
-            in_transaction,
-            eos,
-            partition_counts,
-            config,
-        };
-        for task in tasks.values_mut() {
-            for (topic, partition, offset) in task.prepare_commit(&mut collector)? {
-                tpl.add_partition_offset(&topic, partition, Offset::Offset(offset))
-                    .map_err(|e| Error::kafka("offsets", e))?;
-            }
-        }
-        let eos = self.eos();
-        let producer = self
-            .producer
-            .as_ref()
-            .ok_or_else(|| Error::Config("no producer".into()))?;
-        let timeout = self.config.client_timeout;
-        producer
-            .flush(timeout)
-            .map_err(|e| Error::kafka("flush", e))?;
-        let failures = self.delivery_errors.take();
-        if let Some((topic, e)) = failures.first() {
-            let error = Error::kafka(format!("send to {topic}"), e.clone());
-            if eos || error.is_fenced() {
-                return Err(error);
-            }
-            for (topic, e) in &failures {
-                if self
-                    .config
-                    .on_production_error
-                    .handle(topic, &e.to_string())
-                    == ProductionResponse::Fail
-                {
-                    return Err(Error::Production {
-                        topic: topic.clone(),
-                        message: e.to_string(),
-                    });
-                }
-            }
-        }
-        if eos && (self.in_transaction || tpl.count() > 0) {
-            if !self.in_transaction {
-                producer
-                    .begin_transaction()
-                    .map_err(|e| Error::kafka("begin transaction", e))?;
-                self.in_transaction = true;
-            }
-            if tpl.count() > 0 {
-                let group = consumer
-                    .group_metadata()
-                    .ok_or_else(|| Error::Config("the consumer has no group metadata".into()))?;
-                retrying(|| producer.send_offsets_to_transaction(&tpl, &group, timeout))
-                    .map_err(|e| Error::kafka("send offsets to transaction", e))?;
-            }
-            // A retriable failure (a timeout) leaves the commit in flight in librdkafka: call
-            // it again rather than abort, which librdkafka would refuse.
-            retrying(|| producer.commit_transaction(timeout))
-                .map_err(|e| Error::kafka("commit transaction", e))?;
-            self.in_transaction = false;
-        } else if !eos && tpl.count() > 0 {
-            consumer
-                .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
-                .map_err(|e| Error::kafka("commit offsets", e))?;
-        }
-        let offsets =
-            std::mem::take(&mut *self.delivered.lock().unwrap_or_else(|e| e.into_inner()));
-        for task in self.tasks.values_mut() {
-            task.committed(&offsets, true)?;
-        }
-        tracing::debug!(thread = %self.name, partitions = tpl.count(), "committed");
-        Ok(())
-    }
-
-    /// After a failed commit or send: when the error means the tasks were taken over (fencing)
-    /// or the transaction cannot commit (a timeout, a failed delivery, an abortable error),
-    /// drop the uncommitted work and return Ok(true) so the caller rewinds to the last commit;
-    /// Ok(false) keeps the work for the next commit (at-least-once, retriable); an error that
-    /// no rewind can cure is returned, and stops the thread.
-    fn handle_commit_failure(&mut self, error: Error) -> Result<bool> {
-        if error.is_fenced() {
-            tracing::warn!(thread = %self.name, %error, "fenced: dropping uncommitted work and the producer");
-            // A fenced producer cannot abort (and some brokers never answer); drop it.
-            self.drop_producer();
-            self.forget_sends();
-            self.close_all_tasks(false);
-            self.create_producer()?;
-            return Ok(true);
-        }
-        if !self.eos() {
-            if error.is_retriable() {
-                // At-least-once keeps the tasks and their consumed offsets; the next commit
-                // interval tries again.
-                tracing::warn!(thread = %self.name, %error, "commit failed; retrying at the next interval");
-                return Ok(false);
-            }
-            return Err(error);
-        }
-        if !cured_by_rewind(&error) {
-            return Err(error);
-        }
-        // Exactly-once: whatever this transaction holds is dropped, and the producer is
-        // replaced after the abort. An abort can fail (a commit still in flight after a
-        // timeout, a broker that does not answer), and one that librdkafka reports done
-        // after records timed out may leave the broker holding the transaction open (produce
-        // requests that were on the wire): the successor's initialisation, with the same
-        // transactional id, ends it on the broker either way, and the rewind reads the outcome
-        // back (committed offsets from the group, committed changelog records by restoration).
-        tracing::warn!(thread = %self.name, %error, "the transaction cannot commit; aborting it and replacing the producer; the tasks reprocess from the last commit");
-        self.abandon_transaction();
-        self.drop_producer();
-        self.close_all_tasks(false);
-        self.ensure_producer()?;
-        Ok(true)
-    }
-}
-
-/// Errors after which an exactly-once thread aborts and reprocesses from its last commit
-/// instead of stopping: the broker was slow or away (timeouts, lost connections, a
-/// coordinator moving), a send was not delivered in time, or librdkafka says the transaction
-/// must abort. Anything else (a topic that does not exist, a record too large, missing
-/// authorisation) would fail again after the rewind, and stops the thread.
-fn cured_by_rewind(error: &Error) -> bool {
-    let Error::Kafka { source, .. } = error.root() else {
-        return false;
-    };
-    if let KafkaError::Transaction(e) = source {
-        // A fatal producer error (an idempotence sequence out of sync) ends that producer
-        // only: it is replaced.
-        return e.txn_requires_abort() || e.is_retriable() || e.is_fatal();
-    }
-    error.is_retriable()
-        || matches!(
-            source.rdkafka_error_code(),
-            Some(
-                RDKafkaErrorCode::MessageTimedOut
-                    | RDKafkaErrorCode::PurgeQueue
-                    | RDKafkaErrorCode::PurgeInflight
-                    | RDKafkaErrorCode::NotEnoughReplicas
-                    | RDKafkaErrorCode::NotEnoughReplicasAfterAppend
-                    | RDKafkaErrorCode::NotLeaderForPartition
-                    | RDKafkaErrorCode::LeaderNotAvailable
-                    | RDKafkaErrorCode::NetworkException
-                    | RDKafkaErrorCode::OutOfOrderSequenceNumber
-                    | RDKafkaErrorCode::UnknownProducerId
-                    | RDKafkaErrorCode::Fatal
-                    | RDKafkaErrorCode::InconsistentGroupProtocol
-                    | RDKafkaErrorCode::RebalanceInProgress
-                    | RDKafkaErrorCode::ConcurrentTransactions
-                    | RDKafkaErrorCode::QueueFull
-            )
-        )
 }
 
 pub(crate) struct StreamThread {
@@ -887,30 +286,35 @@ impl StreamThread {
         rocks: RocksResources,
     ) -> Self {
         let app_id: Arc<str> = Arc::from(config.application_id.as_str());
-        let mut topic_owner = HashMap::new();
-        for st in topology.subtopologies() {
-            for t in &st.source_topics {
-                topic_owner.insert(topology.resolve_topic(&app_id, t), st.id);
-            }
-        }
+        let name = format!("{app_id}-StreamThread-{}", index + 1);
+        let transactional_id = format!("{app_id}-{instance_id}-{}", index + 1);
+        let make_producer = {
+            let (config, name) = (config.clone(), name.clone());
+            Box::new(move || {
+                KafkaProducer::create(&config, &name, &transactional_id)
+                    .map(|p| Box::new(p) as Box<dyn ProducerClient>)
+            })
+        };
+        let output = Output::new(
+            name.clone(),
+            make_producer,
+            config.on_production_error.clone(),
+            config.client_timeout,
+        );
+        let eos = config.guarantee == ProcessingGuarantee::ExactlyOnce;
         StreamThread {
             inner: Inner {
-                name: format!("{app_id}-StreamThread-{}", index + 1),
+                name,
                 index,
-                transactional_id: format!("{app_id}-{instance_id}-{}", index + 1),
+                sources: SourceTopics::of(&topology, &app_id),
                 topology,
                 config,
                 app_id,
                 shared,
-                tasks: BTreeMap::new(),
-                topic_owner,
-                producer: None,
-                delivery_errors: DeliveryErrors::default(),
-                delivered: Delivered::default(),
+                tasks: Tasks::default(),
+                protocol: commit::protocol(eos, output),
                 rocks,
                 restoring: Restorer::default(),
-                in_transaction: false,
-                partition_counts: HashMap::new(),
                 pending_error: None,
                 failed: false,
             },
@@ -926,30 +330,14 @@ impl StreamThread {
         let mut inner = self.inner;
         let span = tracing::info_span!("stream_thread", name = %inner.name);
         let _guard = span.enter();
-        inner.create_producer()?;
-        let mut c = inner.client_config();
-        c.set("client.id", format!("{}-consumer", inner.name))
-            .set("auto.offset.reset", "earliest")
-            .set("isolation.level", "read_uncommitted");
-        let mut pinned = vec![
-            ("group.id", inner.app_id.to_string()),
-            ("enable.auto.commit", "false".to_string()),
-            ("enable.auto.offset.store", "false".to_string()),
-            // Tasks are closed and created on whole-assignment revocations (eager protocol).
-            ("partition.assignment.strategy", "range".to_string()),
-        ];
-        if inner.eos() {
-            pinned.push(("isolation.level", "read_committed".to_string()));
-        }
-        let c = with_pinned(c, &inner.config.client_properties, &pinned);
-        let topics: Vec<String> = inner.topic_owner.keys().cloned().collect();
+        inner.protocol.ensure_producer()?;
+        let c = clients::consumer_config(&inner.config, &inner.name);
+        let topics: Vec<String> = inner.sources.topics().map(str::to_string).collect();
         let shared = inner.shared.clone();
-        let commit_interval = inner.config.commit_interval();
+        let commit_interval = inner.config.effective_commit_interval();
         let batch = inner.config.poll_batch;
         let name = inner.name.clone();
-        let context = ThreadContext {
-            inner: Mutex::new(inner),
-        };
+        let context = ThreadContext::new(inner);
         let consumer: BaseConsumer<ThreadContext> = c
             .create_with_context(context)
             .map_err(|e| Error::kafka("create consumer", e))?;
@@ -984,10 +372,7 @@ impl StreamThread {
                     Err(e) => {
                         // Never commit what is left: abort, and let nothing commit later.
                         inner.failed = true;
-                        if !e.is_fenced() {
-                            inner.abandon_transaction();
-                        }
-                        inner.producer = None;
+                        inner.protocol.stop(e.is_fenced());
                         inner.close_all_tasks(false);
                         Err(e)
                     }
@@ -998,10 +383,7 @@ impl StreamThread {
                 // Uncommitted work is dropped. Abort the open transaction so readers are not
                 // held up, unless the producer was fenced (it cannot abort; its successor did).
                 inner.failed = true;
-                if !e.is_fenced() {
-                    inner.abandon_transaction();
-                }
-                inner.producer = None;
+                inner.protocol.stop(e.is_fenced());
                 inner.close_all_tasks(false);
                 Err(e)
             }
@@ -1106,9 +488,7 @@ fn run_loop(
             }
             Err(e) => return Err(e),
         };
-        if let Some(p) = &inner.producer {
-            p.poll(Duration::ZERO);
-        }
+        inner.protocol.poll();
         let retry_due = failing_since.is_some() && last_commit.elapsed() >= RETRY_COMMIT;
         if requested || retry_due || last_commit.elapsed() >= commit_interval {
             match inner.commit(consumer) {
@@ -1139,7 +519,7 @@ fn run_loop(
             }
             last_commit = Instant::now();
         }
-        debug_assert!(inner.buffered() == 0);
+        debug_assert!(inner.tasks.buffered() == 0);
     }
     Ok(())
 }

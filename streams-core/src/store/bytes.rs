@@ -25,6 +25,7 @@ pub trait BytesStore: Send + Sync {
     /// The value of `key`.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
     /// Entries with keys in the range, in key order.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     fn range(&self, from: Bound<&[u8]>, to: Bound<&[u8]>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         self.range_limited(from, to, usize::MAX)
     }
@@ -59,6 +60,7 @@ pub trait BytesStore: Send + Sync {
     /// Makes everything written so far durable.
     fn flush(&self) -> Result<()>;
     /// Whether the data survives the process (RocksDB) or not (memory).
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     fn persistent(&self) -> bool;
     /// The smallest and the largest key, if any.
     fn key_span(&self) -> Result<Option<(Vec<u8>, Vec<u8>)>>;

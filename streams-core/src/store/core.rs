@@ -76,7 +76,8 @@ pub struct StoreCore {
 
 impl StoreCore {
     /// A core over `bytes`, logging to `changelog` when given.
-    pub fn new(
+    #[cfg_attr(feature = "internals", visibility::make(pub))]
+    pub(crate) fn new(
         name: &str,
         bytes: Arc<dyn BytesStore>,
         changelog: Option<ChangelogTarget>,
@@ -95,7 +96,8 @@ impl StoreCore {
     }
 
     /// The value of `key`, uncommitted writes included.
-    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    #[cfg_attr(feature = "internals", visibility::make(pub))]
+    pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         if self.is_expired(key) {
             return Ok(None);
         }
@@ -106,7 +108,8 @@ impl StoreCore {
     }
 
     /// Writes (`Some`) or deletes (`None`) `key`.
-    pub fn put(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
+    #[cfg_attr(feature = "internals", visibility::make(pub))]
+    pub(crate) fn put(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
         if self.changelog.is_some() && !self.caching {
             self.outbox.push((key.clone(), value.clone()));
         }
@@ -114,13 +117,19 @@ impl StoreCore {
     }
 
     /// Entries in the range, uncommitted writes included, in key order.
-    pub fn range(&self, from: Bound<&[u8]>, to: Bound<&[u8]>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    #[cfg_attr(feature = "internals", visibility::make(pub))]
+    pub(crate) fn range(
+        &self,
+        from: Bound<&[u8]>,
+        to: Bound<&[u8]>,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         self.iter(from, to).collect()
     }
 
     /// The entries in the range, uncommitted writes included, in key order, read lazily: the
     /// committed entries in chunks, merged with the held-back writes.
-    pub fn iter(&self, from: Bound<&[u8]>, to: Bound<&[u8]>) -> RangeIter<'_> {
+    #[cfg_attr(feature = "internals", visibility::make(pub))]
+    pub(crate) fn iter(&self, from: Bound<&[u8]>, to: Bound<&[u8]>) -> RangeIter<'_> {
         let from = match (&self.expired_below, from) {
             (Some(bound), Bound::Unbounded) => Bound::Included(bound.as_slice()),
             (Some(bound), Bound::Included(k) | Bound::Excluded(k)) if k < bound.as_slice() => {
@@ -145,12 +154,14 @@ impl StoreCore {
     }
 
     /// Changelog records to send now (without caching: every write since the last call).
-    pub fn take_outbox(&mut self) -> Batch {
+    #[cfg_attr(feature = "internals", visibility::make(pub))]
+    pub(crate) fn take_outbox(&mut self) -> Batch {
         std::mem::take(&mut self.outbox)
     }
 
     /// Changelog records to send before a commit (with caching: the last write of each key).
-    pub fn cache_flush(&mut self) -> Batch {
+    #[cfg_attr(feature = "internals", visibility::make(pub))]
+    pub(crate) fn cache_flush(&mut self) -> Batch {
         let mut out = self.take_outbox();
         if self.caching && self.changelog.is_some() {
             out.extend(self.pending.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -160,13 +171,19 @@ impl StoreCore {
 
     /// The task's transaction committed: write the held-back batch and, when changelog records
     /// were sent, the offset of the last one, atomically.
+    #[cfg(feature = "internals")]
     pub fn commit(&mut self, changelog_offset: Option<i64>) -> Result<()> {
         self.commit_with(changelog_offset, true)
     }
 
     /// [`commit`](Self::commit), optionally without the write-ahead log (the test driver's
     /// throw-away state).
-    pub fn commit_with(&mut self, changelog_offset: Option<i64>, durable: bool) -> Result<()> {
+    #[cfg_attr(feature = "internals", visibility::make(pub))]
+    pub(crate) fn commit_with(
+        &mut self,
+        changelog_offset: Option<i64>,
+        durable: bool,
+    ) -> Result<()> {
         if self.pending.is_empty() && changelog_offset.is_none() && self.expired_below.is_none() {
             return Ok(());
         }
@@ -178,7 +195,8 @@ impl StoreCore {
 
     /// Drops what was not committed (the transaction aborted or the task was taken over),
     /// expiry included.
-    pub fn drop_uncommitted(&mut self) {
+    #[cfg_attr(feature = "internals", visibility::make(pub))]
+    pub(crate) fn drop_uncommitted(&mut self) {
         self.pending.clear();
         self.outbox.clear();
         self.expired_below = None;
@@ -206,7 +224,8 @@ impl StoreCore {
     }
 
     /// Changes whenever the data changed other than through this core's writes.
-    pub fn generation(&self) -> u64 {
+    #[cfg_attr(feature = "internals", visibility::make(pub))]
+    pub(crate) fn generation(&self) -> u64 {
         self.generation
     }
 
@@ -218,7 +237,8 @@ impl StoreCore {
 
     /// The smallest and largest key, uncommitted writes included (a smallest key that
     /// expired in this commit interval may still show).
-    pub fn key_span(&self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+    #[cfg_attr(feature = "internals", visibility::make(pub))]
+    pub(crate) fn key_span(&self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         let mut span = self.bytes.key_span()?;
         if let (Some(first), Some(last)) =
             (self.pending.keys().next(), self.pending.keys().next_back())
@@ -233,7 +253,8 @@ impl StoreCore {
 
     /// Drops every entry with a key below `bound`, committed or not (expired segments): at
     /// once for reads, in the bytes store with the next [`commit`](Self::commit).
-    pub fn expire_below(&mut self, bound: &[u8]) {
+    #[cfg_attr(feature = "internals", visibility::make(pub))]
+    pub(crate) fn expire_below(&mut self, bound: &[u8]) {
         self.pending = self.pending.split_off(bound);
         if !self.is_expired(bound) {
             self.expired_below = Some(bound.to_vec());
@@ -241,22 +262,26 @@ impl StoreCore {
     }
 
     /// Whether writes (or an expiry) are waiting for a commit.
-    pub fn has_pending(&self) -> bool {
+    #[cfg_attr(feature = "internals", visibility::make(pub))]
+    pub(crate) fn has_pending(&self) -> bool {
         !self.pending.is_empty() || self.expired_below.is_some()
     }
 
     /// The bytes store underneath (committed state), for tests and tools.
+    #[cfg(feature = "internals")]
     pub fn bytes(&self) -> &Arc<dyn BytesStore> {
         &self.bytes
     }
 
     /// The store's name.
-    pub fn name(&self) -> &str {
+    #[cfg_attr(feature = "internals", visibility::make(pub))]
+    pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
     /// The changelog offset the committed state reaches.
-    pub fn committed_offset(&self) -> Result<Option<i64>> {
+    #[cfg_attr(feature = "internals", visibility::make(pub))]
+    pub(crate) fn committed_offset(&self) -> Result<Option<i64>> {
         self.bytes.committed_offset()
     }
 }

@@ -157,11 +157,13 @@ impl<K: 'static, V: 'static> KeyValueStore<K, V> {
     }
 
     /// The write path (for the runtime and tests).
+    #[cfg(feature = "internals")]
     pub fn core(&self) -> &StoreCore {
         &self.core
     }
 
     /// The write path, mutable (commit, drop uncommitted writes: what the runtime does).
+    #[cfg(feature = "internals")]
     pub fn core_mut(&mut self) -> &mut StoreCore {
         &mut self.core
     }

@@ -6,7 +6,7 @@
 //! `<state dir>/<application id>/<task id>/<store>/`, and a processor reaches it with
 //! [`ProcessorContext::state_store`](crate::processor::ProcessorContext::state_store).
 //!
-//! Layers, top to bottom (`shared/DESIGN.md` §3): the typed store (serdes over bytes); the
+//! Layers, top to bottom (`docs/ARCHITECTURE.md`): the typed store (serdes over bytes); the
 //! [`StoreCore`], which holds a commit interval's writes back until the task's transaction
 //! commits (deduplicating them per key when caching is on) and queues their changelog records;
 //! the [`BytesStore`] (RocksDB by default, or memory), written in one atomic batch with the
@@ -26,13 +26,22 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub(crate) use self::bytes::is_open_under;
+// The write path below the typed stores is internal: a processor must not commit a store
+// before the task's transaction commits. The `internals` feature opens it to the store
+// conformance tests and benchmarks; it is not a stable API.
+#[cfg(not(feature = "internals"))]
+pub(crate) use self::bytes::{Batch, BytesStore, MemoryBytes, RocksBytes};
+#[cfg(feature = "internals")]
 pub use self::bytes::{Batch, BytesStore, MemoryBytes, RocksBytes};
+#[cfg(feature = "internals")]
 pub use self::core::{ChangelogTarget, RangeIter, StoreCore};
+#[cfg(not(feature = "internals"))]
+pub(crate) use self::core::{ChangelogTarget, StoreCore};
 pub use self::kv::{KeyValueIter, KeyValueStore, KeyValueStoreBuilder, ReadOnlyKeyValueStore};
 pub use self::rocks::{RocksConfigSetter, RocksResources};
 pub use self::session::{SessionStore, SessionStoreBuilder};
 pub use self::window::{WindowStore, WindowStoreBuilder};
-use crate::task::TaskId;
+use crate::TaskId;
 use crate::{Error, Result};
 
 /// A store instance owned by one task.
@@ -51,8 +60,9 @@ pub trait StateStore: Any + Send {
     fn as_any(&self) -> &dyn Any;
     /// For downcasting to the concrete store.
     fn as_any_mut(&mut self) -> &mut dyn Any;
-    /// The change-logging, transactional write path of the built-in stores; custom stores
-    /// without one are neither logged nor restored.
+    /// The change-logging, transactional write path of the built-in stores (internal to the
+    /// runtime); custom stores have none and are neither logged nor restored.
+    #[doc(hidden)]
     fn core_mut(&mut self) -> Option<&mut StoreCore> {
         None
     }

@@ -252,6 +252,7 @@ macro_rules! segmented_store {
     ($store:ident, $builder:ident) => {
         impl<K: 'static, V: 'static> $store<K, V> {
             /// The write path (commit, drop uncommitted writes: what the runtime does).
+            #[cfg(feature = "internals")]
             pub fn core_mut(&mut self) -> &mut StoreCore {
                 &mut self.core
             }

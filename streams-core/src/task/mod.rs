@@ -1,251 +1,21 @@
 //! Tasks: one sub-topology running on one partition, with its own nodes, stores and time.
 
+mod tasks;
+
 use std::collections::{HashMap, VecDeque};
-use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
+pub(crate) use self::tasks::{CommitOffset, SourceTopics, Tasks};
 use crate::handlers::{
     headers, DeserializationErrorHandler, DeserializationResponse, ErrorContext,
 };
-use crate::processor::{DynRecord, Node, PunctuationType, PunctuatorId};
+use crate::node::{
+    NoOutput, Node, NodeCtx, OutRecord, PunctuationType, RawRecord, RecordCollector, TaskEnv,
+};
 use crate::store::{QueryHandle, RocksResources, StateStore, StoreContext, StoreCore};
-use crate::topology::{NodeMeta, SourceDecoder, Topology};
-use crate::{Error, Headers, RecordOrigin, Result, SerdeError};
-
-/// A task's id: its sub-topology and partition, shown as `<sub-topology>_<partition>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TaskId {
-    /// The sub-topology.
-    pub subtopology: u32,
-    /// The partition of its source topics.
-    pub partition: i32,
-}
-
-impl fmt::Display for TaskId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}_{}", self.subtopology, self.partition)
-    }
-}
-
-/// Where the record being processed came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecordMetadata {
-    /// Source topic.
-    pub topic: Arc<str>,
-    /// Partition.
-    pub partition: i32,
-    /// Offset.
-    pub offset: i64,
-}
-
-/// A record as read from a topic, before its source's serdes.
-#[derive(Debug, Clone)]
-pub(crate) struct RawRecord {
-    pub(crate) topic: Arc<str>,
-    pub(crate) partition: i32,
-    pub(crate) offset: i64,
-    pub(crate) timestamp: i64,
-    pub(crate) key: Option<Vec<u8>>,
-    pub(crate) value: Option<Vec<u8>>,
-    pub(crate) headers: Headers,
-}
-
-impl RawRecord {
-    pub(crate) fn origin(&self) -> RecordOrigin {
-        RecordOrigin {
-            topic: self.topic.clone(),
-            partition: self.partition,
-            offset: self.offset,
-        }
-    }
-}
-
-/// A serialized output record.
-#[derive(Debug, Clone)]
-pub(crate) struct OutRecord {
-    pub(crate) topic: Arc<str>,
-    pub(crate) partition: Option<i32>,
-    pub(crate) key: Option<Vec<u8>>,
-    pub(crate) value: Option<Vec<u8>>,
-    pub(crate) timestamp: i64,
-    pub(crate) headers: Headers,
-}
-
-/// Where a task's output goes: the producer in the runtime, queues in the test driver.
-pub(crate) trait RecordCollector {
-    fn send(&mut self, record: OutRecord) -> Result<()>;
-    fn partition_count(&mut self, topic: &str) -> Result<i32>;
-    /// An output record could not be serialized; decide with the production handler.
-    fn serialization_error(&mut self, node: &str, topic: &str, error: SerdeError) -> Result<()>;
-}
-
-/// A collector for `init` and `close`, where forwarding is not allowed.
-struct NoOutput;
-
-impl RecordCollector for NoOutput {
-    fn send(&mut self, record: OutRecord) -> Result<()> {
-        Err(Error::Config(format!(
-            "a processor forwarded a record to {} from init; forward from process or punctuate",
-            record.topic
-        )))
-    }
-    fn partition_count(&mut self, topic: &str) -> Result<i32> {
-        Err(Error::Config(format!(
-            "no partition count of {topic} during init"
-        )))
-    }
-    fn serialization_error(&mut self, _: &str, _: &str, error: SerdeError) -> Result<()> {
-        Err(error.into())
-    }
-}
-
-pub(crate) struct Punctuator {
-    pub(crate) id: PunctuatorId,
-    node: usize,
-    interval: i64,
-    kind: PunctuationType,
-    next: Option<i64>,
-}
-
-/// Task state that nodes reach through their context.
-pub(crate) struct TaskEnv {
-    pub(crate) task_id: TaskId,
-    pub(crate) application_id: Arc<str>,
-    pub(crate) stream_time: i64,
-    pub(crate) wall_clock: i64,
-    pub(crate) current: Option<RecordMetadata>,
-    pub(crate) punctuators: Vec<Punctuator>,
-    next_punctuator: u64,
-    pub(crate) commit_requested: bool,
-    /// By the topology's store index; `None` for stores of other sub-topologies.
-    pub(crate) stores: Vec<Option<Box<dyn StateStore>>>,
-}
-
-impl TaskEnv {
-    pub(crate) fn cancel(&mut self, id: PunctuatorId) {
-        self.punctuators.retain(|p| p.id != id);
-    }
-}
-
-/// A node's view of its task while it runs.
-pub(crate) struct NodeCtx<'a> {
-    pub(crate) node: usize,
-    pub(crate) metas: &'a [NodeMeta],
-    pub(crate) nodes: &'a mut [Option<Box<dyn Node>>],
-    pub(crate) env: &'a mut TaskEnv,
-    pub(crate) collector: &'a mut dyn RecordCollector,
-}
-
-impl NodeCtx<'_> {
-    pub(crate) fn reborrow(&mut self) -> NodeCtx<'_> {
-        NodeCtx {
-            node: self.node,
-            metas: self.metas,
-            nodes: &mut *self.nodes,
-            env: &mut *self.env,
-            collector: &mut *self.collector,
-        }
-    }
-
-    pub(crate) fn child_count(&self) -> usize {
-        self.metas[self.node].children.len()
-    }
-
-    pub(crate) fn child_position(&self, name: &str) -> Result<usize> {
-        let meta = &self.metas[self.node];
-        meta.children
-            .iter()
-            .position(|&c| &*self.metas[c].name == name)
-            .ok_or_else(|| Error::Config(format!("node {} has no child named {name}", meta.name)))
-    }
-
-    pub(crate) fn forward_to_child(&mut self, position: usize, record: DynRecord) -> Result<()> {
-        let child = self.metas[self.node].children[position];
-        self.run_node(child, |node, ctx| node.process(record, ctx))
-    }
-
-    /// Runs `f` on node `index` with a context of its own.
-    fn run_node(
-        &mut self,
-        index: usize,
-        f: impl FnOnce(&mut Box<dyn Node>, &mut NodeCtx<'_>) -> Result<()>,
-    ) -> Result<()> {
-        let Some(mut node) = self.nodes[index].take() else {
-            return Err(Error::Config(format!(
-                "node {} is not part of this task or is already running",
-                self.metas[index].name
-            )));
-        };
-        let result = {
-            let mut ctx = NodeCtx {
-                node: index,
-                metas: self.metas,
-                nodes: &mut *self.nodes,
-                env: &mut *self.env,
-                collector: &mut *self.collector,
-            };
-            f(&mut node, &mut ctx)
-        };
-        self.nodes[index] = Some(node);
-        result
-    }
-
-    pub(crate) fn schedule(
-        &mut self,
-        interval: Duration,
-        kind: PunctuationType,
-    ) -> Result<PunctuatorId> {
-        let interval = i64::try_from(interval.as_millis()).unwrap_or(i64::MAX);
-        if interval < 1 {
-            return Err(Error::Config(format!(
-                "node {}: a punctuation interval must be at least 1 ms",
-                self.metas[self.node].name
-            )));
-        }
-        let env = &mut *self.env;
-        let id = PunctuatorId(env.next_punctuator);
-        env.next_punctuator += 1;
-        let next = match kind {
-            PunctuationType::StreamTime => (env.stream_time != i64::MIN).then_some(env.stream_time),
-            PunctuationType::WallClockTime => Some(env.wall_clock.saturating_add(interval)),
-        };
-        env.punctuators.push(Punctuator {
-            id,
-            node: self.node,
-            interval,
-            kind,
-            next,
-        });
-        Ok(id)
-    }
-
-    pub(crate) fn state_store<S: StateStore>(&mut self, name: &str) -> Result<&mut S> {
-        let meta = &self.metas[self.node];
-        let found = meta.stores.iter().copied().find(|&s| {
-            self.env
-                .stores
-                .get(s)
-                .and_then(|s| s.as_ref())
-                .is_some_and(|s| s.name() == name)
-        });
-        let Some(index) = found else {
-            return Err(Error::Config(format!(
-                "processor {} is not connected to a store named {name}; connect it with add_state_store",
-                meta.name
-            )));
-        };
-        let store = self.env.stores[index].as_mut().unwrap();
-        store
-            .as_any_mut()
-            .downcast_mut::<S>()
-            .ok_or_else(|| Error::State {
-                store: name.to_string(),
-                message: format!("the store is not a {}", std::any::type_name::<S>()),
-            })
-    }
-}
+use crate::topology::{SourceDecoder, Topology};
+use crate::{Error, Headers, Result, TaskId};
 
 struct PartitionQueue {
     topic: Arc<str>,
@@ -323,17 +93,7 @@ impl Task {
             id,
             topology: topology.clone(),
             nodes,
-            env: TaskEnv {
-                task_id: id,
-                application_id: application_id.clone(),
-                stream_time: i64::MIN,
-                wall_clock,
-                current: None,
-                punctuators: vec![],
-                next_punctuator: 0,
-                commit_requested: false,
-                stores,
-            },
+            env: TaskEnv::new(id, application_id.clone(), wall_clock, stores),
             queues,
             initialised: false,
             closed: false,
@@ -363,13 +123,7 @@ impl Task {
         f: impl FnOnce(&mut Box<dyn Node>, &mut NodeCtx<'_>) -> Result<()>,
     ) -> Result<()> {
         let metas = self.topology.node_metas();
-        let mut ctx = NodeCtx {
-            node,
-            metas,
-            nodes: &mut self.nodes,
-            env: &mut self.env,
-            collector,
-        };
+        let mut ctx = NodeCtx::new(node, metas, &mut self.nodes, &mut self.env, collector);
         ctx.run_node(node, f)
     }
 
@@ -417,23 +171,20 @@ impl Task {
         queue.consumed = Some(raw.offset + 1);
         let (source, decoder, partition_time) =
             (queue.source, queue.decoder.clone(), queue.partition_time);
-        let meta = RecordMetadata {
-            topic: raw.topic.clone(),
-            partition: raw.partition,
-            offset: raw.offset,
-        };
+        let meta = raw.metadata();
         match decoder.decode(&raw, partition_time) {
             Ok(decoded) => {
                 let q = &mut self.queues[index];
                 q.partition_time = q.partition_time.max(decoded.timestamp);
-                self.env.stream_time = self.env.stream_time.max(decoded.timestamp);
-                self.env.current = Some(meta);
+                self.env.observe(decoded.timestamp);
+                self.env.set_current(Some(meta));
                 let id = self.id;
                 let result = self.with_ctx(source, collector, |_, ctx| (decoded.forward)(ctx));
-                self.env.current = None;
+                self.env.set_current(None);
                 result.map_err(|e| Error::task(id, e))?;
                 self.send_changelog(collector, false)?;
-                self.punctuate(PunctuationType::StreamTime, self.env.stream_time, collector)?;
+                let now = self.env.stream_time();
+                self.punctuate(PunctuationType::StreamTime, now, collector)?;
             }
             Err(e) => self.on_poison(raw, &e.to_string(), collector, on_poison)?,
         }
@@ -495,24 +246,11 @@ impl Task {
         now: i64,
         collector: &mut dyn RecordCollector,
     ) -> Result<usize> {
-        if kind == PunctuationType::WallClockTime {
-            self.env.wall_clock = now;
-        }
-        let mut due: Vec<(i64, PunctuatorId, usize)> = vec![];
-        for p in self.env.punctuators.iter_mut().filter(|p| p.kind == kind) {
-            let next = *p.next.get_or_insert(now);
-            if next <= now {
-                due.push((next, p.id, p.node));
-                // Skip the intervals that passed in between: fire once, then align.
-                let missed = (now - next) / p.interval;
-                p.next = Some(next.saturating_add(p.interval.saturating_mul(missed + 1)));
-            }
-        }
-        due.sort();
+        let due = self.env.due_punctuations(kind, now);
         let id = self.id;
         for (_, pid, node) in &due {
             // A punctuation may have been cancelled by an earlier one.
-            if !self.env.punctuators.iter().any(|p| p.id == *pid) {
+            if !self.env.is_scheduled(*pid) {
                 continue;
             }
             let pid = *pid;
@@ -525,16 +263,14 @@ impl Task {
 
     /// Whether a processor asked for a commit since the last one.
     pub(crate) fn take_commit_request(&mut self) -> bool {
-        std::mem::take(&mut self.env.commit_requested)
+        self.env.take_commit_request()
     }
 
     /// Whether a store holds writes waiting for a commit (a punctuator may write with no
     /// record consumed).
     pub(crate) fn has_pending_writes(&mut self) -> bool {
         self.env
-            .stores
-            .iter_mut()
-            .flatten()
+            .stores_mut()
             .any(|s| s.core_mut().is_some_and(|c| c.has_pending()))
     }
 
@@ -546,9 +282,9 @@ impl Task {
     /// Sends the stores' changelog records: those queued by writes, and with `commit` also
     /// the cached last writes per key.
     fn send_changelog(&mut self, collector: &mut dyn RecordCollector, commit: bool) -> Result<()> {
-        let timestamp = self.env.stream_time.max(0);
+        let timestamp = self.env.stream_time().max(0);
         let id = self.id;
-        for store in self.env.stores.iter_mut().flatten() {
+        for store in self.env.stores_mut() {
             let Some(core) = store.core_mut() else {
                 continue;
             };
@@ -586,7 +322,7 @@ impl Task {
         &mut self,
         collector: &mut dyn RecordCollector,
     ) -> Result<Vec<(Arc<str>, i32, i64)>> {
-        for s in self.env.stores.iter_mut().flatten() {
+        for s in self.env.stores_mut() {
             s.flush().map_err(|e| Error::task(self.id, e))?;
         }
         self.send_changelog(collector, true)?;
@@ -607,7 +343,7 @@ impl Task {
         for q in &mut self.queues {
             q.consumed = None;
         }
-        for store in self.env.stores.iter_mut().flatten() {
+        for store in self.env.stores_mut() {
             if let Some(core) = store.core_mut() {
                 let offset = match &core.changelog {
                     Some(c) if !changelog_offsets.is_empty() => changelog_offsets
@@ -625,9 +361,7 @@ impl Task {
     /// The change-logged stores, for restoration.
     pub(crate) fn logged_stores(&mut self) -> impl Iterator<Item = &mut StoreCore> {
         self.env
-            .stores
-            .iter_mut()
-            .flatten()
+            .stores_mut()
             .filter_map(|s| s.core_mut())
             .filter(|c| c.changelog.is_some())
     }
@@ -635,9 +369,7 @@ impl Task {
     /// Handles for interactive queries: (store name, partition, handle).
     pub(crate) fn query_handles(&self) -> Vec<(String, i32, QueryHandle)> {
         self.env
-            .stores
-            .iter()
-            .flatten()
+            .stores()
             .filter_map(|s| {
                 s.query_handle()
                     .map(|h| (s.name().to_string(), self.id.partition, h))
@@ -647,11 +379,7 @@ impl Task {
 
     /// Read access to a store of this task.
     pub(crate) fn store_mut(&mut self, name: &str) -> Option<&mut Box<dyn StateStore>> {
-        self.env
-            .stores
-            .iter_mut()
-            .flatten()
-            .find(|s| s.name() == name)
+        self.env.stores_mut().find(|s| s.name() == name)
     }
 
     /// Closes processors and stores. A dirty close (after an abort or fencing) first drops
@@ -662,7 +390,7 @@ impl Task {
         }
         self.closed = true;
         if !clean {
-            for store in self.env.stores.iter_mut().flatten() {
+            for store in self.env.stores_mut() {
                 if let Some(core) = store.core_mut() {
                     core.drop_uncommitted();
                 }
@@ -680,7 +408,7 @@ impl Task {
                 first_error.get_or_insert(e);
             }
         }
-        for store in self.env.stores.iter_mut().flatten() {
+        for store in self.env.stores_mut() {
             if let Err(e) = store.close() {
                 first_error.get_or_insert(e);
             }

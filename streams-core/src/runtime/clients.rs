@@ -1,0 +1,309 @@
+//! The Kafka clients of a stream thread, and the settings the runtime pins on them.
+//!
+//! The user's pass-through client properties go first; the settings the runtime's guarantees
+//! rest on (group, offsets, isolation level, idempotence, transactional id) are set after
+//! them and win, with a warning when the user tried to change one.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, ConsumerGroupMetadata};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::{Header, Headers as _, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use super::commit::{retrying, GroupConsumer, ProducerClient};
+use crate::config::{ProcessingGuarantee, StreamsConfig};
+use crate::node::OutRecord;
+use crate::task::CommitOffset;
+use crate::{Error, Headers, Result};
+
+/// Builds a client config: the user's properties first, then `pinned`, which win.
+fn with_pinned(
+    mut c: ClientConfig,
+    user: &BTreeMap<String, String>,
+    pinned: &[(&str, String)],
+) -> ClientConfig {
+    for (k, v) in user {
+        c.set(k, v);
+    }
+    for (k, v) in pinned {
+        if user.get(*k).is_some_and(|u| u != v) {
+            tracing::warn!(property = k, ignored = %user[*k], kept = %v, "the runtime needs this client property; the configured value is ignored");
+        }
+        c.set(*k, v);
+    }
+    c
+}
+
+fn base(config: &StreamsConfig, client_id: String) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.bootstrap_servers)
+        .set("client.id", client_id);
+    c
+}
+
+/// The group member's consumer config (the consumer is created with the thread's context).
+pub(crate) fn consumer_config(config: &StreamsConfig, thread: &str) -> ClientConfig {
+    let mut c = base(config, format!("{thread}-consumer"));
+    c.set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_uncommitted");
+    let mut pinned = vec![
+        ("group.id", config.application_id.clone()),
+        ("enable.auto.commit", "false".to_string()),
+        ("enable.auto.offset.store", "false".to_string()),
+        // Tasks are closed and created on whole-assignment revocations (eager protocol).
+        ("partition.assignment.strategy", "range".to_string()),
+    ];
+    if config.guarantee == ProcessingGuarantee::ExactlyOnce {
+        pinned.push(("isolation.level", "read_committed".to_string()));
+    }
+    with_pinned(c, &config.client_properties, &pinned)
+}
+
+/// The consumer that reads changelogs, `read_committed`, assigned by hand.
+pub(crate) fn restore_consumer(config: &StreamsConfig, thread: &str) -> Result<BaseConsumer> {
+    let c = with_pinned(
+        base(config, format!("{thread}-restore-consumer")),
+        &config.client_properties,
+        &[
+            ("group.id", format!("{}-restore", config.application_id)),
+            ("enable.auto.commit", "false".into()),
+            ("enable.auto.offset.store", "false".into()),
+            ("enable.partition.eof", "true".into()),
+            ("isolation.level", "read_committed".into()),
+            // A stored offset the changelog no longer has (truncated, recreated): replay what
+            // it has rather than jump to the end.
+            ("auto.offset.reset", "earliest".into()),
+        ],
+    );
+    c.create()
+        .map_err(|e| Error::kafka("create restore consumer", e))
+}
+
+/// Send failures and delivered offsets, as the producer's delivery callback reports them.
+#[derive(Default)]
+struct Deliveries {
+    errors: Mutex<Vec<(String, KafkaError)>>,
+    /// The last offset delivered per topic-partition (for changelog offsets).
+    delivered: Mutex<HashMap<(String, i32), i64>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+struct ProducerCtx(Arc<Deliveries>);
+
+impl ClientContext for ProducerCtx {}
+
+impl ProducerContext for ProducerCtx {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(msg) => {
+                let mut d = lock(&self.0.delivered);
+                let entry = d
+                    .entry((msg.topic().to_string(), msg.partition()))
+                    .or_insert(-1);
+                *entry = (*entry).max(msg.offset());
+            }
+            Err((e, msg)) => lock(&self.0.errors).push((msg.topic().to_string(), e.clone())),
+        }
+    }
+}
+
+/// The thread's producer: idempotent always, transactional under exactly-once.
+pub(crate) struct KafkaProducer {
+    producer: BaseProducer<ProducerCtx>,
+    deliveries: Arc<Deliveries>,
+}
+
+impl KafkaProducer {
+    /// Creates the producer; under exactly-once, initialises its transactions (which fences
+    /// a predecessor with the same transactional id and ends its open transaction), retrying
+    /// for up to twice the transaction timeout.
+    pub(crate) fn create(
+        config: &StreamsConfig,
+        thread: &str,
+        transactional_id: &str,
+    ) -> Result<KafkaProducer> {
+        let eos = config.guarantee == ProcessingGuarantee::ExactlyOnce;
+        let mut c = base(config, format!("{thread}-producer"));
+        c.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("partitioner", "murmur2_random");
+        let mut pinned = vec![("enable.idempotence", "true".to_string())];
+        if eos {
+            pinned.push(("transactional.id", transactional_id.to_string()));
+            pinned.push((
+                "transaction.timeout.ms",
+                config.transaction_timeout.as_millis().to_string(),
+            ));
+        }
+        let c = with_pinned(c, &config.client_properties, &pinned);
+        let deliveries = Arc::new(Deliveries::default());
+        let producer: BaseProducer<ProducerCtx> = c
+            .create_with_context(ProducerCtx(deliveries.clone()))
+            .map_err(|e| Error::kafka("create producer", e))?;
+        if eos {
+            let started = Instant::now();
+            loop {
+                match producer.init_transactions(config.client_timeout) {
+                    Ok(()) => break,
+                    Err(e) => {
+                        let e = Error::kafka(format!("init transactions of {transactional_id}"), e);
+                        if e.is_retriable() && started.elapsed() < config.transaction_timeout * 2 {
+                            tracing::warn!(thread, error = %e, "retrying");
+                            continue;
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+            tracing::info!(thread, transactional_id, "transactional producer ready");
+        }
+        Ok(KafkaProducer {
+            producer,
+            deliveries,
+        })
+    }
+}
+
+impl ProducerClient for KafkaProducer {
+    fn begin_transaction(&self) -> KafkaResult<()> {
+        self.producer.begin_transaction()
+    }
+
+    fn send(&self, record: &OutRecord, queue_full_wait: Duration) -> KafkaResult<()> {
+        let mut base: BaseRecord<'_, [u8], [u8]> =
+            BaseRecord::to(&record.topic).timestamp(record.timestamp);
+        if !record.headers.is_empty() {
+            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+            for (k, v) in record.headers.iter() {
+                headers = headers.insert(Header { key: k, value: v });
+            }
+            base = base.headers(headers);
+        }
+        if let Some(k) = &record.key {
+            base = base.key(k.as_slice());
+        }
+        if let Some(v) = &record.value {
+            base = base.payload(v.as_slice());
+        }
+        if let Some(p) = record.partition {
+            base = base.partition(p);
+        }
+        let mut full_since: Option<Instant> = None;
+        loop {
+            match self.producer.send(base) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                    if full_since.get_or_insert_with(Instant::now).elapsed() < queue_full_wait =>
+                {
+                    // The queue drains as the broker acknowledges: serve delivery reports
+                    // and try again.
+                    base = back;
+                    self.producer.poll(Duration::from_millis(5));
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+
+    fn poll(&self) {
+        self.producer.poll(Duration::ZERO);
+    }
+
+    fn flush(&self, timeout: Duration) -> KafkaResult<()> {
+        self.producer.flush(timeout)
+    }
+
+    fn send_offsets_to_transaction(
+        &self,
+        offsets: &[CommitOffset],
+        consumer: &dyn GroupConsumer,
+        timeout: Duration,
+    ) -> Result<()> {
+        let group = consumer
+            .group_metadata()
+            .ok_or_else(|| Error::Internal("the consumer has no group metadata".into()))?;
+        let tpl = offset_list(offsets)?;
+        retrying(|| {
+            self.producer
+                .send_offsets_to_transaction(&tpl, &group, timeout)
+        })
+        .map_err(|e| Error::kafka("send offsets to transaction", e))
+    }
+
+    fn commit_transaction(&self, timeout: Duration) -> KafkaResult<()> {
+        self.producer.commit_transaction(timeout)
+    }
+
+    fn abort_transaction(&self, timeout: Duration) -> KafkaResult<()> {
+        self.producer.abort_transaction(timeout)
+    }
+
+    fn purge(&self) {
+        self.producer
+            .purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+    }
+
+    fn take_delivery_errors(&self) -> Vec<(String, KafkaError)> {
+        std::mem::take(&mut *lock(&self.deliveries.errors))
+    }
+
+    fn take_delivered(&self) -> HashMap<(String, i32), i64> {
+        std::mem::take(&mut *lock(&self.deliveries.delivered))
+    }
+
+    fn partition_count(&self, topic: &str, timeout: Duration) -> Result<i32> {
+        let md = self
+            .producer
+            .client()
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(|e| Error::kafka(format!("metadata of {topic}"), e))?;
+        md.topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map(|t| t.partitions().len() as i32)
+            .filter(|&n| n > 0)
+            .ok_or_else(|| Error::Config(format!("output topic {topic} does not exist")))
+    }
+}
+
+fn offset_list(offsets: &[CommitOffset]) -> Result<TopicPartitionList> {
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition, offset) in offsets {
+        tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+            .map_err(|e| Error::kafka("offsets", e))?;
+    }
+    Ok(tpl)
+}
+
+impl<C: ConsumerContext> GroupConsumer for BaseConsumer<C> {
+    fn group_metadata(&self) -> Option<ConsumerGroupMetadata> {
+        Consumer::group_metadata(self)
+    }
+
+    fn commit_offsets(&self, offsets: &[CommitOffset]) -> Result<()> {
+        self.commit(&offset_list(offsets)?, rdkafka::consumer::CommitMode::Sync)
+            .map_err(|e| Error::kafka("commit offsets", e))
+    }
+}
+
+/// Copies a Kafka headers list into ours.
+pub(crate) fn copy_headers(h: Option<&rdkafka::message::BorrowedHeaders>) -> Headers {
+    let mut out = Headers::new();
+    if let Some(h) = h {
+        for header in h.iter() {
+            out = out.with(header.key, header.value);
+        }
+    }
+    out
+}
