@@ -1935,3 +1935,46 @@ fn a_timestamp_extractor_sees_the_partition_time() {
         ]
     );
 }
+
+/// Counts the characters of each value; it cannot touch the key.
+struct CharCount;
+
+impl streams_core::processor::FixedKeyProcessor for CharCount {
+    type Key = String;
+    type ValueIn = String;
+    type ValueOut = u64;
+    fn process(
+        &mut self,
+        record: streams_core::FixedKeyRecord<String, String>,
+        ctx: &mut streams_core::processor::FixedKeyProcessorContext<'_, String, u64>,
+    ) -> Result<()> {
+        let n = record.value().chars().count() as u64;
+        ctx.forward(record.with_value(n))
+    }
+}
+
+#[test]
+fn a_fixed_key_processor_forwards_under_the_same_key_and_timestamp() {
+    let topology = TopologyBuilder::new()
+        .add_source("words", Source::new(["words"], Utf8, Utf8))
+        .add_fixed_key_processor("chars", || CharCount, ["words"])
+        .add_sink(
+            "out",
+            Sink::<String, u64>::new("chars", Utf8, BigEndian),
+            ["chars"],
+        )
+        .build()
+        .unwrap();
+    let driver = TopologyTestDriver::new(topology).unwrap();
+    let input = driver.input_topic::<String, String>("words", Utf8, Utf8);
+    let output = driver.output_topic::<String, u64>("chars", Utf8, BigEndian);
+    input.pipe_at(s("a"), s("héllo"), 7).unwrap();
+    input.pipe_at(s("b"), s(""), 9).unwrap();
+    let got: Vec<(String, u64, i64)> = output
+        .read_records()
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.key().clone(), *r.value(), r.timestamp()))
+        .collect();
+    assert_eq!(got, vec![(s("a"), 5, 7), (s("b"), 0, 9)]);
+}

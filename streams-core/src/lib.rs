@@ -35,7 +35,7 @@ pub use config::{ProcessingGuarantee, StreamsConfig};
 pub use driver::TopologyTestDriver;
 pub use error::{Error, Result};
 pub use processor::{Processor, ProcessorContext, PunctuationType, PunctuatorId};
-pub use record::{Headers, Record, RecordMetadata};
+pub use record::{FixedKeyRecord, Headers, Record, RecordMetadata};
 pub use runtime::{KafkaStreams, State};
 pub use serde::{Serde, SerdeError};
 pub use task_id::TaskId;

@@ -38,6 +38,7 @@ use std::time::Duration;
 
 use crate::node::{restore, DynRecord, Node, NodeCtx};
 pub use crate::node::{PunctuationType, PunctuatorId};
+use crate::record::FixedKeyRecord;
 use crate::store::StateStore;
 use crate::{Record, RecordMetadata, Result, TaskId};
 
@@ -94,6 +95,13 @@ pub struct ProcessorContext<'a, K, V> {
 }
 
 impl<'a, K: 'static, V: 'static> ProcessorContext<'a, K, V> {
+    fn reborrow(&mut self) -> ProcessorContext<'_, K, V> {
+        ProcessorContext {
+            inner: self.inner.reborrow(),
+            _types: PhantomData,
+        }
+    }
+
     /// Sends `record` to every child of this node (depth first: each child, and its own
     /// children, have handled it when this returns).
     pub fn forward(&mut self, record: Record<K, V>) -> Result<()>
@@ -157,6 +165,169 @@ impl<'a, K: 'static, V: 'static> ProcessorContext<'a, K, V> {
     }
 }
 
+/// A processor that cannot change the key: it receives and forwards [`FixedKeyRecord`]s.
+/// Add it with [`TopologyBuilder::add_fixed_key_processor`](crate::topology::TopologyBuilder::add_fixed_key_processor).
+///
+/// ```
+/// use streams_core::processor::{FixedKeyProcessor, FixedKeyProcessorContext};
+/// use streams_core::record::FixedKeyRecord;
+/// use streams_core::Result;
+///
+/// /// The length of each value, under the same key.
+/// struct Length;
+///
+/// impl FixedKeyProcessor for Length {
+///     type Key = String;
+///     type ValueIn = String;
+///     type ValueOut = u64;
+///     fn process(
+///         &mut self,
+///         record: FixedKeyRecord<String, String>,
+///         ctx: &mut FixedKeyProcessorContext<'_, String, u64>,
+///     ) -> Result<()> {
+///         let n = record.value().len() as u64;
+///         ctx.forward(record.with_value(n))
+///     }
+/// }
+/// ```
+pub trait FixedKeyProcessor: Send + 'static {
+    /// The key type, in and out.
+    type Key: Clone + 'static;
+    /// Value type of the records this processor receives.
+    type ValueIn: 'static;
+    /// Value type of the records it forwards.
+    type ValueOut: Clone + 'static;
+
+    /// Called once when the task is ready, before any record.
+    fn init(
+        &mut self,
+        ctx: &mut FixedKeyProcessorContext<'_, Self::Key, Self::ValueOut>,
+    ) -> Result<()> {
+        let _ = ctx;
+        Ok(())
+    }
+
+    /// Handles one record.
+    fn process(
+        &mut self,
+        record: FixedKeyRecord<Self::Key, Self::ValueIn>,
+        ctx: &mut FixedKeyProcessorContext<'_, Self::Key, Self::ValueOut>,
+    ) -> Result<()>;
+
+    /// Called when a punctuation is due (see [`Processor::punctuate`]).
+    fn punctuate(
+        &mut self,
+        id: PunctuatorId,
+        timestamp: i64,
+        ctx: &mut FixedKeyProcessorContext<'_, Self::Key, Self::ValueOut>,
+    ) -> Result<()> {
+        let _ = (id, timestamp, ctx);
+        Ok(())
+    }
+
+    /// Called once when the task is closed.
+    fn close(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// What a [`FixedKeyProcessor`] can do: as [`ProcessorContext`], but it forwards only
+/// [`FixedKeyRecord`]s.
+pub struct FixedKeyProcessorContext<'a, K, V>(ProcessorContext<'a, K, V>);
+
+impl<'a, K: Clone + 'static, V: Clone + 'static> FixedKeyProcessorContext<'a, K, V> {
+    /// Sends `record` to every child of this node.
+    pub fn forward(&mut self, record: FixedKeyRecord<K, V>) -> Result<()> {
+        self.0.forward(record.into_record())
+    }
+
+    /// Sends `record` to the child named `child` only.
+    pub fn forward_to(&mut self, child: &str, record: FixedKeyRecord<K, V>) -> Result<()> {
+        self.0.forward_to(child, record.into_record())
+    }
+
+    /// See [`ProcessorContext::schedule`].
+    pub fn schedule(&mut self, interval: Duration, kind: PunctuationType) -> Result<PunctuatorId> {
+        self.0.schedule(interval, kind)
+    }
+
+    /// See [`ProcessorContext::cancel`].
+    pub fn cancel(&mut self, id: PunctuatorId) {
+        self.0.cancel(id);
+    }
+
+    /// See [`ProcessorContext::commit`].
+    pub fn commit(&mut self) {
+        self.0.commit();
+    }
+
+    /// See [`ProcessorContext::state_store`].
+    pub fn state_store<S: StateStore>(&mut self, name: &str) -> Result<&mut S> {
+        self.0.state_store(name)
+    }
+
+    /// See [`ProcessorContext::task_id`].
+    pub fn task_id(&self) -> TaskId {
+        self.0.task_id()
+    }
+
+    /// See [`ProcessorContext::application_id`].
+    pub fn application_id(&self) -> &str {
+        self.0.application_id()
+    }
+
+    /// See [`ProcessorContext::record_metadata`].
+    pub fn record_metadata(&self) -> Option<&RecordMetadata> {
+        self.0.record_metadata()
+    }
+
+    /// See [`ProcessorContext::stream_time`].
+    pub fn stream_time(&self) -> i64 {
+        self.0.stream_time()
+    }
+
+    /// See [`ProcessorContext::wall_clock_time`].
+    pub fn wall_clock_time(&self) -> i64 {
+        self.0.wall_clock_time()
+    }
+}
+
+/// Runs a [`FixedKeyProcessor`] as a [`Processor`].
+pub(crate) struct FixedKey<P>(pub(crate) P);
+
+impl<P: FixedKeyProcessor> Processor for FixedKey<P> {
+    type KeyIn = P::Key;
+    type ValueIn = P::ValueIn;
+    type KeyOut = P::Key;
+    type ValueOut = P::ValueOut;
+
+    fn init(&mut self, ctx: &mut ProcessorContext<'_, P::Key, P::ValueOut>) -> Result<()> {
+        self.0.init(&mut FixedKeyProcessorContext(ctx.reborrow()))
+    }
+    fn process(
+        &mut self,
+        record: Record<P::Key, P::ValueIn>,
+        ctx: &mut ProcessorContext<'_, P::Key, P::ValueOut>,
+    ) -> Result<()> {
+        self.0.process(
+            FixedKeyRecord::new(record),
+            &mut FixedKeyProcessorContext(ctx.reborrow()),
+        )
+    }
+    fn punctuate(
+        &mut self,
+        id: PunctuatorId,
+        timestamp: i64,
+        ctx: &mut ProcessorContext<'_, P::Key, P::ValueOut>,
+    ) -> Result<()> {
+        self.0
+            .punctuate(id, timestamp, &mut FixedKeyProcessorContext(ctx.reborrow()))
+    }
+    fn close(&mut self) -> Result<()> {
+        self.0.close()
+    }
+}
+
 /// Adapts a typed [`Processor`] to [`Node`].
 pub(crate) struct ProcessorNode<P> {
     pub(crate) processor: P,
@@ -174,7 +345,7 @@ impl<P: Processor> Node for ProcessorNode<P> {
     fn init(&mut self, ctx: &mut NodeCtx<'_>) -> Result<()> {
         self.processor.init(&mut typed(ctx))
     }
-    fn process(&mut self, record: DynRecord, ctx: &mut NodeCtx<'_>) -> Result<()> {
+    fn process(&mut self, record: DynRecord<'_>, ctx: &mut NodeCtx<'_>) -> Result<()> {
         let record = restore::<P::KeyIn, P::ValueIn>(record, &self.name)?;
         self.processor.process(record, &mut typed(ctx))
     }

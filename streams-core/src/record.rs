@@ -184,6 +184,73 @@ impl<K, V> Record<K, V> {
     }
 }
 
+/// A record whose key cannot change: what key-preserving operators (a
+/// [`FixedKeyProcessor`](crate::processor::FixedKeyProcessor), the DSL's `map_values` and
+/// `process_values`) receive and forward. Since nothing can re-key it, such an operator never
+/// needs a repartition before the next stateful one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FixedKeyRecord<K, V>(Record<K, V>);
+
+impl<K, V> FixedKeyRecord<K, V> {
+    pub(crate) fn new(record: Record<K, V>) -> Self {
+        FixedKeyRecord(record)
+    }
+
+    pub(crate) fn into_record(self) -> Record<K, V> {
+        self.0
+    }
+
+    /// The key.
+    pub fn key(&self) -> &K {
+        self.0.key()
+    }
+
+    /// The value.
+    pub fn value(&self) -> &V {
+        self.0.value()
+    }
+
+    /// The event timestamp, in milliseconds since the epoch.
+    pub fn timestamp(&self) -> i64 {
+        self.0.timestamp()
+    }
+
+    /// The headers.
+    pub fn headers(&self) -> &Headers {
+        self.0.headers()
+    }
+
+    /// Where it was read from, if it came from a topic.
+    pub fn origin(&self) -> Option<&RecordMetadata> {
+        self.0.origin()
+    }
+
+    /// The same record with another value (of any type).
+    pub fn with_value<V2>(self, value: V2) -> FixedKeyRecord<K, V2> {
+        FixedKeyRecord(self.0.with_value(value))
+    }
+
+    /// The same record with its value passed through `f`.
+    pub fn map_value<V2>(self, f: impl FnOnce(V) -> V2) -> FixedKeyRecord<K, V2> {
+        FixedKeyRecord(self.0.map_value(f))
+    }
+
+    /// The same record with another timestamp.
+    pub fn with_timestamp(self, timestamp: i64) -> Self {
+        FixedKeyRecord(self.0.with_timestamp(timestamp))
+    }
+
+    /// The same record with other headers.
+    pub fn with_headers(self, headers: Headers) -> Self {
+        FixedKeyRecord(self.0.with_headers(headers))
+    }
+
+    /// The value, taken out.
+    pub fn into_value(self) -> V {
+        self.0.into_key_value().1
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

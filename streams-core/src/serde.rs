@@ -191,6 +191,78 @@ where
     }
 }
 
+/// A shared serde is a serde.
+impl<T: 'static> Serde<T> for std::sync::Arc<dyn Serde<T>> {
+    fn serialize(&self, topic: &str, value: &T) -> Result<Option<Vec<u8>>, SerdeError> {
+        (**self).serialize(topic, value)
+    }
+    fn deserialize(&self, topic: &str, data: Option<&[u8]>) -> Result<T, SerdeError> {
+        (**self).deserialize(topic, data)
+    }
+}
+
+/// Types whose serde is found from the type, so that an API taking serdes can do without
+/// one: `String` (UTF-8), fixed-width numbers (big-endian, as Kafka's integer serdes),
+/// `Vec<u8>` (the bytes as they are), `()` (no key), and any `serde` type marked with
+/// [`JsonSerde`] (JSON).
+///
+/// ```
+/// use streams_core::serde::{DefaultSerde, JsonSerde};
+///
+/// #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+/// struct Order { id: u32 }
+/// impl JsonSerde for Order {}
+///
+/// let bytes = Order::default_serde().serialize("orders", &Order { id: 7 }).unwrap();
+/// assert_eq!(bytes.as_deref(), Some(&br#"{"id":7}"#[..]));
+/// let n = u64::default_serde().deserialize("t", Some(&[0, 0, 0, 0, 0, 0, 0, 9])).unwrap();
+/// assert_eq!(n, 9);
+/// ```
+pub trait DefaultSerde: Sized + 'static {
+    /// The serde used for this type when none is given.
+    fn default_serde() -> std::sync::Arc<dyn Serde<Self>>;
+}
+
+/// Marks a `serde` type whose default serde ([`DefaultSerde`]) is [`Json`]:
+/// `impl JsonSerde for MyType {}`.
+pub trait JsonSerde: serde::Serialize + serde::de::DeserializeOwned + 'static {}
+
+impl<T: JsonSerde> DefaultSerde for T {
+    fn default_serde() -> std::sync::Arc<dyn Serde<Self>> {
+        std::sync::Arc::new(Json::<T>::default())
+    }
+}
+
+impl DefaultSerde for String {
+    fn default_serde() -> std::sync::Arc<dyn Serde<Self>> {
+        std::sync::Arc::new(Utf8)
+    }
+}
+
+impl DefaultSerde for Vec<u8> {
+    fn default_serde() -> std::sync::Arc<dyn Serde<Self>> {
+        std::sync::Arc::new(RawBytes)
+    }
+}
+
+impl DefaultSerde for () {
+    fn default_serde() -> std::sync::Arc<dyn Serde<Self>> {
+        std::sync::Arc::new(Unit)
+    }
+}
+
+macro_rules! default_big_endian {
+    ($($t:ty),*) => {$(
+        impl DefaultSerde for $t {
+            fn default_serde() -> std::sync::Arc<dyn Serde<Self>> {
+                std::sync::Arc::new(BigEndian)
+            }
+        }
+    )*};
+}
+
+default_big_endian!(i16, i32, i64, u16, u32, u64, f32, f64);
+
 #[cfg(test)]
 mod tests {
     use super::*;

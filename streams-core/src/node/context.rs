@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{erase, DynRecord, Node, NodeMeta, PunctuationType, PunctuatorId, RecordCollector};
+use super::{DynRecord, Node, NodeMeta, PunctuationType, PunctuatorId, RecordCollector};
 use crate::store::StateStore;
 use crate::{Error, Record, RecordMetadata, Result, TaskId};
 
@@ -162,9 +162,9 @@ impl<'a> NodeCtx<'a> {
             return Ok(());
         }
         for i in 0..n - 1 {
-            self.forward_to_child(i, erase(record.clone()))?;
+            self.forward_to_child(i, &mut Some(record.clone()))?;
         }
-        self.forward_to_child(n - 1, erase(record))
+        self.forward_to_child(n - 1, &mut Some(record))
     }
 
     /// Forwards a typed record to the child named `child` only.
@@ -181,10 +181,10 @@ impl<'a> NodeCtx<'a> {
             .ok_or_else(|| {
                 Error::Config(format!("node {} has no child named {child}", meta.name))
             })?;
-        self.forward_to_child(position, erase(record))
+        self.forward_to_child(position, &mut Some(record))
     }
 
-    fn forward_to_child(&mut self, position: usize, record: DynRecord) -> Result<()> {
+    fn forward_to_child(&mut self, position: usize, record: DynRecord<'_>) -> Result<()> {
         let child = self.metas[self.node].children[position];
         self.run_node(child, |node, ctx| node.process(record, ctx))
     }

@@ -2,9 +2,10 @@
 //!
 //! Above this module, code is typed: a [`Processor`](crate::processor::Processor) sees
 //! `Record<K, V>`, a `Source<K, V>` decodes bytes into one. Below it, the topology and the
-//! tasks hold nodes of many types in one graph, so records travel between nodes with their key
-//! and value boxed as `dyn Any` ([`DynRecord`]) and each node restores the types it declared
-//! ([`restore`]); the topology checks at build time that a parent's output type is its
+//! tasks hold nodes of many types in one graph, so a record travels from a node to its child
+//! in a typed slot on the parent's stack (`Option<Record<K, V>>`), passed as `&mut dyn Any`
+//! ([`DynRecord`]); the child takes it out with the types it declared ([`restore`]). No
+//! allocation per edge. The topology checks at build time that a parent's output type is its
 //! child's input type ([`KvType`]), so a mismatch here is a bug reported as an error.
 //!
 //! What lives here: erased records, the [`Node`] trait and its factory, the wiring of a node
@@ -37,35 +38,26 @@ pub enum PunctuationType {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PunctuatorId(pub(crate) u64);
 
-pub(crate) type AnyBox = Box<dyn Any>;
-/// A record whose key and value types are erased, as it travels between nodes.
-pub(crate) type DynRecord = Record<AnyBox, AnyBox>;
+/// A record in flight to a child node: a `&mut Option<Record<K, V>>` on the parent's stack,
+/// its types erased; the child takes the record out.
+pub(crate) type DynRecord<'a> = &'a mut dyn Any;
 
-pub(crate) fn erase<K: 'static, V: 'static>(record: Record<K, V>) -> DynRecord {
-    let (key, value, rest) = record.split();
-    rest.with_key(Box::new(key) as AnyBox)
-        .with_value(Box::new(value) as AnyBox)
-}
-
-/// Restores the types of an erased record; a mismatch is a bug the topology's type check
-/// should have caught, reported as an error rather than a panic.
+/// Takes the record out of its slot with the types the node declared; a mismatch is a bug the
+/// topology's type check should have caught, reported as an error rather than a panic.
 pub(crate) fn restore<K: 'static, V: 'static>(
-    record: DynRecord,
+    record: DynRecord<'_>,
     node: &str,
 ) -> Result<Record<K, V>> {
-    let mismatch = |what: &str, expected: &str| {
-        Error::Internal(format!(
-            "node {node} received a {what} that is not a {expected}"
-        ))
-    };
-    let (key, value, rest) = record.split();
-    let key = key
-        .downcast::<K>()
-        .map_err(|_| mismatch("key", std::any::type_name::<K>()))?;
-    let value = value
-        .downcast::<V>()
-        .map_err(|_| mismatch("value", std::any::type_name::<V>()))?;
-    Ok(rest.with_key(*key).with_value(*value))
+    record
+        .downcast_mut::<Option<Record<K, V>>>()
+        .and_then(Option::take)
+        .ok_or_else(|| {
+            Error::Internal(format!(
+                "node {node} received a record that is not a ({}, {}) record",
+                std::any::type_name::<K>(),
+                std::any::type_name::<V>()
+            ))
+        })
 }
 
 /// The key and value types of a node's input or output, for the topology's type check.
@@ -103,7 +95,7 @@ pub(crate) trait Node: Send {
         let _ = ctx;
         Ok(())
     }
-    fn process(&mut self, record: DynRecord, ctx: &mut NodeCtx<'_>) -> Result<()>;
+    fn process(&mut self, record: DynRecord<'_>, ctx: &mut NodeCtx<'_>) -> Result<()>;
     fn punctuate(&mut self, id: PunctuatorId, timestamp: i64, ctx: &mut NodeCtx<'_>) -> Result<()> {
         let _ = (id, timestamp, ctx);
         Ok(())

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::nodes::{processor_kind, sink_kind, NodeKind, Sink, Source};
 use super::Topology;
 use crate::node::KvType;
-use crate::processor::Processor;
+use crate::processor::{FixedKey, FixedKeyProcessor, Processor};
 use crate::store::StoreBuilder;
 use crate::{Error, Result};
 
@@ -84,6 +84,23 @@ impl TopologyBuilder {
             input: Some(KvType::of::<P::KeyIn, P::ValueIn>()),
             output: Some(KvType::of::<P::KeyOut, P::ValueOut>()),
         })
+    }
+
+    /// Adds a processor that cannot change the key ([`FixedKeyProcessor`]), made by
+    /// `supplier` (called once per task), fed by `parents`.
+    pub fn add_fixed_key_processor<P, F, I, S>(
+        &mut self,
+        name: &str,
+        supplier: F,
+        parents: I,
+    ) -> &mut Self
+    where
+        P: FixedKeyProcessor,
+        F: Fn() -> P + Send + Sync + 'static,
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.add_processor(name, move || FixedKey(supplier()), parents)
     }
 
     /// Adds a sink node writing what `parents` forward.

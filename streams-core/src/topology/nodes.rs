@@ -168,7 +168,7 @@ struct SinkSpec<K, V> {
 }
 
 impl<K: 'static, V: 'static> Node for SinkNode<K, V> {
-    fn process(&mut self, record: DynRecord, ctx: &mut NodeCtx<'_>) -> Result<()> {
+    fn process(&mut self, record: DynRecord<'_>, ctx: &mut NodeCtx<'_>) -> Result<()> {
         let record: Record<K, V> = restore(record, &self.name)?;
         let key = self.sink.keys.serialize(&self.topic, record.key());
         let value = self.sink.values.serialize(&self.topic, record.value());
@@ -240,7 +240,7 @@ impl NodeKind {
 pub(crate) struct NoopNode;
 
 impl Node for NoopNode {
-    fn process(&mut self, _: DynRecord, _: &mut NodeCtx<'_>) -> Result<()> {
+    fn process(&mut self, _: DynRecord<'_>, _: &mut NodeCtx<'_>) -> Result<()> {
         Ok(())
     }
 }
