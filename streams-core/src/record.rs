@@ -163,8 +163,9 @@ impl<K, V> Record<K, V> {
         self
     }
 
-    /// Key, value, and the rest of the record.
-    pub(crate) fn split(self) -> (K, V, Record<(), ()>) {
+    /// Key, value, and the rest of the record (timestamp, headers, origin) to put them back
+    /// into with [`with_key`](Record::with_key) and [`with_value`](Record::with_value).
+    pub fn into_parts(self) -> (K, V, Record<(), ()>) {
         (
             self.key,
             self.value,

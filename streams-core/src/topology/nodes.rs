@@ -196,7 +196,7 @@ impl<K: 'static, V: 'static> Node for SinkNode<K, V> {
                 )));
             }
         }
-        let (_, _, rest) = record.split();
+        let (_, _, rest) = record.into_parts();
         ctx.collector().send(OutRecord {
             topic: self.topic.clone(),
             partition,

@@ -1,0 +1,258 @@
+//! [`StreamsBuilder`]: the entry point of the DSL, and the graph it builds.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+
+use streams_core::serde::DefaultSerde;
+use streams_core::store::StoreBuilder;
+use streams_core::topology::{Source, Topology, TopologyBuilder};
+use streams_core::{Error, Result};
+
+use crate::kstream::KStream;
+use crate::options::Consumed;
+
+type AddStore = Box<dyn FnOnce(&mut TopologyBuilder, Vec<String>)>;
+
+/// The topology under construction, shared by every stream and table handle of a builder.
+pub(crate) struct Graph {
+    pub(crate) topology: TopologyBuilder,
+    /// Node names taken, with how many generated names share each base.
+    nodes: HashMap<String, usize>,
+    /// Stores and internal topics by name, with the operator that made each.
+    stateful: BTreeMap<String, String>,
+    /// Stores added with [`StreamsBuilder::add_state_store`], connected at build.
+    user_stores: Vec<(String, AddStore)>,
+    store_users: HashMap<String, Vec<String>>,
+    errors: Vec<String>,
+}
+
+pub(crate) type Shared = Rc<RefCell<Graph>>;
+
+/// A stable, short digest of an operator's path from its sources, for generated names.
+fn digest(path: &str) -> String {
+    // FNV-1a, 32 bits: stable across builds and platforms.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in path.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    format!("{h:08x}")
+}
+
+impl Graph {
+    /// The name of a new stateless node: `explicit`, or one generated from its kind and path.
+    /// Generated names of stateless nodes may carry a suffix when two operators of one kind
+    /// hang off the same node; they name no state, so that is harmless.
+    pub(crate) fn node_name(&mut self, kind: &str, path: &str, explicit: Option<&str>) -> String {
+        if let Some(name) = explicit {
+            if self.nodes.insert(name.to_string(), 1).is_some() {
+                self.errors.push(format!("the name {name} is used twice"));
+            }
+            return name.to_string();
+        }
+        let base = format!("KSTREAM-{kind}-{}", digest(path));
+        let n = self.nodes.entry(base.clone()).or_insert(0);
+        *n += 1;
+        if *n == 1 {
+            base
+        } else {
+            format!("{base}-{n}")
+        }
+    }
+
+    /// The name of a store or internal topic: `explicit`, or one generated from the path of
+    /// the operator that makes it. Generated names depend only on the operators between the
+    /// sources and this one, so adding an unrelated operator elsewhere never shifts them; two
+    /// operators that would get the same generated name are refused, naming the operator to
+    /// name (a changelog whose name shifts silently loses its state).
+    pub(crate) fn state_name(
+        &mut self,
+        kind: &str,
+        path: &str,
+        explicit: Option<&str>,
+        operator: &str,
+    ) -> String {
+        let (name, generated) = match explicit {
+            Some(n) => (n.to_string(), false),
+            None => (format!("KSTREAM-{kind}-{}", digest(path)), true),
+        };
+        if let Some(other) = self.stateful.insert(name.clone(), operator.to_string()) {
+            if generated {
+                self.errors.push(format!(
+                    "{operator} and {other} would get the same generated state name {name}; \
+                     name one of them (Materialized::named, Grouped::named or Repartitioned::named)"
+                ));
+            } else {
+                self.errors.push(format!(
+                    "the store or topic name {name} is used by both {other} and {operator}"
+                ));
+            }
+        }
+        name
+    }
+
+    /// Connects a processor to a store added with [`StreamsBuilder::add_state_store`].
+    pub(crate) fn connect_store(&mut self, store: &str, processor: &str) {
+        self.store_users
+            .entry(store.to_string())
+            .or_default()
+            .push(processor.to_string());
+    }
+}
+
+/// Builds a topology with the DSL: streams and tables read from topics, operators on them,
+/// results written to topics. [`build`](Self::build) returns the `streams-core` topology to
+/// run with `KafkaStreams` or the `TopologyTestDriver`.
+///
+/// ```
+/// use streams_dsl::StreamsBuilder;
+/// use streams_core::TopologyTestDriver;
+/// use streams_core::serde::Utf8;
+///
+/// let builder = StreamsBuilder::new();
+/// builder
+///     .stream::<String, String>("words")
+///     .filter(|_, word| !word.is_empty())
+///     .map_values(|word| word.to_uppercase())
+///     .to("loud-words");
+/// let driver = TopologyTestDriver::new(builder.build()?)?;
+/// let words = driver.input_topic("words", Utf8, Utf8);
+/// let loud = driver.output_topic::<String, String>("loud-words", Utf8, Utf8);
+/// words.pipe("a".to_string(), "hi".to_string())?;
+/// words.pipe("b".to_string(), String::new())?;
+/// assert_eq!(loud.read_key_values()?, vec![("a".to_string(), "HI".to_string())]);
+/// # Ok::<(), streams_core::Error>(())
+/// ```
+pub struct StreamsBuilder {
+    graph: Shared,
+}
+
+impl Default for StreamsBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// One topic or several.
+pub trait IntoTopics {
+    /// The topic names.
+    fn into_topics(self) -> Vec<String>;
+}
+
+impl IntoTopics for &str {
+    fn into_topics(self) -> Vec<String> {
+        vec![self.to_string()]
+    }
+}
+
+impl IntoTopics for String {
+    fn into_topics(self) -> Vec<String> {
+        vec![self]
+    }
+}
+
+impl<const N: usize> IntoTopics for [&str; N] {
+    fn into_topics(self) -> Vec<String> {
+        self.iter().map(|t| t.to_string()).collect()
+    }
+}
+
+impl IntoTopics for Vec<String> {
+    fn into_topics(self) -> Vec<String> {
+        self
+    }
+}
+
+impl IntoTopics for &[&str] {
+    fn into_topics(self) -> Vec<String> {
+        self.iter().map(|t| t.to_string()).collect()
+    }
+}
+
+impl StreamsBuilder {
+    /// An empty builder.
+    pub fn new() -> Self {
+        StreamsBuilder {
+            graph: Rc::new(RefCell::new(Graph {
+                topology: TopologyBuilder::new(),
+                nodes: HashMap::new(),
+                stateful: BTreeMap::new(),
+                user_stores: vec![],
+                store_users: HashMap::new(),
+                errors: vec![],
+            })),
+        }
+    }
+
+    /// A stream of the records of `topics`, with the serdes of the key and value types.
+    pub fn stream<K, V>(&self, topics: impl IntoTopics) -> KStream<K, V>
+    where
+        K: DefaultSerde + Clone,
+        V: DefaultSerde + Clone,
+    {
+        self.stream_with(topics, Consumed::default())
+    }
+
+    /// A stream of the records of `topics`, read as `consumed` says.
+    pub fn stream_with<K, V>(
+        &self,
+        topics: impl IntoTopics,
+        consumed: Consumed<K, V>,
+    ) -> KStream<K, V>
+    where
+        K: Clone + 'static,
+        V: Clone + 'static,
+    {
+        let topics = topics.into_topics();
+        let path = format!("source:{}", topics.join(","));
+        let mut g = self.graph.borrow_mut();
+        let name = g.node_name("SOURCE", &path, consumed.name.as_deref());
+        let mut source = Source::new(topics, consumed.keys, consumed.values);
+        if let Some(extract) = consumed.extractor {
+            source = source.with_timestamp_extractor(move |r, pt| extract(r, pt));
+        }
+        g.topology.add_source(&name, source);
+        drop(g);
+        KStream::new(self.graph.clone(), name, path, false)
+    }
+
+    /// Adds a store for processors added with [`KStream::process`] and
+    /// [`KStream::process_values`], which name it among their stores.
+    pub fn add_state_store(&self, store: impl StoreBuilder) -> &Self {
+        let name = store.name().to_string();
+        let mut g = self.graph.borrow_mut();
+        g.state_name("STORE", &name, Some(&name), &format!("store {name}"));
+        g.user_stores.push((
+            name,
+            Box::new(move |t: &mut TopologyBuilder, users: Vec<String>| {
+                t.add_state_store(store, users);
+            }),
+        ));
+        self
+    }
+
+    /// Checks what was built and returns the topology. Mistakes (a name used twice, two
+    /// unnamed stateful operators that would share a generated name, and everything the
+    /// topology itself checks) are reported here.
+    pub fn build(self) -> Result<Topology> {
+        let mut g = self.graph.borrow_mut();
+        if !g.errors.is_empty() {
+            return Err(Error::Config(format!(
+                "streams builder: {}",
+                g.errors.join("; ")
+            )));
+        }
+        let stores = std::mem::take(&mut g.user_stores);
+        for (name, add) in stores {
+            let users = g.store_users.remove(&name).unwrap_or_default();
+            add(&mut g.topology, users);
+        }
+        if let Some((store, _)) = g.store_users.iter().next() {
+            return Err(Error::Config(format!(
+                "streams builder: a processor uses store {store}, which was not added with add_state_store"
+            )));
+        }
+        g.topology.build()
+    }
+}

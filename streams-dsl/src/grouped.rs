@@ -1,0 +1,203 @@
+//! [`KGroupedStream`]: a stream grouped by key, and its aggregations into a [`KTable`].
+
+use std::sync::Arc;
+
+use streams_core::processor::ProcessorContext;
+use streams_core::serde::{BigEndian, Serde};
+use streams_core::store::KeyValueStore;
+use streams_core::Record;
+
+use crate::kstream::KStream;
+use crate::ktable::KTable;
+use crate::ops::Op;
+use crate::options::{Grouped, Materialized, Repartitioned};
+use crate::stamped::{Stamped, StampedSerde};
+use crate::windows::{TimeWindowedKStream, TimeWindows};
+
+/// A stream grouped by key: what [`count`](Self::count), [`reduce`](Self::reduce) and
+/// [`aggregate`](Self::aggregate) aggregate per key. When the key changed upstream, the
+/// aggregation reads through a repartition topic first (written inside the transaction under
+/// exactly-once), so that all records of a key reach one task.
+pub struct KGroupedStream<K, V> {
+    pub(crate) stream: KStream<K, V>,
+    pub(crate) grouped: Grouped<K, V>,
+}
+
+impl<K: Clone + 'static, V: Clone + 'static> KGroupedStream<K, V> {
+    pub(crate) fn new(stream: KStream<K, V>, grouped: Grouped<K, V>) -> Self {
+        KGroupedStream { stream, grouped }
+    }
+
+    /// The key serde of the grouping.
+    pub(crate) fn keys(&self) -> Arc<dyn Serde<K>> {
+        self.grouped.keys.clone()
+    }
+
+    /// The stream to aggregate: repartitioned when its key changed.
+    pub(crate) fn input(&self) -> KStream<K, V> {
+        if !self.stream.key_changed {
+            return self.stream.clone();
+        }
+        let mut options = Repartitioned {
+            keys: self.grouped.keys.clone(),
+            values: self.grouped.values.clone(),
+            name: None,
+            partitions: None,
+        };
+        if let Some(n) = &self.grouped.name {
+            options = options.named(n);
+        }
+        self.stream.repartition(options)
+    }
+
+    /// The number of records per key, with the count's timestamp the latest record's.
+    pub fn count(&self) -> KTable<K, u64> {
+        self.count_with(Materialized::with(BigEndian))
+    }
+
+    /// [`count`](Self::count) into the store `materialized` describes.
+    pub fn count_with(&self, materialized: Materialized<u64>) -> KTable<K, u64> {
+        self.aggregate_kind("COUNT", || 0, |_, _, n| n + 1, materialized)
+    }
+
+    /// Combines the values of each key with `f(aggregate, value)` (the first value is the
+    /// initial aggregate).
+    pub fn reduce(&self, f: impl Fn(V, V) -> V + Send + Sync + 'static) -> KTable<K, V> {
+        let values = self.grouped.values.clone();
+        self.reduce_with(f, Materialized::with_arc(values))
+    }
+
+    /// [`reduce`](Self::reduce) into the store `materialized` describes.
+    pub fn reduce_with(
+        &self,
+        f: impl Fn(V, V) -> V + Send + Sync + 'static,
+        materialized: Materialized<V>,
+    ) -> KTable<K, V> {
+        let f = Arc::new(f);
+        aggregate_node(self, "REDUCE", materialized, move || {
+            let f = f.clone();
+            move |_k: &K, v: V, old: Option<V>| match old {
+                Some(agg) => f(agg, v),
+                None => v,
+            }
+        })
+    }
+
+    /// Folds the values of each key into an aggregate: `adder(key, value, aggregate)`,
+    /// starting from `initializer()`.
+    pub fn aggregate<VA: Clone + 'static>(
+        &self,
+        initializer: impl Fn() -> VA + Send + Sync + 'static,
+        adder: impl Fn(&K, V, VA) -> VA + Send + Sync + 'static,
+        materialized: Materialized<VA>,
+    ) -> KTable<K, VA> {
+        self.aggregate_kind("AGGREGATE", initializer, adder, materialized)
+    }
+
+    fn aggregate_kind<VA: Clone + 'static>(
+        &self,
+        kind: &str,
+        initializer: impl Fn() -> VA + Send + Sync + 'static,
+        adder: impl Fn(&K, V, VA) -> VA + Send + Sync + 'static,
+        materialized: Materialized<VA>,
+    ) -> KTable<K, VA> {
+        let (init, add) = (Arc::new(initializer), Arc::new(adder));
+        aggregate_node(self, kind, materialized, move || {
+            let (init, add) = (init.clone(), add.clone());
+            move |k: &K, v: V, old: Option<VA>| add(k, v, old.unwrap_or_else(|| init()))
+        })
+    }
+
+    /// Aggregates per key and time window (tumbling or hopping).
+    pub fn windowed_by(&self, windows: TimeWindows) -> TimeWindowedKStream<K, V> {
+        TimeWindowedKStream::new(self.clone_grouped(), windows)
+    }
+
+    fn clone_grouped(&self) -> KGroupedStream<K, V> {
+        KGroupedStream {
+            stream: self.stream.clone(),
+            grouped: Grouped {
+                keys: self.grouped.keys.clone(),
+                values: self.grouped.values.clone(),
+                name: self.grouped.name.clone(),
+            },
+        }
+    }
+}
+
+/// Adds an aggregation node and its store: for each record, `step(key, value, old aggregate)`
+/// gives the new aggregate, stored and forwarded with the largest timestamp seen for the key.
+fn aggregate_node<K, V, VA, S>(
+    grouped: &KGroupedStream<K, V>,
+    kind: &str,
+    materialized: Materialized<VA>,
+    make_step: impl Fn() -> S + Send + Sync + 'static,
+) -> KTable<K, VA>
+where
+    K: Clone + 'static,
+    V: Clone + 'static,
+    VA: Clone + 'static,
+    S: FnMut(&K, V, Option<VA>) -> VA + Send + 'static,
+{
+    let input = grouped.input();
+    let path = format!("{}/{}", input.path, kind.to_ascii_lowercase());
+    let keys = grouped.keys();
+    let values = materialized.values.clone();
+    let mut g = input.graph.borrow_mut();
+    let node = g.node_name(kind, &path, None);
+    let store = g.state_name(
+        &format!("{kind}-STATE-STORE"),
+        &path,
+        materialized.name.as_deref(),
+        &format!("{} ({})", kind.to_ascii_lowercase(), node),
+    );
+    let store_name = store.clone();
+    g.topology.add_processor(
+        &node,
+        move || {
+            let store = store_name.clone();
+            let mut step = make_step();
+            Op::<K, V, K, VA>::new(Box::new(
+                move |r: Record<K, V>, ctx: &mut ProcessorContext<'_, K, VA>| {
+                    let s = ctx.state_store::<KeyValueStore<K, Stamped<VA>>>(&store)?;
+                    let old = s.get(r.key())?;
+                    let (key, value, rest) = r.into_parts();
+                    let (old_value, old_ts) = match old {
+                        Some(o) => (Some(o.value), o.timestamp),
+                        None => (None, i64::MIN),
+                    };
+                    let timestamp = rest.timestamp().max(old_ts);
+                    let new = step(&key, value, old_value);
+                    let stamped = Stamped {
+                        value: new.clone(),
+                        timestamp,
+                    };
+                    s.put(&key, &stamped)?;
+                    ctx.forward(rest.with_key(key).with_value(new).with_timestamp(timestamp))
+                },
+            ))
+        },
+        [input.node.as_str()],
+    );
+    let mut builder = KeyValueStore::<K, Stamped<VA>>::builder(
+        &store,
+        keys.clone(),
+        StampedSerde(values.clone()),
+    );
+    if materialized.in_memory {
+        builder = builder.in_memory();
+    }
+    if !materialized.logging {
+        builder = builder.with_logging(false);
+    }
+    g.topology.add_state_store(builder, [node.as_str()]);
+    drop(g);
+    KTable {
+        graph: input.graph.clone(),
+        node,
+        path,
+        store: Some(store),
+        keys,
+        values,
+    }
+}

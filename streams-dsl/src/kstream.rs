@@ -1,0 +1,488 @@
+//! [`KStream`]: an unbounded stream of records, and its stateless operators.
+
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use streams_core::processor::{FixedKeyProcessor, Processor};
+use streams_core::serde::DefaultSerde;
+use streams_core::topology::Sink;
+use streams_core::Record;
+
+use crate::builder::Shared;
+use crate::grouped::KGroupedStream;
+use crate::ops::{Op, OpFn};
+use crate::options::{Grouped, Named, Produced, Repartitioned};
+
+/// A stream of records with keys of type `K` and values of type `V`. Every operator adds a
+/// node to the topology and returns a new handle; a handle can feed several operators.
+pub struct KStream<K, V> {
+    pub(crate) graph: Shared,
+    /// The node whose output this stream is.
+    pub(crate) node: String,
+    /// The operators from the sources to here, for generated names.
+    pub(crate) path: String,
+    /// The key may have changed since the last repartition: the next stateful operator
+    /// reads through a repartition topic.
+    pub(crate) key_changed: bool,
+    _types: PhantomData<fn(K, V)>,
+}
+
+impl<K, V> Clone for KStream<K, V> {
+    fn clone(&self) -> Self {
+        KStream {
+            graph: self.graph.clone(),
+            node: self.node.clone(),
+            path: self.path.clone(),
+            key_changed: self.key_changed,
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<K: Clone + 'static, V: Clone + 'static> KStream<K, V> {
+    pub(crate) fn new(graph: Shared, node: String, path: String, key_changed: bool) -> Self {
+        KStream {
+            graph,
+            node,
+            path,
+            key_changed,
+            _types: PhantomData,
+        }
+    }
+
+    /// Adds a processor node of kind `kind` running `make()`'s closure (one per task).
+    pub(crate) fn add_op<K2: Clone + 'static, V2: Clone + 'static>(
+        &self,
+        kind: &str,
+        named: Named,
+        key_changed: bool,
+        make: impl Fn() -> OpFn<K, V, K2, V2> + Send + Sync + 'static,
+    ) -> KStream<K2, V2> {
+        let path = format!("{}/{}", self.path, kind.to_ascii_lowercase());
+        let mut g = self.graph.borrow_mut();
+        let name = g.node_name(kind, &path, named.0.as_deref());
+        g.topology
+            .add_processor(&name, move || Op::new(make()), [self.node.as_str()]);
+        drop(g);
+        KStream::new(
+            self.graph.clone(),
+            name,
+            path,
+            self.key_changed || key_changed,
+        )
+    }
+
+    /// Keeps the records for which `predicate(key, value)` holds.
+    pub fn filter(&self, predicate: impl Fn(&K, &V) -> bool + Send + Sync + 'static) -> Self {
+        self.filter_named(Named::default(), predicate)
+    }
+
+    /// [`filter`](Self::filter) with a node name.
+    pub fn filter_named(
+        &self,
+        named: Named,
+        predicate: impl Fn(&K, &V) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        let p = Arc::new(predicate);
+        self.add_op("FILTER", named, false, move || {
+            let p = p.clone();
+            Box::new(move |r: Record<K, V>, ctx| {
+                if p(r.key(), r.value()) {
+                    ctx.forward(r)
+                } else {
+                    Ok(())
+                }
+            })
+        })
+    }
+
+    /// Drops the records for which `predicate(key, value)` holds.
+    pub fn filter_not(&self, predicate: impl Fn(&K, &V) -> bool + Send + Sync + 'static) -> Self {
+        self.add_op_filter_not(predicate)
+    }
+
+    fn add_op_filter_not(
+        &self,
+        predicate: impl Fn(&K, &V) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        let p = Arc::new(predicate);
+        self.add_op("FILTER-NOT", Named::default(), false, move || {
+            let p = p.clone();
+            Box::new(move |r: Record<K, V>, ctx| {
+                if p(r.key(), r.value()) {
+                    Ok(())
+                } else {
+                    ctx.forward(r)
+                }
+            })
+        })
+    }
+
+    /// A new key and value for every record (timestamp and headers kept). The key may change:
+    /// a stateful operator after it reads through a repartition topic.
+    pub fn map<K2: Clone + 'static, V2: Clone + 'static>(
+        &self,
+        f: impl Fn(K, V) -> (K2, V2) + Send + Sync + 'static,
+    ) -> KStream<K2, V2> {
+        let f = Arc::new(f);
+        self.add_op("MAP", Named::default(), true, move || {
+            let f = f.clone();
+            Box::new(move |r: Record<K, V>, ctx| {
+                let (key, value, rest) = r.into_parts();
+                let (k2, v2) = f(key, value);
+                ctx.forward(rest.with_key(k2).with_value(v2))
+            })
+        })
+    }
+
+    /// A new value for every record; the key stays (no repartition needed).
+    pub fn map_values<V2: Clone + 'static>(
+        &self,
+        f: impl Fn(V) -> V2 + Send + Sync + 'static,
+    ) -> KStream<K, V2> {
+        let f = Arc::new(f);
+        self.add_op("MAPVALUES", Named::default(), false, move || {
+            let f = f.clone();
+            Box::new(move |r: Record<K, V>, ctx| ctx.forward(r.map_value(|v| f(v))))
+        })
+    }
+
+    /// A new value for every record from its key and value; the key stays.
+    pub fn map_values_with_key<V2: Clone + 'static>(
+        &self,
+        f: impl Fn(&K, V) -> V2 + Send + Sync + 'static,
+    ) -> KStream<K, V2> {
+        let f = Arc::new(f);
+        self.add_op("MAPVALUES", Named::default(), false, move || {
+            let f = f.clone();
+            Box::new(move |r: Record<K, V>, ctx| {
+                let (key, value, rest) = r.into_parts();
+                let v2 = f(&key, value);
+                ctx.forward(rest.with_key(key).with_value(v2))
+            })
+        })
+    }
+
+    /// Zero or more records for every record (each with the input's timestamp and headers).
+    /// The key may change.
+    pub fn flat_map<K2, V2, I>(
+        &self,
+        f: impl Fn(K, V) -> I + Send + Sync + 'static,
+    ) -> KStream<K2, V2>
+    where
+        K2: Clone + 'static,
+        V2: Clone + 'static,
+        I: IntoIterator<Item = (K2, V2)>,
+    {
+        let f = Arc::new(f);
+        self.add_op("FLATMAP", Named::default(), true, move || {
+            let f = f.clone();
+            Box::new(move |r: Record<K, V>, ctx| {
+                let (key, value, rest) = r.into_parts();
+                for (k2, v2) in f(key, value) {
+                    ctx.forward(rest.clone().with_key(k2).with_value(v2))?;
+                }
+                Ok(())
+            })
+        })
+    }
+
+    /// Zero or more values for every record, under its key.
+    pub fn flat_map_values<V2, I>(
+        &self,
+        f: impl Fn(V) -> I + Send + Sync + 'static,
+    ) -> KStream<K, V2>
+    where
+        V2: Clone + 'static,
+        I: IntoIterator<Item = V2>,
+    {
+        let f = Arc::new(f);
+        self.add_op("FLATMAPVALUES", Named::default(), false, move || {
+            let f = f.clone();
+            Box::new(move |r: Record<K, V>, ctx| {
+                let (key, value, rest) = r.into_parts();
+                for v2 in f(value) {
+                    ctx.forward(rest.clone().with_key(key.clone()).with_value(v2))?;
+                }
+                Ok(())
+            })
+        })
+    }
+
+    /// A new key from every record's key and value; the value stays. The key changes: a
+    /// stateful operator after it reads through a repartition topic.
+    pub fn select_key<K2: Clone + 'static>(
+        &self,
+        f: impl Fn(&K, &V) -> K2 + Send + Sync + 'static,
+    ) -> KStream<K2, V> {
+        let f = Arc::new(f);
+        self.add_op("KEY-SELECT", Named::default(), true, move || {
+            let f = f.clone();
+            Box::new(move |r: Record<K, V>, ctx| {
+                let k2 = f(r.key(), r.value());
+                ctx.forward(r.with_key(k2))
+            })
+        })
+    }
+
+    /// Calls `f(key, value)` for every record and passes the record on.
+    pub fn peek(&self, f: impl Fn(&K, &V) + Send + Sync + 'static) -> Self {
+        let f = Arc::new(f);
+        self.add_op("PEEK", Named::default(), false, move || {
+            let f = f.clone();
+            Box::new(move |r: Record<K, V>, ctx| {
+                f(r.key(), r.value());
+                ctx.forward(r)
+            })
+        })
+    }
+
+    /// Calls `f(key, value)` for every record; the stream ends here.
+    pub fn for_each(&self, f: impl Fn(&K, &V) + Send + Sync + 'static) {
+        let f = Arc::new(f);
+        self.add_op::<K, V>("FOREACH", Named::default(), false, move || {
+            let f = f.clone();
+            Box::new(move |r: Record<K, V>, _ctx| {
+                f(r.key(), r.value());
+                Ok(())
+            })
+        });
+    }
+
+    /// Splits the stream into named branches: each record goes to the first branch whose
+    /// predicate holds (see [`BranchedKStream`]). Branch names are prefixed with `named`.
+    pub fn split(&self, named: Named) -> BranchedKStream<K, V> {
+        BranchedKStream {
+            stream: self.clone(),
+            prefix: named.0.unwrap_or_default(),
+            branches: vec![],
+        }
+    }
+
+    /// One stream of the records of both (each keeps its timestamp).
+    pub fn merge(&self, other: &KStream<K, V>) -> Self {
+        let path = format!("merge({},{})", self.path, other.path);
+        let mut g = self.graph.borrow_mut();
+        let name = g.node_name("MERGE", &path, None);
+        g.topology.add_processor(
+            &name,
+            || Op::<K, V, K, V>::new(Box::new(|r, ctx| ctx.forward(r))),
+            [self.node.as_str(), other.node.as_str()],
+        );
+        drop(g);
+        KStream::new(
+            self.graph.clone(),
+            name,
+            path,
+            self.key_changed || other.key_changed,
+        )
+    }
+
+    /// Writes the stream to a repartition topic and reads it back, so that records with the
+    /// same key land in the same partition (and task).
+    pub fn repartition(&self, options: Repartitioned<K, V>) -> Self {
+        let path = format!("{}/repartition", self.path);
+        let operator = format!("repartition after {}", self.node);
+        let mut g = self.graph.borrow_mut();
+        let topic = g.state_name("REPARTITION", &path, options.name.as_deref(), &operator);
+        g.topology.add_repartition_topic(&topic, options.partitions);
+        let sink = format!("{topic}-sink");
+        let source = format!("{topic}-source");
+        g.topology.add_sink(
+            &sink,
+            Sink::new(topic.clone(), options.keys.clone(), options.values.clone()),
+            [self.node.as_str()],
+        );
+        g.topology.add_source(
+            &source,
+            streams_core::topology::Source::new([topic], options.keys, options.values),
+        );
+        drop(g);
+        KStream::new(self.graph.clone(), source, path, false)
+    }
+
+    /// Writes the stream to `topic` with the serdes of its types.
+    pub fn to(&self, topic: &str)
+    where
+        K: DefaultSerde,
+        V: DefaultSerde,
+    {
+        self.to_with(topic, Produced::default());
+    }
+
+    /// Writes the stream to `topic` as `produced` says.
+    pub fn to_with(&self, topic: &str, produced: Produced<K, V>) {
+        let path = format!("{}/sink:{topic}", self.path);
+        let mut g = self.graph.borrow_mut();
+        let name = g.node_name("SINK", &path, produced.name.as_deref());
+        let mut sink = Sink::new(topic, produced.keys, produced.values);
+        if let Some(p) = produced.partitioner {
+            sink = sink.with_partitioner(move |k, v, n| p(k, v, n));
+        }
+        g.topology.add_sink(&name, sink, [self.node.as_str()]);
+    }
+
+    /// Runs a Processor API processor on the stream, with access to the stores named in
+    /// `stores` (added with `StreamsBuilder::add_state_store`). It may change the key.
+    pub fn process<P, F>(&self, supplier: F, stores: &[&str]) -> KStream<P::KeyOut, P::ValueOut>
+    where
+        P: Processor<KeyIn = K, ValueIn = V>,
+        P::KeyOut: Clone,
+        P::ValueOut: Clone,
+        F: Fn() -> P + Send + Sync + 'static,
+    {
+        let path = format!("{}/process", self.path);
+        let mut g = self.graph.borrow_mut();
+        let name = g.node_name("PROCESSOR", &path, None);
+        g.topology
+            .add_processor(&name, supplier, [self.node.as_str()]);
+        for s in stores {
+            g.connect_store(s, &name);
+        }
+        drop(g);
+        KStream::new(self.graph.clone(), name, path, true)
+    }
+
+    /// Runs a [`FixedKeyProcessor`] on the stream (it cannot change the key: no repartition
+    /// is needed after it), with access to the stores named in `stores`.
+    pub fn process_values<P, F>(&self, supplier: F, stores: &[&str]) -> KStream<K, P::ValueOut>
+    where
+        P: FixedKeyProcessor<Key = K, ValueIn = V>,
+        F: Fn() -> P + Send + Sync + 'static,
+    {
+        let path = format!("{}/process-values", self.path);
+        let mut g = self.graph.borrow_mut();
+        let name = g.node_name("PROCESSVALUES", &path, None);
+        g.topology
+            .add_fixed_key_processor(&name, supplier, [self.node.as_str()]);
+        for s in stores {
+            g.connect_store(s, &name);
+        }
+        drop(g);
+        KStream::new(self.graph.clone(), name, path, self.key_changed)
+    }
+
+    /// Groups the stream by its key, with the serdes of its types (used for the repartition
+    /// topic when the key changed upstream).
+    pub fn group_by_key(&self) -> KGroupedStream<K, V>
+    where
+        K: DefaultSerde,
+        V: DefaultSerde,
+    {
+        self.group_by_key_with(Grouped::default())
+    }
+
+    /// Groups the stream by its key, as `grouped` says.
+    pub fn group_by_key_with(&self, grouped: Grouped<K, V>) -> KGroupedStream<K, V> {
+        KGroupedStream::new(self.clone(), grouped)
+    }
+
+    /// Groups the stream by a new key, `f(key, value)`: the next aggregation reads through a
+    /// repartition topic.
+    pub fn group_by<K2>(
+        &self,
+        f: impl Fn(&K, &V) -> K2 + Send + Sync + 'static,
+    ) -> KGroupedStream<K2, V>
+    where
+        K2: DefaultSerde + Clone,
+        V: DefaultSerde,
+    {
+        self.select_key(f).group_by_key()
+    }
+
+    /// Groups the stream by a new key, `f(key, value)`, as `grouped` says.
+    pub fn group_by_with<K2: Clone + 'static>(
+        &self,
+        f: impl Fn(&K, &V) -> K2 + Send + Sync + 'static,
+        grouped: Grouped<K2, V>,
+    ) -> KGroupedStream<K2, V> {
+        self.select_key(f).group_by_key_with(grouped)
+    }
+}
+
+type Predicate<K, V> = Arc<dyn Fn(&K, &V) -> bool + Send + Sync>;
+
+/// A stream being split into branches: [`branch`](Self::branch) adds one, then
+/// [`default_branch`](Self::default_branch) or [`no_default_branch`](Self::no_default_branch)
+/// returns the branches by name (`<prefix><branch name>`). A record goes to the first branch
+/// whose predicate holds; with no default branch, records no predicate takes are dropped.
+pub struct BranchedKStream<K, V> {
+    stream: KStream<K, V>,
+    prefix: String,
+    branches: Vec<(String, Predicate<K, V>)>,
+}
+
+impl<K: Clone + 'static, V: Clone + 'static> BranchedKStream<K, V> {
+    /// Adds the branch `name` for the records where `predicate(key, value)` holds (and no
+    /// earlier branch's).
+    pub fn branch(
+        mut self,
+        name: &str,
+        predicate: impl Fn(&K, &V) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.branches.push((name.to_string(), Arc::new(predicate)));
+        self
+    }
+
+    /// Ends the split with a branch `name` for the records no other branch took.
+    pub fn default_branch(mut self, name: &str) -> BTreeMap<String, KStream<K, V>> {
+        self.branches
+            .push((name.to_string(), Arc::new(|_, _| true)));
+        self.finish()
+    }
+
+    /// Ends the split; records no branch took are dropped.
+    pub fn no_default_branch(self) -> BTreeMap<String, KStream<K, V>> {
+        self.finish()
+    }
+
+    fn finish(self) -> BTreeMap<String, KStream<K, V>> {
+        let s = &self.stream;
+        let path = format!("{}/split", s.path);
+        let mut g = s.graph.borrow_mut();
+        let explicit = (!self.prefix.is_empty()).then(|| self.prefix.clone());
+        let split_name = g.node_name("BRANCH", &path, explicit.as_deref());
+        let names: Vec<String> = self
+            .branches
+            .iter()
+            .map(|(b, _)| format!("{}{b}", self.prefix))
+            .collect();
+        let child_names: Vec<String> = names.iter().map(|n| format!("{split_name}-{n}")).collect();
+        let routes: Arc<Vec<(String, Predicate<K, V>)>> = Arc::new(
+            child_names
+                .iter()
+                .cloned()
+                .zip(self.branches.iter().map(|(_, p)| p.clone()))
+                .collect(),
+        );
+        g.topology.add_processor(
+            &split_name,
+            move || {
+                let routes = routes.clone();
+                Op::<K, V, K, V>::new(Box::new(move |r, ctx| {
+                    match routes.iter().find(|(_, p)| p(r.key(), r.value())) {
+                        Some((child, _)) => ctx.forward_to(child, r),
+                        None => Ok(()),
+                    }
+                }))
+            },
+            [s.node.as_str()],
+        );
+        let mut out = BTreeMap::new();
+        for (name, child) in names.into_iter().zip(child_names) {
+            let branch_path = format!("{path}/{name}");
+            g.node_name("BRANCH-CHILD", &branch_path, Some(&child));
+            g.topology.add_processor(
+                &child,
+                || Op::<K, V, K, V>::new(Box::new(|r, ctx| ctx.forward(r))),
+                [split_name.as_str()],
+            );
+            out.insert(
+                name,
+                KStream::new(s.graph.clone(), child, branch_path, s.key_changed),
+            );
+        }
+        out
+    }
+}

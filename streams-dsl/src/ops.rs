@@ -1,0 +1,40 @@
+//! The processors DSL operators compile to: a closure per operator and task.
+
+use std::marker::PhantomData;
+
+use streams_core::processor::{Processor, ProcessorContext};
+use streams_core::{Record, Result};
+
+/// What an operator does with one record.
+pub(crate) type OpFn<K, V, K2, V2> =
+    Box<dyn FnMut(Record<K, V>, &mut ProcessorContext<'_, K2, V2>) -> Result<()> + Send>;
+
+/// A processor running one operator's closure.
+pub(crate) struct Op<K, V, K2, V2> {
+    f: OpFn<K, V, K2, V2>,
+    _types: PhantomData<fn(K, V, K2, V2)>,
+}
+
+impl<K, V, K2, V2> Op<K, V, K2, V2> {
+    pub(crate) fn new(f: OpFn<K, V, K2, V2>) -> Self {
+        Op {
+            f,
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<K: 'static, V: 'static, K2: 'static, V2: 'static> Processor for Op<K, V, K2, V2> {
+    type KeyIn = K;
+    type ValueIn = V;
+    type KeyOut = K2;
+    type ValueOut = V2;
+
+    fn process(
+        &mut self,
+        record: Record<K, V>,
+        ctx: &mut ProcessorContext<'_, K2, V2>,
+    ) -> Result<()> {
+        (self.f)(record, ctx)
+    }
+}

@@ -1,0 +1,260 @@
+//! Options of the DSL's operators, as structs: names, serdes, store settings. Each has a
+//! constructor taking the serdes it needs, and `Default` when the types have default serdes
+//! ([`DefaultSerde`]), so a missing serde is a compile error, never a runtime one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use streams_core::serde::{DefaultSerde, Serde};
+use streams_core::topology::TimestampExtractor;
+use streams_core::Record;
+
+/// A name for an operator (its node in the topology).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Named(pub(crate) Option<String>);
+
+impl Named {
+    /// The name `name`.
+    pub fn as_(name: &str) -> Self {
+        Named(Some(name.to_string()))
+    }
+}
+
+/// How a stream reads its topics: serdes, an optional node name, an optional timestamp
+/// extractor.
+pub struct Consumed<K, V> {
+    pub(crate) keys: Arc<dyn Serde<K>>,
+    pub(crate) values: Arc<dyn Serde<V>>,
+    pub(crate) name: Option<String>,
+    pub(crate) extractor: Option<TimestampExtractor<K, V>>,
+}
+
+impl<K: 'static, V: 'static> Consumed<K, V> {
+    /// With these serdes.
+    pub fn with(keys: impl Serde<K>, values: impl Serde<V>) -> Self {
+        Consumed {
+            keys: Arc::new(keys),
+            values: Arc::new(values),
+            name: None,
+            extractor: None,
+        }
+    }
+
+    /// Names the source node.
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = Some(name.to_string());
+        self
+    }
+
+    /// Event time from `extractor(record, partition time)` instead of the record's timestamp.
+    pub fn with_timestamp_extractor(
+        mut self,
+        extractor: impl Fn(&Record<K, V>, i64) -> i64 + Send + Sync + 'static,
+    ) -> Self {
+        self.extractor = Some(Arc::new(extractor));
+        self
+    }
+}
+
+impl<K: DefaultSerde, V: DefaultSerde> Default for Consumed<K, V> {
+    fn default() -> Self {
+        Consumed {
+            keys: K::default_serde(),
+            values: V::default_serde(),
+            name: None,
+            extractor: None,
+        }
+    }
+}
+
+/// How a stream writes a topic: serdes, an optional node name, an optional partitioner.
+pub struct Produced<K, V> {
+    pub(crate) keys: Arc<dyn Serde<K>>,
+    pub(crate) values: Arc<dyn Serde<V>>,
+    pub(crate) name: Option<String>,
+    pub(crate) partitioner: Option<streams_core::topology::Partitioner<K, V>>,
+}
+
+impl<K: 'static, V: 'static> Produced<K, V> {
+    /// With these serdes.
+    pub fn with(keys: impl Serde<K>, values: impl Serde<V>) -> Self {
+        Produced {
+            keys: Arc::new(keys),
+            values: Arc::new(values),
+            name: None,
+            partitioner: None,
+        }
+    }
+
+    /// Names the sink node.
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = Some(name.to_string());
+        self
+    }
+
+    /// Chooses each record's partition: `(key, value, partition count) -> partition`
+    /// (`None`: the producer's default, murmur2 of the key bytes).
+    pub fn with_partitioner(
+        mut self,
+        partitioner: impl Fn(&K, &V, i32) -> Option<i32> + Send + Sync + 'static,
+    ) -> Self {
+        self.partitioner = Some(Arc::new(partitioner));
+        self
+    }
+}
+
+impl<K: DefaultSerde, V: DefaultSerde> Default for Produced<K, V> {
+    fn default() -> Self {
+        Produced {
+            keys: K::default_serde(),
+            values: V::default_serde(),
+            name: None,
+            partitioner: None,
+        }
+    }
+}
+
+/// How a stream is grouped: the serdes of its key and value (used by a repartition topic when
+/// the key changed before), and a name (it names that topic).
+pub struct Grouped<K, V> {
+    pub(crate) keys: Arc<dyn Serde<K>>,
+    pub(crate) values: Arc<dyn Serde<V>>,
+    pub(crate) name: Option<String>,
+}
+
+impl<K: 'static, V: 'static> Grouped<K, V> {
+    /// With these serdes.
+    pub fn with(keys: impl Serde<K>, values: impl Serde<V>) -> Self {
+        Grouped {
+            keys: Arc::new(keys),
+            values: Arc::new(values),
+            name: None,
+        }
+    }
+
+    /// Names the grouping: the repartition topic becomes `<application id>-<name>-repartition`.
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = Some(name.to_string());
+        self
+    }
+}
+
+impl<K: DefaultSerde, V: DefaultSerde> Default for Grouped<K, V> {
+    fn default() -> Self {
+        Grouped {
+            keys: K::default_serde(),
+            values: V::default_serde(),
+            name: None,
+        }
+    }
+}
+
+/// How an aggregation's (or a table's) store is kept: its name (which also names its
+/// changelog topic, `<application id>-<name>-changelog`), the serde of the stored values,
+/// RocksDB or memory, logging and caching.
+pub struct Materialized<V> {
+    pub(crate) values: Arc<dyn Serde<V>>,
+    pub(crate) name: Option<String>,
+    pub(crate) in_memory: bool,
+    pub(crate) logging: bool,
+    pub(crate) retention: Option<Duration>,
+}
+
+impl<V: 'static> Materialized<V> {
+    /// Stored values written with `values`.
+    pub fn with(values: impl Serde<V>) -> Self {
+        Materialized {
+            values: Arc::new(values),
+            name: None,
+            in_memory: false,
+            logging: true,
+            retention: None,
+        }
+    }
+
+    /// Names the store (and so its changelog topic). Name every store whose state must
+    /// survive changes to the topology.
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = Some(name.to_string());
+        self
+    }
+
+    /// Keeps the store in memory (rebuilt from the changelog on restart) instead of RocksDB.
+    pub fn in_memory(mut self) -> Self {
+        self.in_memory = true;
+        self
+    }
+
+    /// Turns the changelog off (the state is then lost with the machine).
+    pub fn without_logging(mut self) -> Self {
+        self.logging = false;
+        self
+    }
+
+    /// How long a window store keeps windows (default: the window size plus grace).
+    pub fn with_retention(mut self, retention: Duration) -> Self {
+        self.retention = Some(retention);
+        self
+    }
+}
+
+impl<V: DefaultSerde> Default for Materialized<V> {
+    fn default() -> Self {
+        Materialized::with_arc(V::default_serde())
+    }
+}
+
+impl<V: 'static> Materialized<V> {
+    pub(crate) fn with_arc(values: Arc<dyn Serde<V>>) -> Self {
+        Materialized {
+            values,
+            name: None,
+            in_memory: false,
+            logging: true,
+            retention: None,
+        }
+    }
+}
+
+/// An explicit repartition: the topic's name, partition count and serdes.
+pub struct Repartitioned<K, V> {
+    pub(crate) keys: Arc<dyn Serde<K>>,
+    pub(crate) values: Arc<dyn Serde<V>>,
+    pub(crate) name: Option<String>,
+    pub(crate) partitions: Option<i32>,
+}
+
+impl<K: 'static, V: 'static> Repartitioned<K, V> {
+    /// With these serdes.
+    pub fn with(keys: impl Serde<K>, values: impl Serde<V>) -> Self {
+        Repartitioned {
+            keys: Arc::new(keys),
+            values: Arc::new(values),
+            name: None,
+            partitions: None,
+        }
+    }
+
+    /// Names the topic: `<application id>-<name>-repartition`.
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = Some(name.to_string());
+        self
+    }
+
+    /// The topic's partition count (default: the largest of the source topics upstream).
+    pub fn with_partitions(mut self, partitions: i32) -> Self {
+        self.partitions = Some(partitions);
+        self
+    }
+}
+
+impl<K: DefaultSerde, V: DefaultSerde> Default for Repartitioned<K, V> {
+    fn default() -> Self {
+        Repartitioned {
+            keys: K::default_serde(),
+            values: V::default_serde(),
+            name: None,
+            partitions: None,
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! Time windows (tumbling and hopping) and windowed aggregations.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use streams_core::processor::ProcessorContext;
+use streams_core::serde::{BigEndian, Serde, SerdeError};
+use streams_core::store::WindowStore;
+use streams_core::{Record, TaskId};
+
+use crate::grouped::KGroupedStream;
+use crate::ktable::KTable;
+use crate::ops::Op;
+use crate::options::Materialized;
+use crate::stamped::{Stamped, StampedSerde};
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Fixed-size windows: tumbling (advance = size, each record in one window) or hopping
+/// (advance < size, each record in `size / advance` windows), aligned to the epoch. A record
+/// whose window already closed (its end plus the grace period is at or before stream time)
+/// is dropped, logged and counted ([`LateRecords`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeWindows {
+    pub(crate) size: i64,
+    pub(crate) advance: i64,
+    pub(crate) grace: i64,
+}
+
+impl TimeWindows {
+    /// Tumbling windows of `size`, no grace: a record is late as soon as stream time passed
+    /// its window's end.
+    pub fn of_size_with_no_grace(size: Duration) -> Self {
+        Self::of_size_and_grace(size, Duration::ZERO)
+    }
+
+    /// Tumbling windows of `size`; records up to `grace` behind stream time still count.
+    pub fn of_size_and_grace(size: Duration, grace: Duration) -> Self {
+        let size = millis(size).max(1);
+        TimeWindows {
+            size,
+            advance: size,
+            grace: millis(grace),
+        }
+    }
+
+    /// Hopping windows: a new window every `advance` (at most the size).
+    pub fn advance_by(mut self, advance: Duration) -> Self {
+        self.advance = millis(advance).clamp(1, self.size);
+        self
+    }
+
+    /// The window size in milliseconds.
+    pub fn size_ms(&self) -> i64 {
+        self.size
+    }
+
+    /// The windows `[start, end)` that hold timestamp `ts`, oldest first.
+    pub(crate) fn windows_for(&self, ts: i64) -> impl Iterator<Item = (i64, i64)> {
+        let first = (ts - self.size + self.advance).max(0);
+        let first = first - first.rem_euclid(self.advance);
+        let (size, advance) = (self.size, self.advance);
+        let first = if first + size <= ts {
+            first + advance
+        } else {
+            first
+        };
+        (0..)
+            .map(move |i| first + i * advance)
+            .take_while(move |&start| start <= ts)
+            .map(move |start| (start, start + size))
+    }
+}
+
+/// A key and the window `[start, end)` it was aggregated in.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Windowed<K> {
+    /// The record key.
+    pub key: K,
+    /// The window's start, inclusive (epoch milliseconds).
+    pub start: i64,
+    /// The window's end, exclusive.
+    pub end: i64,
+}
+
+/// Kafka Streams' layout of a windowed key: the key's bytes, then the window start as 8
+/// bytes big-endian. The end is the start plus the window size given here.
+pub struct WindowedSerde<K> {
+    keys: Arc<dyn Serde<K>>,
+    size: i64,
+}
+
+impl<K: 'static> WindowedSerde<K> {
+    /// Windowed keys of `keys`, for windows of `windows`' size.
+    pub fn new(keys: impl Serde<K>, windows: TimeWindows) -> Self {
+        WindowedSerde {
+            keys: Arc::new(keys),
+            size: windows.size,
+        }
+    }
+}
+
+impl<K: 'static> Serde<Windowed<K>> for WindowedSerde<K> {
+    fn serialize(&self, topic: &str, w: &Windowed<K>) -> Result<Option<Vec<u8>>, SerdeError> {
+        let mut out = self.keys.serialize(topic, &w.key)?.unwrap_or_default();
+        out.extend_from_slice(&w.start.to_be_bytes());
+        Ok(Some(out))
+    }
+
+    fn deserialize(&self, topic: &str, data: Option<&[u8]>) -> Result<Windowed<K>, SerdeError> {
+        let data = data.ok_or_else(|| SerdeError::new("Windowed", topic, "null key"))?;
+        if data.len() < 8 {
+            return Err(SerdeError::new(
+                "Windowed",
+                topic,
+                format!("{} bytes, fewer than the 8 of the window start", data.len()),
+            ));
+        }
+        let (key, start) = data.split_at(data.len() - 8);
+        let start = i64::from_be_bytes(start.try_into().expect("8 bytes"));
+        Ok(Windowed {
+            key: self.keys.deserialize(topic, Some(key))?,
+            start,
+            end: start.saturating_add(self.size),
+        })
+    }
+}
+
+/// Records dropped because their window had closed, per task. Shared by every instance of
+/// the topology's tasks in this process; read it with [`LateRecords::count`].
+#[derive(Debug, Clone, Default)]
+pub struct LateRecords(Arc<Mutex<BTreeMap<TaskId, u64>>>);
+
+impl LateRecords {
+    fn add(&self, task: TaskId) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(task)
+            .or_default() += 1;
+    }
+
+    /// The count per task.
+    pub fn by_task(&self) -> BTreeMap<TaskId, u64> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The count over all tasks.
+    pub fn count(&self) -> u64 {
+        self.by_task().values().sum()
+    }
+}
+
+type Initializer<VA> = Arc<dyn Fn() -> VA + Send + Sync>;
+type Adder<K, V, VA> = Arc<dyn Fn(&K, V, VA) -> VA + Send + Sync>;
+
+/// A grouped stream to aggregate per key and window.
+pub struct TimeWindowedKStream<K, V> {
+    grouped: KGroupedStream<K, V>,
+    windows: TimeWindows,
+    late: LateRecords,
+}
+
+impl<K: Clone + 'static, V: Clone + 'static> TimeWindowedKStream<K, V> {
+    pub(crate) fn new(grouped: KGroupedStream<K, V>, windows: TimeWindows) -> Self {
+        TimeWindowedKStream {
+            grouped,
+            windows,
+            late: LateRecords::default(),
+        }
+    }
+
+    /// Where the records dropped as late by this aggregation are counted.
+    pub fn late_records(&self) -> LateRecords {
+        self.late.clone()
+    }
+
+    /// The number of records per key and window; each update is forwarded.
+    pub fn count(&self) -> KTable<Windowed<K>, u64> {
+        self.count_with(Materialized::with(BigEndian))
+    }
+
+    /// [`count`](Self::count) into the store `materialized` describes.
+    pub fn count_with(&self, materialized: Materialized<u64>) -> KTable<Windowed<K>, u64> {
+        self.aggregate_kind(
+            "COUNT",
+            Arc::new(|| 0),
+            Arc::new(|_, _, n| n + 1),
+            materialized,
+        )
+    }
+
+    /// Folds the values of each key and window: `adder(key, value, aggregate)` from
+    /// `initializer()`.
+    pub fn aggregate<VA: Clone + 'static>(
+        &self,
+        initializer: impl Fn() -> VA + Send + Sync + 'static,
+        adder: impl Fn(&K, V, VA) -> VA + Send + Sync + 'static,
+        materialized: Materialized<VA>,
+    ) -> KTable<Windowed<K>, VA> {
+        self.aggregate_kind(
+            "AGGREGATE",
+            Arc::new(initializer),
+            Arc::new(adder),
+            materialized,
+        )
+    }
+
+    fn aggregate_kind<VA: Clone + 'static>(
+        &self,
+        kind: &str,
+        init: Initializer<VA>,
+        add: Adder<K, V, VA>,
+        materialized: Materialized<VA>,
+    ) -> KTable<Windowed<K>, VA> {
+        let input = self.grouped.input();
+        let path = format!("{}/windowed-{}", input.path, kind.to_ascii_lowercase());
+        let keys = self.grouped.keys();
+        let values = materialized.values.clone();
+        let windows = self.windows;
+        let retention = materialized
+            .retention
+            .map(millis)
+            .unwrap_or(windows.size + windows.grace)
+            .max(windows.size + windows.grace);
+        let mut g = input.graph.borrow_mut();
+        let node = g.node_name(kind, &path, None);
+        let store = g.state_name(
+            &format!("{kind}-STATE-STORE"),
+            &path,
+            materialized.name.as_deref(),
+            &format!("windowed {} ({})", kind.to_ascii_lowercase(), node),
+        );
+        let store_name = store.clone();
+        let late = self.late.clone();
+        g.topology.add_processor(
+            &node,
+            move || {
+                let (store, init, add, late) =
+                    (store_name.clone(), init.clone(), add.clone(), late.clone());
+                Op::<K, V, Windowed<K>, VA>::new(Box::new(
+                    move |r: Record<K, V>, ctx: &mut ProcessorContext<'_, Windowed<K>, VA>| {
+                        let close = ctx.stream_time().saturating_sub(windows.grace);
+                        let task = ctx.task_id();
+                        let (key, value, rest) = r.into_parts();
+                        let ts = rest.timestamp();
+                        for (start, end) in windows.windows_for(ts) {
+                            if end <= close {
+                                late.add(task);
+                                tracing::warn!(%task, window_start = start, window_end = end, record_timestamp = ts, stream_time = ctx.stream_time(), "dropping a record for a closed window");
+                                continue;
+                            }
+                            let s = ctx.state_store::<WindowStore<K, Stamped<VA>>>(&store)?;
+                            let (old, old_ts) = match s.fetch_one(&key, start)? {
+                                Some(o) => (o.value, o.timestamp),
+                                None => (init(), i64::MIN),
+                            };
+                            let new = add(&key, value.clone(), old);
+                            let timestamp = ts.max(old_ts);
+                            s.put(
+                                &key,
+                                &Stamped {
+                                    value: new.clone(),
+                                    timestamp,
+                                },
+                                start,
+                            )?;
+                            let out = rest
+                                .clone()
+                                .with_key(Windowed {
+                                    key: key.clone(),
+                                    start,
+                                    end,
+                                })
+                                .with_value(new)
+                                .with_timestamp(timestamp);
+                            ctx.forward(out)?;
+                        }
+                        Ok(())
+                    },
+                ))
+            },
+            [input.node.as_str()],
+        );
+        let mut builder = WindowStore::<K, Stamped<VA>>::builder(
+            &store,
+            Duration::from_millis(retention as u64),
+            keys.clone(),
+            StampedSerde(values.clone()),
+        );
+        if materialized.in_memory {
+            builder = builder.in_memory();
+        }
+        if !materialized.logging {
+            builder = builder.with_logging(false);
+        }
+        g.topology.add_state_store(builder, [node.as_str()]);
+        drop(g);
+        KTable {
+            graph: input.graph.clone(),
+            node,
+            path,
+            store: Some(store),
+            keys: Arc::new(WindowedSerde {
+                keys,
+                size: windows.size,
+            }),
+            values,
+        }
+    }
+}
