@@ -1,0 +1,619 @@
+//! The DSL's operators on the `TopologyTestDriver`: exact outputs, keys and timestamps
+//! included, out-of-order and late records for windows, and a randomised comparison of
+//! windowed counts with a plain recomputation.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kstreams::core::processor::{
+    FixedKeyProcessor, FixedKeyProcessorContext, Processor, ProcessorContext,
+};
+use kstreams::core::serde::{BigEndian, Utf8};
+use kstreams::core::store::KeyValueStore;
+use kstreams::core::{Error, FixedKeyRecord, Record, Result, TopologyTestDriver};
+use kstreams::dsl::{
+    Grouped, Materialized, Named, Produced, Repartitioned, StreamsBuilder, TimeWindows, Windowed,
+    WindowedSerde,
+};
+use rand::{Rng, SeedableRng};
+
+fn s(x: &str) -> String {
+    x.to_string()
+}
+
+/// Every record of an output topic: (key, value, timestamp).
+fn drain<K: 'static, V: 'static>(
+    out: &kstreams::core::driver::TestOutputTopic<K, V>,
+) -> Vec<(K, V, i64)> {
+    out.read_records()
+        .unwrap()
+        .into_iter()
+        .map(|r| {
+            let ts = r.timestamp();
+            let (k, v) = r.into_key_value();
+            (k, v, ts)
+        })
+        .collect()
+}
+
+fn driver(builder: StreamsBuilder) -> TopologyTestDriver {
+    TopologyTestDriver::new(builder.build().unwrap()).unwrap()
+}
+
+#[test]
+fn stateless_operators_keep_timestamps_and_transform_exactly() {
+    let builder = StreamsBuilder::new();
+    let peeked = Arc::new(AtomicUsize::new(0));
+    let seen = peeked.clone();
+    let words = builder.stream::<String, String>("words");
+    words
+        .filter(|_, v| !v.is_empty())
+        .filter_not(|k, _| k == "skip")
+        .peek(move |_, _| {
+            seen.fetch_add(1, Ordering::SeqCst);
+        })
+        .map_values(|v| v.len() as u64)
+        .to("lengths");
+    words
+        .map(|k, v| (v, k))
+        .select_key(|k, _| k.to_uppercase())
+        .to("swapped");
+    words
+        .flat_map(|k, v| {
+            v.chars()
+                .map(move |c| (format!("{k}{c}"), 1_u64))
+                .collect::<Vec<_>>()
+        })
+        .to("letters");
+    words
+        .flat_map_values(|v| v.split('-').map(s).collect::<Vec<_>>())
+        .map_values_with_key(|k, v| format!("{k}:{v}"))
+        .to("parts");
+    let d = driver(builder);
+    let input = d.input_topic("words", Utf8, Utf8);
+    input.pipe_at(s("a"), s("xy"), 10).unwrap();
+    input.pipe_at(s("b"), s(""), 20).unwrap();
+    input.pipe_at(s("skip"), s("zz"), 30).unwrap();
+    input.pipe_at(s("c"), s("p-q"), 5).unwrap();
+
+    let lengths = d.output_topic::<String, u64>("lengths", Utf8, BigEndian);
+    assert_eq!(
+        drain(&lengths),
+        vec![(s("a"), 2, 10), (s("c"), 3, 5)],
+        "empty values and the key 'skip' are filtered out; timestamps kept"
+    );
+    assert_eq!(peeked.load(Ordering::SeqCst), 2);
+    let swapped = d.output_topic::<String, String>("swapped", Utf8, Utf8);
+    assert_eq!(
+        drain(&swapped),
+        vec![
+            (s("XY"), s("a"), 10),
+            (s(""), s("b"), 20),
+            (s("ZZ"), s("skip"), 30),
+            (s("P-Q"), s("c"), 5)
+        ]
+    );
+    let letters = d.output_topic::<String, u64>("letters", Utf8, BigEndian);
+    assert_eq!(
+        drain(&letters),
+        vec![
+            (s("ax"), 1, 10),
+            (s("ay"), 1, 10),
+            (s("skipz"), 1, 30),
+            (s("skipz"), 1, 30),
+            (s("cp"), 1, 5),
+            (s("c-"), 1, 5),
+            (s("cq"), 1, 5)
+        ]
+    );
+    let parts = d.output_topic::<String, String>("parts", Utf8, Utf8);
+    assert_eq!(
+        drain(&parts),
+        vec![
+            (s("a"), s("a:xy"), 10),
+            (s("b"), s("b:"), 20),
+            (s("skip"), s("skip:zz"), 30),
+            (s("c"), s("c:p"), 5),
+            (s("c"), s("c:q"), 5)
+        ]
+    );
+}
+
+#[test]
+fn split_sends_each_record_to_the_first_matching_branch() {
+    let builder = StreamsBuilder::new();
+    let branches = builder
+        .stream::<String, u64>("amounts")
+        .split(Named::as_("amount-"))
+        .branch("big", |_, v| *v >= 1000)
+        .branch("medium", |_, v| *v >= 100)
+        .default_branch("small");
+    assert_eq!(
+        branches.keys().cloned().collect::<Vec<_>>(),
+        vec![s("amount-big"), s("amount-medium"), s("amount-small")]
+    );
+    for (name, stream) in &branches {
+        stream.to(name);
+    }
+    let d = driver(builder);
+    let input = d.input_topic::<String, u64>("amounts", Utf8, BigEndian);
+    for (i, v) in [5_u64, 5000, 150, 1000, 99].into_iter().enumerate() {
+        input.pipe_at(format!("k{i}"), v, i as i64).unwrap();
+    }
+    let read = |t: &str| drain(&d.output_topic::<String, u64>(t, Utf8, BigEndian));
+    assert_eq!(
+        read("amount-big"),
+        vec![(s("k1"), 5000, 1), (s("k3"), 1000, 3)]
+    );
+    assert_eq!(read("amount-medium"), vec![(s("k2"), 150, 2)]);
+    assert_eq!(
+        read("amount-small"),
+        vec![(s("k0"), 5, 0), (s("k4"), 99, 4)]
+    );
+}
+
+#[test]
+fn split_without_default_drops_what_no_branch_takes_and_merge_joins_streams() {
+    let builder = StreamsBuilder::new();
+    let a = builder.stream::<String, String>("a");
+    let b = builder.stream::<String, String>("b");
+    let mut only = a
+        .merge(&b)
+        .split(Named::default())
+        .branch("x", |_, v| v.starts_with('x'))
+        .no_default_branch();
+    only.remove("x").unwrap().to("xs");
+    let d = driver(builder);
+    d.input_topic("a", Utf8, Utf8)
+        .pipe_at(s("1"), s("x1"), 1)
+        .unwrap();
+    d.input_topic("b", Utf8, Utf8)
+        .pipe_at(s("2"), s("y2"), 2)
+        .unwrap();
+    d.input_topic("b", Utf8, Utf8)
+        .pipe_at(s("3"), s("x3"), 3)
+        .unwrap();
+    let xs = d.output_topic::<String, String>("xs", Utf8, Utf8);
+    assert_eq!(drain(&xs), vec![(s("1"), s("x1"), 1), (s("3"), s("x3"), 3)]);
+}
+
+#[test]
+fn count_reduce_and_aggregate_emit_every_update_with_the_latest_timestamp() {
+    let builder = StreamsBuilder::new();
+    let grouped = builder.stream::<String, u64>("in").group_by_key();
+    grouped.count().to_stream().to("counts");
+    grouped.reduce(|a, b| a.max(b)).to_stream().to("maxima");
+    grouped
+        .aggregate(
+            String::new,
+            |_, v, agg| format!("{agg}{v},"),
+            Materialized::with(Utf8).named("lists"),
+        )
+        .to_stream()
+        .to("lists");
+    let d = driver(builder);
+    let input = d.input_topic::<String, u64>("in", Utf8, BigEndian);
+    input.pipe_at(s("a"), 3, 100).unwrap();
+    input.pipe_at(s("b"), 7, 50).unwrap();
+    input.pipe_at(s("a"), 9, 80).unwrap(); // out of order: the count keeps timestamp 100
+    input.pipe_at(s("a"), 1, 120).unwrap();
+    assert_eq!(
+        drain(&d.output_topic::<String, u64>("counts", Utf8, BigEndian)),
+        vec![
+            (s("a"), 1, 100),
+            (s("b"), 1, 50),
+            (s("a"), 2, 100),
+            (s("a"), 3, 120)
+        ]
+    );
+    assert_eq!(
+        drain(&d.output_topic::<String, u64>("maxima", Utf8, BigEndian)),
+        vec![
+            (s("a"), 3, 100),
+            (s("b"), 7, 50),
+            (s("a"), 9, 100),
+            (s("a"), 9, 120)
+        ]
+    );
+    assert_eq!(
+        drain(&d.output_topic::<String, String>("lists", Utf8, Utf8)),
+        vec![
+            (s("a"), s("3,"), 100),
+            (s("b"), s("7,"), 50),
+            (s("a"), s("3,9,"), 100),
+            (s("a"), s("3,9,1,"), 120)
+        ]
+    );
+}
+
+#[test]
+fn group_by_a_new_key_reads_through_a_repartition_topic() {
+    let builder = StreamsBuilder::new();
+    builder
+        .stream::<String, String>("orders")
+        .group_by_with(
+            |_, customer| customer.clone(),
+            Grouped::with(Utf8, Utf8).named("by-customer"),
+        )
+        .count_with(Materialized::with(BigEndian).named("orders-per-customer"))
+        .to_stream()
+        .to("per-customer");
+    let topology = builder.build().unwrap();
+    let text = topology.describe().to_string();
+    assert!(text.contains("by-customer"), "{text}");
+    assert_eq!(
+        topology.resolve_topic("shop", "by-customer"),
+        "shop-by-customer-repartition"
+    );
+    assert!(
+        topology
+            .subtopologies()
+            .iter()
+            .any(|st| st.stores == vec![s("orders-per-customer")]),
+        "{text}"
+    );
+    assert_eq!(
+        topology.subtopologies().len(),
+        2,
+        "the repartition topic splits it: {text}"
+    );
+    let d = TopologyTestDriver::new(topology).unwrap();
+    let orders = d.input_topic("orders", Utf8, Utf8);
+    orders.pipe_at(s("o1"), s("ann"), 1).unwrap();
+    orders.pipe_at(s("o2"), s("bob"), 2).unwrap();
+    orders.pipe_at(s("o3"), s("ann"), 3).unwrap();
+    assert_eq!(
+        drain(&d.output_topic::<String, u64>("per-customer", Utf8, BigEndian)),
+        vec![(s("ann"), 1, 1), (s("bob"), 1, 2), (s("ann"), 2, 3)]
+    );
+}
+
+#[test]
+fn explicit_repartition_with_a_partition_count() {
+    let builder = StreamsBuilder::new();
+    builder
+        .stream::<String, String>("in")
+        .repartition(
+            Repartitioned::with(Utf8, Utf8)
+                .named("spread")
+                .with_partitions(6),
+        )
+        .to("out");
+    let topology = builder.build().unwrap();
+    assert_eq!(topology.repartition_topics().get("spread"), Some(&Some(6)));
+    let d = TopologyTestDriver::new(topology).unwrap();
+    d.input_topic("in", Utf8, Utf8)
+        .pipe_at(s("k"), s("v"), 4)
+        .unwrap();
+    assert_eq!(
+        drain(&d.output_topic::<String, String>("out", Utf8, Utf8)),
+        vec![(s("k"), s("v"), 4)]
+    );
+}
+
+fn windowed(key: &str, start: i64, size: i64) -> Windowed<String> {
+    Windowed {
+        key: s(key),
+        start,
+        end: start + size,
+    }
+}
+
+#[test]
+fn tumbling_windows_count_out_of_order_records_within_grace_and_drop_late_ones() {
+    let builder = StreamsBuilder::new();
+    let windows =
+        TimeWindows::of_size_and_grace(Duration::from_millis(10), Duration::from_millis(5));
+    let by_window = builder
+        .stream::<String, String>("clicks")
+        .group_by_key()
+        .windowed_by(windows);
+    let late = by_window.late_records();
+    by_window.count().to("clicks-per-10ms");
+    let d = driver(builder);
+    let clicks = d.input_topic("clicks", Utf8, Utf8);
+    let out = d.output_topic::<Windowed<String>, u64>(
+        "clicks-per-10ms",
+        WindowedSerde::new(Utf8, windows),
+        BigEndian,
+    );
+    clicks.pipe_at(s("a"), s("x"), 3).unwrap(); // [0,10)
+    clicks.pipe_at(s("a"), s("x"), 12).unwrap(); // [10,20), stream time 12
+    clicks.pipe_at(s("a"), s("x"), 8).unwrap(); // [0,10) closes at 10+5: still open at 12
+    clicks.pipe_at(s("b"), s("x"), 16).unwrap(); // stream time 16: [0,10) is closed
+    clicks.pipe_at(s("a"), s("x"), 9).unwrap(); // late: dropped and counted
+    clicks.pipe_at(s("a"), s("x"), 19).unwrap();
+    assert_eq!(
+        drain(&out),
+        vec![
+            (windowed("a", 0, 10), 1, 3),
+            (windowed("a", 10, 10), 1, 12),
+            (windowed("a", 0, 10), 2, 8),
+            (windowed("b", 10, 10), 1, 16),
+            (windowed("a", 10, 10), 2, 19)
+        ]
+    );
+    assert_eq!(late.count(), 1);
+}
+
+#[test]
+fn hopping_windows_put_each_record_in_every_window_that_holds_it() {
+    let builder = StreamsBuilder::new();
+    let windows = TimeWindows::of_size_with_no_grace(Duration::from_millis(10))
+        .advance_by(Duration::from_millis(5));
+    builder
+        .stream::<String, u64>("readings")
+        .group_by_key()
+        .windowed_by(windows)
+        .aggregate(|| 0_u64, |_, v, sum| sum + v, Materialized::with(BigEndian))
+        .to("sums");
+    let d = driver(builder);
+    let input = d.input_topic::<String, u64>("readings", Utf8, BigEndian);
+    let out = d.output_topic::<Windowed<String>, u64>(
+        "sums",
+        WindowedSerde::new(Utf8, windows),
+        BigEndian,
+    );
+    input.pipe_at(s("t"), 1, 7).unwrap(); // windows [0,10) and [5,15)
+    input.pipe_at(s("t"), 10, 12).unwrap(); // [5,15) and [10,20)
+    input.pipe_at(s("t"), 100, 3).unwrap(); // [0,10) closed at stream time 12: late
+    assert_eq!(
+        drain(&out),
+        vec![
+            (windowed("t", 0, 10), 1, 7),
+            (windowed("t", 5, 10), 1, 7),
+            (windowed("t", 5, 10), 11, 12),
+            (windowed("t", 10, 10), 10, 12)
+        ]
+    );
+}
+
+/// Counts per key in a user store; forwards the running count.
+struct Tally;
+
+impl Processor for Tally {
+    type KeyIn = String;
+    type ValueIn = String;
+    type KeyOut = String;
+    type ValueOut = u64;
+    fn process(
+        &mut self,
+        r: Record<String, String>,
+        ctx: &mut ProcessorContext<'_, String, u64>,
+    ) -> Result<()> {
+        let store = ctx.state_store::<KeyValueStore<String, u64>>("tally")?;
+        let n = store.get(r.key())?.unwrap_or(0) + 1;
+        store.put(r.key(), &n)?;
+        let key = format!("{}#", r.key());
+        ctx.forward(r.with_key(key).with_value(n))
+    }
+}
+
+/// Appends the value's length, under the same key.
+struct WithLength;
+
+impl FixedKeyProcessor for WithLength {
+    type Key = String;
+    type ValueIn = String;
+    type ValueOut = String;
+    fn process(
+        &mut self,
+        r: FixedKeyRecord<String, String>,
+        ctx: &mut FixedKeyProcessorContext<'_, String, String>,
+    ) -> Result<()> {
+        let v = format!("{}/{}", r.value(), r.value().len());
+        ctx.forward(r.with_value(v))
+    }
+}
+
+#[test]
+fn processor_api_nodes_with_their_stores_inside_the_dsl() {
+    let builder = StreamsBuilder::new();
+    builder.add_state_store(KeyValueStore::<String, u64>::builder(
+        "tally", Utf8, BigEndian,
+    ));
+    let words = builder.stream::<String, String>("words");
+    words.process(|| Tally, &["tally"]).to("tallies");
+    words.process_values(|| WithLength, &[]).to("lengths");
+    let d = driver(builder);
+    let input = d.input_topic("words", Utf8, Utf8);
+    input.pipe_at(s("a"), s("hey"), 1).unwrap();
+    input.pipe_at(s("a"), s("hi"), 2).unwrap();
+    assert_eq!(
+        drain(&d.output_topic::<String, u64>("tallies", Utf8, BigEndian)),
+        vec![(s("a#"), 1, 1), (s("a#"), 2, 2)]
+    );
+    assert_eq!(
+        drain(&d.output_topic::<String, String>("lengths", Utf8, Utf8)),
+        vec![(s("a"), s("hey/3"), 1), (s("a"), s("hi/2"), 2)]
+    );
+    assert_eq!(
+        d.with_store::<KeyValueStore<String, u64>, _>("tally", |st| st.get(&s("a")))
+            .unwrap()
+            .unwrap(),
+        Some(2)
+    );
+}
+
+#[test]
+fn a_processor_naming_a_store_never_added_is_refused() {
+    let builder = StreamsBuilder::new();
+    builder
+        .stream::<String, String>("words")
+        .process(|| Tally, &["tally"])
+        .to_with("out", Produced::with(Utf8, BigEndian));
+    let Err(Error::Config(message)) = builder.build() else {
+        panic!("expected a configuration error");
+    };
+    assert!(message.contains("tally"), "{message}");
+}
+
+/// The store names of a topology, from its description.
+fn store_names(topology: &kstreams::core::Topology) -> Vec<String> {
+    let mut names: Vec<String> = topology
+        .subtopologies()
+        .iter()
+        .flat_map(|st| st.stores.clone())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn generated_store_names_do_not_shift_when_an_unrelated_operator_is_added_before() {
+    let build = |extra: bool| {
+        let builder = StreamsBuilder::new();
+        if extra {
+            // An unrelated stateful pipeline declared first.
+            builder
+                .stream::<String, String>("other")
+                .group_by_key()
+                .count()
+                .to_stream()
+                .to("other-counts");
+        }
+        let words = builder.stream::<String, String>("words");
+        words.filter(|_, v| !v.is_empty()).to("non-empty");
+        words.group_by_key().count().to_stream().to("counts");
+        builder.build().unwrap()
+    };
+    let without = store_names(&build(false));
+    let with = store_names(&build(true));
+    assert_eq!(without.len(), 1);
+    assert!(
+        with.contains(&without[0]),
+        "{without:?} must stay in {with:?}"
+    );
+}
+
+#[test]
+fn two_unnamed_aggregations_that_would_share_a_state_name_are_refused() {
+    let builder = StreamsBuilder::new();
+    let grouped = builder.stream::<String, String>("words").group_by_key();
+    grouped.count();
+    grouped.count();
+    let Err(Error::Config(message)) = builder.build() else {
+        panic!("expected a configuration error");
+    };
+    assert!(message.contains("name one of them"), "{message}");
+    assert!(message.contains("count"), "{message}");
+}
+
+#[test]
+fn describe_shows_every_dsl_node_and_store() {
+    let builder = StreamsBuilder::new();
+    builder
+        .stream::<String, String>("words")
+        .filter(|_, v| !v.is_empty())
+        .map_values(|v| v.len() as u64)
+        .group_by_key()
+        .count_with(Materialized::with(BigEndian).named("word-counts"))
+        .to_stream()
+        .to("counts");
+    let topology = builder.build().unwrap();
+    let text = topology.describe().to_string();
+    for kind in ["SOURCE", "FILTER", "MAPVALUES", "COUNT", "TOSTREAM", "SINK"] {
+        assert!(text.contains(&format!("KSTREAM-{kind}-")), "{kind}: {text}");
+    }
+    assert!(text.contains("word-counts"), "{text}");
+    let mermaid = topology.describe().to_mermaid();
+    assert!(mermaid.contains("KSTREAM-FILTER-"), "{mermaid}");
+}
+
+/// What a windowed count must emit, recomputed plainly: for each input in order, the windows
+/// that hold it and are still open at the stream time after it, each with the number of
+/// accepted records of its key in it so far, and the largest timestamp among them.
+fn windowed_count_oracle(
+    input: &[(String, i64)],
+    size: i64,
+    advance: i64,
+    grace: i64,
+) -> (Vec<(Windowed<String>, u64, i64)>, u64) {
+    let mut stream_time = i64::MIN;
+    let mut accepted: Vec<(String, i64, i64)> = vec![]; // key, window start, timestamp
+    let mut out = vec![];
+    let mut late = 0;
+    for (key, ts) in input {
+        stream_time = stream_time.max(*ts);
+        let mut start = 0;
+        while start <= *ts {
+            let end = start + size;
+            if start <= *ts && *ts < end {
+                if end > stream_time - grace {
+                    accepted.push((key.clone(), start, *ts));
+                    let same: Vec<i64> = accepted
+                        .iter()
+                        .filter(|(k, st, _)| k == key && *st == start)
+                        .map(|(_, _, t)| *t)
+                        .collect();
+                    out.push((
+                        Windowed {
+                            key: key.clone(),
+                            start,
+                            end,
+                        },
+                        same.len() as u64,
+                        *same.iter().max().unwrap(),
+                    ));
+                } else {
+                    late += 1;
+                }
+            }
+            start += advance;
+        }
+    }
+    (out, late)
+}
+
+#[test]
+fn windowed_counts_match_a_plain_recomputation_on_random_out_of_order_input() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+    for case in 0..40 {
+        let size = rng.random_range(1..40_i64);
+        let advance = if rng.random_bool(0.5) {
+            size
+        } else {
+            rng.random_range(1..=size)
+        };
+        let grace = rng.random_range(0..20_i64);
+        let n = rng.random_range(1..60);
+        let mut t = 0_i64;
+        let input: Vec<(String, i64)> = (0..n)
+            .map(|_| {
+                t += rng.random_range(0..8);
+                // Now and then a record from the past, some within grace, some beyond.
+                let ts = if rng.random_bool(0.3) {
+                    (t - rng.random_range(0..40)).max(0)
+                } else {
+                    t
+                };
+                (format!("k{}", rng.random_range(0..3)), ts)
+            })
+            .collect();
+        let windows = TimeWindows::of_size_and_grace(
+            Duration::from_millis(size as u64),
+            Duration::from_millis(grace as u64),
+        )
+        .advance_by(Duration::from_millis(advance as u64));
+        let builder = StreamsBuilder::new();
+        let w = builder
+            .stream::<String, String>("in")
+            .group_by_key()
+            .windowed_by(windows);
+        let late = w.late_records();
+        w.count().to("out");
+        let d = driver(builder);
+        let pipe = d.input_topic("in", Utf8, Utf8);
+        for (k, ts) in &input {
+            pipe.pipe_at(k.clone(), s("v"), *ts).unwrap();
+        }
+        let got = drain(&d.output_topic("out", WindowedSerde::new(Utf8, windows), BigEndian));
+        let (want, want_late) = windowed_count_oracle(&input, size, advance, grace);
+        assert_eq!(
+            got, want,
+            "case {case}: size {size} advance {advance} grace {grace} input {input:?}"
+        );
+        assert_eq!(late.count(), want_late, "case {case}: late records");
+    }
+}
