@@ -566,10 +566,83 @@ fn windowed_count_oracle(
     (out, late)
 }
 
+/// What a windowed count with emit-final must emit: after each input, every window that holds
+/// accepted records and closed since the previous input (end in (previous close, close]),
+/// by window start, then key; with its count and largest timestamp.
+fn windowed_final_oracle(
+    input: &[(String, i64)],
+    size: i64,
+    advance: i64,
+    grace: i64,
+) -> Vec<(Windowed<String>, u64, i64)> {
+    let (updates, _) = windowed_count_oracle(input, size, advance, grace);
+    // The last update of each window is its final value; emitted once it closed.
+    let mut out = vec![];
+    let mut stream_time = i64::MIN;
+    let mut last_close = i64::MIN;
+    // How many updates the inputs up to each one produced.
+    let mut per_input: Vec<usize> = vec![];
+    for i in 0..input.len() {
+        let (u, _) = windowed_count_oracle(&input[..=i], size, advance, grace);
+        per_input.push(u.len());
+    }
+    for (i, (_, ts)) in input.iter().enumerate() {
+        stream_time = stream_time.max(*ts);
+        let seen = per_input[i];
+        let close = stream_time - grace;
+        if close > last_close {
+            let mut closed: Vec<(Windowed<String>, u64, i64)> = vec![];
+            for (w, n, t) in &updates[..seen] {
+                if w.end > last_close && w.end <= close {
+                    closed.retain(|(c, _, _)| c != w);
+                    closed.push((w.clone(), *n, *t));
+                }
+            }
+            closed.sort_by(|a, b| (a.0.start, &a.0.key).cmp(&(b.0.start, &b.0.key)));
+            out.extend(closed);
+            last_close = close;
+        }
+    }
+    out
+}
+
+#[test]
+fn emit_final_sends_each_window_once_when_it_closes() {
+    let builder = StreamsBuilder::new();
+    let windows =
+        TimeWindows::of_size_and_grace(Duration::from_millis(10), Duration::from_millis(2));
+    builder
+        .stream::<String, String>("clicks")
+        .group_by_key()
+        .windowed_by(windows)
+        .emit_final()
+        .count()
+        .to("final-counts");
+    let d = driver(builder);
+    let clicks = d.input_topic("clicks", Utf8, Utf8);
+    let out = d.output_topic::<Windowed<String>, u64>(
+        "final-counts",
+        WindowedSerde::new(Utf8, windows),
+        BigEndian,
+    );
+    clicks.pipe_at(s("b"), s("x"), 1).unwrap();
+    clicks.pipe_at(s("a"), s("x"), 5).unwrap();
+    clicks.pipe_at(s("a"), s("x"), 11).unwrap();
+    assert_eq!(drain(&out), vec![], "nothing closed yet (close time 9)");
+    clicks.pipe_at(s("a"), s("x"), 9).unwrap(); // within grace: counts
+    clicks.pipe_at(s("a"), s("x"), 12).unwrap(); // close time 10: [0,10) closes
+    assert_eq!(
+        drain(&out),
+        vec![(windowed("a", 0, 10), 2, 9), (windowed("b", 0, 10), 1, 1)]
+    );
+    clicks.pipe_at(s("a"), s("x"), 40).unwrap(); // closes [10,20); [20,30) was empty
+    assert_eq!(drain(&out), vec![(windowed("a", 10, 10), 2, 12)]);
+}
+
 #[test]
 fn windowed_counts_match_a_plain_recomputation_on_random_out_of_order_input() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
-    for case in 0..40 {
+    for case in 0..80 {
         let size = rng.random_range(1..40_i64);
         let advance = if rng.random_bool(0.5) {
             size
@@ -596,11 +669,15 @@ fn windowed_counts_match_a_plain_recomputation_on_random_out_of_order_input() {
             Duration::from_millis(grace as u64),
         )
         .advance_by(Duration::from_millis(advance as u64));
+        let final_only = case % 2 == 1;
         let builder = StreamsBuilder::new();
-        let w = builder
+        let mut w = builder
             .stream::<String, String>("in")
             .group_by_key()
             .windowed_by(windows);
+        if final_only {
+            w = w.emit_final();
+        }
         let late = w.late_records();
         w.count().to("out");
         let d = driver(builder);
@@ -609,10 +686,15 @@ fn windowed_counts_match_a_plain_recomputation_on_random_out_of_order_input() {
             pipe.pipe_at(k.clone(), s("v"), *ts).unwrap();
         }
         let got = drain(&d.output_topic("out", WindowedSerde::new(Utf8, windows), BigEndian));
-        let (want, want_late) = windowed_count_oracle(&input, size, advance, grace);
+        let (updates, want_late) = windowed_count_oracle(&input, size, advance, grace);
+        let want = if final_only {
+            windowed_final_oracle(&input, size, advance, grace)
+        } else {
+            updates
+        };
         assert_eq!(
             got, want,
-            "case {case}: size {size} advance {advance} grace {grace} input {input:?}"
+            "case {case} (emit final: {final_only}): size {size} advance {advance} grace {grace} input {input:?}"
         );
         assert_eq!(late.count(), want_late, "case {case}: late records");
     }

@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use streams_core::processor::ProcessorContext;
-use streams_core::serde::{BigEndian, Serde, SerdeError};
-use streams_core::store::WindowStore;
+use streams_core::serde::{BigEndian, Serde, SerdeError, Utf8};
+use streams_core::store::{KeyValueStore, WindowStore};
 use streams_core::{Record, TaskId};
 
 use crate::grouped::KGroupedStream;
@@ -155,6 +155,45 @@ impl LateRecords {
     }
 }
 
+/// Emits, in window-start order, the windows that closed since the last emission (their end
+/// in `(last close, close]`), and records `close` as emitted.
+fn emit_closed<K: Clone + 'static, VA: Clone + 'static>(
+    ctx: &mut ProcessorContext<'_, Windowed<K>, VA>,
+    store: &str,
+    emitted: &str,
+    windows: TimeWindows,
+    close: i64,
+) -> streams_core::Result<()> {
+    let progress = ctx.state_store::<KeyValueStore<String, i64>>(emitted)?;
+    let last = progress.get(&String::new())?.unwrap_or(i64::MIN);
+    if close <= last {
+        return Ok(());
+    }
+    progress.put(&String::new(), &close)?;
+    // Windows ending in (last, close] start in (last - size, close - size].
+    let from = last.saturating_sub(windows.size).saturating_add(1);
+    let to = close.saturating_sub(windows.size);
+    if to < from {
+        return Ok(());
+    }
+    let s = ctx.state_store::<WindowStore<K, Stamped<VA>>>(store)?;
+    let mut closed = s.fetch_all(from.max(0), to)?;
+    closed.sort_by_key(|((_, start), _)| *start);
+    for ((key, start), agg) in closed {
+        let out = Record::new(
+            Windowed {
+                key,
+                start,
+                end: start + windows.size,
+            },
+            agg.value,
+            agg.timestamp,
+        );
+        ctx.forward(out)?;
+    }
+    Ok(())
+}
+
 type Initializer<VA> = Arc<dyn Fn() -> VA + Send + Sync>;
 type Adder<K, V, VA> = Arc<dyn Fn(&K, V, VA) -> VA + Send + Sync>;
 
@@ -163,6 +202,7 @@ pub struct TimeWindowedKStream<K, V> {
     grouped: KGroupedStream<K, V>,
     windows: TimeWindows,
     late: LateRecords,
+    emit_final: bool,
 }
 
 impl<K: Clone + 'static, V: Clone + 'static> TimeWindowedKStream<K, V> {
@@ -171,7 +211,19 @@ impl<K: Clone + 'static, V: Clone + 'static> TimeWindowedKStream<K, V> {
             grouped,
             windows,
             late: LateRecords::default(),
+            emit_final: false,
         }
+    }
+
+    /// Emits only the final result of each window, once, when it closes (stream time reaches
+    /// its end plus the grace period), instead of every update: Kafka Streams'
+    /// `EmitStrategy.onWindowClose()` (or `suppress(untilWindowCloses)`). Final results come in
+    /// window-start order, then key-byte order; each carries the largest timestamp of its
+    /// window's records. What was already emitted is kept in a logged store beside the
+    /// aggregate's, so a restart never emits a window twice.
+    pub fn emit_final(mut self) -> Self {
+        self.emit_final = true;
+        self
     }
 
     /// Where the records dropped as late by this aggregation are counted.
@@ -236,12 +288,28 @@ impl<K: Clone + 'static, V: Clone + 'static> TimeWindowedKStream<K, V> {
             &format!("windowed {} ({})", kind.to_ascii_lowercase(), node),
         );
         let store_name = store.clone();
+        let emitted_name = format!("{store}-emitted");
+        let emit_final = self.emit_final;
+        if emit_final {
+            g.state_name(
+                "EMITTED",
+                &emitted_name,
+                Some(&emitted_name),
+                &format!("emit-final of {node}"),
+            );
+        }
         let late = self.late.clone();
+        let emitted_store = emitted_name.clone();
         g.topology.add_processor(
             &node,
             move || {
-                let (store, init, add, late) =
-                    (store_name.clone(), init.clone(), add.clone(), late.clone());
+                let (store, init, add, late, emitted) = (
+                    store_name.clone(),
+                    init.clone(),
+                    add.clone(),
+                    late.clone(),
+                    emitted_store.clone(),
+                );
                 Op::<K, V, Windowed<K>, VA>::new(Box::new(
                     move |r: Record<K, V>, ctx: &mut ProcessorContext<'_, Windowed<K>, VA>| {
                         let close = ctx.stream_time().saturating_sub(windows.grace);
@@ -278,7 +346,12 @@ impl<K: Clone + 'static, V: Clone + 'static> TimeWindowedKStream<K, V> {
                                 })
                                 .with_value(new)
                                 .with_timestamp(timestamp);
-                            ctx.forward(out)?;
+                            if !emit_final {
+                                ctx.forward(out)?;
+                            }
+                        }
+                        if emit_final {
+                            emit_closed(ctx, &store, &emitted, windows, close)?;
                         }
                         Ok(())
                     },
@@ -299,6 +372,17 @@ impl<K: Clone + 'static, V: Clone + 'static> TimeWindowedKStream<K, V> {
             builder = builder.with_logging(false);
         }
         g.topology.add_state_store(builder, [node.as_str()]);
+        if emit_final {
+            let mut progress =
+                KeyValueStore::<String, i64>::builder(&emitted_name, Utf8, BigEndian);
+            if materialized.in_memory {
+                progress = progress.in_memory();
+            }
+            if !materialized.logging {
+                progress = progress.with_logging(false);
+            }
+            g.topology.add_state_store(progress, [node.as_str()]);
+        }
         drop(g);
         KTable {
             graph: input.graph.clone(),
