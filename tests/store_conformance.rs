@@ -1440,3 +1440,53 @@ fn kv_scan_across_chunks(persistent: bool) {
     assert_eq!(kv.len().unwrap(), oracle.len(), "the same once committed");
 }
 conformance!(kv_scan_across_chunks: kv_scan_across_chunks_rocksdb, kv_scan_across_chunks_memory);
+
+/// Windows far apart in time (one at the epoch, one at today's epoch milliseconds, millions of
+/// segment intervals later) are both found by a fetch over the whole range: the store visits
+/// the segments that hold data, not every segment id in between (before, a fetch like this
+/// walked about 30 million empty segments and an application using it stopped making
+/// progress).
+fn window_fetch_across_a_huge_empty_span(persistent: bool) {
+    let env = Env::new(persistent);
+    let mut w = env.window(win_builder("win"));
+    let now = 1_796_000_000_000_i64;
+    assert!(w.put(&s("a"), &1, 0).unwrap());
+    assert!(w.put(&s("a"), &2, now).unwrap());
+    for stage in ["pending", "committed"] {
+        assert_eq!(
+            w.fetch(&s("a"), 0, now).unwrap(),
+            vec![(0, 1), (now, 2)],
+            "{stage}"
+        );
+        assert_eq!(
+            w.fetch_all(0, now).unwrap(),
+            windows(&[(("a", 0), 1), (("a", now), 2)]),
+            "{stage}"
+        );
+        w.core_mut().commit(None).unwrap();
+    }
+}
+conformance!(
+    window_fetch_across_a_huge_empty_span:
+    window_fetch_across_a_huge_empty_span_rocksdb,
+    window_fetch_across_a_huge_empty_span_memory
+);
+
+fn session_find_across_a_huge_empty_span(persistent: bool) {
+    let env = Env::new(persistent);
+    let mut st = env.session(SessionStore::<String, u64>::builder(
+        "sess", RETENTION, Utf8, BigEndian,
+    ));
+    let now = 1_796_000_000_000_i64;
+    st.put(&s("a"), 0, 10, &1).unwrap();
+    st.put(&s("a"), now, now + 10, &2).unwrap();
+    assert_eq!(
+        st.find_sessions(&s("a"), 0, now).unwrap(),
+        vec![((0, 10), 1), ((now, now + 10), 2)]
+    );
+}
+conformance!(
+    session_find_across_a_huge_empty_span:
+    session_find_across_a_huge_empty_span_rocksdb,
+    session_find_across_a_huge_empty_span_memory
+);

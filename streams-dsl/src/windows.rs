@@ -155,6 +155,9 @@ impl LateRecords {
     }
 }
 
+/// The key under which the emit-final progress is stored.
+const EMITTED_KEY: &str = "emitted-until";
+
 /// Emits, in window-start order, the windows that closed since the last emission (their end
 /// in `(last close, close]`), and records `close` as emitted.
 fn emit_closed<K: Clone + 'static, VA: Clone + 'static>(
@@ -165,11 +168,11 @@ fn emit_closed<K: Clone + 'static, VA: Clone + 'static>(
     close: i64,
 ) -> streams_core::Result<()> {
     let progress = ctx.state_store::<KeyValueStore<String, i64>>(emitted)?;
-    let last = progress.get(&String::new())?.unwrap_or(i64::MIN);
+    let last = progress.get(&EMITTED_KEY.to_string())?.unwrap_or(i64::MIN);
     if close <= last {
         return Ok(());
     }
-    progress.put(&String::new(), &close)?;
+    progress.put(&EMITTED_KEY.to_string(), &close)?;
     // Windows ending in (last, close] start in (last - size, close - size].
     let from = last.saturating_sub(windows.size).saturating_add(1);
     let to = close.saturating_sub(windows.size);
@@ -179,6 +182,15 @@ fn emit_closed<K: Clone + 'static, VA: Clone + 'static>(
     let s = ctx.state_store::<WindowStore<K, Stamped<VA>>>(store)?;
     let mut closed = s.fetch_all(from.max(0), to)?;
     closed.sort_by_key(|((_, start), _)| *start);
+    if !closed.is_empty() {
+        tracing::debug!(
+            store,
+            from,
+            to,
+            windows = closed.len(),
+            "emitting closed windows"
+        );
+    }
     for ((key, start), agg) in closed {
         let out = Record::new(
             Windowed {

@@ -118,18 +118,32 @@ impl Segments {
         Ok(())
     }
 
-    /// The segment ids to visit for times `[from, to]`, clamped to the segments that exist.
-    pub(crate) fn visit(
-        &self,
-        core: &StoreCore,
-        from: i64,
-        to: i64,
-    ) -> Result<std::ops::RangeInclusive<i64>> {
-        Ok(match self.known(core)?.span {
-            Some((lo, hi)) => self.id(from).max(lo)..=self.id(to).min(hi),
-            #[allow(clippy::reversed_empty_ranges)]
-            None => 1..=0,
-        })
+    /// The ids of the segments that hold data for times `[from, to]`, in order: each found
+    /// with one seek past the previous, so the cost follows the segments that exist, not the
+    /// width of the range (windows at the epoch and at today's time are millions of segment
+    /// ids apart).
+    pub(crate) fn visit(&self, core: &StoreCore, from: i64, to: i64) -> Result<Vec<i64>> {
+        let Some((lo, hi)) = self.known(core)?.span else {
+            return Ok(vec![]);
+        };
+        let (first, last) = (self.id(from).max(lo), self.id(to).min(hi));
+        let mut found = vec![];
+        let mut next = first;
+        while next <= last {
+            let lower = ts_bytes(next);
+            let upper = ts_bytes(last.saturating_add(1));
+            let Some(entry) = core
+                .iter(Bound::Included(&lower[..]), Bound::Excluded(&upper[..]))
+                .next()
+            else {
+                break;
+            };
+            let (key, _) = entry?;
+            let id = ts_from(&key[..8]);
+            found.push(id);
+            next = id.saturating_add(1);
+        }
+        Ok(found)
     }
 }
 

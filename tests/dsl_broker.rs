@@ -1,0 +1,244 @@
+//! The DSL against the real broker under exactly-once: a topology that re-keys (group_by on a
+//! new key, through a repartition topic), counts in hopping windows with emit-final, and
+//! writes the final counts; SIGKILLed at random points three times. The output, read
+//! read_committed, must equal what an oracle computes from the input: every window's final
+//! count exactly once, nothing missing, no non-final result.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use kstreams::core::serde::{BigEndian, Serde, Utf8};
+use kstreams::core::{KafkaStreams, State, StreamsConfig};
+use kstreams::dsl::{Grouped, Materialized, StreamsBuilder, TimeWindows, WindowedSerde};
+use rand::Rng;
+use rdkafka::producer::{BaseRecord, Producer};
+use streams_testkit::child::{child_mode, wait_for_stop_request, ChildProcess};
+use streams_testkit::kafka::{
+    committed_offsets, consume_until, create_topic, idempotent_producer, read_to_end,
+    send_retrying, Isolation, Received,
+};
+use streams_testkit::{bootstrap_servers, unique};
+
+const LONG: Duration = Duration::from_secs(120);
+/// Input records, one every 10 ms of event time from `T0`.
+const N: usize = 3000;
+/// The first record's event time. Not 0: librdkafka replaces a timestamp of 0 with the time
+/// of the send.
+const T0: i64 = 1_000;
+const USERS: usize = 7;
+/// Event time far after every real record: closes every real window.
+const SENTINEL_TS: i64 = 10_000_000;
+
+fn windows() -> TimeWindows {
+    // Grace longer than the input's whole event-time span: however the repartitioned
+    // records interleave, none is late, so the oracle does not depend on processing order.
+    TimeWindows::of_size_and_grace(Duration::from_millis(1000), Duration::from_secs(100))
+        .advance_by(Duration::from_millis(500))
+}
+
+fn user_of(i: usize) -> String {
+    format!("u{}", (i * 7 + i / 13) % USERS)
+}
+
+fn run_child(args: &str) {
+    streams_testkit::init_tracing();
+    let parts: Vec<&str> = args.split('|').collect();
+    let [app, input, output, dir, label] = parts[..] else {
+        panic!("bad child arguments {args}");
+    };
+    let builder = StreamsBuilder::new();
+    builder
+        .stream::<String, String>(input)
+        .group_by_with(
+            |_, user| user.clone(),
+            Grouped::with(Utf8, Utf8).named("by-user"),
+        )
+        .windowed_by(windows())
+        .emit_final()
+        .count_with(Materialized::with(BigEndian).named("user-counts"))
+        .to(output);
+    let config = StreamsConfig::new(app, &bootstrap_servers())
+        .state_dir(dir)
+        .transaction_timeout(Duration::from_secs(10))
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "1000");
+    let streams = KafkaStreams::new(builder.build().unwrap(), config).unwrap();
+    streams.start().unwrap();
+    assert!(streams.wait_for(|s| s == State::Running, LONG));
+    println!("KSTREAMS-APP-RUNNING {label}");
+    wait_for_stop_request();
+    let closed = streams.close(Duration::from_secs(60));
+    println!("KSTREAMS-APP-CLOSED {label} clean={closed}");
+}
+
+fn spawn(label: &str, app: &str, input: &str, output: &str, dir: &str) -> ChildProcess {
+    let bootstrap = bootstrap_servers();
+    ChildProcess::spawn(
+        label,
+        "a_rekeyed_hopping_window_count_with_emit_final_is_exactly_once_under_sigkill",
+        &format!("{app}|{input}|{output}|{dir}|{label}"),
+        &[("KAFKA_BOOTSTRAP_SERVERS", bootstrap.as_str())],
+    )
+    .unwrap()
+}
+
+/// Produces records `0..N` (key `e<i>`, value the user, timestamp `T0 + 10 * i`) at about
+/// `per_second`, in the background.
+fn produce_events(topic: &str, per_second: usize) -> std::thread::JoinHandle<()> {
+    let (bootstrap, topic) = (bootstrap_servers(), topic.to_string());
+    std::thread::spawn(move || {
+        let p = idempotent_producer(&bootstrap).unwrap();
+        let start = Instant::now();
+        for i in 0..N {
+            let (key, user) = (format!("e{i}"), user_of(i));
+            send_retrying(
+                &p,
+                BaseRecord::to(&topic)
+                    .key(&key)
+                    .payload(&user)
+                    .timestamp(T0 + 10 * i as i64),
+            )
+            .unwrap();
+            if i % 50 == 49 {
+                p.flush(Duration::from_secs(30)).unwrap();
+                // Pacing the load, not waiting for a condition.
+                let due = start + Duration::from_secs_f64((i + 1) as f64 / per_second as f64);
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            }
+        }
+        p.flush(Duration::from_secs(30)).unwrap();
+    })
+}
+
+/// The final count of every (user, window start), computed from the input.
+fn oracle() -> BTreeMap<(String, i64), u64> {
+    let w = windows();
+    let (size, advance) = (1000_i64, 500_i64);
+    assert_eq!(w.size_ms(), size);
+    let mut counts = BTreeMap::new();
+    for i in 0..N {
+        let ts = T0 + 10 * i as i64;
+        let mut start = 0;
+        while start <= ts {
+            if ts < start + size {
+                *counts.entry((user_of(i), start)).or_insert(0) += 1;
+            }
+            start += advance;
+        }
+    }
+    counts
+}
+
+fn decode(records: &[Received]) -> Vec<((String, i64), u64)> {
+    let keys = WindowedSerde::new(Utf8, windows());
+    records
+        .iter()
+        .map(|r| {
+            let w = keys.deserialize("out", r.key.as_deref()).unwrap();
+            let n = Serde::<u64>::deserialize(&BigEndian, "out", r.value.as_deref()).unwrap();
+            ((w.key, w.start), n)
+        })
+        .collect()
+}
+
+#[test]
+fn a_rekeyed_hopping_window_count_with_emit_final_is_exactly_once_under_sigkill() {
+    if let Some(args) = child_mode() {
+        return run_child(&args);
+    }
+    let bootstrap = bootstrap_servers();
+    let (input, output, app) = (unique("dsl-in"), unique("dsl-out"), unique("dsl-app"));
+    create_topic(&bootstrap, &input, 3, &[]).unwrap();
+    create_topic(&bootstrap, &output, 3, &[]).unwrap();
+    let dir = std::env::temp_dir().join(unique("kstreams-dsl-state"));
+    let dir = dir.to_str().unwrap();
+    let feeder = produce_events(&input, 250);
+    let mut rng = rand::rng();
+    const KILLS: usize = 3;
+    for kill in 0..KILLS {
+        let mut child = spawn(&format!("run{kill}"), &app, &input, &output, dir);
+        child.wait_for_line("KSTREAMS-APP-RUNNING", LONG).unwrap();
+        let after = Duration::from_millis(rng.random_range(300..3000));
+        std::thread::sleep(after); // the random kill point
+        child.kill().unwrap();
+        eprintln!("kill {} after {:?} of running", kill + 1, after);
+    }
+    let mut last = spawn("final", &app, &input, &output, dir);
+    last.wait_for_line("KSTREAMS-APP-RUNNING", LONG).unwrap();
+    feeder.join().unwrap();
+
+    // Once every input record is processed (its offset committed, so its repartitioned copy
+    // is in the repartition topic), one record per user far in the future closes every
+    // window: it lands after all real records in each repartition partition.
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let done: i64 = committed_offsets(&bootstrap, &app, &input)
+            .unwrap()
+            .into_iter()
+            .map(|o| o.unwrap_or(0))
+            .sum();
+        if done >= N as i64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "input not consumed: {done} of {N}"
+        );
+        std::thread::sleep(Duration::from_millis(200)); // polling the group's offsets
+    }
+    let p = idempotent_producer(&bootstrap).unwrap();
+    for u in 0..USERS {
+        let user = format!("u{u}");
+        send_retrying(
+            &p,
+            BaseRecord::to(&input)
+                .key("sentinel")
+                .payload(&user)
+                .timestamp(SENTINEL_TS),
+        )
+        .unwrap();
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+
+    let want = oracle();
+    consume_until(
+        &bootstrap,
+        &output,
+        Isolation::ReadCommitted,
+        Duration::from_secs(240),
+        |got| got.len() >= want.len(),
+    )
+    .unwrap();
+    let status = last.stop(Duration::from_secs(90)).unwrap();
+    assert!(status.success(), "final run exit: {status}");
+
+    let committed =
+        decode(&read_to_end(&bootstrap, &output, Isolation::ReadCommitted, LONG).unwrap());
+    let all = read_to_end(&bootstrap, &output, Isolation::ReadUncommitted, LONG).unwrap();
+    let mut got: BTreeMap<(String, i64), u64> = BTreeMap::new();
+    let mut duplicates = 0;
+    for (window, n) in &committed {
+        if got.insert(window.clone(), *n).is_some() {
+            duplicates += 1;
+        }
+    }
+    let missing = want.keys().filter(|w| !got.contains_key(*w)).count();
+    let unexpected = got.keys().filter(|w| !want.contains_key(*w)).count();
+    let wrong: Vec<_> = want
+        .iter()
+        .filter(|(w, n)| got.get(*w).is_some_and(|g| g != *n))
+        .take(5)
+        .collect();
+    eprintln!(
+        "dsl crash test: kills {KILLS}, input {N}, windows {}, output read_committed {}, \
+         duplicates {duplicates}, missing {missing}, unexpected {unexpected}, wrong counts {}; \
+         written in all (read_uncommitted, incl. aborted) {}",
+        want.len(),
+        committed.len(),
+        wrong.len(),
+        all.len()
+    );
+    assert_eq!((duplicates, missing, unexpected), (0, 0, 0));
+    assert!(wrong.is_empty(), "non-final or wrong counts: {wrong:?}");
+    assert_eq!(got, want);
+}
