@@ -699,3 +699,63 @@ fn windowed_counts_match_a_plain_recomputation_on_random_out_of_order_input() {
         assert_eq!(late.count(), want_late, "case {case}: late records");
     }
 }
+
+#[test]
+fn a_table_keeps_the_latest_value_per_key_and_a_null_deletes() {
+    let builder = StreamsBuilder::new();
+    let cards =
+        builder.table::<String, String>("cards", Materialized::with(Utf8).named("cards-store"));
+    assert_eq!(cards.store_name(), Some("cards-store"));
+    cards.to_stream().to("card-updates");
+    let d = driver(builder);
+    let input = d.input_topic::<String, String>("cards", Utf8, Utf8);
+    input.pipe_at(s("c1"), s("FR"), 1).unwrap();
+    input.pipe_at(s("c2"), s("DE"), 2).unwrap();
+    input.pipe_at(s("c1"), s("IT"), 3).unwrap();
+    input
+        .pipe_raw(Some(b"c2".to_vec()), None, 4, Default::default())
+        .unwrap();
+    assert_eq!(
+        drain(&d.output_topic::<String, String>("card-updates", Utf8, Utf8)),
+        vec![
+            (s("c1"), s("FR"), 1),
+            (s("c2"), s("DE"), 2),
+            (s("c1"), s("IT"), 3)
+        ]
+    );
+    let (c1, c2) = d
+        .with_store::<KeyValueStore<String, String>, _>("cards-store", |st| {
+            (st.get(&s("c1")).unwrap(), st.get(&s("c2")).unwrap())
+        })
+        .unwrap();
+    assert_eq!((c1, c2), (Some(s("IT")), None));
+}
+
+#[test]
+fn to_a_topic_chosen_per_record() {
+    let builder = StreamsBuilder::new();
+    builder.stream::<String, String>("events").to_chosen_topic(
+        |_, v| format!("events-{}", &v[..1]),
+        Produced::with(Utf8, Utf8),
+    );
+    let topology = builder.build().unwrap();
+    assert!(
+        topology
+            .describe()
+            .to_string()
+            .contains("<chosen per record>"),
+        "{}",
+        topology.describe()
+    );
+    let d = TopologyTestDriver::new(topology).unwrap();
+    let input = d.input_topic::<String, String>("events", Utf8, Utf8);
+    input.pipe_at(s("1"), s("apple"), 1).unwrap();
+    input.pipe_at(s("2"), s("berry"), 2).unwrap();
+    input.pipe_at(s("3"), s("avocado"), 3).unwrap();
+    let read = |t: &str| drain(&d.output_topic::<String, String>(t, Utf8, Utf8));
+    assert_eq!(
+        read("events-a"),
+        vec![(s("1"), s("apple"), 1), (s("3"), s("avocado"), 3)]
+    );
+    assert_eq!(read("events-b"), vec![(s("2"), s("berry"), 2)]);
+}

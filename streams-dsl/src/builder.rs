@@ -4,13 +4,18 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
-use streams_core::serde::DefaultSerde;
-use streams_core::store::StoreBuilder;
+use std::sync::Arc;
+
+use streams_core::processor::ProcessorContext;
+use streams_core::serde::{DefaultSerde, Nullable, Serde};
+use streams_core::store::{KeyValueStore, StoreBuilder};
 use streams_core::topology::{Source, Topology, TopologyBuilder};
-use streams_core::{Error, Result};
+use streams_core::{Error, Record, Result};
 
 use crate::kstream::KStream;
-use crate::options::Consumed;
+use crate::ktable::KTable;
+use crate::ops::Op;
+use crate::options::{Consumed, Materialized};
 
 type AddStore = Box<dyn FnOnce(&mut TopologyBuilder, Vec<String>)>;
 
@@ -215,6 +220,88 @@ impl StreamsBuilder {
         g.topology.add_source(&name, source);
         drop(g);
         KStream::new(self.graph.clone(), name, path, false)
+    }
+
+    /// A table of the latest value per key of `topic`, kept in a store (named by
+    /// `materialized`, or generated), with the serdes of the key and value types. A record
+    /// with a null value deletes its key (and forwards nothing); every other record updates the
+    /// table and is forwarded downstream.
+    pub fn table<K, V>(&self, topic: &str, materialized: Materialized<V>) -> KTable<K, V>
+    where
+        K: DefaultSerde + Clone,
+        V: Clone + 'static,
+    {
+        self.table_with(topic, K::default_serde(), materialized)
+    }
+
+    /// [`table`](Self::table) with the key serde `keys`.
+    pub fn table_with<K, V>(
+        &self,
+        topic: &str,
+        keys: impl Serde<K>,
+        materialized: Materialized<V>,
+    ) -> KTable<K, V>
+    where
+        K: Clone + 'static,
+        V: Clone + 'static,
+    {
+        let keys: Arc<dyn Serde<K>> = Arc::new(keys);
+        let values = materialized.values.clone();
+        let path = format!("table:{topic}");
+        let mut g = self.graph.borrow_mut();
+        let source = g.node_name("SOURCE", &path, None);
+        let node = g.node_name("TABLE-SOURCE", &path, None);
+        let store = g.state_name(
+            "STATE-STORE",
+            &path,
+            materialized.name.as_deref(),
+            &format!("table of {topic}"),
+        );
+        g.topology.add_source(
+            &source,
+            Source::new([topic], keys.clone(), Nullable(values.clone())),
+        );
+        let store_name = store.clone();
+        g.topology.add_processor(
+            &node,
+            move || {
+                let store = store_name.clone();
+                Op::<K, Option<V>, K, V>::new(Box::new(
+                    move |r: Record<K, Option<V>>, ctx: &mut ProcessorContext<'_, K, V>| {
+                        let s = ctx.state_store::<KeyValueStore<K, V>>(&store)?;
+                        let (key, value, rest) = r.into_parts();
+                        match value {
+                            Some(v) => {
+                                s.put(&key, &v)?;
+                                ctx.forward(rest.with_key(key).with_value(v))
+                            }
+                            None => {
+                                s.delete(&key)?;
+                                Ok(())
+                            }
+                        }
+                    },
+                ))
+            },
+            [source.as_str()],
+        );
+        let mut builder = KeyValueStore::<K, V>::builder(&store, keys.clone(), values.clone());
+        if materialized.in_memory {
+            builder = builder.in_memory();
+        }
+        if !materialized.logging {
+            builder = builder.with_logging(false);
+        }
+        g.topology.add_state_store(builder, [node.as_str()]);
+        drop(g);
+        KTable {
+            graph: self.graph.clone(),
+            node,
+            path,
+            store: Some(store),
+            keys,
+            values,
+        }
     }
 
     /// Adds a store for processors added with [`KStream::process`] and

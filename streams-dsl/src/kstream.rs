@@ -323,6 +323,23 @@ impl<K: Clone + 'static, V: Clone + 'static> KStream<K, V> {
         g.topology.add_sink(&name, sink, [self.node.as_str()]);
     }
 
+    /// Writes each record to the topic `chooser(key, value)` names (it must exist), as
+    /// `produced` says.
+    pub fn to_chosen_topic(
+        &self,
+        chooser: impl Fn(&K, &V) -> String + Send + Sync + 'static,
+        produced: Produced<K, V>,
+    ) {
+        let path = format!("{}/sink:chosen", self.path);
+        let mut g = self.graph.borrow_mut();
+        let name = g.node_name("SINK", &path, produced.name.as_deref());
+        let mut sink = Sink::to_chosen_topic(chooser, produced.keys, produced.values);
+        if let Some(p) = produced.partitioner {
+            sink = sink.with_partitioner(move |k, v, n| p(k, v, n));
+        }
+        g.topology.add_sink(&name, sink, [self.node.as_str()]);
+    }
+
     /// Runs a Processor API processor on the stream, with access to the stores named in
     /// `stores` (added with `StreamsBuilder::add_state_store`). It may change the key.
     pub fn process<P, F>(&self, supplier: F, stores: &[&str]) -> KStream<P::KeyOut, P::ValueOut>

@@ -40,7 +40,9 @@ use std::sync::Arc;
 pub use self::builder::TopologyBuilder;
 pub use self::describe::TopologyDescription;
 use self::nodes::{NodeKind, NoopNode};
-pub use self::nodes::{Partitioner, Sink, Source, TimestampExtractor};
+pub use self::nodes::{
+    Partitioner, Sink, Source, TimestampExtractor, TopicChooser, CHOSEN_PER_RECORD,
+};
 pub(crate) use self::nodes::{SourceDecoder, SourceParts};
 use crate::node::{Node, NodeMeta};
 use crate::store::StoreBuilder;

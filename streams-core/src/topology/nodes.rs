@@ -58,7 +58,14 @@ pub struct Sink<K, V> {
     keys: Arc<dyn Serde<K>>,
     values: Arc<dyn Serde<V>>,
     partitioner: Option<Partitioner<K, V>>,
+    chooser: Option<TopicChooser<K, V>>,
 }
+
+/// Chooses the topic of each output record: `(key, value) -> topic`.
+pub type TopicChooser<K, V> = Arc<dyn Fn(&K, &V) -> String + Send + Sync>;
+
+/// What a sink whose topic is chosen per record shows as its topic.
+pub const CHOSEN_PER_RECORD: &str = "<chosen per record>";
 
 impl<K: 'static, V: 'static> Sink<K, V> {
     /// Writes to `topic` with the given key and value serdes.
@@ -68,6 +75,22 @@ impl<K: 'static, V: 'static> Sink<K, V> {
             keys: Arc::new(keys),
             values: Arc::new(values),
             partitioner: None,
+            chooser: None,
+        }
+    }
+
+    /// Writes each record to the topic `chooser(key, value)` names (the topic must exist).
+    pub fn to_chosen_topic(
+        chooser: impl Fn(&K, &V) -> String + Send + Sync + 'static,
+        keys: impl Serde<K>,
+        values: impl Serde<V>,
+    ) -> Self {
+        Sink {
+            topic: CHOSEN_PER_RECORD.to_string(),
+            keys: Arc::new(keys),
+            values: Arc::new(values),
+            partitioner: None,
+            chooser: Some(Arc::new(chooser)),
         }
     }
 
@@ -165,40 +188,43 @@ struct SinkSpec<K, V> {
     keys: Arc<dyn Serde<K>>,
     values: Arc<dyn Serde<V>>,
     partitioner: Option<Partitioner<K, V>>,
+    chooser: Option<TopicChooser<K, V>>,
 }
 
 impl<K: 'static, V: 'static> Node for SinkNode<K, V> {
     fn process(&mut self, record: DynRecord<'_>, ctx: &mut NodeCtx<'_>) -> Result<()> {
         let record: Record<K, V> = restore(record, &self.name)?;
-        let key = self.sink.keys.serialize(&self.topic, record.key());
-        let value = self.sink.values.serialize(&self.topic, record.value());
+        let topic = match &self.sink.chooser {
+            Some(choose) => Arc::from(choose(record.key(), record.value())),
+            None => self.topic.clone(),
+        };
+        let key = self.sink.keys.serialize(&topic, record.key());
+        let value = self.sink.values.serialize(&topic, record.value());
         let (key, value) = match (key, value) {
             (Ok(k), Ok(v)) => (k, v),
             (Err(e), _) | (_, Err(e)) => {
-                return ctx
-                    .collector()
-                    .serialization_error(&self.name, &self.topic, e);
+                return ctx.collector().serialization_error(&self.name, &topic, e);
             }
         };
         let partition = match &self.sink.partitioner {
             Some(p) => {
-                let count = ctx.collector().partition_count(&self.topic)?;
+                let count = ctx.collector().partition_count(&topic)?;
                 p(record.key(), record.value(), count)
             }
             None => None,
         };
         if let Some(p) = partition {
-            let count = ctx.collector().partition_count(&self.topic)?;
+            let count = ctx.collector().partition_count(&topic)?;
             if p < 0 || p >= count {
                 return Err(Error::Config(format!(
-                    "sink {}: the partitioner chose partition {p} of topic {} which has {count}",
-                    self.name, self.topic
+                    "sink {}: the partitioner chose partition {p} of topic {topic} which has {count}",
+                    self.name
                 )));
             }
         }
         let (_, _, rest) = record.into_parts();
         ctx.collector().send(OutRecord {
-            topic: self.topic.clone(),
+            topic,
             partition,
             key,
             value,
@@ -251,6 +277,7 @@ pub(crate) fn sink_kind<K: 'static, V: 'static>(sink: Sink<K, V>) -> NodeKind {
         keys: sink.keys,
         values: sink.values,
         partitioner: sink.partitioner,
+        chooser: sink.chooser,
     });
     let factory = Arc::new(move |topic: &str, name: Arc<str>| {
         Box::new(SinkNode {
