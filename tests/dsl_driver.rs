@@ -759,3 +759,23 @@ fn to_a_topic_chosen_per_record() {
     );
     assert_eq!(read("events-b"), vec![(s("2"), s("berry"), 2)]);
 }
+
+#[test]
+fn every_operator_can_be_named() {
+    let builder = StreamsBuilder::new();
+    let words = builder.stream::<String, String>("words");
+    let long = words.named("long-words").filter(|_, v| v.len() > 3);
+    long.named("shout")
+        .map_values(|v| v.to_uppercase())
+        .named("to-loud")
+        .to("loud");
+    long.named("by-word")
+        .group_by_key()
+        .count()
+        .to_stream()
+        .to("counts");
+    let text = builder.build().unwrap().describe().to_string();
+    for name in ["long-words", "shout", "to-loud", "by-word"] {
+        assert!(text.contains(&format!(": {name} ")), "{name}: {text}");
+    }
+}

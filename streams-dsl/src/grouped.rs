@@ -143,8 +143,9 @@ where
     let path = format!("{}/{}", input.path, kind.to_ascii_lowercase());
     let keys = grouped.keys();
     let values = materialized.values.clone();
+    let explicit = grouped.stream.name_next.clone();
     let mut g = input.graph.borrow_mut();
-    let node = g.node_name(kind, &path, None);
+    let node = g.node_name(kind, &path, explicit.as_deref());
     let store = g.state_name(
         &format!("{kind}-STATE-STORE"),
         &path,

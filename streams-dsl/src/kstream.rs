@@ -25,6 +25,8 @@ pub struct KStream<K, V> {
     /// The key may have changed since the last repartition: the next stateful operator
     /// reads through a repartition topic.
     pub(crate) key_changed: bool,
+    /// The name the next operator's node gets ([`named`](KStream::named)).
+    pub(crate) name_next: Option<String>,
     _types: PhantomData<fn(K, V)>,
 }
 
@@ -35,6 +37,7 @@ impl<K, V> Clone for KStream<K, V> {
             node: self.node.clone(),
             path: self.path.clone(),
             key_changed: self.key_changed,
+            name_next: self.name_next.clone(),
             _types: PhantomData,
         }
     }
@@ -47,8 +50,25 @@ impl<K: Clone + 'static, V: Clone + 'static> KStream<K, V> {
             node,
             path,
             key_changed,
+            name_next: None,
             _types: PhantomData,
         }
+    }
+
+    /// The same stream, whose next operator gets the node name `name` (instead of a generated
+    /// one): `stream.named("big-orders").filter(...)`. Every operator can be named this way;
+    /// stores and internal topics are named with [`Materialized`](crate::Materialized),
+    /// [`Grouped`] and [`Repartitioned`].
+    pub fn named(&self, name: &str) -> Self {
+        let mut s = self.clone();
+        s.name_next = Some(name.to_string());
+        s
+    }
+
+    /// The explicit name of the next operator: `named`, else the one set by
+    /// [`named`](Self::named).
+    fn explicit(&self, named: Option<&str>) -> Option<String> {
+        named.map(str::to_string).or_else(|| self.name_next.clone())
     }
 
     /// Adds a processor node of kind `kind` running `make()`'s closure (one per task).
@@ -60,8 +80,9 @@ impl<K: Clone + 'static, V: Clone + 'static> KStream<K, V> {
         make: impl Fn() -> OpFn<K, V, K2, V2> + Send + Sync + 'static,
     ) -> KStream<K2, V2> {
         let path = format!("{}/{}", self.path, kind.to_ascii_lowercase());
+        let explicit = self.explicit(named.0.as_deref());
         let mut g = self.graph.borrow_mut();
-        let name = g.node_name(kind, &path, named.0.as_deref());
+        let name = g.node_name(kind, &path, explicit.as_deref());
         g.topology
             .add_processor(&name, move || Op::new(make()), [self.node.as_str()]);
         drop(g);
@@ -75,17 +96,8 @@ impl<K: Clone + 'static, V: Clone + 'static> KStream<K, V> {
 
     /// Keeps the records for which `predicate(key, value)` holds.
     pub fn filter(&self, predicate: impl Fn(&K, &V) -> bool + Send + Sync + 'static) -> Self {
-        self.filter_named(Named::default(), predicate)
-    }
-
-    /// [`filter`](Self::filter) with a node name.
-    pub fn filter_named(
-        &self,
-        named: Named,
-        predicate: impl Fn(&K, &V) -> bool + Send + Sync + 'static,
-    ) -> Self {
         let p = Arc::new(predicate);
-        self.add_op("FILTER", named, false, move || {
+        self.add_op("FILTER", Named::default(), false, move || {
             let p = p.clone();
             Box::new(move |r: Record<K, V>, ctx| {
                 if p(r.key(), r.value()) {
@@ -263,8 +275,9 @@ impl<K: Clone + 'static, V: Clone + 'static> KStream<K, V> {
     /// One stream of the records of both (each keeps its timestamp).
     pub fn merge(&self, other: &KStream<K, V>) -> Self {
         let path = format!("merge({},{})", self.path, other.path);
+        let explicit = self.explicit(None);
         let mut g = self.graph.borrow_mut();
-        let name = g.node_name("MERGE", &path, None);
+        let name = g.node_name("MERGE", &path, explicit.as_deref());
         g.topology.add_processor(
             &name,
             || Op::<K, V, K, V>::new(Box::new(|r, ctx| ctx.forward(r))),
@@ -314,8 +327,9 @@ impl<K: Clone + 'static, V: Clone + 'static> KStream<K, V> {
     /// Writes the stream to `topic` as `produced` says.
     pub fn to_with(&self, topic: &str, produced: Produced<K, V>) {
         let path = format!("{}/sink:{topic}", self.path);
+        let explicit = self.explicit(produced.name.as_deref());
         let mut g = self.graph.borrow_mut();
-        let name = g.node_name("SINK", &path, produced.name.as_deref());
+        let name = g.node_name("SINK", &path, explicit.as_deref());
         let mut sink = Sink::new(topic, produced.keys, produced.values);
         if let Some(p) = produced.partitioner {
             sink = sink.with_partitioner(move |k, v, n| p(k, v, n));
@@ -331,8 +345,9 @@ impl<K: Clone + 'static, V: Clone + 'static> KStream<K, V> {
         produced: Produced<K, V>,
     ) {
         let path = format!("{}/sink:chosen", self.path);
+        let explicit = self.explicit(produced.name.as_deref());
         let mut g = self.graph.borrow_mut();
-        let name = g.node_name("SINK", &path, produced.name.as_deref());
+        let name = g.node_name("SINK", &path, explicit.as_deref());
         let mut sink = Sink::to_chosen_topic(chooser, produced.keys, produced.values);
         if let Some(p) = produced.partitioner {
             sink = sink.with_partitioner(move |k, v, n| p(k, v, n));
@@ -350,8 +365,9 @@ impl<K: Clone + 'static, V: Clone + 'static> KStream<K, V> {
         F: Fn() -> P + Send + Sync + 'static,
     {
         let path = format!("{}/process", self.path);
+        let explicit = self.explicit(None);
         let mut g = self.graph.borrow_mut();
-        let name = g.node_name("PROCESSOR", &path, None);
+        let name = g.node_name("PROCESSOR", &path, explicit.as_deref());
         g.topology
             .add_processor(&name, supplier, [self.node.as_str()]);
         for s in stores {
@@ -369,8 +385,9 @@ impl<K: Clone + 'static, V: Clone + 'static> KStream<K, V> {
         F: Fn() -> P + Send + Sync + 'static,
     {
         let path = format!("{}/process-values", self.path);
+        let explicit = self.explicit(None);
         let mut g = self.graph.borrow_mut();
-        let name = g.node_name("PROCESSVALUES", &path, None);
+        let name = g.node_name("PROCESSVALUES", &path, explicit.as_deref());
         g.topology
             .add_fixed_key_processor(&name, supplier, [self.node.as_str()]);
         for s in stores {
@@ -458,7 +475,9 @@ impl<K: Clone + 'static, V: Clone + 'static> BranchedKStream<K, V> {
         let s = &self.stream;
         let path = format!("{}/split", s.path);
         let mut g = s.graph.borrow_mut();
-        let explicit = (!self.prefix.is_empty()).then(|| self.prefix.clone());
+        let explicit = (!self.prefix.is_empty())
+            .then(|| self.prefix.clone())
+            .or_else(|| s.name_next.clone());
         let split_name = g.node_name("BRANCH", &path, explicit.as_deref());
         let names: Vec<String> = self
             .branches

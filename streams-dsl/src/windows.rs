@@ -291,8 +291,9 @@ impl<K: Clone + 'static, V: Clone + 'static> TimeWindowedKStream<K, V> {
             .map(millis)
             .unwrap_or(windows.size + windows.grace)
             .max(windows.size + windows.grace);
+        let explicit = self.grouped.stream.name_next.clone();
         let mut g = input.graph.borrow_mut();
-        let node = g.node_name(kind, &path, None);
+        let node = g.node_name(kind, &path, explicit.as_deref());
         let store = g.state_name(
             &format!("{kind}-STATE-STORE"),
             &path,
