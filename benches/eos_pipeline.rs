@@ -3,8 +3,13 @@
 //!
 //! ```text
 //! scripts/broker.sh start     # the broker and its proxy in processes of their own
-//! KAFKA_BOOTSTRAP_SERVERS=<printed address> cargo bench --bench eos_pipeline [-- RECORDS ROUNDS]
+//! KAFKA_BOOTSTRAP_SERVERS=<printed address> cargo bench --bench eos_pipeline [-- RECORDS ROUNDS [TOPOLOGY]]
 //! ```
+//!
+//! TOPOLOGY is what (b) runs: `processor` (default: one Processor API node appending "!"),
+//! `dsl-chain` (the DSL's filter → map_values → to doing the same), or `dsl-window-count` (the
+//! DSL's count per key in one-minute tumbling windows, RocksDB and its changelog, every update
+//! written out).
 //!
 //! Each round fills a fresh 3-partition input topic with RECORDS records (100-byte values),
 //! then runs (a) the raw pipe and (b) the topology, each reading the whole topic with a fresh
@@ -25,6 +30,7 @@ use kstreams::core::{
     KafkaStreams, Processor, ProcessorContext, Record, Result, Sink, Source, State, StreamsConfig,
     TopologyBuilder,
 };
+use kstreams::dsl::{StreamsBuilder, TimeWindows};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -201,15 +207,55 @@ impl Processor for Exclaim {
     }
 }
 
+/// What (b) runs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    /// One Processor API node appending "!".
+    Processor,
+    /// The DSL: filter (non-empty) → map_values (append "!") → to.
+    DslChain,
+    /// The DSL: a count per key in one-minute tumbling windows, RocksDB with its changelog,
+    /// every update written out.
+    DslWindowCount,
+}
+
+fn build(kind: Kind, input: &str, output: &str) -> kstreams::core::Topology {
+    match kind {
+        Kind::Processor => TopologyBuilder::new()
+            .add_source("in", Source::new([input], RawBytes, RawBytes))
+            .add_processor("exclaim", || Exclaim, ["in"])
+            .add_sink("out", Sink::new(output, RawBytes, RawBytes), ["exclaim"])
+            .build()
+            .unwrap(),
+        Kind::DslChain => {
+            let builder = StreamsBuilder::new();
+            builder
+                .stream::<Vec<u8>, Vec<u8>>(input)
+                .filter(|_, v| !v.is_empty())
+                .map_values(|mut v| {
+                    v.push(b'!');
+                    v
+                })
+                .to(output);
+            builder.build().unwrap()
+        }
+        Kind::DslWindowCount => {
+            let builder = StreamsBuilder::new();
+            builder
+                .stream::<Vec<u8>, Vec<u8>>(input)
+                .group_by_key()
+                .windowed_by(TimeWindows::of_size_with_no_grace(Duration::from_secs(60)))
+                .count()
+                .to(output);
+            builder.build().unwrap()
+        }
+    }
+}
+
 /// (b) The topology on the runtime, exactly-once, one stream thread.
-fn topology(bootstrap: &str, input: &str, output: &str, n: usize) -> Steady {
+fn topology(kind: Kind, bootstrap: &str, input: &str, output: &str, n: usize) -> Steady {
     let app = unique("bench-app");
-    let topology = TopologyBuilder::new()
-        .add_source("in", Source::new([input], RawBytes, RawBytes))
-        .add_processor("exclaim", || Exclaim, ["in"])
-        .add_sink("out", Sink::new(output, RawBytes, RawBytes), ["exclaim"])
-        .build()
-        .unwrap();
+    let topology = build(kind, input, output);
     let config = StreamsConfig::new(&app, bootstrap)
         .commit_interval(COMMIT_INTERVAL)
         .state_dir(std::env::temp_dir().join(unique("bench-state")))
@@ -229,6 +275,17 @@ fn main() {
         .collect();
     let n = args.first().copied().unwrap_or(50_000);
     let rounds = args.get(1).copied().unwrap_or(3);
+    let kind = match std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-') && a.parse::<usize>().is_err())
+    {
+        None => Kind::Processor,
+        Some(k) if k == "processor" => Kind::Processor,
+        Some(k) if k == "dsl-chain" => Kind::DslChain,
+        Some(k) if k == "dsl-window-count" => Kind::DslWindowCount,
+        Some(k) => panic!("unknown topology {k}: processor, dsl-chain or dsl-window-count"),
+    };
+    println!("topology (b): {kind:?}");
     if streams_testkit::broker::external_bootstrap_servers().is_none() {
         println!(
             "note: the broker and its proxy run inside this process; CPU figures include the \
@@ -247,9 +304,9 @@ fn main() {
         // Alternate the order: the machine is shared and its load drifts.
         let (a, b) = if round % 2 == 1 {
             let a = raw_pipe(&bootstrap, &input, &out_a, n);
-            (a, topology(&bootstrap, &input, &out_b, n))
+            (a, topology(kind, &bootstrap, &input, &out_b, n))
         } else {
-            let b = topology(&bootstrap, &input, &out_b, n);
+            let b = topology(kind, &bootstrap, &input, &out_b, n);
             (raw_pipe(&bootstrap, &input, &out_a, n), b)
         };
         let (ratio, cpu_ratio) = (b.rate / a.rate, b.cpu_us / a.cpu_us);
