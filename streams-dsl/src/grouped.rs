@@ -18,6 +18,32 @@ use crate::windows::{TimeWindowedKStream, TimeWindows};
 /// [`aggregate`](Self::aggregate) aggregate per key. When the key changed upstream, the
 /// aggregation reads through a repartition topic first (written inside the transaction under
 /// exactly-once), so that all records of a key reach one task.
+///
+/// ```
+/// use streams_core::serde::{BigEndian, Utf8};
+/// use streams_core::TopologyTestDriver;
+/// use streams_dsl::{Materialized, StreamsBuilder};
+///
+/// // Orders per customer: the orders are keyed by order id, so grouping by customer
+/// // re-keys them through a repartition topic.
+/// let builder = StreamsBuilder::new();
+/// builder
+///     .stream::<String, String>("orders")
+///     .group_by(|_order, customer| customer.clone())
+///     .count_with(Materialized::with(BigEndian).named("orders-per-customer"))
+///     .to_stream()
+///     .to("order-counts");
+/// let driver = TopologyTestDriver::new(builder.build()?)?;
+/// let orders = driver.input_topic("orders", Utf8, Utf8);
+/// orders.pipe_at("o1".to_string(), "ann".to_string(), 10)?;
+/// orders.pipe_at("o2".to_string(), "ann".to_string(), 20)?;
+/// let counts = driver.output_topic::<String, u64>("order-counts", Utf8, BigEndian);
+/// assert_eq!(
+///     counts.read_key_values()?,
+///     vec![("ann".to_string(), 1), ("ann".to_string(), 2)]
+/// );
+/// # Ok::<(), streams_core::Error>(())
+/// ```
 pub struct KGroupedStream<K, V> {
     pub(crate) stream: KStream<K, V>,
     pub(crate) grouped: Grouped<K, V>,

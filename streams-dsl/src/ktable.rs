@@ -14,6 +14,28 @@ use crate::options::Named;
 /// A table: for each key, its latest value. Its updates flow downstream as records (one per
 /// update, the key and the new value); the values are kept in the store
 /// [`store_name`](Self::store_name) (readable with interactive queries).
+///
+/// ```
+/// use streams_core::serde::Utf8;
+/// use streams_core::store::KeyValueStore;
+/// use streams_core::TopologyTestDriver;
+/// use streams_dsl::{Materialized, StreamsBuilder};
+///
+/// let builder = StreamsBuilder::new();
+/// let cards = builder.table::<String, String>("cards", Materialized::with(Utf8).named("cards"));
+/// cards.map_values(|country| country.to_lowercase(), Utf8).to("card-countries");
+/// let driver = TopologyTestDriver::new(builder.build()?)?;
+/// let input = driver.input_topic("cards", Utf8, Utf8);
+/// input.pipe("c1".to_string(), "FR".to_string())?;
+/// input.pipe("c1".to_string(), "IT".to_string())?;
+/// let latest = driver.with_store::<KeyValueStore<String, String>, _>("cards", |s| {
+///     s.get(&"c1".to_string())
+/// })??;
+/// assert_eq!(latest.as_deref(), Some("IT"));
+/// let out = driver.output_topic::<String, String>("card-countries", Utf8, Utf8);
+/// assert_eq!(out.read_values()?, vec!["fr".to_string(), "it".to_string()]);
+/// # Ok::<(), streams_core::Error>(())
+/// ```
 pub struct KTable<K, V> {
     pub(crate) graph: Shared,
     pub(crate) node: String,

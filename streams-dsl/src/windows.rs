@@ -210,6 +210,34 @@ type Initializer<VA> = Arc<dyn Fn() -> VA + Send + Sync>;
 type Adder<K, V, VA> = Arc<dyn Fn(&K, V, VA) -> VA + Send + Sync>;
 
 /// A grouped stream to aggregate per key and window.
+///
+/// ```
+/// use std::time::Duration;
+/// use streams_core::serde::{BigEndian, Utf8};
+/// use streams_core::TopologyTestDriver;
+/// use streams_dsl::{StreamsBuilder, TimeWindows, Windowed, WindowedSerde};
+///
+/// // Clicks per user and 10-second window, the final count only, once the window closed.
+/// let windows = TimeWindows::of_size_and_grace(Duration::from_secs(10), Duration::from_secs(2));
+/// let builder = StreamsBuilder::new();
+/// builder
+///     .stream::<String, String>("clicks")
+///     .group_by_key()
+///     .windowed_by(windows)
+///     .emit_final()
+///     .count()
+///     .to("clicks-per-window");
+/// let driver = TopologyTestDriver::new(builder.build()?)?;
+/// let clicks = driver.input_topic("clicks", Utf8, Utf8);
+/// for ts in [1_000, 4_000, 9_000] {
+///     clicks.pipe_at("ann".to_string(), "/home".to_string(), ts)?;
+/// }
+/// clicks.pipe_at("ann".to_string(), "/cart".to_string(), 12_500)?; // closes [0, 10 s)
+/// let out = driver.output_topic("clicks-per-window", WindowedSerde::new(Utf8, windows), BigEndian);
+/// let window = Windowed { key: "ann".to_string(), start: 0, end: 10_000 };
+/// assert_eq!(out.read_key_values()?, vec![(window, 3_u64)]);
+/// # Ok::<(), streams_core::Error>(())
+/// ```
 pub struct TimeWindowedKStream<K, V> {
     grouped: KGroupedStream<K, V>,
     windows: TimeWindows,
