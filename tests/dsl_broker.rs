@@ -242,3 +242,60 @@ fn a_rekeyed_hopping_window_count_with_emit_final_is_exactly_once_under_sigkill(
     assert!(wrong.is_empty(), "non-final or wrong counts: {wrong:?}");
     assert_eq!(got, want);
 }
+
+/// Counts per key of 2,000 records over 10 keys, read from the output once every key reached
+/// its final count: (output records, final count per key).
+fn count_through_the_runtime(cache_bytes: usize) -> (usize, BTreeMap<String, u64>) {
+    let bootstrap = bootstrap_servers();
+    let (input, output, app) = (unique("cache-in"), unique("cache-out"), unique("cache-app"));
+    create_topic(&bootstrap, &input, 1, &[]).unwrap();
+    create_topic(&bootstrap, &output, 1, &[]).unwrap();
+    let p = idempotent_producer(&bootstrap).unwrap();
+    for i in 0..2000 {
+        let key = format!("k{}", i % 10);
+        send_retrying(&p, BaseRecord::to(&input).key(&key).payload("x")).unwrap();
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    let builder = StreamsBuilder::new();
+    builder
+        .stream::<String, String>(input.as_str())
+        .group_by_key()
+        .count()
+        .to_stream()
+        .to(&output);
+    let config = StreamsConfig::new(&app, &bootstrap)
+        .state_dir(std::env::temp_dir().join(unique("kstreams-cache-state")))
+        .cache_max_bytes(cache_bytes);
+    let streams = KafkaStreams::new(builder.build().unwrap(), config).unwrap();
+    streams.start().unwrap();
+    let finals = |got: &[Received]| -> BTreeMap<String, u64> {
+        let mut last = BTreeMap::new();
+        for r in got {
+            let n = Serde::<u64>::deserialize(&BigEndian, "out", r.value.as_deref()).unwrap();
+            last.insert(r.key_str(), n);
+        }
+        last
+    };
+    let got = consume_until(&bootstrap, &output, Isolation::ReadCommitted, LONG, |got| {
+        finals(got).values().filter(|n| **n == 200).count() == 10
+    })
+    .unwrap();
+    assert!(streams.close(Duration::from_secs(60)));
+    let counts = finals(&got);
+    (got.len(), counts)
+}
+
+#[test]
+fn a_record_cache_forwards_each_key_once_per_commit_and_can_be_turned_off() {
+    let (cached, counts) = count_through_the_runtime(10 << 20);
+    assert_eq!(counts.len(), 10);
+    assert!(counts.values().all(|n| *n == 200), "{counts:?}");
+    let (uncached, counts) = count_through_the_runtime(0);
+    assert!(counts.values().all(|n| *n == 200), "{counts:?}");
+    eprintln!("count of 2,000 records over 10 keys: {cached} updates out with the cache, {uncached} without");
+    assert_eq!(uncached, 2000, "without a cache every update goes out");
+    assert!(
+        cached < 200,
+        "with a cache, one update per key and commit: {cached} records for 10 keys"
+    );
+}

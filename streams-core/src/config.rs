@@ -59,6 +59,7 @@ pub struct StreamsConfig {
     pub(crate) rocks_block_cache: usize,
     pub(crate) rocks_write_buffers: usize,
     pub(crate) rocks_setter: Option<RocksConfigSetter>,
+    pub(crate) cache_max_bytes: usize,
 }
 
 /// Whether a client property holds a secret (its value is never printed).
@@ -110,6 +111,7 @@ impl std::fmt::Debug for StreamsConfig {
             .field("rocksdb_block_cache", &self.rocks_block_cache)
             .field("rocksdb_write_buffers", &self.rocks_write_buffers)
             .field("rocksdb_config_setter", &self.rocks_setter.is_some())
+            .field("cache_max_bytes", &self.cache_max_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -155,7 +157,19 @@ impl StreamsConfig {
             rocks_block_cache: 64 << 20,
             rocks_write_buffers: 32 << 20,
             rocks_setter: None,
+            cache_max_bytes: 10 << 20,
         }
+    }
+
+    /// The bytes of record caches per instance (default 10 MiB, Kafka Streams'
+    /// `statestore.cache.max.bytes`), shared equally by the stream threads; each caching
+    /// aggregation of a task may hold up to its thread's share. A cache keeps only the latest
+    /// update of each key between commits, so the changelog and the records downstream see
+    /// one update per key and commit interval. 0 turns caching off: every update is
+    /// forwarded at once (what tests usually want).
+    pub fn cache_max_bytes(mut self, bytes: usize) -> Self {
+        self.cache_max_bytes = bytes;
+        self
     }
 
     /// Exactly-once (default) or at-least-once.

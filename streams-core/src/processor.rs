@@ -82,6 +82,17 @@ pub trait Processor: Send + 'static {
         Ok(())
     }
 
+    /// Called before every commit of the task, after the last record of the commit interval:
+    /// forward what the processor held back (a record cache keeping only the latest update
+    /// per key), so that it is part of the commit.
+    fn flush(
+        &mut self,
+        ctx: &mut ProcessorContext<'_, Self::KeyOut, Self::ValueOut>,
+    ) -> Result<()> {
+        let _ = ctx;
+        Ok(())
+    }
+
     /// Called once when the task is closed.
     fn close(&mut self) -> Result<()> {
         Ok(())
@@ -162,6 +173,12 @@ impl<'a, K: 'static, V: 'static> ProcessorContext<'a, K, V> {
     /// The runtime's wall-clock time in milliseconds (the test's clock in the driver).
     pub fn wall_clock_time(&self) -> i64 {
         self.inner.wall_clock()
+    }
+
+    /// How many bytes a record cache of this processor may hold (`StreamsConfig::cache_max_bytes`
+    /// shared by the stream threads; 0: cache nothing, forward every update at once).
+    pub fn cache_max_bytes(&self) -> usize {
+        self.inner.cache_budget()
     }
 }
 
@@ -351,6 +368,9 @@ impl<P: Processor> Node for ProcessorNode<P> {
     }
     fn punctuate(&mut self, id: PunctuatorId, timestamp: i64, ctx: &mut NodeCtx<'_>) -> Result<()> {
         self.processor.punctuate(id, timestamp, &mut typed(ctx))
+    }
+    fn flush(&mut self, ctx: &mut NodeCtx<'_>) -> Result<()> {
+        self.processor.flush(&mut typed(ctx))
     }
     fn close(&mut self) -> Result<()> {
         self.processor.close()

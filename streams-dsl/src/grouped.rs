@@ -1,15 +1,16 @@
 //! [`KGroupedStream`]: a stream grouped by key, and its aggregations into a [`KTable`].
 
+use std::marker::PhantomData;
 use std::sync::Arc;
 
-use streams_core::processor::ProcessorContext;
+use streams_core::processor::{Processor, ProcessorContext};
 use streams_core::serde::{BigEndian, Serde};
 use streams_core::store::KeyValueStore;
-use streams_core::Record;
+use streams_core::{Record, Result};
 
+use crate::cache::Cache;
 use crate::kstream::KStream;
 use crate::ktable::KTable;
-use crate::ops::Op;
 use crate::options::{Grouped, Materialized, Repartitioned};
 use crate::stamped::{Stamped, StampedSerde};
 use crate::windows::{TimeWindowedKStream, TimeWindows};
@@ -49,11 +50,7 @@ pub struct KGroupedStream<K, V> {
     pub(crate) grouped: Grouped<K, V>,
 }
 
-impl<K: Clone + 'static, V: Clone + 'static> KGroupedStream<K, V> {
-    pub(crate) fn new(stream: KStream<K, V>, grouped: Grouped<K, V>) -> Self {
-        KGroupedStream { stream, grouped }
-    }
-
+impl<K: Clone + Send + 'static, V: Clone + Send + 'static> KGroupedStream<K, V> {
     /// The key serde of the grouping.
     pub(crate) fn keys(&self) -> Arc<dyn Serde<K>> {
         self.grouped.keys.clone()
@@ -111,7 +108,7 @@ impl<K: Clone + 'static, V: Clone + 'static> KGroupedStream<K, V> {
 
     /// Folds the values of each key into an aggregate: `adder(key, value, aggregate)`,
     /// starting from `initializer()`.
-    pub fn aggregate<VA: Clone + 'static>(
+    pub fn aggregate<VA: Clone + Send + 'static>(
         &self,
         initializer: impl Fn() -> VA + Send + Sync + 'static,
         adder: impl Fn(&K, V, VA) -> VA + Send + Sync + 'static,
@@ -120,7 +117,7 @@ impl<K: Clone + 'static, V: Clone + 'static> KGroupedStream<K, V> {
         self.aggregate_kind("AGGREGATE", initializer, adder, materialized)
     }
 
-    fn aggregate_kind<VA: Clone + 'static>(
+    fn aggregate_kind<VA: Clone + Send + 'static>(
         &self,
         kind: &str,
         initializer: impl Fn() -> VA + Send + Sync + 'static,
@@ -160,9 +157,9 @@ fn aggregate_node<K, V, VA, S>(
     make_step: impl Fn() -> S + Send + Sync + 'static,
 ) -> KTable<K, VA>
 where
-    K: Clone + 'static,
-    V: Clone + 'static,
-    VA: Clone + 'static,
+    K: Clone + Send + 'static,
+    V: Clone + Send + 'static,
+    VA: Clone + Send + 'static,
     S: FnMut(&K, V, Option<VA>) -> VA + Send + 'static,
 {
     let input = grouped.input();
@@ -179,30 +176,15 @@ where
         &format!("{} ({})", kind.to_ascii_lowercase(), node),
     );
     let store_name = store.clone();
+    let processor_keys = keys.clone();
     g.topology.add_processor(
         &node,
-        move || {
-            let store = store_name.clone();
-            let mut step = make_step();
-            Op::<K, V, K, VA>::new(Box::new(
-                move |r: Record<K, V>, ctx: &mut ProcessorContext<'_, K, VA>| {
-                    let s = ctx.state_store::<KeyValueStore<K, Stamped<VA>>>(&store)?;
-                    let old = s.get(r.key())?;
-                    let (key, value, rest) = r.into_parts();
-                    let (old_value, old_ts) = match old {
-                        Some(o) => (Some(o.value), o.timestamp),
-                        None => (None, i64::MIN),
-                    };
-                    let timestamp = rest.timestamp().max(old_ts);
-                    let new = step(&key, value, old_value);
-                    let stamped = Stamped {
-                        value: new.clone(),
-                        timestamp,
-                    };
-                    s.put(&key, &stamped)?;
-                    ctx.forward(rest.with_key(key).with_value(new).with_timestamp(timestamp))
-                },
-            ))
+        move || KvAggregate {
+            store: store_name.clone(),
+            keys: processor_keys.clone(),
+            step: make_step(),
+            cache: Cache::default(),
+            _types: PhantomData,
         },
         [input.node.as_str()],
     );
@@ -226,5 +208,106 @@ where
         store: Some(store),
         keys,
         values,
+    }
+}
+
+/// An aggregation per key: `step(key, value, old aggregate)` gives the new aggregate, stored
+/// and forwarded with the largest timestamp seen for the key; with a cache budget, updates are
+/// held back and go out once per key and commit (or when the cache is full).
+struct KvAggregate<K, V, VA, S> {
+    store: String,
+    keys: Arc<dyn Serde<K>>,
+    step: S,
+    cache: Cache<K, VA>,
+    _types: PhantomData<fn(V)>,
+}
+
+impl<K, V, VA, S> KvAggregate<K, V, VA, S>
+where
+    K: Clone + 'static,
+    VA: Clone + 'static,
+{
+    fn write_and_forward(
+        &self,
+        ctx: &mut ProcessorContext<'_, K, VA>,
+        e: crate::cache::Entry<K, VA>,
+    ) -> Result<()> {
+        let stamped = Stamped {
+            value: e.value,
+            timestamp: e.timestamp,
+        };
+        ctx.state_store::<KeyValueStore<K, Stamped<VA>>>(&self.store)?
+            .put(&e.key, &stamped)?;
+        ctx.forward(
+            e.rest
+                .with_key(e.key)
+                .with_value(stamped.value)
+                .with_timestamp(e.timestamp),
+        )
+    }
+}
+
+impl<K, V, VA, S> Processor for KvAggregate<K, V, VA, S>
+where
+    K: Clone + Send + 'static,
+    V: 'static,
+    VA: Clone + Send + 'static,
+    S: FnMut(&K, V, Option<VA>) -> VA + Send + 'static,
+{
+    type KeyIn = K;
+    type ValueIn = V;
+    type KeyOut = K;
+    type ValueOut = VA;
+
+    fn process(&mut self, r: Record<K, V>, ctx: &mut ProcessorContext<'_, K, VA>) -> Result<()> {
+        let (key, value, rest) = r.into_parts();
+        let budget = ctx.cache_max_bytes();
+        let id = if budget > 0 {
+            Some(self.keys.serialize(&self.store, &key)?.unwrap_or_default())
+        } else {
+            None
+        };
+        let cached = id
+            .as_deref()
+            .and_then(|id| self.cache.get(id))
+            .map(|(v, ts)| (v.clone(), ts));
+        let (old_value, old_ts) = match cached {
+            Some((v, ts)) => (Some(v), ts),
+            None => match ctx
+                .state_store::<KeyValueStore<K, Stamped<VA>>>(&self.store)?
+                .get(&key)?
+            {
+                Some(o) => (Some(o.value), o.timestamp),
+                None => (None, i64::MIN),
+            },
+        };
+        let timestamp = rest.timestamp().max(old_ts);
+        let new = (self.step)(&key, value, old_value);
+        let entry = crate::cache::Entry {
+            key,
+            start: 0,
+            value: new,
+            timestamp,
+            rest,
+        };
+        match id {
+            None => self.write_and_forward(ctx, entry),
+            Some(id) => {
+                if self.cache.put(id, entry) > budget {
+                    self.flush(ctx)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn flush(&mut self, ctx: &mut ProcessorContext<'_, K, VA>) -> Result<()> {
+        if self.cache.is_empty() {
+            return Ok(());
+        }
+        for e in self.cache.drain() {
+            self.write_and_forward(ctx, e)?;
+        }
+        Ok(())
     }
 }

@@ -431,7 +431,10 @@ impl<K: Clone + 'static, V: Clone + 'static> KStream<K, V> {
 
     /// Groups the stream by its key, as `grouped` says.
     pub fn group_by_key_with(&self, grouped: Grouped<K, V>) -> KGroupedStream<K, V> {
-        KGroupedStream::new(self.clone(), grouped)
+        KGroupedStream {
+            stream: self.clone(),
+            grouped,
+        }
     }
 
     /// Groups the stream by a new key, `f(key, value)`: the next aggregation reads through a

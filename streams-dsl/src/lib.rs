@@ -44,6 +44,7 @@
 //! [`DefaultSerde`]: streams_core::serde::DefaultSerde
 
 mod builder;
+mod cache;
 mod grouped;
 mod kstream;
 mod ktable;

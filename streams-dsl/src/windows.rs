@@ -1,17 +1,18 @@
 //! Time windows (tumbling and hopping) and windowed aggregations.
 
 use std::collections::BTreeMap;
+use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use streams_core::processor::ProcessorContext;
+use streams_core::processor::{Processor, ProcessorContext};
 use streams_core::serde::{BigEndian, Serde, SerdeError, Utf8};
 use streams_core::store::{KeyValueStore, WindowStore};
-use streams_core::{Record, TaskId};
+use streams_core::{Record, Result, TaskId};
 
+use crate::cache::{Cache, Entry};
 use crate::grouped::KGroupedStream;
 use crate::ktable::KTable;
-use crate::ops::Op;
 use crate::options::Materialized;
 use crate::stamped::{Stamped, StampedSerde};
 
@@ -166,7 +167,7 @@ fn emit_closed<K: Clone + 'static, VA: Clone + 'static>(
     emitted: &str,
     windows: TimeWindows,
     close: i64,
-) -> streams_core::Result<()> {
+) -> Result<()> {
     let progress = ctx.state_store::<KeyValueStore<String, i64>>(emitted)?;
     let last = progress.get(&EMITTED_KEY.to_string())?.unwrap_or(i64::MIN);
     if close <= last {
@@ -245,7 +246,7 @@ pub struct TimeWindowedKStream<K, V> {
     emit_final: bool,
 }
 
-impl<K: Clone + 'static, V: Clone + 'static> TimeWindowedKStream<K, V> {
+impl<K: Clone + Send + 'static, V: Clone + Send + 'static> TimeWindowedKStream<K, V> {
     pub(crate) fn new(grouped: KGroupedStream<K, V>, windows: TimeWindows) -> Self {
         TimeWindowedKStream {
             grouped,
@@ -288,7 +289,7 @@ impl<K: Clone + 'static, V: Clone + 'static> TimeWindowedKStream<K, V> {
 
     /// Folds the values of each key and window: `adder(key, value, aggregate)` from
     /// `initializer()`.
-    pub fn aggregate<VA: Clone + 'static>(
+    pub fn aggregate<VA: Clone + Send + 'static>(
         &self,
         initializer: impl Fn() -> VA + Send + Sync + 'static,
         adder: impl Fn(&K, V, VA) -> VA + Send + Sync + 'static,
@@ -302,7 +303,7 @@ impl<K: Clone + 'static, V: Clone + 'static> TimeWindowedKStream<K, V> {
         )
     }
 
-    fn aggregate_kind<VA: Clone + 'static>(
+    fn aggregate_kind<VA: Clone + Send + 'static>(
         &self,
         kind: &str,
         init: Initializer<VA>,
@@ -341,62 +342,20 @@ impl<K: Clone + 'static, V: Clone + 'static> TimeWindowedKStream<K, V> {
         }
         let late = self.late.clone();
         let emitted_store = emitted_name.clone();
+        let processor_keys = keys.clone();
         g.topology.add_processor(
             &node,
-            move || {
-                let (store, init, add, late, emitted) = (
-                    store_name.clone(),
-                    init.clone(),
-                    add.clone(),
-                    late.clone(),
-                    emitted_store.clone(),
-                );
-                Op::<K, V, Windowed<K>, VA>::new(Box::new(
-                    move |r: Record<K, V>, ctx: &mut ProcessorContext<'_, Windowed<K>, VA>| {
-                        let close = ctx.stream_time().saturating_sub(windows.grace);
-                        let task = ctx.task_id();
-                        let (key, value, rest) = r.into_parts();
-                        let ts = rest.timestamp();
-                        for (start, end) in windows.windows_for(ts) {
-                            if end <= close {
-                                late.add(task);
-                                tracing::warn!(%task, window_start = start, window_end = end, record_timestamp = ts, stream_time = ctx.stream_time(), "dropping a record for a closed window");
-                                continue;
-                            }
-                            let s = ctx.state_store::<WindowStore<K, Stamped<VA>>>(&store)?;
-                            let (old, old_ts) = match s.fetch_one(&key, start)? {
-                                Some(o) => (o.value, o.timestamp),
-                                None => (init(), i64::MIN),
-                            };
-                            let new = add(&key, value.clone(), old);
-                            let timestamp = ts.max(old_ts);
-                            s.put(
-                                &key,
-                                &Stamped {
-                                    value: new.clone(),
-                                    timestamp,
-                                },
-                                start,
-                            )?;
-                            let out = rest
-                                .clone()
-                                .with_key(Windowed {
-                                    key: key.clone(),
-                                    start,
-                                    end,
-                                })
-                                .with_value(new)
-                                .with_timestamp(timestamp);
-                            if !emit_final {
-                                ctx.forward(out)?;
-                            }
-                        }
-                        if emit_final {
-                            emit_closed(ctx, &store, &emitted, windows, close)?;
-                        }
-                        Ok(())
-                    },
-                ))
+            move || WindowAggregate {
+                store: store_name.clone(),
+                emitted: emitted_store.clone(),
+                keys: processor_keys.clone(),
+                windows,
+                emit_final,
+                init: init.clone(),
+                add: add.clone(),
+                late: late.clone(),
+                cache: Cache::default(),
+                _types: PhantomData,
             },
             [input.node.as_str()],
         );
@@ -436,5 +395,140 @@ impl<K: Clone + 'static, V: Clone + 'static> TimeWindowedKStream<K, V> {
             }),
             values,
         }
+    }
+}
+
+/// A windowed aggregation: each record updates every window that holds it and is still open.
+/// On update (default) each new aggregate is forwarded, through the record cache when there
+/// is a budget; with emit-final nothing is forwarded until windows close.
+struct WindowAggregate<K, V, VA> {
+    store: String,
+    emitted: String,
+    keys: Arc<dyn Serde<K>>,
+    windows: TimeWindows,
+    emit_final: bool,
+    init: Initializer<VA>,
+    add: Adder<K, V, VA>,
+    late: LateRecords,
+    cache: Cache<K, VA>,
+    _types: PhantomData<fn(V)>,
+}
+
+impl<K: Clone + Send + 'static, V, VA: Clone + Send + 'static> WindowAggregate<K, V, VA> {
+    fn write_and_forward(
+        &self,
+        ctx: &mut ProcessorContext<'_, Windowed<K>, VA>,
+        e: Entry<K, VA>,
+    ) -> Result<()> {
+        let stamped = Stamped {
+            value: e.value,
+            timestamp: e.timestamp,
+        };
+        ctx.state_store::<WindowStore<K, Stamped<VA>>>(&self.store)?
+            .put(&e.key, &stamped, e.start)?;
+        if self.emit_final {
+            return Ok(());
+        }
+        let out = e
+            .rest
+            .with_key(Windowed {
+                key: e.key,
+                start: e.start,
+                end: e.start + self.windows.size,
+            })
+            .with_value(stamped.value)
+            .with_timestamp(e.timestamp);
+        ctx.forward(out)
+    }
+}
+
+impl<K, V, VA> Processor for WindowAggregate<K, V, VA>
+where
+    K: Clone + Send + 'static,
+    V: Clone + 'static,
+    VA: Clone + Send + 'static,
+{
+    type KeyIn = K;
+    type ValueIn = V;
+    type KeyOut = Windowed<K>;
+    type ValueOut = VA;
+
+    fn process(
+        &mut self,
+        r: Record<K, V>,
+        ctx: &mut ProcessorContext<'_, Windowed<K>, VA>,
+    ) -> Result<()> {
+        let windows = self.windows;
+        let close = ctx.stream_time().saturating_sub(windows.grace);
+        let task = ctx.task_id();
+        let (key, value, rest) = r.into_parts();
+        let ts = rest.timestamp();
+        // Cached only on update: emit-final reads the closed windows back from the store.
+        let budget = if self.emit_final {
+            0
+        } else {
+            ctx.cache_max_bytes()
+        };
+        let key_bytes = if budget > 0 {
+            Some(self.keys.serialize(&self.store, &key)?.unwrap_or_default())
+        } else {
+            None
+        };
+        for (start, end) in windows.windows_for(ts) {
+            if end <= close {
+                self.late.add(task);
+                tracing::warn!(%task, window_start = start, window_end = end, record_timestamp = ts, stream_time = ctx.stream_time(), "dropping a record for a closed window");
+                continue;
+            }
+            let id = key_bytes.as_ref().map(|kb| {
+                let mut id = kb.clone();
+                id.extend_from_slice(&start.to_be_bytes());
+                id
+            });
+            let cached = id
+                .as_deref()
+                .and_then(|id| self.cache.get(id))
+                .map(|(v, t)| (v.clone(), t));
+            let (old, old_ts) = match cached {
+                Some(c) => c,
+                None => match ctx
+                    .state_store::<WindowStore<K, Stamped<VA>>>(&self.store)?
+                    .fetch_one(&key, start)?
+                {
+                    Some(o) => (o.value, o.timestamp),
+                    None => ((self.init)(), i64::MIN),
+                },
+            };
+            let new = (self.add)(&key, value.clone(), old);
+            let entry = Entry {
+                key: key.clone(),
+                start,
+                value: new,
+                timestamp: ts.max(old_ts),
+                rest: rest.clone(),
+            };
+            match id {
+                None => self.write_and_forward(ctx, entry)?,
+                Some(id) => {
+                    if self.cache.put(id, entry) > budget {
+                        self.flush(ctx)?;
+                    }
+                }
+            }
+        }
+        if self.emit_final {
+            emit_closed(ctx, &self.store, &self.emitted, windows, close)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, ctx: &mut ProcessorContext<'_, Windowed<K>, VA>) -> Result<()> {
+        if self.cache.is_empty() {
+            return Ok(());
+        }
+        for e in self.cache.drain() {
+            self.write_and_forward(ctx, e)?;
+        }
+        Ok(())
     }
 }

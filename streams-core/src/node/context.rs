@@ -26,6 +26,8 @@ pub(crate) struct TaskEnv {
     punctuators: Vec<Punctuator>,
     next_punctuator: u64,
     commit_requested: bool,
+    /// The bytes a record cache of a node of this task may hold (0: no caching).
+    cache_budget: usize,
     /// By the topology's store index; `None` for stores of other sub-topologies.
     stores: Vec<Option<Box<dyn StateStore>>>,
 }
@@ -46,8 +48,14 @@ impl TaskEnv {
             punctuators: vec![],
             next_punctuator: 0,
             commit_requested: false,
+            cache_budget: 0,
             stores,
         }
+    }
+
+    /// Sets the bytes a record cache of a node of this task may hold.
+    pub(crate) fn set_cache_budget(&mut self, bytes: usize) {
+        self.cache_budget = bytes;
     }
 
     pub(crate) fn stream_time(&self) -> i64 {
@@ -273,6 +281,10 @@ impl<'a> NodeCtx<'a> {
 
     pub(crate) fn wall_clock(&self) -> i64 {
         self.env.wall_clock
+    }
+
+    pub(crate) fn cache_budget(&self) -> usize {
+        self.env.cache_budget
     }
 
     /// The store `name` of type `S`, if this node is connected to it.

@@ -100,6 +100,11 @@ pub(crate) trait Node: Send {
         let _ = (id, timestamp, ctx);
         Ok(())
     }
+    /// Before every commit: forward what the node held back (a record cache).
+    fn flush(&mut self, ctx: &mut NodeCtx<'_>) -> Result<()> {
+        let _ = ctx;
+        Ok(())
+    }
     fn close(&mut self) -> Result<()> {
         Ok(())
     }

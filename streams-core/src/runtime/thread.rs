@@ -125,6 +125,10 @@ impl Inner {
                 now,
                 &self.rocks,
             )?;
+            let mut task = task;
+            task.set_cache_budget(
+                self.config.cache_max_bytes / self.config.num_stream_threads.max(1),
+            );
             super::cleanup::mark_owned(&dir);
             consumer
                 .pause(&self.source_partitions(id)?)

@@ -102,6 +102,11 @@ impl Task {
         Ok(task)
     }
 
+    /// Sets the bytes a record cache of a node of this task may hold (0: no caching).
+    pub(crate) fn set_cache_budget(&mut self, bytes: usize) {
+        self.env.set_cache_budget(bytes);
+    }
+
     /// Runs the processors' `init`, after restoration, so that they see the restored stores.
     pub(crate) fn init(&mut self) -> Result<()> {
         let id = self.id;
@@ -322,6 +327,18 @@ impl Task {
         &mut self,
         collector: &mut dyn RecordCollector,
     ) -> Result<Vec<(Arc<str>, i32, i64)>> {
+        // Record caches first, in the order the nodes were added (parents before children),
+        // so that what one forwards reaches the caches below it before they flush.
+        if self.initialised {
+            let id = self.id;
+            let nodes = self.topology.subtopologies()[id.subtopology as usize]
+                .nodes
+                .clone();
+            for n in nodes {
+                self.with_ctx(n, collector, |node, ctx| node.flush(ctx))
+                    .map_err(|e| Error::task(id, e))?;
+            }
+        }
         for s in self.env.stores_mut() {
             s.flush().map_err(|e| Error::task(self.id, e))?;
         }
