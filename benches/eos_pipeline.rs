@@ -300,7 +300,11 @@ fn main() {
         create_topic(&bootstrap, &input, PARTITIONS, &[]).unwrap();
         // The windowed count sees 10,000 keys, each updated about n / 10,000 times: what its
         // record cache exists for. The other topologies get distinct keys.
-        let keys = if kind == Kind::DslWindowCount { 10_000 } else { 0 };
+        let keys = if kind == Kind::DslWindowCount {
+            10_000
+        } else {
+            0
+        };
         fill(&bootstrap, &input, n, keys);
         let (out_a, out_b) = (unique("bench-out-raw"), unique("bench-out-topology"));
         create_topic(&bootstrap, &out_a, PARTITIONS, &[]).unwrap();
