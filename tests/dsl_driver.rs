@@ -779,3 +779,122 @@ fn every_operator_can_be_named() {
         assert!(text.contains(&format!(": {name} ")), "{name}: {text}");
     }
 }
+
+/// One output of a session count: (key, start, end, count or None for a retraction, timestamp).
+type SessionOut = (String, i64, i64, Option<u64>, i64);
+
+/// What a session count must emit, recomputed plainly: sessions per key as lists, merged by
+/// hand; on update, each merged-away session retracted (by end, then start) before the new
+/// one; with emit-final, sessions whose end plus gap fell before stream time minus grace, once,
+/// by end, then key, then start.
+fn session_oracle(
+    input: &[(String, i64)],
+    gap: i64,
+    grace: i64,
+    final_only: bool,
+) -> (Vec<SessionOut>, u64) {
+    let mut sessions: Vec<(String, i64, i64, u64)> = vec![];
+    let mut out = vec![];
+    let mut late = 0;
+    let mut stream_time = i64::MIN;
+    let mut last_close = i64::MIN;
+    for (key, ts) in input {
+        stream_time = stream_time.max(*ts);
+        let mut found: Vec<(String, i64, i64, u64)> = sessions
+            .iter()
+            .filter(|(k, s, e, _)| k == key && *e >= ts - gap && *s <= ts + gap)
+            .cloned()
+            .collect();
+        found.sort_by_key(|(_, s, e, _)| (*e, *s));
+        let start = found.iter().map(|f| f.1).chain([*ts]).min().unwrap();
+        let end = found.iter().map(|f| f.2).chain([*ts]).max().unwrap();
+        if end < stream_time - grace {
+            late += 1;
+        } else {
+            let count = found.iter().map(|f| f.3).sum::<u64>() + 1;
+            for (k, s, e, _) in &found {
+                sessions.retain(|x| !(x.0 == *k && x.1 == *s && x.2 == *e));
+                if (*s, *e) != (start, end) && !final_only {
+                    out.push((k.clone(), *s, *e, None, *e));
+                }
+            }
+            sessions.push((key.clone(), start, end, count));
+            if !final_only {
+                out.push((key.clone(), start, end, Some(count), end));
+            }
+        }
+        if final_only {
+            let close = stream_time - grace - gap;
+            if close > last_close {
+                let mut closed: Vec<&(String, i64, i64, u64)> = sessions
+                    .iter()
+                    .filter(|(_, _, e, _)| *e >= last_close && *e < close)
+                    .collect();
+                closed.sort_by(|a, b| (a.2, &a.0, a.1).cmp(&(b.2, &b.0, b.1)));
+                out.extend(
+                    closed
+                        .into_iter()
+                        .map(|(k, s, e, n)| (k.clone(), *s, *e, Some(*n), *e)),
+                );
+                last_close = close;
+            }
+        }
+    }
+    (out, late)
+}
+
+#[test]
+fn session_counts_match_a_plain_recomputation_on_random_out_of_order_input() {
+    use kstreams::core::serde::Nullable;
+    use kstreams::dsl::{SessionWindowedSerde, SessionWindows};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5e55);
+    for case in 0..80 {
+        let gap = rng.random_range(1..30_i64);
+        let grace = rng.random_range(0..20_i64);
+        let final_only = case % 2 == 1;
+        let mut t = 1_i64;
+        let input: Vec<(String, i64)> = (0..rng.random_range(1..60))
+            .map(|_| {
+                t += rng.random_range(0..15);
+                let ts = if rng.random_bool(0.3) {
+                    (t - rng.random_range(0..40)).max(1)
+                } else {
+                    t
+                };
+                (format!("k{}", rng.random_range(0..3)), ts)
+            })
+            .collect();
+        let builder = StreamsBuilder::new();
+        let mut w = builder
+            .stream::<String, String>("in")
+            .group_by_key()
+            .windowed_by_session(SessionWindows::with_inactivity_gap_and_grace(
+                Duration::from_millis(gap as u64),
+                Duration::from_millis(grace as u64),
+            ));
+        if final_only {
+            w = w.emit_final();
+        }
+        let late = w.late_records();
+        w.count().to("out");
+        let d = driver(builder);
+        let pipe = d.input_topic("in", Utf8, Utf8);
+        for (k, ts) in &input {
+            pipe.pipe_at(k.clone(), s("v"), *ts).unwrap();
+        }
+        let got: Vec<SessionOut> = drain(&d.output_topic::<Windowed<String>, Option<u64>>(
+            "out",
+            SessionWindowedSerde::new(Utf8),
+            Nullable(BigEndian),
+        ))
+        .into_iter()
+        .map(|(w, n, ts)| (w.key, w.start, w.end, n, ts))
+        .collect();
+        let (want, want_late) = session_oracle(&input, gap, grace, final_only);
+        assert_eq!(
+            got, want,
+            "case {case} (emit final: {final_only}): gap {gap} grace {grace} input {input:?}"
+        );
+        assert_eq!(late.count(), want_late, "case {case}: late records");
+    }
+}

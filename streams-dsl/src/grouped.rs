@@ -131,6 +131,14 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> KGroupedStream<K, V> 
         })
     }
 
+    /// Aggregates per key and session (activity separated by an inactivity gap).
+    pub fn windowed_by_session(
+        &self,
+        windows: crate::sessions::SessionWindows,
+    ) -> crate::sessions::SessionWindowedKStream<K, V> {
+        crate::sessions::SessionWindowedKStream::new(self.clone_grouped(), windows)
+    }
+
     /// Aggregates per key and time window (tumbling or hopping).
     pub fn windowed_by(&self, windows: TimeWindows) -> TimeWindowedKStream<K, V> {
         TimeWindowedKStream::new(self.clone_grouped(), windows)

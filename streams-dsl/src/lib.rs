@@ -50,6 +50,7 @@ mod kstream;
 mod ktable;
 mod ops;
 mod options;
+mod sessions;
 mod stamped;
 mod windows;
 
@@ -58,5 +59,6 @@ pub use grouped::KGroupedStream;
 pub use kstream::{BranchedKStream, KStream};
 pub use ktable::KTable;
 pub use options::{Consumed, Grouped, Materialized, Named, Produced, Repartitioned};
+pub use sessions::{SessionWindowedKStream, SessionWindowedSerde, SessionWindows};
 pub use streams_core;
 pub use windows::{LateRecords, TimeWindowedKStream, TimeWindows, Windowed, WindowedSerde};

@@ -76,14 +76,15 @@ impl TimeWindows {
     }
 }
 
-/// A key and the window `[start, end)` it was aggregated in.
+/// A key and the window it was aggregated in: `[start, end)` for time windows; for sessions,
+/// the first and last event times, both inclusive.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Windowed<K> {
     /// The record key.
     pub key: K,
     /// The window's start, inclusive (epoch milliseconds).
     pub start: i64,
-    /// The window's end, exclusive.
+    /// The window's end: exclusive for time windows, the last event time for sessions.
     pub end: i64,
 }
 
@@ -136,7 +137,7 @@ impl<K: 'static> Serde<Windowed<K>> for WindowedSerde<K> {
 pub struct LateRecords(Arc<Mutex<BTreeMap<TaskId, u64>>>);
 
 impl LateRecords {
-    fn add(&self, task: TaskId) {
+    pub(crate) fn add(&self, task: TaskId) {
         *self
             .0
             .lock()

@@ -96,6 +96,42 @@ impl<K: 'static, V: 'static> SessionStore<K, V> {
         }
         Ok(out)
     }
+
+    /// Every session ending in `[from_end, to_end]`, of every key: `((key, start, end), value)`,
+    /// by end time, then key bytes, then start.
+    pub fn fetch_ended(&self, from_end: i64, to_end: i64) -> Result<Vec<((K, i64, i64), V)>> {
+        let mut rows: Vec<(i64, Vec<u8>, i64, Vec<u8>)> = vec![];
+        for seg in self.segments.visit(&self.core, from_end, to_end)? {
+            let lo = ts_bytes(seg);
+            let hi = ts_bytes(seg + 1);
+            for (k, v) in self
+                .core
+                .range(Bound::Included(&lo), Bound::Excluded(&hi))?
+            {
+                if k.len() < 24 {
+                    continue;
+                }
+                let end = ts_from(&k[k.len() - 16..k.len() - 8]);
+                let start = ts_from(&k[k.len() - 8..]);
+                if end >= from_end && end <= to_end {
+                    rows.push((end, k[8..k.len() - 16].to_vec(), start, v));
+                }
+            }
+        }
+        rows.sort_by(|a, b| (a.0, &a.1, a.2).cmp(&(b.0, &b.1, b.2)));
+        let mut out = Vec::with_capacity(rows.len());
+        for (end, key, start, v) in rows {
+            out.push((
+                (
+                    self.keys.deserialize(&self.core.name, Some(&key))?,
+                    start,
+                    end,
+                ),
+                self.values.deserialize(&self.core.name, Some(&v))?,
+            ));
+        }
+        Ok(out)
+    }
 }
 
 segmented_store!(SessionStore, SessionStoreBuilder);

@@ -1,0 +1,395 @@
+//! Session windows: per key, a session spans events no more than an inactivity gap apart;
+//! a record that bridges two sessions merges them.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use streams_core::processor::{Processor, ProcessorContext};
+use streams_core::serde::{BigEndian, Nullable, Serde, SerdeError, Utf8};
+use streams_core::store::{KeyValueStore, SessionStore};
+use streams_core::{Record, Result};
+
+use crate::grouped::KGroupedStream;
+use crate::ktable::KTable;
+use crate::options::Materialized;
+use crate::stamped::{Stamped, StampedSerde};
+use crate::windows::{LateRecords, Windowed};
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Sessions separated by at least `gap` of inactivity (event time), with a grace period for
+/// out-of-order records. A session's `start` and `end` (in [`Windowed`]) are its first and last
+/// event times, both inclusive.
+///
+/// A record is late, dropped and counted, when the session it would form or extend ends before
+/// stream time minus grace. A session is final once no record can reach it any more: when its
+/// end plus the gap is before stream time minus grace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionWindows {
+    pub(crate) gap: i64,
+    pub(crate) grace: i64,
+}
+
+impl SessionWindows {
+    /// Sessions closed by `gap` of inactivity, no grace.
+    pub fn with_inactivity_gap_and_no_grace(gap: Duration) -> Self {
+        Self::with_inactivity_gap_and_grace(gap, Duration::ZERO)
+    }
+
+    /// Sessions closed by `gap` of inactivity; records up to `grace` late still count.
+    pub fn with_inactivity_gap_and_grace(gap: Duration, grace: Duration) -> Self {
+        SessionWindows {
+            gap: millis(gap).max(0),
+            grace: millis(grace).max(0),
+        }
+    }
+}
+
+/// Kafka Streams' layout of a session-windowed key: the key's bytes, then the session end and
+/// start, 8 bytes big-endian each.
+pub struct SessionWindowedSerde<K> {
+    keys: Arc<dyn Serde<K>>,
+}
+
+impl<K: 'static> SessionWindowedSerde<K> {
+    /// Session-windowed keys of `keys`.
+    pub fn new(keys: impl Serde<K>) -> Self {
+        SessionWindowedSerde {
+            keys: Arc::new(keys),
+        }
+    }
+}
+
+impl<K: 'static> Serde<Windowed<K>> for SessionWindowedSerde<K> {
+    fn serialize(&self, topic: &str, w: &Windowed<K>) -> Result<Option<Vec<u8>>, SerdeError> {
+        let mut out = self.keys.serialize(topic, &w.key)?.unwrap_or_default();
+        out.extend_from_slice(&w.end.to_be_bytes());
+        out.extend_from_slice(&w.start.to_be_bytes());
+        Ok(Some(out))
+    }
+
+    fn deserialize(&self, topic: &str, data: Option<&[u8]>) -> Result<Windowed<K>, SerdeError> {
+        let data = data.ok_or_else(|| SerdeError::new("SessionWindowed", topic, "null key"))?;
+        if data.len() < 16 {
+            return Err(SerdeError::new(
+                "SessionWindowed",
+                topic,
+                format!(
+                    "{} bytes, fewer than the 16 of the session times",
+                    data.len()
+                ),
+            ));
+        }
+        let (key, times) = data.split_at(data.len() - 16);
+        let end = i64::from_be_bytes(times[..8].try_into().expect("8 bytes"));
+        let start = i64::from_be_bytes(times[8..].try_into().expect("8 bytes"));
+        Ok(Windowed {
+            key: self.keys.deserialize(topic, Some(key))?,
+            start,
+            end,
+        })
+    }
+}
+
+type Initializer<VA> = Arc<dyn Fn() -> VA + Send + Sync>;
+type Adder<K, V, VA> = Arc<dyn Fn(&K, V, VA) -> VA + Send + Sync>;
+type Merger<K, VA> = Arc<dyn Fn(&K, VA, VA) -> VA + Send + Sync>;
+
+/// A grouped stream to aggregate per key and session.
+///
+/// ```
+/// use std::time::Duration;
+/// use streams_core::serde::{BigEndian, Nullable, Utf8};
+/// use streams_core::TopologyTestDriver;
+/// use streams_dsl::{SessionWindowedSerde, SessionWindows, StreamsBuilder, Windowed};
+///
+/// // Clicks per user session (30 s of inactivity ends a session).
+/// let sessions = SessionWindows::with_inactivity_gap_and_no_grace(Duration::from_secs(30));
+/// let builder = StreamsBuilder::new();
+/// builder
+///     .stream::<String, String>("clicks")
+///     .group_by_key()
+///     .windowed_by_session(sessions)
+///     .count()
+///     .to("clicks-per-session");
+/// let driver = TopologyTestDriver::new(builder.build()?)?;
+/// let clicks = driver.input_topic("clicks", Utf8, Utf8);
+/// clicks.pipe_at("ann".to_string(), "/".to_string(), 1_000)?;
+/// clicks.pipe_at("ann".to_string(), "/cart".to_string(), 20_000)?;
+/// let out = driver.output_topic("clicks-per-session", SessionWindowedSerde::new(Utf8), Nullable(BigEndian));
+/// let w = |start, end| Windowed { key: "ann".to_string(), start, end };
+/// // The second click extends the session: the old one is retracted (None), the merged one
+/// // replaces it.
+/// assert_eq!(
+///     out.read_key_values()?,
+///     vec![(w(1_000, 1_000), Some(1_u64)), (w(1_000, 1_000), None), (w(1_000, 20_000), Some(2))]
+/// );
+/// # Ok::<(), streams_core::Error>(())
+/// ```
+pub struct SessionWindowedKStream<K, V> {
+    grouped: KGroupedStream<K, V>,
+    windows: SessionWindows,
+    late: LateRecords,
+    emit_final: bool,
+}
+
+impl<K: Clone + Send + 'static, V: Clone + Send + 'static> SessionWindowedKStream<K, V> {
+    pub(crate) fn new(grouped: KGroupedStream<K, V>, windows: SessionWindows) -> Self {
+        SessionWindowedKStream {
+            grouped,
+            windows,
+            late: LateRecords::default(),
+            emit_final: false,
+        }
+    }
+
+    /// Where the records dropped as late by this aggregation are counted.
+    pub fn late_records(&self) -> LateRecords {
+        self.late.clone()
+    }
+
+    /// Emits each session once, final, when no record can reach it any more (its end plus
+    /// the gap is before stream time minus grace), instead of every update and retraction.
+    pub fn emit_final(mut self) -> Self {
+        self.emit_final = true;
+        self
+    }
+
+    /// The number of records per key and session. On update, every change forwards the new
+    /// session with `Some(count)` and each session it replaced with `None`.
+    pub fn count(&self) -> KTable<Windowed<K>, Option<u64>> {
+        self.aggregate_kind(
+            "COUNT",
+            Arc::new(|| 0),
+            Arc::new(|_, _, n| n + 1),
+            Arc::new(|_, a, b| a + b),
+            Materialized::with(BigEndian),
+        )
+    }
+
+    /// Folds the values of each key and session: `adder(key, value, aggregate)` from
+    /// `initializer()`; `merger(key, a, b)` combines the aggregates of two sessions a record
+    /// bridges.
+    pub fn aggregate<VA: Clone + Send + 'static>(
+        &self,
+        initializer: impl Fn() -> VA + Send + Sync + 'static,
+        adder: impl Fn(&K, V, VA) -> VA + Send + Sync + 'static,
+        merger: impl Fn(&K, VA, VA) -> VA + Send + Sync + 'static,
+        materialized: Materialized<VA>,
+    ) -> KTable<Windowed<K>, Option<VA>> {
+        self.aggregate_kind(
+            "AGGREGATE",
+            Arc::new(initializer),
+            Arc::new(adder),
+            Arc::new(merger),
+            materialized,
+        )
+    }
+
+    fn aggregate_kind<VA: Clone + Send + 'static>(
+        &self,
+        kind: &str,
+        init: Initializer<VA>,
+        add: Adder<K, V, VA>,
+        merge: Merger<K, VA>,
+        materialized: Materialized<VA>,
+    ) -> KTable<Windowed<K>, Option<VA>> {
+        let input = self.grouped.input();
+        let path = format!("{}/session-{}", input.path, kind.to_ascii_lowercase());
+        let keys = self.grouped.keys();
+        let values = materialized.values.clone();
+        let windows = self.windows;
+        let retention = materialized
+            .retention
+            .map(millis)
+            .unwrap_or(0)
+            .max(windows.gap + windows.grace)
+            .max(1);
+        let explicit = self.grouped.stream.name_next.clone();
+        let mut g = input.graph.borrow_mut();
+        let node = g.node_name(&format!("SESSION-{kind}"), &path, explicit.as_deref());
+        let store = g.state_name(
+            &format!("SESSION-{kind}-STATE-STORE"),
+            &path,
+            materialized.name.as_deref(),
+            &format!("session {} ({})", kind.to_ascii_lowercase(), node),
+        );
+        let emitted = format!("{store}-emitted");
+        let emit_final = self.emit_final;
+        if emit_final {
+            g.state_name(
+                "EMITTED",
+                &emitted,
+                Some(&emitted),
+                &format!("emit-final of {node}"),
+            );
+        }
+        let (store_name, emitted_name, late) = (store.clone(), emitted.clone(), self.late.clone());
+        g.topology.add_processor(
+            &node,
+            move || SessionAggregate {
+                store: store_name.clone(),
+                emitted: emitted_name.clone(),
+                windows,
+                emit_final,
+                init: init.clone(),
+                add: add.clone(),
+                merge: merge.clone(),
+                late: late.clone(),
+                _types: PhantomData,
+            },
+            [input.node.as_str()],
+        );
+        let mut builder = SessionStore::<K, Stamped<VA>>::builder(
+            &store,
+            Duration::from_millis(retention as u64),
+            keys.clone(),
+            StampedSerde(values.clone()),
+        );
+        if materialized.in_memory {
+            builder = builder.in_memory();
+        }
+        if !materialized.logging {
+            builder = builder.with_logging(false);
+        }
+        g.topology.add_state_store(builder, [node.as_str()]);
+        if emit_final {
+            let mut progress = KeyValueStore::<String, i64>::builder(&emitted, Utf8, BigEndian);
+            if materialized.in_memory {
+                progress = progress.in_memory();
+            }
+            if !materialized.logging {
+                progress = progress.with_logging(false);
+            }
+            g.topology.add_state_store(progress, [node.as_str()]);
+        }
+        drop(g);
+        KTable {
+            graph: input.graph.clone(),
+            node,
+            path,
+            store: Some(store),
+            keys: Arc::new(SessionWindowedSerde { keys }),
+            values: Arc::new(Nullable(values)),
+        }
+    }
+}
+
+const EMITTED_KEY: &str = "emitted-until";
+
+struct SessionAggregate<K, V, VA> {
+    store: String,
+    emitted: String,
+    windows: SessionWindows,
+    emit_final: bool,
+    init: Initializer<VA>,
+    add: Adder<K, V, VA>,
+    merge: Merger<K, VA>,
+    late: LateRecords,
+    _types: PhantomData<fn(K, V)>,
+}
+
+impl<K, V, VA> Processor for SessionAggregate<K, V, VA>
+where
+    K: Clone + Send + 'static,
+    V: 'static,
+    VA: Clone + Send + 'static,
+{
+    type KeyIn = K;
+    type ValueIn = V;
+    type KeyOut = Windowed<K>;
+    type ValueOut = Option<VA>;
+
+    fn process(
+        &mut self,
+        r: Record<K, V>,
+        ctx: &mut ProcessorContext<'_, Windowed<K>, Option<VA>>,
+    ) -> Result<()> {
+        let (gap, grace) = (self.windows.gap, self.windows.grace);
+        let stream_time = ctx.stream_time();
+        let task = ctx.task_id();
+        let (key, value, rest) = r.into_parts();
+        let ts = rest.timestamp();
+        let store = ctx.state_store::<SessionStore<K, Stamped<VA>>>(&self.store)?;
+        let found = store.find_sessions(&key, ts.saturating_sub(gap), ts.saturating_add(gap))?;
+        let (mut start, mut end) = (ts, ts);
+        let mut agg = (self.init)();
+        for ((s, e), v) in &found {
+            start = start.min(*s);
+            end = end.max(*e);
+            agg = (self.merge)(&key, agg, v.value.clone());
+        }
+        if end < stream_time.saturating_sub(grace) {
+            self.late.add(task);
+            tracing::warn!(%task, session_start = start, session_end = end, record_timestamp = ts, stream_time, "dropping a record for a closed session");
+        } else {
+            let agg = (self.add)(&key, value, agg);
+            for ((s, e), _) in &found {
+                if (*s, *e) == (start, end) {
+                    continue;
+                }
+                ctx.state_store::<SessionStore<K, Stamped<VA>>>(&self.store)?
+                    .remove(&key, *s, *e)?;
+                if !self.emit_final {
+                    let gone = rest
+                        .clone()
+                        .with_key(Windowed {
+                            key: key.clone(),
+                            start: *s,
+                            end: *e,
+                        })
+                        .with_value(None)
+                        .with_timestamp(*e);
+                    ctx.forward(gone)?;
+                }
+            }
+            ctx.state_store::<SessionStore<K, Stamped<VA>>>(&self.store)?
+                .put(
+                    &key,
+                    start,
+                    end,
+                    &Stamped {
+                        value: agg.clone(),
+                        timestamp: end,
+                    },
+                )?;
+            if !self.emit_final {
+                let out = rest
+                    .with_key(Windowed { key, start, end })
+                    .with_value(Some(agg))
+                    .with_timestamp(end);
+                ctx.forward(out)?;
+            }
+        }
+        if self.emit_final {
+            // Final once no record can reach it: end + gap before stream time minus grace.
+            let close = stream_time.saturating_sub(grace).saturating_sub(gap);
+            let progress = ctx.state_store::<KeyValueStore<String, i64>>(&self.emitted)?;
+            let last = progress.get(&EMITTED_KEY.to_string())?.unwrap_or(i64::MIN);
+            if close > last {
+                progress.put(&EMITTED_KEY.to_string(), &close)?;
+                // Sessions ending in [last, close): final now, not before.
+                let to = close.saturating_sub(1);
+                let closed = ctx
+                    .state_store::<SessionStore<K, Stamped<VA>>>(&self.store)?
+                    .fetch_ended(last.max(i64::MIN + 1), to)?;
+                for ((k, s, e), v) in closed {
+                    let out = Record::new(
+                        Windowed {
+                            key: k,
+                            start: s,
+                            end: e,
+                        },
+                        Some(v.value),
+                        e,
+                    );
+                    ctx.forward(out)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
