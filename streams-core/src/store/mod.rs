@@ -39,7 +39,7 @@ pub use self::core::{ChangelogTarget, RangeIter, StoreCore};
 pub(crate) use self::core::{ChangelogTarget, StoreCore};
 pub use self::kv::{KeyValueIter, KeyValueStore, KeyValueStoreBuilder, ReadOnlyKeyValueStore};
 pub use self::rocks::{RocksConfigSetter, RocksResources};
-pub use self::session::{SessionStore, SessionStoreBuilder};
+pub use self::session::{EndedSession, SessionStore, SessionStoreBuilder};
 pub use self::window::{WindowStore, WindowStoreBuilder};
 use crate::TaskId;
 use crate::{Error, Result};

@@ -11,6 +11,9 @@ use super::{
 use crate::serde::Serde;
 use crate::Result;
 
+/// A session of [`SessionStore::fetch_ended`]: `((key, start, end), value)`.
+pub type EndedSession<K, V> = ((K, i64, i64), V);
+
 /// A typed session store: `(key, start, end) -> value`, segmented by session end.
 pub struct SessionStore<K, V> {
     core: StoreCore,
@@ -99,7 +102,7 @@ impl<K: 'static, V: 'static> SessionStore<K, V> {
 
     /// Every session ending in `[from_end, to_end]`, of every key: `((key, start, end), value)`,
     /// by end time, then key bytes, then start.
-    pub fn fetch_ended(&self, from_end: i64, to_end: i64) -> Result<Vec<((K, i64, i64), V)>> {
+    pub fn fetch_ended(&self, from_end: i64, to_end: i64) -> Result<Vec<EndedSession<K, V>>> {
         let mut rows: Vec<(i64, Vec<u8>, i64, Vec<u8>)> = vec![];
         for seg in self.segments.visit(&self.core, from_end, to_end)? {
             let lo = ts_bytes(seg);
