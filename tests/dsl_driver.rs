@@ -898,3 +898,93 @@ fn session_counts_match_a_plain_recomputation_on_random_out_of_order_input() {
         assert_eq!(late.count(), want_late, "case {case}: late records");
     }
 }
+
+#[test]
+fn a_filtered_table_deletes_rows_that_stop_matching() {
+    use kstreams::core::serde::Nullable;
+    let builder = StreamsBuilder::new();
+    let users = builder.table::<String, String>("users", Materialized::with(Utf8));
+    users.filter(|_, city| city != "X").to("matching");
+    users
+        .to_changelog_stream()
+        .to_with("changelog", Produced::with(Utf8, Nullable(Utf8)));
+    let d = driver(builder);
+    let input = d.input_topic::<String, String>("users", Utf8, Utf8);
+    input.pipe_at(s("u1"), s("Paris"), 1).unwrap();
+    input.pipe_at(s("u2"), s("X"), 2).unwrap(); // never matched: nothing
+    input.pipe_at(s("u1"), s("X"), 3).unwrap(); // stops matching: deleted
+    input.pipe_at(s("u1"), s("Rome"), 4).unwrap();
+    input
+        .pipe_raw(Some(b"u1".to_vec()), None, 5, Default::default())
+        .unwrap(); // deleted from the table
+    input
+        .pipe_raw(Some(b"u9".to_vec()), None, 6, Default::default())
+        .unwrap(); // deleting what never existed: nothing
+    assert_eq!(
+        drain(&d.output_topic::<String, Option<String>>("matching", Utf8, Nullable(Utf8))),
+        vec![
+            (s("u1"), Some(s("Paris")), 1),
+            (s("u1"), None, 3),
+            (s("u1"), Some(s("Rome")), 4),
+            (s("u1"), None, 5)
+        ]
+    );
+    assert_eq!(
+        drain(&d.output_topic::<String, Option<String>>("changelog", Utf8, Nullable(Utf8))),
+        vec![
+            (s("u1"), Some(s("Paris")), 1),
+            (s("u2"), Some(s("X")), 2),
+            (s("u1"), Some(s("X")), 3),
+            (s("u1"), Some(s("Rome")), 4),
+            (s("u1"), None, 5)
+        ]
+    );
+}
+
+#[test]
+fn a_regrouped_table_subtracts_a_row_from_its_old_group() {
+    let builder = StreamsBuilder::new();
+    let users = builder.table::<String, String>("users", Materialized::with(Utf8));
+    let by_city = users.group_by(|user, city| (city.clone(), user.clone()));
+    by_city.count().to_stream().to("per-city");
+    by_city
+        .aggregate(
+            String::new,
+            |_, user, list| format!("{list}+{user}"),
+            |_, user, list| format!("{list}-{user}"),
+            Materialized::with(Utf8),
+        )
+        .to_stream()
+        .to("history");
+    let d = driver(builder);
+    let input = d.input_topic::<String, String>("users", Utf8, Utf8);
+    input.pipe_at(s("u1"), s("Paris"), 1).unwrap();
+    input.pipe_at(s("u2"), s("Paris"), 2).unwrap();
+    input.pipe_at(s("u1"), s("Rome"), 3).unwrap(); // moves: Paris loses u1, Rome gains it
+    input
+        .pipe_raw(Some(b"u2".to_vec()), None, 4, Default::default())
+        .unwrap(); // deleted: Paris loses u2
+    assert_eq!(
+        drain(&d.output_topic::<String, u64>("per-city", Utf8, BigEndian)),
+        vec![
+            (s("Paris"), 1, 1),
+            (s("Paris"), 2, 2),
+            (s("Paris"), 1, 3),
+            (s("Rome"), 1, 3),
+            (s("Paris"), 0, 4)
+        ]
+    );
+    assert_eq!(
+        drain(&d.output_topic::<String, String>("history", Utf8, Utf8))
+            .into_iter()
+            .map(|(k, v, _)| (k, v))
+            .collect::<Vec<_>>(),
+        vec![
+            (s("Paris"), s("+u1")),
+            (s("Paris"), s("+u1+u2")),
+            (s("Paris"), s("+u1+u2-u1")),
+            (s("Rome"), s("+u1")),
+            (s("Paris"), s("+u1+u2-u1-u2"))
+        ]
+    );
+}

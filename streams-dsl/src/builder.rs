@@ -13,7 +13,7 @@ use streams_core::topology::{Source, Topology, TopologyBuilder};
 use streams_core::{Error, Record, Result};
 
 use crate::kstream::KStream;
-use crate::ktable::KTable;
+use crate::ktable::{Change, KTable};
 use crate::ops::Op;
 use crate::options::{Consumed, Materialized};
 
@@ -224,8 +224,8 @@ impl StreamsBuilder {
 
     /// A table of the latest value per key of `topic`, kept in a store (named by
     /// `materialized`, or generated), with the serdes of the key and value types. A record
-    /// with a null value deletes its key (and forwards nothing); every other record updates the
-    /// table and is forwarded downstream.
+    /// with a null value deletes its key (a deletion downstream, when the key existed); every
+    /// other record updates the table.
     pub fn table<K, V>(&self, topic: &str, materialized: Materialized<V>) -> KTable<K, V>
     where
         K: DefaultSerde + Clone,
@@ -266,20 +266,20 @@ impl StreamsBuilder {
             &node,
             move || {
                 let store = store_name.clone();
-                Op::<K, Option<V>, K, V>::new(Box::new(
-                    move |r: Record<K, Option<V>>, ctx: &mut ProcessorContext<'_, K, V>| {
+                Op::<K, Option<V>, K, Change<V>>::new(Box::new(
+                    move |r: Record<K, Option<V>>, ctx: &mut ProcessorContext<'_, K, Change<V>>| {
                         let s = ctx.state_store::<KeyValueStore<K, V>>(&store)?;
                         let (key, value, rest) = r.into_parts();
-                        match value {
-                            Some(v) => {
-                                s.put(&key, &v)?;
-                                ctx.forward(rest.with_key(key).with_value(v))
-                            }
+                        let old = s.get(&key)?;
+                        match &value {
+                            Some(v) => s.put(&key, v)?,
+                            None if old.is_none() => return Ok(()),
                             None => {
                                 s.delete(&key)?;
-                                Ok(())
                             }
                         }
+                        let change = Change { new: value, old };
+                        ctx.forward(rest.with_key(key).with_value(change))
                     },
                 ))
             },

@@ -13,6 +13,8 @@ pub(crate) struct Entry<K, VA> {
     /// The window start (0 for key-value aggregations).
     pub(crate) start: i64,
     pub(crate) value: VA,
+    /// The aggregate before the first update held back (what the downstream saw last).
+    pub(crate) old: Option<VA>,
     pub(crate) timestamp: i64,
     /// Headers and origin of the latest record that updated it.
     pub(crate) rest: Record<(), ()>,
@@ -47,7 +49,11 @@ impl<K, VA> Cache<K, VA> {
     /// held.
     pub(crate) fn put(&mut self, id: Vec<u8>, entry: Entry<K, VA>) -> usize {
         match self.index.get(&id) {
-            Some(&i) => self.entries[i] = entry,
+            Some(&i) => {
+                let old = self.entries[i].old.take();
+                self.entries[i] = entry;
+                self.entries[i].old = old;
+            }
             None => {
                 // The key bytes twice (index and entry), the entry, and map overhead: an
                 // estimate, as values are not serialized until they leave the cache.

@@ -8,9 +8,11 @@ use streams_core::serde::{BigEndian, Serde};
 use streams_core::store::KeyValueStore;
 use streams_core::{Record, Result};
 
+use crate::builder::Shared;
 use crate::cache::Cache;
 use crate::kstream::KStream;
-use crate::ktable::KTable;
+use crate::ktable::{Change, Delta, KTable};
+use crate::ops::Op;
 use crate::options::{Grouped, Materialized, Repartitioned};
 use crate::stamped::{Stamped, StampedSerde};
 use crate::windows::{TimeWindowedKStream, TimeWindows};
@@ -237,7 +239,7 @@ where
 {
     fn write_and_forward(
         &self,
-        ctx: &mut ProcessorContext<'_, K, VA>,
+        ctx: &mut ProcessorContext<'_, K, Change<VA>>,
         e: crate::cache::Entry<K, VA>,
     ) -> Result<()> {
         let stamped = Stamped {
@@ -246,10 +248,14 @@ where
         };
         ctx.state_store::<KeyValueStore<K, Stamped<VA>>>(&self.store)?
             .put(&e.key, &stamped)?;
+        let change = Change {
+            new: Some(stamped.value),
+            old: e.old,
+        };
         ctx.forward(
             e.rest
                 .with_key(e.key)
-                .with_value(stamped.value)
+                .with_value(change)
                 .with_timestamp(e.timestamp),
         )
     }
@@ -265,9 +271,13 @@ where
     type KeyIn = K;
     type ValueIn = V;
     type KeyOut = K;
-    type ValueOut = VA;
+    type ValueOut = Change<VA>;
 
-    fn process(&mut self, r: Record<K, V>, ctx: &mut ProcessorContext<'_, K, VA>) -> Result<()> {
+    fn process(
+        &mut self,
+        r: Record<K, V>,
+        ctx: &mut ProcessorContext<'_, K, Change<VA>>,
+    ) -> Result<()> {
         let (key, value, rest) = r.into_parts();
         let budget = ctx.cache_max_bytes();
         let id = if budget > 0 {
@@ -290,11 +300,12 @@ where
             },
         };
         let timestamp = rest.timestamp().max(old_ts);
-        let new = (self.step)(&key, value, old_value);
+        let new = (self.step)(&key, value, old_value.clone());
         let entry = crate::cache::Entry {
             key,
             start: 0,
             value: new,
+            old: old_value,
             timestamp,
             rest,
         };
@@ -309,7 +320,7 @@ where
         }
     }
 
-    fn flush(&mut self, ctx: &mut ProcessorContext<'_, K, VA>) -> Result<()> {
+    fn flush(&mut self, ctx: &mut ProcessorContext<'_, K, Change<VA>>) -> Result<()> {
         if self.cache.is_empty() {
             return Ok(());
         }
@@ -317,5 +328,148 @@ where
             self.write_and_forward(ctx, e)?;
         }
         Ok(())
+    }
+}
+
+/// A table re-grouped by a new key ([`KTable::group_by`]): each change of a row arrives as a
+/// subtraction of its old value from its old group and an addition of its new value to its
+/// new group, so the aggregates follow rows that change or move.
+pub struct KGroupedTable<K, V> {
+    pub(crate) graph: Shared,
+    /// The source reading the repartition topic (`Record<K, Delta<V>>`).
+    pub(crate) node: String,
+    pub(crate) path: String,
+    pub(crate) keys: Arc<dyn Serde<K>>,
+    pub(crate) values: Arc<dyn Serde<V>>,
+}
+
+impl<K: Clone + Send + 'static, V: Clone + Send + 'static> KGroupedTable<K, V> {
+    /// The number of rows per group.
+    pub fn count(&self) -> KTable<K, u64> {
+        self.table_aggregate(
+            "COUNT",
+            || 0_u64,
+            |_, _, n| n + 1,
+            |_, _, n| n.saturating_sub(1),
+            Materialized::with(BigEndian),
+        )
+    }
+
+    /// Combines the rows of each group: `adder(aggregate, value)` for a row that joins or
+    /// changes, `subtractor(aggregate, old value)` for the value it had before (the first
+    /// value of a group is its initial aggregate).
+    pub fn reduce(
+        &self,
+        adder: impl Fn(V, V) -> V + Send + Sync + 'static,
+        subtractor: impl Fn(V, V) -> V + Send + Sync + 'static,
+    ) -> KTable<K, Option<V>> {
+        let (adder, subtractor) = (Arc::new(adder), Arc::new(subtractor));
+        self.table_aggregate(
+            "REDUCE",
+            || None,
+            move |_, v, agg: Option<V>| {
+                Some(match agg {
+                    Some(a) => adder(a, v),
+                    None => v,
+                })
+            },
+            move |_, v, agg: Option<V>| agg.map(|a| subtractor(a, v)),
+            Materialized::with(streams_core::serde::Nullable(self.values.clone())),
+        )
+    }
+
+    /// Folds the rows of each group: `adder(key, value, aggregate)` for a row that joins or
+    /// changes, `subtractor(key, old value, aggregate)` for the value it had before.
+    pub fn aggregate<VA: Clone + Send + 'static>(
+        &self,
+        initializer: impl Fn() -> VA + Send + Sync + 'static,
+        adder: impl Fn(&K, V, VA) -> VA + Send + Sync + 'static,
+        subtractor: impl Fn(&K, V, VA) -> VA + Send + Sync + 'static,
+        materialized: Materialized<VA>,
+    ) -> KTable<K, VA> {
+        self.table_aggregate("AGGREGATE", initializer, adder, subtractor, materialized)
+    }
+
+    fn table_aggregate<VA: Clone + Send + 'static>(
+        &self,
+        kind: &str,
+        initializer: impl Fn() -> VA + Send + Sync + 'static,
+        adder: impl Fn(&K, V, VA) -> VA + Send + Sync + 'static,
+        subtractor: impl Fn(&K, V, VA) -> VA + Send + Sync + 'static,
+        materialized: Materialized<VA>,
+    ) -> KTable<K, VA> {
+        let path = format!("{}/{}", self.path, kind.to_ascii_lowercase());
+        let values = materialized.values.clone();
+        let mut g = self.graph.borrow_mut();
+        let node = g.node_name(&format!("KTABLE-{kind}"), &path, None);
+        let store = g.state_name(
+            &format!("KTABLE-{kind}-STATE-STORE"),
+            &path,
+            materialized.name.as_deref(),
+            &format!("table {} ({})", kind.to_ascii_lowercase(), node),
+        );
+        let (init, add, sub) = (Arc::new(initializer), Arc::new(adder), Arc::new(subtractor));
+        let store_name = store.clone();
+        g.topology.add_processor(
+            &node,
+            move || {
+                let (store, init, add, sub) =
+                    (store_name.clone(), init.clone(), add.clone(), sub.clone());
+                Op::<K, Delta<V>, K, Change<VA>>::new(Box::new(
+                    move |r: Record<K, Delta<V>>, ctx: &mut ProcessorContext<'_, K, Change<VA>>| {
+                        let s = ctx.state_store::<KeyValueStore<K, Stamped<VA>>>(&store)?;
+                        let (key, delta, rest) = r.into_parts();
+                        let old = s.get(&key)?;
+                        let old_ts = old.as_ref().map_or(i64::MIN, |o| o.timestamp);
+                        let old_value = old.map(|o| o.value);
+                        let base = old_value.clone().unwrap_or_else(|| init());
+                        let new = if delta.add {
+                            add(&key, delta.value, base)
+                        } else {
+                            sub(&key, delta.value, base)
+                        };
+                        let timestamp = rest.timestamp().max(old_ts);
+                        s.put(
+                            &key,
+                            &Stamped {
+                                value: new.clone(),
+                                timestamp,
+                            },
+                        )?;
+                        let change = Change {
+                            new: Some(new),
+                            old: old_value,
+                        };
+                        ctx.forward(
+                            rest.with_key(key)
+                                .with_value(change)
+                                .with_timestamp(timestamp),
+                        )
+                    },
+                ))
+            },
+            [self.node.as_str()],
+        );
+        let mut builder = KeyValueStore::<K, Stamped<VA>>::builder(
+            &store,
+            self.keys.clone(),
+            StampedSerde(values.clone()),
+        );
+        if materialized.in_memory {
+            builder = builder.in_memory();
+        }
+        if !materialized.logging {
+            builder = builder.with_logging(false);
+        }
+        g.topology.add_state_store(builder, [node.as_str()]);
+        drop(g);
+        KTable {
+            graph: self.graph.clone(),
+            node,
+            path,
+            store: Some(store),
+            keys: self.keys.clone(),
+            values,
+        }
     }
 }

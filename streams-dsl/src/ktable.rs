@@ -2,18 +2,30 @@
 
 use std::sync::Arc;
 
-use streams_core::serde::Serde;
+use streams_core::serde::{DefaultSerde, Nullable, Serde, SerdeError};
 use streams_core::topology::Sink;
 use streams_core::Record;
 
 use crate::builder::Shared;
+use crate::grouped::KGroupedTable;
 use crate::kstream::KStream;
 use crate::ops::Op;
-use crate::options::Named;
+use crate::options::Grouped;
 
-/// A table: for each key, its latest value. Its updates flow downstream as records (one per
-/// update, the key and the new value); the values are kept in the store
-/// [`store_name`](Self::store_name) (readable with interactive queries).
+/// An update of a table row: its new value (`None`: deleted) and its old one (`None`: it did
+/// not exist, or the operator before does not know it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Change<V> {
+    pub(crate) new: Option<V>,
+    pub(crate) old: Option<V>,
+}
+
+/// A table: for each key, its latest value. Its updates flow downstream as changes (the new
+/// value, or none when the row is deleted, and the old one), so that the operators after it
+/// can retract what an update replaces: [`filter`](Self::filter) deletes a row that stops
+/// matching, [`group_by`](Self::group_by) subtracts a row's old value from its old group. The
+/// values are kept in the store [`store_name`](Self::store_name) (readable with interactive
+/// queries).
 ///
 /// ```
 /// use streams_core::serde::Utf8;
@@ -38,6 +50,7 @@ use crate::options::Named;
 /// ```
 pub struct KTable<K, V> {
     pub(crate) graph: Shared,
+    /// The node whose output is this table's changes (`Record<K, Change<V>>`).
     pub(crate) node: String,
     pub(crate) path: String,
     pub(crate) store: Option<String>,
@@ -51,18 +64,63 @@ impl<K: Clone + 'static, V: Clone + 'static> KTable<K, V> {
         self.store.as_deref()
     }
 
-    /// The table's updates as a stream.
-    pub fn to_stream(&self) -> KStream<K, V> {
-        let path = format!("{}/to-stream", self.path);
+    /// Adds a node turning each change of this table into what `f` returns.
+    fn add_change_op<K2: Clone + 'static, V2: Clone + 'static>(
+        &self,
+        kind: &str,
+        f: impl Fn(&K, Change<V>) -> Option<(K2, V2)> + Send + Sync + 'static,
+    ) -> (String, String) {
+        let path = format!("{}/{}", self.path, kind.to_ascii_lowercase());
         let mut g = self.graph.borrow_mut();
-        let name = g.node_name("TOSTREAM", &path, None);
+        let name = g.node_name(kind, &path, None);
+        let f = Arc::new(f);
         g.topology.add_processor(
             &name,
-            || Op::<K, V, K, V>::new(Box::new(|r, ctx| ctx.forward(r))),
+            move || {
+                let f = f.clone();
+                Op::<K, Change<V>, K2, V2>::new(Box::new(move |r: Record<K, Change<V>>, ctx| {
+                    let (key, change, rest) = r.into_parts();
+                    match f(&key, change) {
+                        Some((k2, v2)) => ctx.forward(rest.with_key(k2).with_value(v2)),
+                        None => Ok(()),
+                    }
+                }))
+            },
             [self.node.as_str()],
         );
-        drop(g);
+        (name, path)
+    }
+
+    /// The table's updates as a stream of their new values; deletions are left out (see
+    /// [`to_changelog_stream`](Self::to_changelog_stream)).
+    pub fn to_stream(&self) -> KStream<K, V> {
+        let (name, path) =
+            self.add_change_op("TOSTREAM", |k, c: Change<V>| c.new.map(|v| (k.clone(), v)));
         KStream::new(self.graph.clone(), name, path, false)
+    }
+
+    /// The table's updates as a stream: `Some(new value)`, or `None` for a deletion (a
+    /// tombstone when written to a topic with `Nullable`).
+    pub fn to_changelog_stream(&self) -> KStream<K, Option<V>> {
+        let (name, path) =
+            self.add_change_op("TOSTREAM", |k, c: Change<V>| Some((k.clone(), c.new)));
+        KStream::new(self.graph.clone(), name, path, false)
+    }
+
+    fn derived<V2: 'static>(
+        &self,
+        name: String,
+        path: String,
+        values: Arc<dyn Serde<V2>>,
+    ) -> KTable<K, V2> {
+        KTable {
+            graph: self.graph.clone(),
+            node: name,
+            path,
+            store: None,
+            keys: self.keys.clone(),
+            values,
+        }
     }
 
     /// A table of `f(value)` per key; updates keep their timestamps.
@@ -71,32 +129,169 @@ impl<K: Clone + 'static, V: Clone + 'static> KTable<K, V> {
         f: impl Fn(V) -> V2 + Send + Sync + 'static,
         values: impl Serde<V2>,
     ) -> KTable<K, V2> {
-        let f = Arc::new(f);
-        let stream = self
-            .to_stream()
-            .add_op("MAPVALUES", Named::default(), false, move || {
-                let f = f.clone();
-                Box::new(move |r: Record<K, V>, ctx| ctx.forward(r.map_value(|v| f(v))))
-            });
-        KTable {
+        let (name, path) = self.add_change_op("MAPVALUES", move |k, c: Change<V>| {
+            Some((
+                k.clone(),
+                Change {
+                    new: c.new.map(&f),
+                    old: c.old.map(&f),
+                },
+            ))
+        });
+        self.derived(name, path, Arc::new(values))
+    }
+
+    /// The rows for which `predicate(key, value)` holds. A row that stops matching is deleted
+    /// downstream (a change with no new value), as in Kafka Streams.
+    pub fn filter(&self, predicate: impl Fn(&K, &V) -> bool + Send + Sync + 'static) -> Self {
+        self.filter_kind("FILTER", move |k, v| predicate(k, v))
+    }
+
+    /// The rows for which `predicate(key, value)` does not hold.
+    pub fn filter_not(&self, predicate: impl Fn(&K, &V) -> bool + Send + Sync + 'static) -> Self {
+        self.filter_kind("FILTER-NOT", move |k, v| !predicate(k, v))
+    }
+
+    fn filter_kind(
+        &self,
+        kind: &str,
+        keep: impl Fn(&K, &V) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        let (name, path) = self.add_change_op(kind, move |k, c: Change<V>| {
+            let new = c.new.filter(|v| keep(k, v));
+            let old = c.old.filter(|v| keep(k, v));
+            // Nothing to say when the row neither matches now nor did before.
+            (new.is_some() || old.is_some()).then(|| (k.clone(), Change { new, old }))
+        });
+        self.derived(name, path, self.values.clone())
+    }
+
+    /// Re-groups the table by `selector(key, value) -> (new key, new value)`, through a
+    /// repartition topic, for [`KGroupedTable::aggregate`] (with an adder and a subtractor) or
+    /// [`KGroupedTable::count`]: when a row changes, its old value is subtracted from the
+    /// group it was in and its new value added to the group it is in now.
+    pub fn group_by<K2, V2>(
+        &self,
+        selector: impl Fn(&K, &V) -> (K2, V2) + Send + Sync + 'static,
+    ) -> KGroupedTable<K2, V2>
+    where
+        K2: DefaultSerde + Clone,
+        V2: DefaultSerde + Clone,
+    {
+        self.group_by_with(selector, Grouped::default())
+    }
+
+    /// [`group_by`](Self::group_by) with the serdes and name of `grouped`.
+    pub fn group_by_with<K2: Clone + 'static, V2: Clone + 'static>(
+        &self,
+        selector: impl Fn(&K, &V) -> (K2, V2) + Send + Sync + 'static,
+        grouped: Grouped<K2, V2>,
+    ) -> KGroupedTable<K2, V2> {
+        let selector = Arc::new(selector);
+        let path = format!("{}/group-by", self.path);
+        let mut g = self.graph.borrow_mut();
+        let name = g.node_name("KTABLE-GROUPBY", &path, None);
+        let select = selector.clone();
+        // Each change becomes a subtraction of the old row from its group, then an addition of
+        // the new one to its group.
+        g.topology.add_processor(
+            &name,
+            move || {
+                let select = select.clone();
+                Op::<K, Change<V>, K2, Delta<V2>>::new(Box::new(
+                    move |r: Record<K, Change<V>>, ctx| {
+                        let (key, change, rest) = r.into_parts();
+                        if let Some(old) = &change.old {
+                            let (k2, v2) = select(&key, old);
+                            ctx.forward(rest.clone().with_key(k2).with_value(Delta {
+                                value: v2,
+                                add: false,
+                            }))?;
+                        }
+                        if let Some(new) = &change.new {
+                            let (k2, v2) = select(&key, new);
+                            ctx.forward(rest.with_key(k2).with_value(Delta {
+                                value: v2,
+                                add: true,
+                            }))?;
+                        }
+                        Ok(())
+                    },
+                ))
+            },
+            [self.node.as_str()],
+        );
+        let operator = format!("table group_by after {}", self.node);
+        let topic = g.state_name(
+            "KTABLE-REPARTITION",
+            &path,
+            grouped.name.as_deref(),
+            &operator,
+        );
+        g.topology.add_repartition_topic(&topic, None);
+        let deltas: Arc<dyn Serde<Delta<V2>>> = Arc::new(DeltaSerde(grouped.values.clone()));
+        let (sink, source) = (format!("{topic}-sink"), format!("{topic}-source"));
+        g.topology.add_sink(
+            &sink,
+            Sink::new(topic.clone(), grouped.keys.clone(), deltas.clone()),
+            [name.as_str()],
+        );
+        g.topology.add_source(
+            &source,
+            streams_core::topology::Source::new([topic], grouped.keys.clone(), deltas),
+        );
+        drop(g);
+        KGroupedTable {
             graph: self.graph.clone(),
-            node: stream.node,
-            path: stream.path,
-            store: None,
-            keys: self.keys.clone(),
-            values: Arc::new(values),
+            node: source,
+            path,
+            keys: grouped.keys,
+            values: grouped.values,
         }
     }
 
-    /// Writes the table's updates to `topic`, with the table's serdes.
+    /// Writes the table's updates to `topic` with the table's serdes; a deletion is written as
+    /// a tombstone (null value).
     pub fn to(&self, topic: &str) {
+        let stream = self.to_changelog_stream();
         let path = format!("{}/sink:{topic}", self.path);
         let mut g = self.graph.borrow_mut();
         let name = g.node_name("SINK", &path, None);
         g.topology.add_sink(
             &name,
-            Sink::new(topic, self.keys.clone(), self.values.clone()),
-            [self.node.as_str()],
+            Sink::new(topic, self.keys.clone(), Nullable(self.values.clone())),
+            [stream.node.as_str()],
         );
+    }
+}
+
+/// A value to add to its group's aggregate, or to subtract from it (a table row's old value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Delta<V> {
+    pub(crate) value: V,
+    pub(crate) add: bool,
+}
+
+/// One byte (1: add, 0: subtract), then the value's bytes.
+pub(crate) struct DeltaSerde<V>(pub(crate) Arc<dyn Serde<V>>);
+
+impl<V: 'static> Serde<Delta<V>> for DeltaSerde<V> {
+    fn serialize(&self, topic: &str, d: &Delta<V>) -> Result<Option<Vec<u8>>, SerdeError> {
+        let inner = self.0.serialize(topic, &d.value)?.unwrap_or_default();
+        let mut out = Vec::with_capacity(1 + inner.len());
+        out.push(u8::from(d.add));
+        out.extend_from_slice(&inner);
+        Ok(Some(out))
+    }
+
+    fn deserialize(&self, topic: &str, data: Option<&[u8]>) -> Result<Delta<V>, SerdeError> {
+        let data = data.ok_or_else(|| SerdeError::new("Delta", topic, "null value"))?;
+        let (flag, rest) = data
+            .split_first()
+            .ok_or_else(|| SerdeError::new("Delta", topic, "empty value"))?;
+        Ok(Delta {
+            value: self.0.deserialize(topic, Some(rest))?,
+            add: *flag == 1,
+        })
     }
 }

@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use streams_core::processor::{Processor, ProcessorContext};
-use streams_core::serde::{BigEndian, Nullable, Serde, SerdeError, Utf8};
+use streams_core::serde::{BigEndian, Serde, SerdeError, Utf8};
 use streams_core::store::{KeyValueStore, SessionStore};
 use streams_core::{Record, Result};
 
 use crate::grouped::KGroupedStream;
-use crate::ktable::KTable;
+use crate::ktable::{Change, KTable};
 use crate::options::Materialized;
 use crate::stamped::{Stamped, StampedSerde};
 use crate::windows::{LateRecords, Windowed};
@@ -158,9 +158,10 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> SessionWindowedKStrea
         self
     }
 
-    /// The number of records per key and session. On update, every change forwards the new
-    /// session with `Some(count)` and each session it replaced with `None`.
-    pub fn count(&self) -> KTable<Windowed<K>, Option<u64>> {
+    /// The number of records per key and session. On update, every change forwards the
+    /// sessions it replaced as deletions (tombstones when written to a topic) and then the new
+    /// session.
+    pub fn count(&self) -> KTable<Windowed<K>, u64> {
         self.aggregate_kind(
             "COUNT",
             Arc::new(|| 0),
@@ -179,7 +180,7 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> SessionWindowedKStrea
         adder: impl Fn(&K, V, VA) -> VA + Send + Sync + 'static,
         merger: impl Fn(&K, VA, VA) -> VA + Send + Sync + 'static,
         materialized: Materialized<VA>,
-    ) -> KTable<Windowed<K>, Option<VA>> {
+    ) -> KTable<Windowed<K>, VA> {
         self.aggregate_kind(
             "AGGREGATE",
             Arc::new(initializer),
@@ -196,7 +197,7 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> SessionWindowedKStrea
         add: Adder<K, V, VA>,
         merge: Merger<K, VA>,
         materialized: Materialized<VA>,
-    ) -> KTable<Windowed<K>, Option<VA>> {
+    ) -> KTable<Windowed<K>, VA> {
         let input = self.grouped.input();
         let path = format!("{}/session-{}", input.path, kind.to_ascii_lowercase());
         let keys = self.grouped.keys();
@@ -273,7 +274,7 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> SessionWindowedKStrea
             path,
             store: Some(store),
             keys: Arc::new(SessionWindowedSerde { keys }),
-            values: Arc::new(Nullable(values)),
+            values,
         }
     }
 }
@@ -301,12 +302,12 @@ where
     type KeyIn = K;
     type ValueIn = V;
     type KeyOut = Windowed<K>;
-    type ValueOut = Option<VA>;
+    type ValueOut = Change<VA>;
 
     fn process(
         &mut self,
         r: Record<K, V>,
-        ctx: &mut ProcessorContext<'_, Windowed<K>, Option<VA>>,
+        ctx: &mut ProcessorContext<'_, Windowed<K>, Change<VA>>,
     ) -> Result<()> {
         let (gap, grace) = (self.windows.gap, self.windows.grace);
         let stream_time = ctx.stream_time();
@@ -327,8 +328,10 @@ where
             tracing::warn!(%task, session_start = start, session_end = end, record_timestamp = ts, stream_time, "dropping a record for a closed session");
         } else {
             let agg = (self.add)(&key, value, agg);
-            for ((s, e), _) in &found {
+            let mut same: Option<VA> = None;
+            for ((s, e), v) in &found {
                 if (*s, *e) == (start, end) {
+                    same = Some(v.value.clone());
                     continue;
                 }
                 ctx.state_store::<SessionStore<K, Stamped<VA>>>(&self.store)?
@@ -341,7 +344,10 @@ where
                             start: *s,
                             end: *e,
                         })
-                        .with_value(None)
+                        .with_value(Change {
+                            new: None,
+                            old: Some(v.value.clone()),
+                        })
                         .with_timestamp(*e);
                     ctx.forward(gone)?;
                 }
@@ -359,7 +365,10 @@ where
             if !self.emit_final {
                 let out = rest
                     .with_key(Windowed { key, start, end })
-                    .with_value(Some(agg))
+                    .with_value(Change {
+                        new: Some(agg),
+                        old: same,
+                    })
                     .with_timestamp(end);
                 ctx.forward(out)?;
             }
@@ -383,7 +392,10 @@ where
                             start: s,
                             end: e,
                         },
-                        Some(v.value),
+                        Change {
+                            new: Some(v.value),
+                            old: None,
+                        },
                         e,
                     );
                     ctx.forward(out)?;

@@ -12,7 +12,7 @@ use streams_core::{Record, Result, TaskId};
 
 use crate::cache::{Cache, Entry};
 use crate::grouped::KGroupedStream;
-use crate::ktable::KTable;
+use crate::ktable::{Change, KTable};
 use crate::options::Materialized;
 use crate::stamped::{Stamped, StampedSerde};
 
@@ -163,7 +163,7 @@ const EMITTED_KEY: &str = "emitted-until";
 /// Emits, in window-start order, the windows that closed since the last emission (their end
 /// in `(last close, close]`), and records `close` as emitted.
 fn emit_closed<K: Clone + 'static, VA: Clone + 'static>(
-    ctx: &mut ProcessorContext<'_, Windowed<K>, VA>,
+    ctx: &mut ProcessorContext<'_, Windowed<K>, Change<VA>>,
     store: &str,
     emitted: &str,
     windows: TimeWindows,
@@ -200,7 +200,10 @@ fn emit_closed<K: Clone + 'static, VA: Clone + 'static>(
                 start,
                 end: start + windows.size,
             },
-            agg.value,
+            Change {
+                new: Some(agg.value),
+                old: None,
+            },
             agg.timestamp,
         );
         ctx.forward(out)?;
@@ -418,7 +421,7 @@ struct WindowAggregate<K, V, VA> {
 impl<K: Clone + Send + 'static, V, VA: Clone + Send + 'static> WindowAggregate<K, V, VA> {
     fn write_and_forward(
         &self,
-        ctx: &mut ProcessorContext<'_, Windowed<K>, VA>,
+        ctx: &mut ProcessorContext<'_, Windowed<K>, Change<VA>>,
         e: Entry<K, VA>,
     ) -> Result<()> {
         let stamped = Stamped {
@@ -437,7 +440,10 @@ impl<K: Clone + Send + 'static, V, VA: Clone + Send + 'static> WindowAggregate<K
                 start: e.start,
                 end: e.start + self.windows.size,
             })
-            .with_value(stamped.value)
+            .with_value(Change {
+                new: Some(stamped.value),
+                old: e.old,
+            })
             .with_timestamp(e.timestamp);
         ctx.forward(out)
     }
@@ -452,12 +458,12 @@ where
     type KeyIn = K;
     type ValueIn = V;
     type KeyOut = Windowed<K>;
-    type ValueOut = VA;
+    type ValueOut = Change<VA>;
 
     fn process(
         &mut self,
         r: Record<K, V>,
-        ctx: &mut ProcessorContext<'_, Windowed<K>, VA>,
+        ctx: &mut ProcessorContext<'_, Windowed<K>, Change<VA>>,
     ) -> Result<()> {
         let windows = self.windows;
         let close = ctx.stream_time().saturating_sub(windows.grace);
@@ -491,20 +497,22 @@ where
                 .and_then(|id| self.cache.get(id))
                 .map(|(v, t)| (v.clone(), t));
             let (old, old_ts) = match cached {
-                Some(c) => c,
+                Some((v, t)) => (Some(v), t),
                 None => match ctx
                     .state_store::<WindowStore<K, Stamped<VA>>>(&self.store)?
                     .fetch_one(&key, start)?
                 {
-                    Some(o) => (o.value, o.timestamp),
-                    None => ((self.init)(), i64::MIN),
+                    Some(o) => (Some(o.value), o.timestamp),
+                    None => (None, i64::MIN),
                 },
             };
-            let new = (self.add)(&key, value.clone(), old);
+            let base = old.clone().unwrap_or_else(|| (self.init)());
+            let new = (self.add)(&key, value.clone(), base);
             let entry = Entry {
                 key: key.clone(),
                 start,
                 value: new,
+                old,
                 timestamp: ts.max(old_ts),
                 rest: rest.clone(),
             };
@@ -523,7 +531,7 @@ where
         Ok(())
     }
 
-    fn flush(&mut self, ctx: &mut ProcessorContext<'_, Windowed<K>, VA>) -> Result<()> {
+    fn flush(&mut self, ctx: &mut ProcessorContext<'_, Windowed<K>, Change<VA>>) -> Result<()> {
         if self.cache.is_empty() {
             return Ok(());
         }
