@@ -988,3 +988,31 @@ fn a_regrouped_table_subtracts_a_row_from_its_old_group() {
         ]
     );
 }
+
+#[test]
+fn a_stream_turned_into_a_table_keeps_the_latest_value_per_key() {
+    let builder = StreamsBuilder::new();
+    let latest = builder
+        .stream::<String, String>("readings")
+        .map(|k, v| (k.to_uppercase(), v))
+        .to_table(Materialized::with(Utf8).named("latest"));
+    latest.to_stream().to("latest-out");
+    let topology = builder.build().unwrap();
+    assert_eq!(
+        topology.subtopologies().len(),
+        2,
+        "the re-keyed stream is repartitioned"
+    );
+    let d = TopologyTestDriver::new(topology).unwrap();
+    let input = d.input_topic::<String, String>("readings", Utf8, Utf8);
+    input.pipe_at(s("a"), s("1"), 1).unwrap();
+    input.pipe_at(s("a"), s("2"), 2).unwrap();
+    assert_eq!(
+        drain(&d.output_topic::<String, String>("latest-out", Utf8, Utf8)),
+        vec![(s("A"), s("1"), 1), (s("A"), s("2"), 2)]
+    );
+    let v = d
+        .with_store::<KeyValueStore<String, String>, _>("latest", |st| st.get(&s("A")).unwrap())
+        .unwrap();
+    assert_eq!(v, Some(s("2")));
+}

@@ -334,6 +334,29 @@ where
 /// A table re-grouped by a new key ([`KTable::group_by`]): each change of a row arrives as a
 /// subtraction of its old value from its old group and an addition of its new value to its
 /// new group, so the aggregates follow rows that change or move.
+///
+/// ```
+/// use streams_core::serde::{BigEndian, Utf8};
+/// use streams_core::TopologyTestDriver;
+/// use streams_dsl::{Materialized, StreamsBuilder};
+///
+/// // Users per city, from a table of user -> city.
+/// let builder = StreamsBuilder::new();
+/// builder
+///     .table::<String, String>("user-cities", Materialized::with(Utf8))
+///     .group_by(|user, city| (city.clone(), user.clone()))
+///     .count()
+///     .to_stream()
+///     .to("users-per-city");
+/// let driver = TopologyTestDriver::new(builder.build()?)?;
+/// let input = driver.input_topic("user-cities", Utf8, Utf8);
+/// input.pipe("ann".to_string(), "Oslo".to_string())?;
+/// input.pipe("ann".to_string(), "Rome".to_string())?; // ann moves: Oslo loses her
+/// let out = driver.output_topic::<String, u64>("users-per-city", Utf8, BigEndian);
+/// let s = |c: &str| c.to_string();
+/// assert_eq!(out.read_key_values()?, vec![(s("Oslo"), 1), (s("Oslo"), 0), (s("Rome"), 1)]);
+/// # Ok::<(), streams_core::Error>(())
+/// ```
 pub struct KGroupedTable<K, V> {
     pub(crate) graph: Shared,
     /// The source reading the repartition topic (`Record<K, Delta<V>>`).

@@ -4,15 +4,17 @@ use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use streams_core::processor::{FixedKeyProcessor, Processor};
-use streams_core::serde::DefaultSerde;
+use streams_core::processor::{FixedKeyProcessor, Processor, ProcessorContext};
+use streams_core::serde::{DefaultSerde, Serde};
+use streams_core::store::KeyValueStore;
 use streams_core::topology::Sink;
 use streams_core::Record;
 
 use crate::builder::Shared;
 use crate::grouped::KGroupedStream;
+use crate::ktable::{Change, KTable};
 use crate::ops::{Op, OpFn};
-use crate::options::{Grouped, Named, Produced, Repartitioned};
+use crate::options::{Grouped, Materialized, Named, Produced, Repartitioned};
 
 /// A stream of records with keys of type `K` and values of type `V`. Every operator adds a
 /// node to the topology and returns a new handle; a handle can feed several operators.
@@ -417,6 +419,84 @@ impl<K: Clone + 'static, V: Clone + 'static> KStream<K, V> {
         }
         drop(g);
         KStream::new(self.graph.clone(), name, path, self.key_changed)
+    }
+
+    /// The latest value per key as a table, in a store named by `materialized` (or
+    /// generated), with the key serde of the key type. When the key changed upstream, the
+    /// stream goes through a repartition topic first.
+    pub fn to_table(&self, materialized: Materialized<V>) -> KTable<K, V>
+    where
+        K: DefaultSerde,
+    {
+        self.to_table_with(K::default_serde(), materialized)
+    }
+
+    /// [`to_table`](Self::to_table) with the key serde `keys`.
+    pub fn to_table_with(
+        &self,
+        keys: impl Serde<K>,
+        materialized: Materialized<V>,
+    ) -> KTable<K, V> {
+        let keys: Arc<dyn Serde<K>> = Arc::new(keys);
+        let values = materialized.values.clone();
+        let input = if self.key_changed {
+            self.repartition(Repartitioned {
+                keys: keys.clone(),
+                values: values.clone(),
+                name: None,
+                partitions: None,
+            })
+        } else {
+            self.clone()
+        };
+        let path = format!("{}/to-table", input.path);
+        let explicit = self.explicit(None);
+        let mut g = self.graph.borrow_mut();
+        let node = g.node_name("TOTABLE", &path, explicit.as_deref());
+        let store = g.state_name(
+            "TOTABLE-STATE-STORE",
+            &path,
+            materialized.name.as_deref(),
+            &format!("to_table ({node})"),
+        );
+        let store_name = store.clone();
+        g.topology.add_processor(
+            &node,
+            move || {
+                let store = store_name.clone();
+                Op::<K, V, K, Change<V>>::new(Box::new(
+                    move |r: Record<K, V>, ctx: &mut ProcessorContext<'_, K, Change<V>>| {
+                        let s = ctx.state_store::<KeyValueStore<K, V>>(&store)?;
+                        let (key, value, rest) = r.into_parts();
+                        let old = s.get(&key)?;
+                        s.put(&key, &value)?;
+                        let change = Change {
+                            new: Some(value),
+                            old,
+                        };
+                        ctx.forward(rest.with_key(key).with_value(change))
+                    },
+                ))
+            },
+            [input.node.as_str()],
+        );
+        let mut builder = KeyValueStore::<K, V>::builder(&store, keys.clone(), values.clone());
+        if materialized.in_memory {
+            builder = builder.in_memory();
+        }
+        if !materialized.logging {
+            builder = builder.with_logging(false);
+        }
+        g.topology.add_state_store(builder, [node.as_str()]);
+        drop(g);
+        KTable {
+            graph: self.graph.clone(),
+            node,
+            path,
+            store: Some(store),
+            keys,
+            values,
+        }
     }
 
     /// Groups the stream by its key, with the serdes of its types (used for the repartition
