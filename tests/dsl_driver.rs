@@ -1016,3 +1016,58 @@ fn a_stream_turned_into_a_table_keeps_the_latest_value_per_key() {
         .unwrap();
     assert_eq!(v, Some(s("2")));
 }
+
+#[test]
+fn suppression_emits_the_latest_update_per_key_after_the_time_limit() {
+    use kstreams::dsl::Suppressed;
+    let builder = StreamsBuilder::new();
+    builder
+        .table::<String, String>("readings", Materialized::with(Utf8))
+        .suppress(Suppressed::until_time_limit(Duration::from_millis(10)))
+        .to_stream()
+        .to("calm");
+    let d = driver(builder);
+    let input = d.input_topic::<String, String>("readings", Utf8, Utf8);
+    let out = d.output_topic::<String, String>("calm", Utf8, Utf8);
+    input.pipe_at(s("a"), s("1"), 1).unwrap();
+    input.pipe_at(s("a"), s("2"), 5).unwrap();
+    input.pipe_at(s("b"), s("1"), 6).unwrap();
+    input.pipe_at(s("a"), s("3"), 9).unwrap();
+    assert_eq!(drain(&out), vec![], "nothing held for 10 ms yet");
+    input.pipe_at(s("c"), s("1"), 11).unwrap(); // a, held since 1, is due
+    assert_eq!(drain(&out), vec![(s("a"), s("3"), 9)]);
+    input.pipe_at(s("b"), s("2"), 20).unwrap(); // b, held since 6, is due; c not yet
+    assert_eq!(drain(&out), vec![(s("b"), s("2"), 20)]);
+    input.pipe_at(s("a"), s("4"), 30).unwrap(); // c due; a held again from 30
+    assert_eq!(drain(&out), vec![(s("c"), s("1"), 11)]);
+}
+
+#[test]
+fn a_full_suppression_buffer_emits_early_or_stops_as_configured() {
+    use kstreams::dsl::{Suppressed, WhenFull};
+    let build = |when_full| {
+        let builder = StreamsBuilder::new();
+        builder
+            .table::<String, String>("readings", Materialized::with(Utf8))
+            .suppress(
+                Suppressed::until_time_limit(Duration::from_secs(60))
+                    .with_max_records(1, when_full),
+            )
+            .to_stream()
+            .to("calm");
+        driver(builder)
+    };
+    let early = build(WhenFull::EmitEarly);
+    let input = early.input_topic::<String, String>("readings", Utf8, Utf8);
+    input.pipe_at(s("a"), s("1"), 1).unwrap();
+    input.pipe_at(s("b"), s("1"), 2).unwrap(); // two keys, one allowed: a goes out early
+    assert_eq!(
+        drain(&early.output_topic::<String, String>("calm", Utf8, Utf8)),
+        vec![(s("a"), s("1"), 1)]
+    );
+    let strict = build(WhenFull::ShutDown);
+    let input = strict.input_topic::<String, String>("readings", Utf8, Utf8);
+    input.pipe_at(s("a"), s("1"), 1).unwrap();
+    let e = input.pipe_at(s("b"), s("1"), 2).unwrap_err();
+    assert!(e.to_string().contains("suppression buffer"), "{e}");
+}

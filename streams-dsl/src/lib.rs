@@ -52,6 +52,7 @@ mod ops;
 mod options;
 mod sessions;
 mod stamped;
+mod suppress;
 mod windows;
 
 pub use builder::{IntoTopics, StreamsBuilder};
@@ -61,4 +62,5 @@ pub use ktable::KTable;
 pub use options::{Consumed, Grouped, Materialized, Named, Produced, Repartitioned};
 pub use sessions::{SessionWindowedKStream, SessionWindowedSerde, SessionWindows};
 pub use streams_core;
+pub use suppress::{Suppressed, WhenFull};
 pub use windows::{LateRecords, TimeWindowedKStream, TimeWindows, Windowed, WindowedSerde};

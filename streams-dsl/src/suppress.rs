@@ -1,0 +1,281 @@
+//! Suppression of a table's updates for a time limit: only the latest update of each key in
+//! that time goes downstream, from a buffer that survives restarts (a logged store).
+
+use std::collections::{BTreeMap, HashMap};
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use streams_core::processor::{Processor, ProcessorContext};
+use streams_core::serde::{Nullable, Serde, SerdeError};
+use streams_core::store::KeyValueStore;
+use streams_core::{Error, Record, Result};
+
+use crate::ktable::{Change, KTable};
+
+/// What a suppression buffer does when it is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenFull {
+    /// Emit the oldest buffered updates early, until the buffer fits again.
+    EmitEarly,
+    /// Stop the application with an error saying which buffer overflowed.
+    ShutDown,
+}
+
+/// How long a table's updates are held back, and how much may be held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Suppressed {
+    time_limit: i64,
+    max_records: usize,
+    max_bytes: usize,
+    when_full: WhenFull,
+}
+
+impl Suppressed {
+    /// Holds each key's updates back until `limit` of stream time has passed since the first
+    /// held-back one, then emits the latest. Unbounded until [`with_max_records`] or
+    /// [`with_max_bytes`] bounds it.
+    ///
+    /// [`with_max_records`]: Self::with_max_records
+    /// [`with_max_bytes`]: Self::with_max_bytes
+    pub fn until_time_limit(limit: Duration) -> Self {
+        Suppressed {
+            time_limit: i64::try_from(limit.as_millis()).unwrap_or(i64::MAX),
+            max_records: usize::MAX,
+            max_bytes: usize::MAX,
+            when_full: WhenFull::EmitEarly,
+        }
+    }
+
+    /// At most `n` keys held back; then `when_full`.
+    pub fn with_max_records(mut self, n: usize, when_full: WhenFull) -> Self {
+        self.max_records = n;
+        self.when_full = when_full;
+        self
+    }
+
+    /// At most `bytes` of serialized keys and values held back; then `when_full`.
+    pub fn with_max_bytes(mut self, bytes: usize, when_full: WhenFull) -> Self {
+        self.max_bytes = bytes;
+        self.when_full = when_full;
+        self
+    }
+}
+
+/// A held-back update: when it entered the buffer (record time), its record time, its value.
+#[derive(Clone)]
+struct Held<V> {
+    since: i64,
+    timestamp: i64,
+    value: Option<V>,
+}
+
+/// 8 bytes buffer time, 8 bytes record time, then the value (absent for a deletion).
+struct HeldSerde<V>(Arc<dyn Serde<V>>);
+
+impl<V: 'static> Serde<Held<V>> for HeldSerde<V> {
+    fn serialize(
+        &self,
+        topic: &str,
+        h: &Held<V>,
+    ) -> std::result::Result<Option<Vec<u8>>, SerdeError> {
+        let inner = Nullable(self.0.clone()).serialize(topic, &h.value)?;
+        let mut out = Vec::with_capacity(17 + inner.as_ref().map_or(0, Vec::len));
+        out.extend_from_slice(&h.since.to_be_bytes());
+        out.extend_from_slice(&h.timestamp.to_be_bytes());
+        match inner {
+            Some(v) => {
+                out.push(1);
+                out.extend_from_slice(&v);
+            }
+            None => out.push(0),
+        }
+        Ok(Some(out))
+    }
+
+    fn deserialize(
+        &self,
+        topic: &str,
+        data: Option<&[u8]>,
+    ) -> std::result::Result<Held<V>, SerdeError> {
+        let data = data.ok_or_else(|| SerdeError::new("Held", topic, "null value"))?;
+        if data.len() < 17 {
+            return Err(SerdeError::new("Held", topic, "shorter than 17 bytes"));
+        }
+        let since = i64::from_be_bytes(data[..8].try_into().expect("8 bytes"));
+        let timestamp = i64::from_be_bytes(data[8..16].try_into().expect("8 bytes"));
+        let value = match data[16] {
+            0 => None,
+            _ => Some(self.0.deserialize(topic, Some(&data[17..]))?),
+        };
+        Ok(Held {
+            since,
+            timestamp,
+            value,
+        })
+    }
+}
+
+impl<K: Clone + Send + 'static, V: Clone + Send + 'static> KTable<K, V> {
+    /// Holds each key's updates back for `suppressed`'s time limit of stream time and then
+    /// emits only the latest (a deletion included), as Kafka Streams'
+    /// `suppress(untilTimeLimit(...))`. The buffer is a logged store, so what it holds
+    /// survives a crash and is emitted once. Windowed results that should appear once, final,
+    /// use `emit_final()` on the windowed aggregation instead.
+    pub fn suppress(&self, suppressed: Suppressed) -> KTable<K, V> {
+        let path = format!("{}/suppress", self.path);
+        let mut g = self.graph.borrow_mut();
+        let node = g.node_name("SUPPRESS", &path, None);
+        let store = g.state_name(
+            "SUPPRESS-STATE-STORE",
+            &path,
+            None,
+            &format!("suppress ({node})"),
+        );
+        let (store_name, keys) = (store.clone(), self.keys.clone());
+        let node_name = node.clone();
+        g.topology.add_processor(
+            &node,
+            move || Suppress::<K, V> {
+                store: store_name.clone(),
+                node: node_name.clone(),
+                keys: keys.clone(),
+                config: suppressed,
+                order: BTreeMap::new(),
+                by_key: HashMap::new(),
+                bytes: 0,
+                _types: PhantomData,
+            },
+            [self.node.as_str()],
+        );
+        let builder = KeyValueStore::<K, Held<V>>::builder(
+            &store,
+            self.keys.clone(),
+            HeldSerde(self.values.clone()),
+        );
+        g.topology.add_state_store(builder, [node.as_str()]);
+        drop(g);
+        KTable {
+            graph: self.graph.clone(),
+            node,
+            path,
+            store: None,
+            keys: self.keys.clone(),
+            values: self.values.clone(),
+        }
+    }
+}
+
+struct Suppress<K, V> {
+    store: String,
+    node: String,
+    keys: Arc<dyn Serde<K>>,
+    config: Suppressed,
+    /// Held-back keys by (buffer time, key bytes): the emission order.
+    order: BTreeMap<(i64, Vec<u8>), K>,
+    /// Buffer time and approximate size of each held-back key, by key bytes.
+    by_key: HashMap<Vec<u8>, (i64, usize)>,
+    bytes: usize,
+    _types: PhantomData<fn(V)>,
+}
+
+impl<K: Clone + Send + 'static, V: Clone + Send + 'static> Suppress<K, V> {
+    /// Emits and forgets the oldest held-back key.
+    fn emit_oldest(&mut self, ctx: &mut ProcessorContext<'_, K, Change<V>>) -> Result<bool> {
+        let Some(((_, kb), key)) = self.order.pop_first() else {
+            return Ok(false);
+        };
+        if let Some((_, size)) = self.by_key.remove(&kb) {
+            self.bytes = self.bytes.saturating_sub(size);
+        }
+        let s = ctx.state_store::<KeyValueStore<K, Held<V>>>(&self.store)?;
+        let Some(held) = s.delete(&key)? else {
+            return Ok(true);
+        };
+        let change = Change {
+            new: held.value,
+            old: None,
+        };
+        ctx.forward(Record::new(key, change, held.timestamp))?;
+        Ok(true)
+    }
+
+    fn full(&self) -> bool {
+        self.by_key.len() > self.config.max_records || self.bytes > self.config.max_bytes
+    }
+}
+
+impl<K: Clone + Send + 'static, V: Clone + Send + 'static> Processor for Suppress<K, V> {
+    type KeyIn = K;
+    type ValueIn = Change<V>;
+    type KeyOut = K;
+    type ValueOut = Change<V>;
+
+    fn init(&mut self, ctx: &mut ProcessorContext<'_, K, Change<V>>) -> Result<()> {
+        // What the buffer held at the last commit (restored from its changelog).
+        let s = ctx.state_store::<KeyValueStore<K, Held<V>>>(&self.store)?;
+        for entry in s.all()? {
+            let (key, held) = entry?;
+            let kb = self.keys.serialize(&self.store, &key)?.unwrap_or_default();
+            let size = kb.len() + 32;
+            self.bytes += size;
+            self.by_key.insert(kb.clone(), (held.since, size));
+            self.order.insert((held.since, kb), key);
+        }
+        Ok(())
+    }
+
+    fn process(
+        &mut self,
+        r: Record<K, Change<V>>,
+        ctx: &mut ProcessorContext<'_, K, Change<V>>,
+    ) -> Result<()> {
+        let (key, change, rest) = r.into_parts();
+        let ts = rest.timestamp();
+        let kb = self.keys.serialize(&self.store, &key)?.unwrap_or_default();
+        let since = match self.by_key.get(&kb) {
+            Some((since, _)) => *since,
+            None => {
+                let size = kb.len() + 32;
+                self.bytes += size;
+                self.by_key.insert(kb.clone(), (ts, size));
+                self.order.insert((ts, kb), key.clone());
+                ts
+            }
+        };
+        let held = Held {
+            since,
+            timestamp: ts,
+            value: change.new,
+        };
+        ctx.state_store::<KeyValueStore<K, Held<V>>>(&self.store)?
+            .put(&key, &held)?;
+        while self.full() {
+            match self.config.when_full {
+                WhenFull::EmitEarly => {
+                    self.emit_oldest(ctx)?;
+                }
+                WhenFull::ShutDown => {
+                    return Err(Error::User(format!(
+                        "suppression buffer of {} is full ({} keys, about {} bytes; limits {} keys, {} bytes); raise the limits or emit early",
+                        self.node,
+                        self.by_key.len(),
+                        self.bytes,
+                        self.config.max_records,
+                        self.config.max_bytes
+                    )));
+                }
+            }
+        }
+        // Emit what has been held for the time limit.
+        let due = ctx.stream_time().saturating_sub(self.config.time_limit);
+        while self
+            .order
+            .first_key_value()
+            .is_some_and(|((since, _), _)| *since <= due)
+        {
+            self.emit_oldest(ctx)?;
+        }
+        Ok(())
+    }
+}
