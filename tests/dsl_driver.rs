@@ -1071,3 +1071,34 @@ fn a_full_suppression_buffer_emits_early_or_stops_as_configured() {
     let e = input.pipe_at(s("b"), s("1"), 2).unwrap_err();
     assert!(e.to_string().contains("suppression buffer"), "{e}");
 }
+
+#[test]
+fn windows_can_also_close_by_wall_clock_when_a_partition_goes_quiet() {
+    let windows = TimeWindows::of_size_with_no_grace(Duration::from_millis(10));
+    let builder = StreamsBuilder::new();
+    let w = builder
+        .stream::<String, String>("clicks")
+        .group_by_key()
+        .windowed_by(windows)
+        .emit_final_closing_by_wall_clock();
+    let late = w.late_records();
+    w.count().to("final");
+    let d = driver(builder);
+    let clicks = d.input_topic::<String, String>("clicks", Utf8, Utf8);
+    let out = d.output_topic::<Windowed<String>, u64>(
+        "final",
+        WindowedSerde::new(Utf8, windows),
+        BigEndian,
+    );
+    clicks.pipe_at(s("a"), s("x"), 1).unwrap();
+    clicks.pipe_at(s("a"), s("x"), 3).unwrap();
+    assert_eq!(drain(&out), vec![], "stream time 3 closes nothing");
+    d.advance_wall_clock(Duration::from_millis(15)).unwrap(); // no new record: quiet
+    assert_eq!(drain(&out), vec![(windowed("a", 0, 10), 2, 3)]);
+    clicks.pipe_at(s("a"), s("x"), 5).unwrap(); // its window was closed by the wall clock
+    assert_eq!(late.count(), 1);
+    clicks.pipe_at(s("a"), s("x"), 12).unwrap();
+    assert_eq!(drain(&out), vec![]);
+    d.advance_wall_clock(Duration::from_millis(10)).unwrap();
+    assert_eq!(drain(&out), vec![(windowed("a", 10, 10), 1, 12)]);
+}

@@ -5,7 +5,7 @@ use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use streams_core::processor::{Processor, ProcessorContext};
+use streams_core::processor::{Processor, ProcessorContext, PunctuationType, PunctuatorId};
 use streams_core::serde::{BigEndian, Serde, SerdeError, Utf8};
 use streams_core::store::{KeyValueStore, WindowStore};
 use streams_core::{Record, Result, TaskId};
@@ -248,6 +248,7 @@ pub struct TimeWindowedKStream<K, V> {
     windows: TimeWindows,
     late: LateRecords,
     emit_final: bool,
+    wall_clock: bool,
 }
 
 impl<K: Clone + Send + 'static, V: Clone + Send + 'static> TimeWindowedKStream<K, V> {
@@ -257,7 +258,19 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> TimeWindowedKStream<K
             windows,
             late: LateRecords::default(),
             emit_final: false,
+            wall_clock: false,
         }
+    }
+
+    /// [`emit_final`](Self::emit_final), and windows also close when the wall clock passes
+    /// their end plus the grace period, so that a partition that goes quiet still emits its
+    /// final results (beyond Kafka Streams, whose windows close on stream time only). It
+    /// assumes event time follows the wall clock; a record for a window closed this way is
+    /// late, dropped and counted.
+    pub fn emit_final_closing_by_wall_clock(mut self) -> Self {
+        self.emit_final = true;
+        self.wall_clock = true;
+        self
     }
 
     /// Emits only the final result of each window, once, when it closes (stream time reaches
@@ -336,6 +349,7 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> TimeWindowedKStream<K
         let store_name = store.clone();
         let emitted_name = format!("{store}-emitted");
         let emit_final = self.emit_final;
+        let wall_clock = self.wall_clock;
         if emit_final {
             g.state_name(
                 "EMITTED",
@@ -355,6 +369,7 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> TimeWindowedKStream<K
                 keys: processor_keys.clone(),
                 windows,
                 emit_final,
+                wall_clock,
                 init: init.clone(),
                 add: add.clone(),
                 late: late.clone(),
@@ -411,6 +426,7 @@ struct WindowAggregate<K, V, VA> {
     keys: Arc<dyn Serde<K>>,
     windows: TimeWindows,
     emit_final: bool,
+    wall_clock: bool,
     init: Initializer<VA>,
     add: Adder<K, V, VA>,
     late: LateRecords,
@@ -460,13 +476,38 @@ where
     type KeyOut = Windowed<K>;
     type ValueOut = Change<VA>;
 
+    fn init(&mut self, ctx: &mut ProcessorContext<'_, Windowed<K>, Change<VA>>) -> Result<()> {
+        if self.wall_clock {
+            let every = Duration::from_millis(self.windows.size.clamp(1, 1000) as u64);
+            ctx.schedule(every, PunctuationType::WallClockTime)?;
+        }
+        Ok(())
+    }
+
+    fn punctuate(
+        &mut self,
+        _id: PunctuatorId,
+        now: i64,
+        ctx: &mut ProcessorContext<'_, Windowed<K>, Change<VA>>,
+    ) -> Result<()> {
+        let close = now.saturating_sub(self.windows.grace);
+        emit_closed(ctx, &self.store, &self.emitted, self.windows, close)
+    }
+
     fn process(
         &mut self,
         r: Record<K, V>,
         ctx: &mut ProcessorContext<'_, Windowed<K>, Change<VA>>,
     ) -> Result<()> {
         let windows = self.windows;
-        let close = ctx.stream_time().saturating_sub(windows.grace);
+        let mut close = ctx.stream_time().saturating_sub(windows.grace);
+        if self.wall_clock {
+            // Windows the wall clock closed (and emitted) are closed for records too.
+            let emitted = ctx
+                .state_store::<KeyValueStore<String, i64>>(&self.emitted)?
+                .get(&EMITTED_KEY.to_string())?;
+            close = close.max(emitted.unwrap_or(i64::MIN));
+        }
         let task = ctx.task_id();
         let (key, value, rest) = r.into_parts();
         let ts = rest.timestamp();
