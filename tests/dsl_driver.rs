@@ -1102,3 +1102,164 @@ fn windows_can_also_close_by_wall_clock_when_a_partition_goes_quiet() {
     d.advance_wall_clock(Duration::from_millis(10)).unwrap();
     assert_eq!(drain(&out), vec![(windowed("a", 10, 10), 1, 12)]);
 }
+
+/// What a sliding-window count must emit, recomputed plainly from every accepted record: for
+/// a record at `ts`, the windows `[t - d, t]` of records `t` in `[ts, ts + d]`, the windows
+/// `[p + 1, p + 1 + d]` of records `p` in `[ts - d - 1, ts)`, and the window right after `ts`
+/// when it is new, not yet closed, by start, each with its number of records and their
+/// largest timestamp.
+fn sliding_oracle(
+    input: &[(String, i64)],
+    d: i64,
+    grace: i64,
+) -> (Vec<(Windowed<String>, u64, i64)>, u64) {
+    let mut accepted: Vec<(String, i64)> = vec![];
+    let mut stream_time = i64::MIN;
+    let (mut out, mut late) = (vec![], 0);
+    for (key, ts) in input {
+        stream_time = stream_time.max(*ts);
+        let close = stream_time - grace;
+        if ts + d < close {
+            late += 1;
+            continue;
+        }
+        accepted.push((key.clone(), *ts));
+        let times: Vec<i64> = accepted
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, t)| *t)
+            .collect();
+        let mut starts: Vec<i64> = times
+            .iter()
+            .filter(|t| **t >= *ts && **t <= ts + d)
+            .map(|t| t - d)
+            .chain(
+                times
+                    .iter()
+                    .filter(|p| **p < *ts && **p + 1 + d >= *ts)
+                    .map(|p| p + 1),
+            )
+            .collect();
+        // The window right after the record, new when a later record falls in it and no earlier
+        // record at `ts` nor a record at its end defined it before.
+        let earlier_at_ts = times.iter().filter(|t| **t == *ts).count() > 1;
+        if times.iter().any(|t| *t > *ts && *t <= ts + 1 + d)
+            && !earlier_at_ts
+            && !times.contains(&(ts + 1 + d))
+        {
+            starts.push(ts + 1);
+        }
+        starts.sort_unstable();
+        starts.dedup();
+        for start in starts {
+            let end = start + d;
+            if end < close {
+                continue;
+            }
+            let inside: Vec<i64> = times
+                .iter()
+                .copied()
+                .filter(|t| *t >= start && *t <= end)
+                .collect();
+            out.push((
+                Windowed {
+                    key: key.clone(),
+                    start,
+                    end,
+                },
+                inside.len() as u64,
+                *inside.iter().max().unwrap(),
+            ));
+        }
+    }
+    (out, late)
+}
+
+#[test]
+fn sliding_window_counts_match_a_plain_recomputation_on_random_out_of_order_input() {
+    use kstreams::dsl::SlidingWindows;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x511d);
+    for case in 0..60 {
+        let d = rng.random_range(0..25_i64);
+        let grace = rng.random_range(0..20_i64);
+        let mut t = 1_i64;
+        let input: Vec<(String, i64)> = (0..rng.random_range(1..50))
+            .map(|_| {
+                t += rng.random_range(0..10);
+                let ts = if rng.random_bool(0.3) {
+                    (t - rng.random_range(0..40)).max(1)
+                } else {
+                    t
+                };
+                (format!("k{}", rng.random_range(0..3)), ts)
+            })
+            .collect();
+        let windows = SlidingWindows::of_time_difference_and_grace(
+            Duration::from_millis(d as u64),
+            Duration::from_millis(grace as u64),
+        );
+        let builder = StreamsBuilder::new();
+        let w = builder
+            .stream::<String, String>("in")
+            .group_by_key()
+            .windowed_by_sliding(windows);
+        let late = w.late_records();
+        w.count().to("out");
+        let dr = driver(builder);
+        let pipe = dr.input_topic("in", Utf8, Utf8);
+        for (k, ts) in &input {
+            pipe.pipe_at(k.clone(), s("v"), *ts).unwrap();
+        }
+        let got = drain(&dr.output_topic::<Windowed<String>, u64>(
+            "out",
+            windows.key_serde(Utf8),
+            BigEndian,
+        ));
+        let (want, want_late) = sliding_oracle(&input, d, grace);
+        assert_eq!(
+            got, want,
+            "case {case}: d {d} grace {grace} input {input:?}"
+        );
+        assert_eq!(late.count(), want_late, "case {case}: late records");
+    }
+}
+
+#[test]
+fn sliding_windows_follow_the_records() {
+    use kstreams::dsl::SlidingWindows;
+    // Grace 5: the window [13, 23] the out-of-order record creates is still open at stream
+    // time 25 (without grace it would be closed, and not created).
+    let windows = SlidingWindows::of_time_difference_and_grace(
+        Duration::from_millis(10),
+        Duration::from_millis(5),
+    );
+    let builder = StreamsBuilder::new();
+    builder
+        .stream::<String, String>("in")
+        .group_by_key()
+        .windowed_by_sliding(windows)
+        .count()
+        .to("out");
+    let d = driver(builder);
+    let input = d.input_topic::<String, String>("in", Utf8, Utf8);
+    input.pipe_at(s("a"), s("x"), 20).unwrap(); // [10, 20]
+    input.pipe_at(s("a"), s("x"), 25).unwrap(); // [15, 25]; [21, 31] after 20 now holds 25
+    input.pipe_at(s("a"), s("x"), 23).unwrap(); // out of order: in [15, 25], [21, 31], new [13, 23]
+    let w = |start: i64| Windowed {
+        key: s("a"),
+        start,
+        end: start + 10,
+    };
+    assert_eq!(
+        drain(&d.output_topic::<Windowed<String>, u64>("out", windows.key_serde(Utf8), BigEndian)),
+        vec![
+            (w(10), 1, 20),
+            (w(15), 2, 25),
+            (w(21), 1, 25),
+            (w(13), 2, 23),
+            (w(15), 3, 25),
+            (w(21), 2, 25),
+            (w(24), 1, 25)
+        ]
+    );
+}

@@ -133,6 +133,14 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> KGroupedStream<K, V> 
         })
     }
 
+    /// Aggregates per key and sliding window (windows defined by the records).
+    pub fn windowed_by_sliding(
+        &self,
+        windows: crate::sliding::SlidingWindows,
+    ) -> crate::sliding::SlidingWindowedKStream<K, V> {
+        crate::sliding::SlidingWindowedKStream::new(self.clone_grouped(), windows)
+    }
+
     /// Aggregates per key and session (activity separated by an inactivity gap).
     pub fn windowed_by_session(
         &self,

@@ -98,9 +98,13 @@ pub struct WindowedSerde<K> {
 impl<K: 'static> WindowedSerde<K> {
     /// Windowed keys of `keys`, for windows of `windows`' size.
     pub fn new(keys: impl Serde<K>, windows: TimeWindows) -> Self {
+        Self::with_size(keys, windows.size)
+    }
+
+    pub(crate) fn with_size(keys: impl Serde<K>, size: i64) -> Self {
         WindowedSerde {
             keys: Arc::new(keys),
-            size: windows.size,
+            size,
         }
     }
 }

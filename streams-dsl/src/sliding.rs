@@ -1,0 +1,310 @@
+//! Sliding windows: windows of a fixed time difference defined by the records themselves.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use streams_core::processor::{Processor, ProcessorContext};
+use streams_core::serde::{BigEndian, Serde, SerdeError};
+use streams_core::store::WindowStore;
+use streams_core::{Record, Result};
+
+use crate::grouped::KGroupedStream;
+use crate::ktable::{Change, KTable};
+use crate::options::Materialized;
+use crate::windows::{LateRecords, Windowed, WindowedSerde};
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Sliding windows of a fixed time difference `d` (Kafka Streams' `SlidingWindows`): windows
+/// `[start, start + d]`, both ends inclusive, defined by the records: each record at `t` has
+/// the window ending at `t` (`[t - d, t]`), and the window starting right after it
+/// (`[t + 1, t + 1 + d]`) once a record falls in it. Each record updates (or creates) the
+/// windows that hold it, and each is forwarded; aggregates fold a window's records in
+/// timestamp order.
+///
+/// A window is closed once its end is before stream time minus grace; a record whose windows
+/// are all closed (its timestamp plus `d` plus 1 is at or before that) is late, dropped and
+/// counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlidingWindows {
+    pub(crate) diff: i64,
+    pub(crate) grace: i64,
+}
+
+impl SlidingWindows {
+    /// Windows of `difference`, records up to `grace` late still count.
+    pub fn of_time_difference_and_grace(difference: Duration, grace: Duration) -> Self {
+        SlidingWindows {
+            diff: millis(difference).max(0),
+            grace: millis(grace).max(0),
+        }
+    }
+
+    /// Windows of `difference`, no grace.
+    pub fn of_time_difference_with_no_grace(difference: Duration) -> Self {
+        Self::of_time_difference_and_grace(difference, Duration::ZERO)
+    }
+
+    /// The serde of this aggregation's windowed keys (`end = start + difference`).
+    pub fn key_serde<K: 'static>(&self, keys: impl Serde<K>) -> WindowedSerde<K> {
+        WindowedSerde::with_size(keys, self.diff)
+    }
+}
+
+/// The values a key had at one timestamp, in arrival order: a count, then each value's
+/// length and bytes.
+struct ListSerde<V>(Arc<dyn Serde<V>>);
+
+impl<V: 'static> Serde<Vec<V>> for ListSerde<V> {
+    fn serialize(
+        &self,
+        topic: &str,
+        list: &Vec<V>,
+    ) -> std::result::Result<Option<Vec<u8>>, SerdeError> {
+        let mut out = (list.len() as u32).to_be_bytes().to_vec();
+        for v in list {
+            let b = self.0.serialize(topic, v)?.unwrap_or_default();
+            out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+            out.extend_from_slice(&b);
+        }
+        Ok(Some(out))
+    }
+
+    fn deserialize(
+        &self,
+        topic: &str,
+        data: Option<&[u8]>,
+    ) -> std::result::Result<Vec<V>, SerdeError> {
+        let bad = || SerdeError::new("List", topic, "truncated list");
+        let mut data = data.ok_or_else(|| SerdeError::new("List", topic, "null value"))?;
+        let mut take = |n: usize| -> std::result::Result<&[u8], SerdeError> {
+            if data.len() < n {
+                return Err(bad());
+            }
+            let (head, tail) = data.split_at(n);
+            data = tail;
+            Ok(head)
+        };
+        let count = u32::from_be_bytes(take(4)?.try_into().expect("4 bytes"));
+        let mut out = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let len = u32::from_be_bytes(take(4)?.try_into().expect("4 bytes")) as usize;
+            out.push(self.0.deserialize(topic, Some(take(len)?))?);
+        }
+        Ok(out)
+    }
+}
+
+type Initializer<VA> = Arc<dyn Fn() -> VA + Send + Sync>;
+type Adder<K, V, VA> = Arc<dyn Fn(&K, V, VA) -> VA + Send + Sync>;
+
+/// A grouped stream to aggregate per key and sliding window.
+pub struct SlidingWindowedKStream<K, V> {
+    grouped: KGroupedStream<K, V>,
+    windows: SlidingWindows,
+    late: LateRecords,
+}
+
+impl<K: Clone + Send + 'static, V: Clone + Send + 'static> SlidingWindowedKStream<K, V> {
+    pub(crate) fn new(grouped: KGroupedStream<K, V>, windows: SlidingWindows) -> Self {
+        SlidingWindowedKStream {
+            grouped,
+            windows,
+            late: LateRecords::default(),
+        }
+    }
+
+    /// Where the records dropped as late by this aggregation are counted.
+    pub fn late_records(&self) -> LateRecords {
+        self.late.clone()
+    }
+
+    /// The number of records per key and window.
+    pub fn count(&self) -> KTable<Windowed<K>, u64> {
+        self.aggregate_kind(
+            "COUNT",
+            Arc::new(|| 0),
+            Arc::new(|_, _, n| n + 1),
+            Materialized::with(BigEndian),
+        )
+    }
+
+    /// Folds the values of each key and window: `adder(key, value, aggregate)` from
+    /// `initializer()`, over the window's records in timestamp order.
+    pub fn aggregate<VA: Clone + Send + 'static>(
+        &self,
+        initializer: impl Fn() -> VA + Send + Sync + 'static,
+        adder: impl Fn(&K, V, VA) -> VA + Send + Sync + 'static,
+        materialized: Materialized<VA>,
+    ) -> KTable<Windowed<K>, VA> {
+        self.aggregate_kind(
+            "AGGREGATE",
+            Arc::new(initializer),
+            Arc::new(adder),
+            materialized,
+        )
+    }
+
+    fn aggregate_kind<VA: Clone + Send + 'static>(
+        &self,
+        kind: &str,
+        init: Initializer<VA>,
+        add: Adder<K, V, VA>,
+        materialized: Materialized<VA>,
+    ) -> KTable<Windowed<K>, VA> {
+        let input = self.grouped.input();
+        let path = format!("{}/sliding-{}", input.path, kind.to_ascii_lowercase());
+        let keys = self.grouped.keys();
+        let values = self.grouped.grouped.values.clone();
+        let windows = self.windows;
+        // The records a window that can still change may hold (see `process`).
+        let retention = (2 * windows.diff + windows.grace + 2).max(1);
+        let explicit = self.grouped.stream.name_next.clone();
+        let mut g = input.graph.borrow_mut();
+        let node = g.node_name(&format!("SLIDING-{kind}"), &path, explicit.as_deref());
+        let store = g.state_name(
+            &format!("SLIDING-{kind}-STATE-STORE"),
+            &path,
+            materialized.name.as_deref(),
+            &format!("sliding {} ({})", kind.to_ascii_lowercase(), node),
+        );
+        let (store_name, late) = (store.clone(), self.late.clone());
+        g.topology.add_processor(
+            &node,
+            move || SlidingAggregate::<K, V, VA> {
+                store: store_name.clone(),
+                windows,
+                init: init.clone(),
+                add: add.clone(),
+                late: late.clone(),
+                _types: PhantomData,
+            },
+            [input.node.as_str()],
+        );
+        let mut builder = WindowStore::<K, Vec<V>>::builder(
+            &store,
+            Duration::from_millis(retention as u64),
+            keys.clone(),
+            ListSerde(values),
+        );
+        if materialized.in_memory {
+            builder = builder.in_memory();
+        }
+        if !materialized.logging {
+            builder = builder.with_logging(false);
+        }
+        g.topology.add_state_store(builder, [node.as_str()]);
+        drop(g);
+        KTable {
+            graph: input.graph.clone(),
+            node,
+            path,
+            store: Some(store),
+            keys: Arc::new(windows.key_serde(keys)),
+            values: materialized.values,
+        }
+    }
+}
+
+/// Keeps each key's records (by timestamp) for as long as a window that holds them can change,
+/// and recomputes the windows a new record touches from them.
+struct SlidingAggregate<K, V, VA> {
+    store: String,
+    windows: SlidingWindows,
+    init: Initializer<VA>,
+    add: Adder<K, V, VA>,
+    late: LateRecords,
+    _types: PhantomData<fn(K, V)>,
+}
+
+impl<K, V, VA> Processor for SlidingAggregate<K, V, VA>
+where
+    K: Clone + Send + 'static,
+    V: Clone + 'static,
+    VA: Clone + Send + 'static,
+{
+    type KeyIn = K;
+    type ValueIn = V;
+    type KeyOut = Windowed<K>;
+    type ValueOut = Change<VA>;
+
+    fn process(
+        &mut self,
+        r: Record<K, V>,
+        ctx: &mut ProcessorContext<'_, Windowed<K>, Change<VA>>,
+    ) -> Result<()> {
+        let d = self.windows.diff;
+        let close = ctx.stream_time().saturating_sub(self.windows.grace);
+        let task = ctx.task_id();
+        let (key, value, rest) = r.into_parts();
+        let ts = rest.timestamp();
+        if ts.saturating_add(d).saturating_add(1) <= close {
+            self.late.add(task);
+            tracing::warn!(%task, record_timestamp = ts, stream_time = ctx.stream_time(), "dropping a record whose sliding windows are all closed");
+            return Ok(());
+        }
+        let s = ctx.state_store::<WindowStore<K, Vec<V>>>(&self.store)?;
+        let mut at_ts = s.fetch_one(&key, ts)?.unwrap_or_default();
+        let earlier_at_ts = !at_ts.is_empty();
+        at_ts.push(value);
+        s.put(&key, &at_ts, ts)?;
+        // Every window holding `ts` starts in [ts - d, ts] and holds only records in
+        // [ts - d, ts + d]; whether the window right after a record p in [ts - d - 1, ts) exists
+        // depends on the records after p.
+        let records = s.fetch(&key, ts - d - 1, ts + d + 1)?;
+        let times: Vec<i64> = records.iter().map(|(t, _)| *t).collect();
+        let mut starts: Vec<i64> = vec![];
+        for &t in &times {
+            if t >= ts && t <= ts + d {
+                starts.push(t - d); // the window ending at t holds ts
+            }
+            if t < ts && t + 1 + d >= ts {
+                starts.push(t + 1); // the window right after t now holds ts
+            }
+        }
+        // The window right after this record, when a later record falls in it, is new unless
+        // it existed already: as the window after an earlier record at the same time, or as
+        // the window ending at a record at its end. It does not hold this record; it is
+        // forwarded once, when created.
+        let after = times.iter().any(|&t| t > ts && t <= ts + 1 + d);
+        let ends_there = times.contains(&(ts + 1 + d));
+        if after && !earlier_at_ts && !ends_there {
+            starts.push(ts + 1);
+        }
+        starts.sort_unstable();
+        starts.dedup();
+        for start in starts {
+            let end = start + d;
+            if end < close {
+                continue; // closed: it no longer changes
+            }
+            let mut agg = (self.init)();
+            let mut latest = i64::MIN;
+            for (t, values) in &records {
+                if *t >= start && *t <= end {
+                    latest = latest.max(*t);
+                    for v in values {
+                        agg = (self.add)(&key, v.clone(), agg);
+                    }
+                }
+            }
+            let out = rest
+                .clone()
+                .with_key(Windowed {
+                    key: key.clone(),
+                    start,
+                    end,
+                })
+                .with_value(Change {
+                    new: Some(agg),
+                    old: None,
+                })
+                .with_timestamp(latest);
+            ctx.forward(out)?;
+        }
+        Ok(())
+    }
+}
