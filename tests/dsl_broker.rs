@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use kstreams::core::serde::{BigEndian, Serde, Utf8};
 use kstreams::core::{KafkaStreams, State, StreamsConfig};
-use kstreams::dsl::{Grouped, Materialized, StreamsBuilder, TimeWindows, WindowedSerde};
+use kstreams::dsl::{
+    Grouped, Materialized, StreamsBuilder, Suppressed, TimeWindows, WindowedSerde,
+};
 use rand::Rng;
 use rdkafka::producer::{BaseRecord, Producer};
 use streams_testkit::child::{child_mode, wait_for_stop_request, ChildProcess};
@@ -298,4 +300,135 @@ fn a_record_cache_forwards_each_key_once_per_commit_and_can_be_turned_off() {
         cached < 200,
         "with a cache, one update per key and commit: {cached} records for 10 keys"
     );
+}
+
+/// Suppression input: 2,000 records over 10 keys, value `v<i>`, event time `T0 + 7 * i`, one
+/// partition (a single task, so the processing order is the input order whatever the kills).
+const SUPPRESS_N: usize = 2000;
+const SUPPRESS_LIMIT_MS: i64 = 500;
+
+fn suppress_child(args: &str) {
+    streams_testkit::init_tracing();
+    let parts: Vec<&str> = args.split('|').collect();
+    let [app, input, output, dir, label] = parts[..] else {
+        panic!("bad child arguments {args}");
+    };
+    let builder = StreamsBuilder::new();
+    builder
+        .table::<String, String>(input, Materialized::with(Utf8))
+        .suppress(Suppressed::until_time_limit(Duration::from_millis(
+            SUPPRESS_LIMIT_MS as u64,
+        )))
+        .to_stream()
+        .to(output);
+    let config = StreamsConfig::new(app, &bootstrap_servers())
+        .state_dir(dir)
+        .transaction_timeout(Duration::from_secs(10))
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "1000");
+    let streams = KafkaStreams::new(builder.build().unwrap(), config).unwrap();
+    streams.start().unwrap();
+    assert!(streams.wait_for(|s| s == State::Running, LONG));
+    println!("KSTREAMS-APP-RUNNING {label}");
+    wait_for_stop_request();
+    let closed = streams.close(Duration::from_secs(60));
+    println!("KSTREAMS-APP-CLOSED {label} clean={closed}");
+}
+
+/// What the suppression must emit, recomputed plainly: per key the latest value, held from
+/// its first update until stream time passes that update's time plus the limit; emitted
+/// oldest first (then by key).
+fn suppress_oracle(input: &[(String, String, i64)]) -> Vec<(String, String)> {
+    let mut held: BTreeMap<String, (i64, String)> = BTreeMap::new();
+    let mut out = vec![];
+    let mut stream_time = i64::MIN;
+    for (key, value, ts) in input {
+        stream_time = stream_time.max(*ts);
+        let since = held.get(key).map_or(*ts, |(s, _)| *s);
+        held.insert(key.clone(), (since, value.clone()));
+        let mut due: Vec<(i64, String)> = held
+            .iter()
+            .filter(|(_, (s, _))| *s <= stream_time - SUPPRESS_LIMIT_MS)
+            .map(|(k, (s, _))| (*s, k.clone()))
+            .collect();
+        due.sort();
+        for (_, k) in due {
+            let (_, v) = held.remove(&k).unwrap();
+            out.push((k, v));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_suppression_buffer_survives_sigkill_and_emits_each_update_once() {
+    if let Some(args) = child_mode() {
+        return suppress_child(&args);
+    }
+    let bootstrap = bootstrap_servers();
+    let (input, output, app) = (unique("sup-in"), unique("sup-out"), unique("sup-app"));
+    create_topic(&bootstrap, &input, 1, &[]).unwrap();
+    create_topic(&bootstrap, &output, 1, &[]).unwrap();
+    let dir = std::env::temp_dir().join(unique("kstreams-sup-state"));
+    let dir = dir.to_str().unwrap().to_string();
+    let records: Vec<(String, String, i64)> = (0..SUPPRESS_N)
+        .map(|i| (format!("k{}", i % 10), format!("v{i}"), T0 + 7 * i as i64))
+        .collect();
+    let feeder = {
+        let (bootstrap, input, records) = (bootstrap.clone(), input.clone(), records.clone());
+        std::thread::spawn(move || {
+            let p = idempotent_producer(&bootstrap).unwrap();
+            let start = Instant::now();
+            for (i, (k, v, ts)) in records.iter().enumerate() {
+                send_retrying(&p, BaseRecord::to(&input).key(k).payload(v).timestamp(*ts)).unwrap();
+                if i % 50 == 49 {
+                    p.flush(Duration::from_secs(30)).unwrap();
+                    // Pacing the load, not waiting for a condition.
+                    let due = start + Duration::from_secs_f64((i + 1) as f64 / 200.0);
+                    std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                }
+            }
+            p.flush(Duration::from_secs(30)).unwrap();
+        })
+    };
+    let spawn = |label: &str| {
+        ChildProcess::spawn(
+            label,
+            "a_suppression_buffer_survives_sigkill_and_emits_each_update_once",
+            &format!("{app}|{input}|{output}|{dir}|{label}"),
+            &[("KAFKA_BOOTSTRAP_SERVERS", bootstrap.as_str())],
+        )
+        .unwrap()
+    };
+    let mut rng = rand::rng();
+    for kill in 0..2 {
+        let mut child = spawn(&format!("run{kill}"));
+        child.wait_for_line("KSTREAMS-APP-RUNNING", LONG).unwrap();
+        let after = Duration::from_millis(rng.random_range(300..3000));
+        std::thread::sleep(after); // the random kill point
+        child.kill().unwrap();
+        eprintln!("kill {} after {:?} of running", kill + 1, after);
+    }
+    let mut last = spawn("final");
+    last.wait_for_line("KSTREAMS-APP-RUNNING", LONG).unwrap();
+    feeder.join().unwrap();
+    let want = suppress_oracle(&records);
+    consume_until(
+        &bootstrap,
+        &output,
+        Isolation::ReadCommitted,
+        Duration::from_secs(240),
+        |got| got.len() >= want.len(),
+    )
+    .unwrap();
+    let status = last.stop(Duration::from_secs(90)).unwrap();
+    assert!(status.success(), "final run exit: {status}");
+    let all = read_to_end(&bootstrap, &output, Isolation::ReadCommitted, LONG).unwrap();
+    let got: Vec<(String, String)> = all.iter().map(|r| (r.key_str(), r.value_str())).collect();
+    eprintln!(
+        "suppression under SIGKILL: input {SUPPRESS_N}, emitted read_committed {} (oracle {})",
+        got.len(),
+        want.len()
+    );
+    assert_eq!(got, want);
 }
