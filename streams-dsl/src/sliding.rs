@@ -102,6 +102,35 @@ type Initializer<VA> = Arc<dyn Fn() -> VA + Send + Sync>;
 type Adder<K, V, VA> = Arc<dyn Fn(&K, V, VA) -> VA + Send + Sync>;
 
 /// A grouped stream to aggregate per key and sliding window.
+///
+/// ```
+/// use std::time::Duration;
+/// use streams_core::serde::{BigEndian, Utf8};
+/// use streams_core::TopologyTestDriver;
+/// use streams_dsl::{SlidingWindows, StreamsBuilder, Windowed};
+///
+/// // Logins per user within any 10 seconds.
+/// let windows = SlidingWindows::of_time_difference_with_no_grace(Duration::from_secs(10));
+/// let builder = StreamsBuilder::new();
+/// builder
+///     .stream::<String, String>("logins")
+///     .group_by_key()
+///     .windowed_by_sliding(windows)
+///     .count()
+///     .to("logins-in-10s");
+/// let driver = TopologyTestDriver::new(builder.build()?)?;
+/// let logins = driver.input_topic("logins", Utf8, Utf8);
+/// logins.pipe_at("ann".to_string(), "web".to_string(), 20_000)?;
+/// logins.pipe_at("ann".to_string(), "app".to_string(), 25_000)?;
+/// let out = driver.output_topic("logins-in-10s", windows.key_serde(Utf8), BigEndian);
+/// let w = |start| Windowed { key: "ann".to_string(), start, end: start + 10_000 };
+/// assert_eq!(
+///     out.read_key_values()?,
+///     // [10 s, 20 s] holds the first; [15 s, 25 s] both; [20.001 s, 30.001 s] the second.
+///     vec![(w(10_000), 1_u64), (w(15_000), 2), (w(20_001), 1)]
+/// );
+/// # Ok::<(), streams_core::Error>(())
+/// ```
 pub struct SlidingWindowedKStream<K, V> {
     grouped: KGroupedStream<K, V>,
     windows: SlidingWindows,

@@ -122,6 +122,30 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> KTable<K, V> {
     /// `suppress(untilTimeLimit(...))`. The buffer is a logged store, so what it holds
     /// survives a crash and is emitted once. Windowed results that should appear once, final,
     /// use `emit_final()` on the windowed aggregation instead.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use streams_core::serde::Utf8;
+    /// use streams_core::TopologyTestDriver;
+    /// use streams_dsl::{Materialized, StreamsBuilder, Suppressed};
+    ///
+    /// // A sensor's status, at most once per second of event time per sensor.
+    /// let builder = StreamsBuilder::new();
+    /// builder
+    ///     .table::<String, String>("status", Materialized::with(Utf8))
+    ///     .suppress(Suppressed::until_time_limit(Duration::from_secs(1)))
+    ///     .to_stream()
+    ///     .to("status-calm");
+    /// let driver = TopologyTestDriver::new(builder.build()?)?;
+    /// let input = driver.input_topic("status", Utf8, Utf8);
+    /// input.pipe_at("s1".to_string(), "ok".to_string(), 100)?;
+    /// input.pipe_at("s1".to_string(), "hot".to_string(), 400)?;
+    /// input.pipe_at("s1".to_string(), "ok".to_string(), 900)?;
+    /// input.pipe_at("s2".to_string(), "ok".to_string(), 1_200)?; // s1 held since 100: due
+    /// let out = driver.output_topic::<String, String>("status-calm", Utf8, Utf8);
+    /// assert_eq!(out.read_key_values()?, vec![("s1".to_string(), "ok".to_string())]);
+    /// # Ok::<(), streams_core::Error>(())
+    /// ```
     pub fn suppress(&self, suppressed: Suppressed) -> KTable<K, V> {
         let path = format!("{}/suppress", self.path);
         let mut g = self.graph.borrow_mut();
