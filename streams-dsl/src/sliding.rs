@@ -1,12 +1,13 @@
 //! Sliding windows: windows of a fixed time difference defined by the records themselves.
 
+use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
 use streams_core::processor::{Processor, ProcessorContext};
-use streams_core::serde::{BigEndian, Serde, SerdeError};
-use streams_core::store::WindowStore;
+use streams_core::serde::{BigEndian, Serde, SerdeError, Utf8};
+use streams_core::store::{KeyValueStore, WindowStore};
 use streams_core::{Record, Result};
 
 use crate::grouped::KGroupedStream;
@@ -135,6 +136,7 @@ pub struct SlidingWindowedKStream<K, V> {
     grouped: KGroupedStream<K, V>,
     windows: SlidingWindows,
     late: LateRecords,
+    emit_final: bool,
 }
 
 impl<K: Clone + Send + 'static, V: Clone + Send + 'static> SlidingWindowedKStream<K, V> {
@@ -143,7 +145,16 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> SlidingWindowedKStrea
             grouped,
             windows,
             late: LateRecords::default(),
+            emit_final: false,
         }
+    }
+
+    /// Emits each window once, final, when it closes (its end is before stream time minus
+    /// grace), by end time, then key bytes; with the records that reached it while it was
+    /// open. What was emitted is kept in a logged store, so a restart never emits a window twice.
+    pub fn emit_final(mut self) -> Self {
+        self.emit_final = true;
+        self
     }
 
     /// Where the records dropped as late by this aggregation are counted.
@@ -201,10 +212,24 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> SlidingWindowedKStrea
             &format!("sliding {} ({})", kind.to_ascii_lowercase(), node),
         );
         let (store_name, late) = (store.clone(), self.late.clone());
+        let emit_final = self.emit_final;
+        let emitted = format!("{store}-emitted");
+        if emit_final {
+            g.state_name(
+                "EMITTED",
+                &emitted,
+                Some(&emitted),
+                &format!("emit-final of {node}"),
+            );
+        }
+        let (emitted_name, key_serde) = (emitted.clone(), keys.clone());
         g.topology.add_processor(
             &node,
             move || SlidingAggregate::<K, V, VA> {
                 store: store_name.clone(),
+                emitted: emitted_name.clone(),
+                emit_final,
+                keys: key_serde.clone(),
                 windows,
                 init: init.clone(),
                 add: add.clone(),
@@ -226,6 +251,16 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> SlidingWindowedKStrea
             builder = builder.with_logging(false);
         }
         g.topology.add_state_store(builder, [node.as_str()]);
+        if emit_final {
+            let mut progress = KeyValueStore::<String, i64>::builder(&emitted, Utf8, BigEndian);
+            if materialized.in_memory {
+                progress = progress.in_memory();
+            }
+            if !materialized.logging {
+                progress = progress.with_logging(false);
+            }
+            g.topology.add_state_store(progress, [node.as_str()]);
+        }
         drop(g);
         KTable {
             graph: input.graph.clone(),
@@ -242,6 +277,9 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> SlidingWindowedKStrea
 /// and recomputes the windows a new record touches from them.
 struct SlidingAggregate<K, V, VA> {
     store: String,
+    emitted: String,
+    emit_final: bool,
+    keys: Arc<dyn Serde<K>>,
     windows: SlidingWindows,
     init: Initializer<VA>,
     add: Adder<K, V, VA>,
@@ -270,6 +308,10 @@ where
         let task = ctx.task_id();
         let (key, value, rest) = r.into_parts();
         let ts = rest.timestamp();
+        if self.emit_final {
+            // Before this record is stored: the windows it closes never held it open.
+            self.emit_closed(ctx, close)?;
+        }
         if ts.saturating_add(d).saturating_add(1) <= close {
             self.late.add(task);
             tracing::warn!(%task, record_timestamp = ts, stream_time = ctx.stream_time(), "dropping a record whose sliding windows are all closed");
@@ -305,6 +347,9 @@ where
         }
         starts.sort_unstable();
         starts.dedup();
+        if self.emit_final {
+            return Ok(());
+        }
         for start in starts {
             let end = start + d;
             if end < close {
@@ -333,6 +378,93 @@ where
                 })
                 .with_timestamp(latest);
             ctx.forward(out)?;
+        }
+        Ok(())
+    }
+}
+
+impl<K, V, VA> SlidingAggregate<K, V, VA>
+where
+    K: Clone + Send + 'static,
+    V: Clone + 'static,
+    VA: Clone + Send + 'static,
+{
+    /// Emits the windows that closed since the last emission (end in `[last close, close)`),
+    /// recomputed from the records kept, by end, then key bytes.
+    fn emit_closed(
+        &mut self,
+        ctx: &mut ProcessorContext<'_, Windowed<K>, Change<VA>>,
+        close: i64,
+    ) -> Result<()> {
+        const KEY: &str = "emitted-until";
+        let d = self.windows.diff;
+        let progress = ctx.state_store::<KeyValueStore<String, i64>>(&self.emitted)?;
+        let last = progress.get(&KEY.to_string())?.unwrap_or(i64::MIN);
+        if close <= last {
+            return Ok(());
+        }
+        progress.put(&KEY.to_string(), &close)?;
+        let from = last.saturating_sub(d).saturating_sub(1).max(0);
+        let to = close.saturating_sub(1);
+        if to < from {
+            return Ok(());
+        }
+        let rows = ctx
+            .state_store::<WindowStore<K, Vec<V>>>(&self.store)?
+            .fetch_all(from, to)?;
+        // Records per key (by serialized key), in timestamp order.
+        let mut per_key: BTreeMap<Vec<u8>, (K, Vec<(i64, Vec<V>)>)> = BTreeMap::new();
+        for ((key, t), values) in rows {
+            let kb = self.keys.serialize(&self.store, &key)?.unwrap_or_default();
+            per_key
+                .entry(kb)
+                .or_insert_with(|| (key, vec![]))
+                .1
+                .push((t, values));
+        }
+        let mut out: Vec<(i64, Vec<u8>, i64, Record<Windowed<K>, Change<VA>>)> = vec![];
+        for (kb, (key, mut records)) in per_key {
+            records.sort_by_key(|(t, _)| *t);
+            let times: Vec<i64> = records.iter().map(|(t, _)| *t).collect();
+            let mut starts: Vec<i64> = vec![];
+            for &t in &times {
+                if t >= last && t < close {
+                    starts.push(t - d); // the window ending at t
+                }
+                let end = t + 1 + d;
+                if end >= last && end < close && times.iter().any(|&u| u > t && u <= end) {
+                    starts.push(t + 1); // the window right after t, holding later records
+                }
+            }
+            starts.sort_unstable();
+            starts.dedup();
+            for start in starts {
+                let end = start + d;
+                let mut agg = (self.init)();
+                let mut latest = i64::MIN;
+                for (t, values) in &records {
+                    if *t >= start && *t <= end {
+                        latest = latest.max(*t);
+                        for v in values {
+                            agg = (self.add)(&key, v.clone(), agg);
+                        }
+                    }
+                }
+                let change = Change {
+                    new: Some(agg),
+                    old: None,
+                };
+                let w = Windowed {
+                    key: key.clone(),
+                    start,
+                    end,
+                };
+                out.push((end, kb.clone(), start, Record::new(w, change, latest)));
+            }
+        }
+        out.sort_by(|a, b| (a.0, &a.1, a.2).cmp(&(b.0, &b.1, b.2)));
+        for (_, _, _, record) in out {
+            ctx.forward(record)?;
         }
         Ok(())
     }
