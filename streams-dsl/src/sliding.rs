@@ -100,6 +100,10 @@ impl<V: 'static> Serde<Vec<V>> for ListSerde<V> {
 }
 
 type Initializer<VA> = Arc<dyn Fn() -> VA + Send + Sync>;
+/// A key and its records by timestamp (each timestamp's values in arrival order).
+type KeyRecords<K, V> = (K, Vec<(i64, Vec<V>)>);
+/// A closed window to emit: (end, key bytes, start, the record).
+type FinalWindow<K, VA> = (i64, Vec<u8>, i64, Record<Windowed<K>, Change<VA>>);
 type Adder<K, V, VA> = Arc<dyn Fn(&K, V, VA) -> VA + Send + Sync>;
 
 /// A grouped stream to aggregate per key and sliding window.
@@ -413,7 +417,7 @@ where
             .state_store::<WindowStore<K, Vec<V>>>(&self.store)?
             .fetch_all(from, to)?;
         // Records per key (by serialized key), in timestamp order.
-        let mut per_key: BTreeMap<Vec<u8>, (K, Vec<(i64, Vec<V>)>)> = BTreeMap::new();
+        let mut per_key: BTreeMap<Vec<u8>, KeyRecords<K, V>> = BTreeMap::new();
         for ((key, t), values) in rows {
             let kb = self.keys.serialize(&self.store, &key)?.unwrap_or_default();
             per_key
@@ -422,7 +426,7 @@ where
                 .1
                 .push((t, values));
         }
-        let mut out: Vec<(i64, Vec<u8>, i64, Record<Windowed<K>, Change<VA>>)> = vec![];
+        let mut out: Vec<FinalWindow<K, VA>> = vec![];
         for (kb, (key, mut records)) in per_key {
             records.sort_by_key(|(t, _)| *t);
             let times: Vec<i64> = records.iter().map(|(t, _)| *t).collect();
