@@ -51,6 +51,8 @@ struct Cursor {
     partition: i32,
     start: i64,
     end: i64,
+    /// For a store built from a source topic: the offset to stop before.
+    limit: Option<i64>,
     last: Option<i64>,
     total: u64,
     batch: Batch,
@@ -74,6 +76,9 @@ pub(crate) struct RestoreEnv<'a> {
     pub(crate) make_consumer: &'a dyn Fn() -> Result<BaseConsumer>,
     pub(crate) listener: Option<&'a Arc<dyn RestoreListener>>,
     pub(crate) client_timeout: Duration,
+    /// The group's committed offset of a source partition (where a store built from a source
+    /// topic stops restoring: processing goes on from there).
+    pub(crate) committed: &'a dyn Fn(&str, i32) -> Result<Option<i64>>,
 }
 
 impl Restorer {
@@ -191,6 +196,13 @@ fn open(
         }
     }
     let start = from.unwrap_or(0);
+    // A store built from a source topic is restored up to what the group committed, never
+    // beyond: the records after that are processed again, and must find the state before them.
+    let limit = if target.source {
+        Some((env.committed)(&target.topic, target.partition)?.unwrap_or(0))
+    } else {
+        None
+    };
     let mut tpl = TopicPartitionList::new();
     // Offset 0 rather than Beginning when nothing is stored: no ListOffsets round trip; a
     // changelog that starts later falls back to auto.offset.reset=earliest.
@@ -208,6 +220,7 @@ fn open(
         partition: target.partition,
         start,
         end,
+        limit,
         last: None,
         total: 0,
         batch: Vec::new(),
@@ -228,6 +241,11 @@ fn read(
 ) -> Result<bool> {
     let deadline = Instant::now() + wait;
     loop {
+        if let Some(limit) = c.limit {
+            if c.last.map_or(c.start, |o| o + 1) >= limit {
+                return Ok(true); // up to the committed offset of the source partition
+            }
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         match consumer.poll(left) {
             None => {
@@ -249,6 +267,9 @@ fn read(
             Some(Ok(m)) => {
                 c.errors_in_a_row = 0;
                 c.quiet_since = None;
+                if c.limit.is_some_and(|limit| m.offset() >= limit) {
+                    return Ok(true);
+                }
                 c.last = Some(m.offset());
                 if let Some(key) = m.key() {
                     c.batch

@@ -184,10 +184,25 @@ impl Inner {
         }
         let mut restoring = std::mem::take(&mut self.restoring);
         let make_consumer = || clients::restore_consumer(&self.config, &self.name);
+        let timeout = self.config.client_timeout;
+        let committed = |topic: &str, partition: i32| -> Result<Option<i64>> {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(topic, partition);
+            let got = consumer
+                .committed_offsets(tpl, timeout)
+                .map_err(|e| Error::kafka(format!("committed offset of {topic}"), e))?;
+            Ok(
+                match got.find_partition(topic, partition).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) => Some(o),
+                    _ => None,
+                },
+            )
+        };
         let env = RestoreEnv {
             make_consumer: &make_consumer,
             listener: self.config.restore_listener.as_ref(),
-            client_timeout: self.config.client_timeout,
+            client_timeout: timeout,
+            committed: &committed,
         };
         let done = restoring.step(&env, Duration::from_millis(100));
         self.restoring = restoring;

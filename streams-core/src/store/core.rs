@@ -49,10 +49,14 @@ impl Iterator for RangeIter<'_> {
 /// Where a store's changes go: its changelog topic, on the task's partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChangelogTarget {
-    /// `<application id>-<store>-changelog`.
+    /// `<application id>-<store>-changelog`, or the source topic the store is built from.
     pub topic: Arc<str>,
     /// The task's partition.
     pub partition: i32,
+    /// The topic is a source topic of the task (a table read from a topic): the store writes
+    /// no changelog records, its offset is the source offset processed, and restoration stops
+    /// at the group's committed offset.
+    pub source: bool,
 }
 
 /// A store's write path. Writes go to `pending` and are read back from it; they reach the bytes
@@ -110,7 +114,11 @@ impl StoreCore {
     /// Writes (`Some`) or deletes (`None`) `key`.
     #[cfg_attr(feature = "internals", visibility::make(pub))]
     pub(crate) fn put(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
-        if self.changelog.is_some() && !self.caching {
+        if self
+            .changelog
+            .as_ref()
+            .is_some_and(|c| !c.source && !self.caching)
+        {
             self.outbox.push((key.clone(), value.clone()));
         }
         self.pending.insert(key, value);
@@ -163,7 +171,7 @@ impl StoreCore {
     #[cfg_attr(feature = "internals", visibility::make(pub))]
     pub(crate) fn cache_flush(&mut self) -> Batch {
         let mut out = self.take_outbox();
-        if self.caching && self.changelog.is_some() {
+        if self.caching && self.changelog.as_ref().is_some_and(|c| !c.source) {
             out.extend(self.pending.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
         out

@@ -115,6 +115,8 @@ pub(crate) struct StoreOptions {
     pub(crate) logging: bool,
     pub(crate) caching: bool,
     pub(crate) extra_changelog_configs: Vec<(String, String)>,
+    /// The source topic the store is built from, which serves as its changelog.
+    pub(crate) source_changelog: Option<String>,
 }
 
 impl Default for StoreOptions {
@@ -124,6 +126,7 @@ impl Default for StoreOptions {
             logging: true,
             caching: false,
             extra_changelog_configs: vec![],
+            source_changelog: None,
         }
     }
 }
@@ -139,10 +142,18 @@ impl StoreOptions {
         } else {
             Arc::new(MemoryBytes::new(name))
         };
-        let changelog = self.logging.then(|| ChangelogTarget {
-            topic: Arc::from(changelog_topic(ctx.application_id, name)),
-            partition: ctx.task.partition,
-        });
+        let changelog = match &self.source_changelog {
+            Some(topic) => Some(ChangelogTarget {
+                topic: Arc::from(topic.as_str()),
+                partition: ctx.task.partition,
+                source: true,
+            }),
+            None => self.logging.then(|| ChangelogTarget {
+                topic: Arc::from(changelog_topic(ctx.application_id, name)),
+                partition: ctx.task.partition,
+                source: false,
+            }),
+        };
         Ok(StoreCore::new(name, bytes, changelog, self.caching))
     }
 
@@ -150,6 +161,9 @@ impl StoreOptions {
         &self,
         base: &[(&str, String)],
     ) -> Option<Vec<(String, String)>> {
+        if self.source_changelog.is_some() {
+            return None; // the source topic is the log: no changelog topic of its own
+        }
         self.logging.then(|| {
             let mut c: Vec<(String, String)> = base
                 .iter()
@@ -181,6 +195,16 @@ macro_rules! builder_options {
         /// key in a commit interval goes to the changelog.
         pub fn with_caching(mut self, enabled: bool) -> Self {
             self.options.caching = enabled;
+            self
+        }
+
+        /// Builds the store from `topic`, a topic a source of the topology reads (a table read
+        /// from a topic), instead of a changelog of its own: the store writes no changelog
+        /// records, remembers the source offset it has applied, and is restored from the
+        /// source topic up to the group's committed offset. The store's writes must be exactly
+        /// the topic's records (key and value bytes).
+        pub fn with_source_topic_as_changelog(mut self, topic: &str) -> Self {
+            self.options.source_changelog = Some(topic.to_string());
             self
         }
 

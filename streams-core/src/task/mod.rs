@@ -357,12 +357,23 @@ impl Task {
         changelog_offsets: &HashMap<(String, i32), i64>,
         durable: bool,
     ) -> Result<()> {
-        for q in &mut self.queues {
-            q.consumed = None;
-        }
+        // A store built from a source topic is up to the last source offset processed.
+        let consumed: Vec<(Arc<str>, i32, i64)> = self
+            .queues
+            .iter_mut()
+            .filter_map(|q| {
+                q.consumed
+                    .take()
+                    .map(|o| (q.topic.clone(), q.partition, o - 1))
+            })
+            .collect();
         for store in self.env.stores_mut() {
             if let Some(core) = store.core_mut() {
                 let offset = match &core.changelog {
+                    Some(c) if c.source => consumed
+                        .iter()
+                        .find(|(t, p, _)| **t == *c.topic && *p == c.partition)
+                        .map(|(_, _, o)| *o),
                     Some(c) if !changelog_offsets.is_empty() => changelog_offsets
                         .get(&(c.topic.to_string(), c.partition))
                         .copied(),
