@@ -297,6 +297,26 @@ impl<C: ConsumerContext> GroupConsumer for BaseConsumer<C> {
     }
 }
 
+/// The group's committed offset of one partition (`None` when nothing is committed).
+pub(crate) fn committed_offset<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> Result<Option<i64>> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    let got = consumer
+        .committed_offsets(tpl, timeout)
+        .map_err(|e| Error::kafka(format!("committed offset of {topic}"), e))?;
+    Ok(
+        match got.find_partition(topic, partition).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => Some(o),
+            _ => None,
+        },
+    )
+}
+
 /// Copies a Kafka headers list into ours.
 pub(crate) fn copy_headers(h: Option<&rdkafka::message::BorrowedHeaders>) -> Headers {
     let mut out = Headers::new();

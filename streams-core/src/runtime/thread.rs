@@ -185,18 +185,8 @@ impl Inner {
         let mut restoring = std::mem::take(&mut self.restoring);
         let make_consumer = || clients::restore_consumer(&self.config, &self.name);
         let timeout = self.config.client_timeout;
-        let committed = |topic: &str, partition: i32| -> Result<Option<i64>> {
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition(topic, partition);
-            let got = consumer
-                .committed_offsets(tpl, timeout)
-                .map_err(|e| Error::kafka(format!("committed offset of {topic}"), e))?;
-            Ok(
-                match got.find_partition(topic, partition).map(|e| e.offset()) {
-                    Some(Offset::Offset(o)) => Some(o),
-                    _ => None,
-                },
-            )
+        let committed = |topic: &str, partition: i32| {
+            clients::committed_offset(consumer, topic, partition, timeout)
         };
         let env = RestoreEnv {
             make_consumer: &make_consumer,
