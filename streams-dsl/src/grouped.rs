@@ -13,6 +13,7 @@ use crate::cache::Cache;
 use crate::kstream::KStream;
 use crate::ktable::{Change, Delta, KTable};
 use crate::ops::Op;
+use crate::options::configure_store;
 use crate::options::{Grouped, Materialized, Repartitioned};
 use crate::stamped::{Stamped, StampedSerde};
 use crate::windows::{TimeWindowedKStream, TimeWindows};
@@ -206,17 +207,14 @@ where
         },
         [input.node.as_str()],
     );
-    let mut builder = KeyValueStore::<K, Stamped<VA>>::builder(
-        &store,
-        keys.clone(),
-        StampedSerde(values.clone()),
+    let builder = configure_store!(
+        KeyValueStore::<K, Stamped<VA>>::builder(
+            &store,
+            keys.clone(),
+            StampedSerde(values.clone()),
+        ),
+        materialized
     );
-    if materialized.in_memory {
-        builder = builder.in_memory();
-    }
-    if !materialized.logging {
-        builder = builder.with_logging(false);
-    }
     g.topology.add_state_store(builder, [node.as_str()]);
     drop(g);
     KTable {
@@ -481,17 +479,14 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> KGroupedTable<K, V> {
             },
             [self.node.as_str()],
         );
-        let mut builder = KeyValueStore::<K, Stamped<VA>>::builder(
-            &store,
-            self.keys.clone(),
-            StampedSerde(values.clone()),
+        let builder = configure_store!(
+            KeyValueStore::<K, Stamped<VA>>::builder(
+                &store,
+                self.keys.clone(),
+                StampedSerde(values.clone()),
+            ),
+            materialized
         );
-        if materialized.in_memory {
-            builder = builder.in_memory();
-        }
-        if !materialized.logging {
-            builder = builder.with_logging(false);
-        }
         g.topology.add_state_store(builder, [node.as_str()]);
         drop(g);
         KTable {

@@ -14,6 +14,7 @@ use crate::builder::Shared;
 use crate::grouped::KGroupedStream;
 use crate::ktable::{Change, KTable};
 use crate::ops::{Op, OpFn};
+use crate::options::configure_store;
 use crate::options::{Grouped, Materialized, Named, Produced, Repartitioned};
 
 /// A stream of records with keys of type `K` and values of type `V`. Every operator adds a
@@ -480,13 +481,10 @@ impl<K: Clone + 'static, V: Clone + 'static> KStream<K, V> {
             },
             [input.node.as_str()],
         );
-        let mut builder = KeyValueStore::<K, V>::builder(&store, keys.clone(), values.clone());
-        if materialized.in_memory {
-            builder = builder.in_memory();
-        }
-        if !materialized.logging {
-            builder = builder.with_logging(false);
-        }
+        let builder = configure_store!(
+            KeyValueStore::<K, V>::builder(&store, keys.clone(), values.clone()),
+            materialized
+        );
         g.topology.add_state_store(builder, [node.as_str()]);
         drop(g);
         KTable {

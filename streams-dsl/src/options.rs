@@ -258,3 +258,36 @@ impl<K: DefaultSerde, V: DefaultSerde> Default for Repartitioned<K, V> {
         }
     }
 }
+
+/// Applies a `Materialized`'s store settings (memory or RocksDB, logging) to a store builder.
+macro_rules! configure_store {
+    ($builder:expr, $materialized:expr) => {{
+        let mut builder = $builder;
+        if $materialized.in_memory {
+            builder = builder.in_memory();
+        }
+        if !$materialized.logging {
+            builder = builder.with_logging(false);
+        }
+        builder
+    }};
+}
+pub(crate) use configure_store;
+
+impl<V> Materialized<V> {
+    /// The store where an emit-final aggregation keeps the time up to which it emitted, with
+    /// this store's settings.
+    pub(crate) fn progress_store(
+        &self,
+        name: &str,
+    ) -> streams_core::store::KeyValueStoreBuilder<String, i64> {
+        configure_store!(
+            streams_core::store::KeyValueStore::<String, i64>::builder(
+                name,
+                streams_core::serde::Utf8,
+                streams_core::serde::BigEndian,
+            ),
+            self
+        )
+    }
+}

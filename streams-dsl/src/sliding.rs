@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use streams_core::processor::{Processor, ProcessorContext};
-use streams_core::serde::{BigEndian, Serde, SerdeError, Utf8};
+use streams_core::serde::{BigEndian, Serde, SerdeError};
 use streams_core::store::{KeyValueStore, WindowStore};
 use streams_core::{Record, Result};
 
 use crate::grouped::KGroupedStream;
 use crate::ktable::{Change, KTable};
+use crate::options::configure_store;
 use crate::options::Materialized;
 use crate::windows::{LateRecords, Windowed, WindowedSerde};
 
@@ -242,28 +243,19 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> SlidingWindowedKStrea
             },
             [input.node.as_str()],
         );
-        let mut builder = WindowStore::<K, Vec<V>>::builder(
-            &store,
-            Duration::from_millis(retention as u64),
-            keys.clone(),
-            ListSerde(values),
+        let builder = configure_store!(
+            WindowStore::<K, Vec<V>>::builder(
+                &store,
+                Duration::from_millis(retention as u64),
+                keys.clone(),
+                ListSerde(values),
+            ),
+            materialized
         );
-        if materialized.in_memory {
-            builder = builder.in_memory();
-        }
-        if !materialized.logging {
-            builder = builder.with_logging(false);
-        }
         g.topology.add_state_store(builder, [node.as_str()]);
         if emit_final {
-            let mut progress = KeyValueStore::<String, i64>::builder(&emitted, Utf8, BigEndian);
-            if materialized.in_memory {
-                progress = progress.in_memory();
-            }
-            if !materialized.logging {
-                progress = progress.with_logging(false);
-            }
-            g.topology.add_state_store(progress, [node.as_str()]);
+            g.topology
+                .add_state_store(materialized.progress_store(&emitted), [node.as_str()]);
         }
         drop(g);
         KTable {
