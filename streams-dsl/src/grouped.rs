@@ -8,50 +8,17 @@ use streams_core::serde::{BigEndian, Serde};
 use streams_core::store::KeyValueStore;
 use streams_core::{Record, Result};
 
-use crate::builder::Shared;
 use crate::cache::Cache;
-use crate::kstream::KStream;
-use crate::ktable::{Change, Delta, KTable};
+use crate::change::{Change, Delta};
+use crate::handles::KStream;
+use crate::handles::KTable;
+use crate::handles::TimeWindowedKStream;
+use crate::handles::{KGroupedStream, KGroupedTable};
 use crate::ops::Op;
 use crate::options::configure_store;
 use crate::options::{Grouped, Materialized, Repartitioned};
 use crate::stamped::{Stamped, StampedSerde};
-use crate::windows::{TimeWindowedKStream, TimeWindows};
-
-/// A stream grouped by key: what [`count`](Self::count), [`reduce`](Self::reduce) and
-/// [`aggregate`](Self::aggregate) aggregate per key. When the key changed upstream, the
-/// aggregation reads through a repartition topic first (written inside the transaction under
-/// exactly-once), so that all records of a key reach one task.
-///
-/// ```
-/// use streams_core::serde::{BigEndian, Utf8};
-/// use streams_core::TopologyTestDriver;
-/// use streams_dsl::{Materialized, StreamsBuilder};
-///
-/// // Orders per customer: the orders are keyed by order id, so grouping by customer
-/// // re-keys them through a repartition topic.
-/// let builder = StreamsBuilder::new();
-/// builder
-///     .stream::<String, String>("orders")
-///     .group_by(|_order, customer| customer.clone())
-///     .count_with(Materialized::with(BigEndian).named("orders-per-customer"))
-///     .to_stream()
-///     .to("order-counts");
-/// let driver = TopologyTestDriver::new(builder.build()?)?;
-/// let orders = driver.input_topic("orders", Utf8, Utf8);
-/// orders.pipe_at("o1".to_string(), "ann".to_string(), 10)?;
-/// orders.pipe_at("o2".to_string(), "ann".to_string(), 20)?;
-/// let counts = driver.output_topic::<String, u64>("order-counts", Utf8, BigEndian);
-/// assert_eq!(
-///     counts.read_key_values()?,
-///     vec![("ann".to_string(), 1), ("ann".to_string(), 2)]
-/// );
-/// # Ok::<(), streams_core::Error>(())
-/// ```
-pub struct KGroupedStream<K, V> {
-    pub(crate) stream: KStream<K, V>,
-    pub(crate) grouped: Grouped<K, V>,
-}
+use crate::windowing::TimeWindows;
 
 impl<K: Clone + Send + 'static, V: Clone + Send + 'static> KGroupedStream<K, V> {
     /// The key serde of the grouping.
@@ -137,17 +104,17 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> KGroupedStream<K, V> 
     /// Aggregates per key and sliding window (windows defined by the records).
     pub fn windowed_by_sliding(
         &self,
-        windows: crate::sliding::SlidingWindows,
-    ) -> crate::sliding::SlidingWindowedKStream<K, V> {
-        crate::sliding::SlidingWindowedKStream::new(self.clone_grouped(), windows)
+        windows: crate::windowing::SlidingWindows,
+    ) -> crate::handles::SlidingWindowedKStream<K, V> {
+        crate::handles::SlidingWindowedKStream::new(self.clone_grouped(), windows)
     }
 
     /// Aggregates per key and session (activity separated by an inactivity gap).
     pub fn windowed_by_session(
         &self,
-        windows: crate::sessions::SessionWindows,
-    ) -> crate::sessions::SessionWindowedKStream<K, V> {
-        crate::sessions::SessionWindowedKStream::new(self.clone_grouped(), windows)
+        windows: crate::windowing::SessionWindows,
+    ) -> crate::handles::SessionWindowedKStream<K, V> {
+        crate::handles::SessionWindowedKStream::new(self.clone_grouped(), windows)
     }
 
     /// Aggregates per key and time window (tumbling or hopping).
@@ -335,41 +302,6 @@ where
         }
         Ok(())
     }
-}
-
-/// A table re-grouped by a new key ([`KTable::group_by`]): each change of a row arrives as a
-/// subtraction of its old value from its old group and an addition of its new value to its
-/// new group, so the aggregates follow rows that change or move.
-///
-/// ```
-/// use streams_core::serde::{BigEndian, Utf8};
-/// use streams_core::TopologyTestDriver;
-/// use streams_dsl::{Materialized, StreamsBuilder};
-///
-/// // Users per city, from a table of user -> city.
-/// let builder = StreamsBuilder::new();
-/// builder
-///     .table::<String, String>("user-cities", Materialized::with(Utf8))
-///     .group_by(|user, city| (city.clone(), user.clone()))
-///     .count()
-///     .to_stream()
-///     .to("users-per-city");
-/// let driver = TopologyTestDriver::new(builder.build()?)?;
-/// let input = driver.input_topic("user-cities", Utf8, Utf8);
-/// input.pipe("ann".to_string(), "Oslo".to_string())?;
-/// input.pipe("ann".to_string(), "Rome".to_string())?; // ann moves: Oslo loses her
-/// let out = driver.output_topic::<String, u64>("users-per-city", Utf8, BigEndian);
-/// let s = |c: &str| c.to_string();
-/// assert_eq!(out.read_key_values()?, vec![(s("Oslo"), 1), (s("Oslo"), 0), (s("Rome"), 1)]);
-/// # Ok::<(), streams_core::Error>(())
-/// ```
-pub struct KGroupedTable<K, V> {
-    pub(crate) graph: Shared,
-    /// The source reading the repartition topic (`Record<K, Delta<V>>`).
-    pub(crate) node: String,
-    pub(crate) path: String,
-    pub(crate) keys: Arc<dyn Serde<K>>,
-    pub(crate) values: Arc<dyn Serde<V>>,
 }
 
 impl<K: Clone + Send + 'static, V: Clone + Send + 'static> KGroupedTable<K, V> {

@@ -10,50 +10,14 @@ use streams_core::store::KeyValueStore;
 use streams_core::topology::Sink;
 use streams_core::Record;
 
-use crate::builder::Shared;
-use crate::grouped::KGroupedStream;
-use crate::ktable::{Change, KTable};
+use crate::change::Change;
+use crate::graph::Shared;
+use crate::handles::KGroupedStream;
+use crate::handles::KStream;
+use crate::handles::KTable;
 use crate::ops::{Op, OpFn};
 use crate::options::configure_store;
 use crate::options::{Grouped, Materialized, Named, Produced, Repartitioned};
-
-/// A stream of records with keys of type `K` and values of type `V`. Every operator adds a
-/// node to the topology and returns a new handle; a handle can feed several operators.
-///
-/// ```
-/// use streams_core::serde::{BigEndian, Utf8};
-/// use streams_core::TopologyTestDriver;
-/// use streams_dsl::{Named, StreamsBuilder};
-///
-/// let builder = StreamsBuilder::new();
-/// let amounts = builder.stream::<String, u64>("payments");
-/// let mut branches = amounts
-///     .map_values(|cents| cents / 100)
-///     .split(Named::as_("euros-"))
-///     .branch("large", |_, euros| *euros >= 1_000)
-///     .default_branch("small");
-/// branches.remove("euros-large").unwrap().to("large-payments");
-/// let driver = TopologyTestDriver::new(builder.build()?)?;
-/// let payments = driver.input_topic("payments", Utf8, BigEndian);
-/// payments.pipe("p1".to_string(), 250_000_u64)?;
-/// payments.pipe("p2".to_string(), 9_900_u64)?;
-/// let large = driver.output_topic::<String, u64>("large-payments", Utf8, BigEndian);
-/// assert_eq!(large.read_key_values()?, vec![("p1".to_string(), 2_500)]);
-/// # Ok::<(), streams_core::Error>(())
-/// ```
-pub struct KStream<K, V> {
-    pub(crate) graph: Shared,
-    /// The node whose output this stream is.
-    pub(crate) node: String,
-    /// The operators from the sources to here, for generated names.
-    pub(crate) path: String,
-    /// The key may have changed since the last repartition: the next stateful operator
-    /// reads through a repartition topic.
-    pub(crate) key_changed: bool,
-    /// The name the next operator's node gets ([`named`](KStream::named)).
-    pub(crate) name_next: Option<String>,
-    _types: PhantomData<fn(K, V)>,
-}
 
 impl<K, V> Clone for KStream<K, V> {
     fn clone(&self) -> Self {

@@ -2,61 +2,16 @@
 
 use std::sync::Arc;
 
-use streams_core::serde::{DefaultSerde, Nullable, Serde, SerdeError};
+use streams_core::serde::{DefaultSerde, Nullable, Serde};
 use streams_core::topology::Sink;
 use streams_core::Record;
 
-use crate::builder::Shared;
-use crate::grouped::KGroupedTable;
-use crate::kstream::KStream;
+use crate::change::{Change, Delta, DeltaSerde};
+use crate::handles::KGroupedTable;
+use crate::handles::KStream;
+use crate::handles::KTable;
 use crate::ops::Op;
 use crate::options::Grouped;
-
-/// An update of a table row: its new value (`None`: deleted) and its old one (`None`: it did
-/// not exist, or the operator before does not know it).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Change<V> {
-    pub(crate) new: Option<V>,
-    pub(crate) old: Option<V>,
-}
-
-/// A table: for each key, its latest value. Its updates flow downstream as changes (the new
-/// value, or none when the row is deleted, and the old one), so that the operators after it
-/// can retract what an update replaces: [`filter`](Self::filter) deletes a row that stops
-/// matching, [`group_by`](Self::group_by) subtracts a row's old value from its old group. The
-/// values are kept in the store [`store_name`](Self::store_name) (readable with interactive
-/// queries).
-///
-/// ```
-/// use streams_core::serde::Utf8;
-/// use streams_core::store::KeyValueStore;
-/// use streams_core::TopologyTestDriver;
-/// use streams_dsl::{Materialized, StreamsBuilder};
-///
-/// let builder = StreamsBuilder::new();
-/// let cards = builder.table::<String, String>("cards", Materialized::with(Utf8).named("cards"));
-/// cards.map_values(|country| country.to_lowercase(), Utf8).to("card-countries");
-/// let driver = TopologyTestDriver::new(builder.build()?)?;
-/// let input = driver.input_topic("cards", Utf8, Utf8);
-/// input.pipe("c1".to_string(), "FR".to_string())?;
-/// input.pipe("c1".to_string(), "IT".to_string())?;
-/// let latest = driver.with_store::<KeyValueStore<String, String>, _>("cards", |s| {
-///     s.get(&"c1".to_string())
-/// })??;
-/// assert_eq!(latest.as_deref(), Some("IT"));
-/// let out = driver.output_topic::<String, String>("card-countries", Utf8, Utf8);
-/// assert_eq!(out.read_values()?, vec!["fr".to_string(), "it".to_string()]);
-/// # Ok::<(), streams_core::Error>(())
-/// ```
-pub struct KTable<K, V> {
-    pub(crate) graph: Shared,
-    /// The node whose output is this table's changes (`Record<K, Change<V>>`).
-    pub(crate) node: String,
-    pub(crate) path: String,
-    pub(crate) store: Option<String>,
-    pub(crate) keys: Arc<dyn Serde<K>>,
-    pub(crate) values: Arc<dyn Serde<V>>,
-}
 
 impl<K: Clone + 'static, V: Clone + 'static> KTable<K, V> {
     /// The name of the store holding the table, if it is materialized.
@@ -262,36 +217,5 @@ impl<K: Clone + 'static, V: Clone + 'static> KTable<K, V> {
             Sink::new(topic, self.keys.clone(), Nullable(self.values.clone())),
             [stream.node.as_str()],
         );
-    }
-}
-
-/// A value to add to its group's aggregate, or to subtract from it (a table row's old value).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Delta<V> {
-    pub(crate) value: V,
-    pub(crate) add: bool,
-}
-
-/// One byte (1: add, 0: subtract), then the value's bytes.
-pub(crate) struct DeltaSerde<V>(pub(crate) Arc<dyn Serde<V>>);
-
-impl<V: 'static> Serde<Delta<V>> for DeltaSerde<V> {
-    fn serialize(&self, topic: &str, d: &Delta<V>) -> Result<Option<Vec<u8>>, SerdeError> {
-        let inner = self.0.serialize(topic, &d.value)?.unwrap_or_default();
-        let mut out = Vec::with_capacity(1 + inner.len());
-        out.push(u8::from(d.add));
-        out.extend_from_slice(&inner);
-        Ok(Some(out))
-    }
-
-    fn deserialize(&self, topic: &str, data: Option<&[u8]>) -> Result<Delta<V>, SerdeError> {
-        let data = data.ok_or_else(|| SerdeError::new("Delta", topic, "null value"))?;
-        let (flag, rest) = data
-            .split_first()
-            .ok_or_else(|| SerdeError::new("Delta", topic, "empty value"))?;
-        Ok(Delta {
-            value: self.0.deserialize(topic, Some(rest))?,
-            add: *flag == 1,
-        })
     }
 }

@@ -45,7 +45,10 @@
 
 mod builder;
 mod cache;
+mod change;
+mod graph;
 mod grouped;
+mod handles;
 mod kstream;
 mod ktable;
 mod ops;
@@ -54,15 +57,19 @@ mod sessions;
 mod sliding;
 mod stamped;
 mod suppress;
+mod windowing;
 mod windows;
 
 pub use builder::{IntoTopics, StreamsBuilder};
-pub use grouped::KGroupedStream;
-pub use kstream::{BranchedKStream, KStream};
-pub use ktable::KTable;
+pub use handles::{
+    KGroupedStream, KGroupedTable, KStream, KTable, SessionWindowedKStream, SlidingWindowedKStream,
+    TimeWindowedKStream,
+};
+pub use kstream::BranchedKStream;
 pub use options::{Consumed, Grouped, Materialized, Named, Produced, Repartitioned};
-pub use sessions::{SessionWindowedKStream, SessionWindowedSerde, SessionWindows};
-pub use sliding::{SlidingWindowedKStream, SlidingWindows};
+pub use sessions::SessionWindowedSerde;
 pub use streams_core;
 pub use suppress::{Suppressed, WhenFull};
-pub use windows::{LateRecords, TimeWindowedKStream, TimeWindows, Windowed, WindowedSerde};
+pub use windowing::{
+    LateRecords, SessionWindows, SlidingWindows, TimeWindows, Windowed, WindowedSerde,
+};

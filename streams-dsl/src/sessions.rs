@@ -10,43 +10,18 @@ use streams_core::serde::{BigEndian, Serde, SerdeError};
 use streams_core::store::{KeyValueStore, SessionStore};
 use streams_core::{Record, Result};
 
-use crate::grouped::KGroupedStream;
-use crate::ktable::{Change, KTable};
+use crate::change::Change;
+use crate::handles::KGroupedStream;
+use crate::handles::KTable;
+use crate::handles::SessionWindowedKStream;
 use crate::options::configure_store;
 use crate::options::Materialized;
 use crate::stamped::{Stamped, StampedSerde};
-use crate::windows::{LateRecords, Windowed};
+use crate::windowing::SessionWindows;
+use crate::windowing::{LateRecords, Windowed};
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-/// Sessions separated by at least `gap` of inactivity (event time), with a grace period for
-/// out-of-order records. A session's `start` and `end` (in [`Windowed`]) are its first and last
-/// event times, both inclusive.
-///
-/// A record is late, dropped and counted, when the session it would form or extend ends before
-/// stream time minus grace. A session is final once no record can reach it any more: when its
-/// end plus the gap is before stream time minus grace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SessionWindows {
-    pub(crate) gap: i64,
-    pub(crate) grace: i64,
-}
-
-impl SessionWindows {
-    /// Sessions closed by `gap` of inactivity, no grace.
-    pub fn with_inactivity_gap_and_no_grace(gap: Duration) -> Self {
-        Self::with_inactivity_gap_and_grace(gap, Duration::ZERO)
-    }
-
-    /// Sessions closed by `gap` of inactivity; records up to `grace` late still count.
-    pub fn with_inactivity_gap_and_grace(gap: Duration, grace: Duration) -> Self {
-        SessionWindows {
-            gap: millis(gap).max(0),
-            grace: millis(grace).max(0),
-        }
-    }
 }
 
 /// Kafka Streams' layout of a session-windowed key: the key's bytes, then the session end and
@@ -98,44 +73,6 @@ impl<K: 'static> Serde<Windowed<K>> for SessionWindowedSerde<K> {
 type Initializer<VA> = Arc<dyn Fn() -> VA + Send + Sync>;
 type Adder<K, V, VA> = Arc<dyn Fn(&K, V, VA) -> VA + Send + Sync>;
 type Merger<K, VA> = Arc<dyn Fn(&K, VA, VA) -> VA + Send + Sync>;
-
-/// A grouped stream to aggregate per key and session.
-///
-/// ```
-/// use std::time::Duration;
-/// use streams_core::serde::{BigEndian, Nullable, Utf8};
-/// use streams_core::TopologyTestDriver;
-/// use streams_dsl::{SessionWindowedSerde, SessionWindows, StreamsBuilder, Windowed};
-///
-/// // Clicks per user session (30 s of inactivity ends a session).
-/// let sessions = SessionWindows::with_inactivity_gap_and_no_grace(Duration::from_secs(30));
-/// let builder = StreamsBuilder::new();
-/// builder
-///     .stream::<String, String>("clicks")
-///     .group_by_key()
-///     .windowed_by_session(sessions)
-///     .count()
-///     .to("clicks-per-session");
-/// let driver = TopologyTestDriver::new(builder.build()?)?;
-/// let clicks = driver.input_topic("clicks", Utf8, Utf8);
-/// clicks.pipe_at("ann".to_string(), "/".to_string(), 1_000)?;
-/// clicks.pipe_at("ann".to_string(), "/cart".to_string(), 20_000)?;
-/// let out = driver.output_topic("clicks-per-session", SessionWindowedSerde::new(Utf8), Nullable(BigEndian));
-/// let w = |start, end| Windowed { key: "ann".to_string(), start, end };
-/// // The second click extends the session: the old one is retracted (None), the merged one
-/// // replaces it.
-/// assert_eq!(
-///     out.read_key_values()?,
-///     vec![(w(1_000, 1_000), Some(1_u64)), (w(1_000, 1_000), None), (w(1_000, 20_000), Some(2))]
-/// );
-/// # Ok::<(), streams_core::Error>(())
-/// ```
-pub struct SessionWindowedKStream<K, V> {
-    grouped: KGroupedStream<K, V>,
-    windows: SessionWindows,
-    late: LateRecords,
-    emit_final: bool,
-}
 
 impl<K: Clone + Send + 'static, V: Clone + Send + 'static> SessionWindowedKStream<K, V> {
     pub(crate) fn new(grouped: KGroupedStream<K, V>, windows: SessionWindows) -> Self {

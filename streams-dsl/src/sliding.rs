@@ -10,51 +10,14 @@ use streams_core::serde::{BigEndian, Serde, SerdeError};
 use streams_core::store::{KeyValueStore, WindowStore};
 use streams_core::{Record, Result};
 
-use crate::grouped::KGroupedStream;
-use crate::ktable::{Change, KTable};
+use crate::change::Change;
+use crate::handles::KGroupedStream;
+use crate::handles::KTable;
+use crate::handles::SlidingWindowedKStream;
 use crate::options::configure_store;
 use crate::options::Materialized;
-use crate::windows::{LateRecords, Windowed, WindowedSerde};
-
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-/// Sliding windows of a fixed time difference `d` (Kafka Streams' `SlidingWindows`): windows
-/// `[start, start + d]`, both ends inclusive, defined by the records: each record at `t` has
-/// the window ending at `t` (`[t - d, t]`), and the window starting right after it
-/// (`[t + 1, t + 1 + d]`) once a record falls in it. Each record updates (or creates) the
-/// windows that hold it, and each is forwarded; aggregates fold a window's records in
-/// timestamp order.
-///
-/// A window is closed once its end is before stream time minus grace; a record whose windows
-/// are all closed (its timestamp plus `d` plus 1 is at or before that) is late, dropped and
-/// counted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SlidingWindows {
-    pub(crate) diff: i64,
-    pub(crate) grace: i64,
-}
-
-impl SlidingWindows {
-    /// Windows of `difference`, records up to `grace` late still count.
-    pub fn of_time_difference_and_grace(difference: Duration, grace: Duration) -> Self {
-        SlidingWindows {
-            diff: millis(difference).max(0),
-            grace: millis(grace).max(0),
-        }
-    }
-
-    /// Windows of `difference`, no grace.
-    pub fn of_time_difference_with_no_grace(difference: Duration) -> Self {
-        Self::of_time_difference_and_grace(difference, Duration::ZERO)
-    }
-
-    /// The serde of this aggregation's windowed keys (`end = start + difference`).
-    pub fn key_serde<K: 'static>(&self, keys: impl Serde<K>) -> WindowedSerde<K> {
-        WindowedSerde::with_size(keys, self.diff)
-    }
-}
+use crate::windowing::SlidingWindows;
+use crate::windowing::{LateRecords, Windowed};
 
 /// The values a key had at one timestamp, in arrival order: a count, then each value's
 /// length and bytes.
@@ -106,43 +69,6 @@ type KeyRecords<K, V> = (K, Vec<(i64, Vec<V>)>);
 /// A closed window to emit: (end, key bytes, start, the record).
 type FinalWindow<K, VA> = (i64, Vec<u8>, i64, Record<Windowed<K>, Change<VA>>);
 type Adder<K, V, VA> = Arc<dyn Fn(&K, V, VA) -> VA + Send + Sync>;
-
-/// A grouped stream to aggregate per key and sliding window.
-///
-/// ```
-/// use std::time::Duration;
-/// use streams_core::serde::{BigEndian, Utf8};
-/// use streams_core::TopologyTestDriver;
-/// use streams_dsl::{SlidingWindows, StreamsBuilder, Windowed};
-///
-/// // Logins per user within any 10 seconds.
-/// let windows = SlidingWindows::of_time_difference_with_no_grace(Duration::from_secs(10));
-/// let builder = StreamsBuilder::new();
-/// builder
-///     .stream::<String, String>("logins")
-///     .group_by_key()
-///     .windowed_by_sliding(windows)
-///     .count()
-///     .to("logins-in-10s");
-/// let driver = TopologyTestDriver::new(builder.build()?)?;
-/// let logins = driver.input_topic("logins", Utf8, Utf8);
-/// logins.pipe_at("ann".to_string(), "web".to_string(), 20_000)?;
-/// logins.pipe_at("ann".to_string(), "app".to_string(), 25_000)?;
-/// let out = driver.output_topic("logins-in-10s", windows.key_serde(Utf8), BigEndian);
-/// let w = |start| Windowed { key: "ann".to_string(), start, end: start + 10_000 };
-/// assert_eq!(
-///     out.read_key_values()?,
-///     // [10 s, 20 s] holds the first; [15 s, 25 s] both; [20.001 s, 30.001 s] the second.
-///     vec![(w(10_000), 1_u64), (w(15_000), 2), (w(20_001), 1)]
-/// );
-/// # Ok::<(), streams_core::Error>(())
-/// ```
-pub struct SlidingWindowedKStream<K, V> {
-    grouped: KGroupedStream<K, V>,
-    windows: SlidingWindows,
-    late: LateRecords,
-    emit_final: bool,
-}
 
 impl<K: Clone + Send + 'static, V: Clone + Send + 'static> SlidingWindowedKStream<K, V> {
     pub(crate) fn new(grouped: KGroupedStream<K, V>, windows: SlidingWindows) -> Self {

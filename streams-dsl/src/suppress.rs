@@ -11,7 +11,8 @@ use streams_core::serde::{Nullable, Serde, SerdeError};
 use streams_core::store::KeyValueStore;
 use streams_core::{Error, Record, Result};
 
-use crate::ktable::{Change, KTable};
+use crate::change::Change;
+use crate::handles::KTable;
 
 /// What a suppression buffer does when it is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

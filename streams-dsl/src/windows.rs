@@ -1,165 +1,26 @@
 //! Time windows (tumbling and hopping) and windowed aggregations.
 
-use std::collections::BTreeMap;
 use std::marker::PhantomData;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use streams_core::processor::{Processor, ProcessorContext, PunctuationType, PunctuatorId};
-use streams_core::serde::{BigEndian, Serde, SerdeError};
+use streams_core::serde::{BigEndian, Serde};
 use streams_core::store::{KeyValueStore, WindowStore};
-use streams_core::{Record, Result, TaskId};
+use streams_core::{Record, Result};
 
 use crate::cache::{Cache, Entry};
-use crate::grouped::KGroupedStream;
-use crate::ktable::{Change, KTable};
+use crate::change::Change;
+use crate::handles::KGroupedStream;
+use crate::handles::KTable;
+use crate::handles::TimeWindowedKStream;
 use crate::options::configure_store;
 use crate::options::Materialized;
 use crate::stamped::{Stamped, StampedSerde};
+use crate::windowing::{LateRecords, TimeWindows, Windowed, WindowedSerde};
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-/// Fixed-size windows: tumbling (advance = size, each record in one window) or hopping
-/// (advance < size, each record in `size / advance` windows), aligned to the epoch. A record
-/// whose window already closed (its end plus the grace period is at or before stream time)
-/// is dropped, logged and counted ([`LateRecords`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TimeWindows {
-    pub(crate) size: i64,
-    pub(crate) advance: i64,
-    pub(crate) grace: i64,
-}
-
-impl TimeWindows {
-    /// Tumbling windows of `size`, no grace: a record is late as soon as stream time passed
-    /// its window's end.
-    pub fn of_size_with_no_grace(size: Duration) -> Self {
-        Self::of_size_and_grace(size, Duration::ZERO)
-    }
-
-    /// Tumbling windows of `size`; records up to `grace` behind stream time still count.
-    pub fn of_size_and_grace(size: Duration, grace: Duration) -> Self {
-        let size = millis(size).max(1);
-        TimeWindows {
-            size,
-            advance: size,
-            grace: millis(grace),
-        }
-    }
-
-    /// Hopping windows: a new window every `advance` (at most the size).
-    pub fn advance_by(mut self, advance: Duration) -> Self {
-        self.advance = millis(advance).clamp(1, self.size);
-        self
-    }
-
-    /// The window size in milliseconds.
-    pub fn size_ms(&self) -> i64 {
-        self.size
-    }
-
-    /// The windows `[start, end)` that hold timestamp `ts`, oldest first.
-    pub(crate) fn windows_for(&self, ts: i64) -> impl Iterator<Item = (i64, i64)> {
-        let first = (ts - self.size + self.advance).max(0);
-        let first = first - first.rem_euclid(self.advance);
-        let (size, advance) = (self.size, self.advance);
-        let first = if first + size <= ts {
-            first + advance
-        } else {
-            first
-        };
-        (0..)
-            .map(move |i| first + i * advance)
-            .take_while(move |&start| start <= ts)
-            .map(move |start| (start, start + size))
-    }
-}
-
-/// A key and the window it was aggregated in: `[start, end)` for time windows; for sessions,
-/// the first and last event times, both inclusive.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Windowed<K> {
-    /// The record key.
-    pub key: K,
-    /// The window's start, inclusive (epoch milliseconds).
-    pub start: i64,
-    /// The window's end: exclusive for time windows, the last event time for sessions.
-    pub end: i64,
-}
-
-/// Kafka Streams' layout of a windowed key: the key's bytes, then the window start as 8
-/// bytes big-endian. The end is the start plus the window size given here.
-pub struct WindowedSerde<K> {
-    keys: Arc<dyn Serde<K>>,
-    size: i64,
-}
-
-impl<K: 'static> WindowedSerde<K> {
-    /// Windowed keys of `keys`, for windows of `windows`' size.
-    pub fn new(keys: impl Serde<K>, windows: TimeWindows) -> Self {
-        Self::with_size(keys, windows.size)
-    }
-
-    pub(crate) fn with_size(keys: impl Serde<K>, size: i64) -> Self {
-        WindowedSerde {
-            keys: Arc::new(keys),
-            size,
-        }
-    }
-}
-
-impl<K: 'static> Serde<Windowed<K>> for WindowedSerde<K> {
-    fn serialize(&self, topic: &str, w: &Windowed<K>) -> Result<Option<Vec<u8>>, SerdeError> {
-        let mut out = self.keys.serialize(topic, &w.key)?.unwrap_or_default();
-        out.extend_from_slice(&w.start.to_be_bytes());
-        Ok(Some(out))
-    }
-
-    fn deserialize(&self, topic: &str, data: Option<&[u8]>) -> Result<Windowed<K>, SerdeError> {
-        let data = data.ok_or_else(|| SerdeError::new("Windowed", topic, "null key"))?;
-        if data.len() < 8 {
-            return Err(SerdeError::new(
-                "Windowed",
-                topic,
-                format!("{} bytes, fewer than the 8 of the window start", data.len()),
-            ));
-        }
-        let (key, start) = data.split_at(data.len() - 8);
-        let start = i64::from_be_bytes(start.try_into().expect("8 bytes"));
-        Ok(Windowed {
-            key: self.keys.deserialize(topic, Some(key))?,
-            start,
-            end: start.saturating_add(self.size),
-        })
-    }
-}
-
-/// Records dropped because their window had closed, per task. Shared by every instance of
-/// the topology's tasks in this process; read it with [`LateRecords::count`].
-#[derive(Debug, Clone, Default)]
-pub struct LateRecords(Arc<Mutex<BTreeMap<TaskId, u64>>>);
-
-impl LateRecords {
-    pub(crate) fn add(&self, task: TaskId) {
-        *self
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(task)
-            .or_default() += 1;
-    }
-
-    /// The count per task.
-    pub fn by_task(&self) -> BTreeMap<TaskId, u64> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// The count over all tasks.
-    pub fn count(&self) -> u64 {
-        self.by_task().values().sum()
-    }
 }
 
 /// The key under which the emit-final progress is stored.
@@ -218,43 +79,6 @@ fn emit_closed<K: Clone + 'static, VA: Clone + 'static>(
 
 type Initializer<VA> = Arc<dyn Fn() -> VA + Send + Sync>;
 type Adder<K, V, VA> = Arc<dyn Fn(&K, V, VA) -> VA + Send + Sync>;
-
-/// A grouped stream to aggregate per key and window.
-///
-/// ```
-/// use std::time::Duration;
-/// use streams_core::serde::{BigEndian, Utf8};
-/// use streams_core::TopologyTestDriver;
-/// use streams_dsl::{StreamsBuilder, TimeWindows, Windowed, WindowedSerde};
-///
-/// // Clicks per user and 10-second window, the final count only, once the window closed.
-/// let windows = TimeWindows::of_size_and_grace(Duration::from_secs(10), Duration::from_secs(2));
-/// let builder = StreamsBuilder::new();
-/// builder
-///     .stream::<String, String>("clicks")
-///     .group_by_key()
-///     .windowed_by(windows)
-///     .emit_final()
-///     .count()
-///     .to("clicks-per-window");
-/// let driver = TopologyTestDriver::new(builder.build()?)?;
-/// let clicks = driver.input_topic("clicks", Utf8, Utf8);
-/// for ts in [1_000, 4_000, 9_000] {
-///     clicks.pipe_at("ann".to_string(), "/home".to_string(), ts)?;
-/// }
-/// clicks.pipe_at("ann".to_string(), "/cart".to_string(), 12_500)?; // closes [0, 10 s)
-/// let out = driver.output_topic("clicks-per-window", WindowedSerde::new(Utf8, windows), BigEndian);
-/// let window = Windowed { key: "ann".to_string(), start: 0, end: 10_000 };
-/// assert_eq!(out.read_key_values()?, vec![(window, 3_u64)]);
-/// # Ok::<(), streams_core::Error>(())
-/// ```
-pub struct TimeWindowedKStream<K, V> {
-    grouped: KGroupedStream<K, V>,
-    windows: TimeWindows,
-    late: LateRecords,
-    emit_final: bool,
-    wall_clock: bool,
-}
 
 impl<K: Clone + Send + 'static, V: Clone + Send + 'static> TimeWindowedKStream<K, V> {
     pub(crate) fn new(grouped: KGroupedStream<K, V>, windows: TimeWindows) -> Self {
@@ -403,10 +227,7 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> TimeWindowedKStream<K
             node,
             path,
             store: Some(store),
-            keys: Arc::new(WindowedSerde {
-                keys,
-                size: windows.size,
-            }),
+            keys: Arc::new(WindowedSerde::with_size(keys, windows.size)),
             values,
         }
     }
