@@ -49,6 +49,7 @@ mod change;
 mod graph;
 mod grouped;
 mod handles;
+mod joins;
 mod kstream;
 mod ktable;
 mod ops;
@@ -57,6 +58,7 @@ mod sessions;
 mod sliding;
 mod stamped;
 mod suppress;
+mod table_joins;
 mod windowing;
 mod windows;
 
@@ -66,10 +68,13 @@ pub use handles::{
     TimeWindowedKStream,
 };
 pub use kstream::BranchedKStream;
-pub use options::{Consumed, Grouped, Materialized, Named, Produced, Repartitioned};
+pub use options::{
+    Consumed, Grouped, Joined, Materialized, Named, Produced, Repartitioned, StreamJoined,
+};
 pub use sessions::SessionWindowedSerde;
 pub use streams_core;
 pub use suppress::{Suppressed, WhenFull};
 pub use windowing::{
-    LateRecords, SessionWindows, SlidingWindows, TimeWindows, Windowed, WindowedSerde,
+    DroppedRecords, JoinWindows, LateRecords, SessionWindows, SlidingWindows, TimeWindows,
+    Windowed, WindowedSerde,
 };

@@ -291,3 +291,117 @@ impl<V> Materialized<V> {
         )
     }
 }
+
+/// The serdes and names of a stream-stream join: the key, this stream's values, the other
+/// stream's values (for the join's window stores and, when a key changed upstream, the
+/// repartition topics), and a base name for its stores and topics.
+pub struct StreamJoined<K, V1, V2> {
+    pub(crate) keys: Arc<dyn Serde<K>>,
+    pub(crate) this_values: Arc<dyn Serde<V1>>,
+    pub(crate) other_values: Arc<dyn Serde<V2>>,
+    pub(crate) name: Option<String>,
+    pub(crate) in_memory: bool,
+    pub(crate) logging: bool,
+    pub(crate) dropped: crate::windowing::LateRecords,
+}
+
+impl<K: 'static, V1: 'static, V2: 'static> StreamJoined<K, V1, V2> {
+    /// With these serdes.
+    pub fn with(
+        keys: impl Serde<K>,
+        this_values: impl Serde<V1>,
+        other_values: impl Serde<V2>,
+    ) -> Self {
+        StreamJoined {
+            keys: Arc::new(keys),
+            this_values: Arc::new(this_values),
+            other_values: Arc::new(other_values),
+            name: None,
+            in_memory: false,
+            logging: true,
+            dropped: Default::default(),
+        }
+    }
+
+    /// Names the join's stores (`<name>-this-join-store`, `<name>-other-join-store`,
+    /// `<name>-outer-this-join-store`, `<name>-outer-other-join-store`) and repartition topics
+    /// (`<name>-left`, `<name>-right`).
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = Some(name.to_string());
+        self
+    }
+
+    /// Keeps the join's stores in memory (rebuilt from their changelogs on restart).
+    pub fn in_memory(mut self) -> Self {
+        self.in_memory = true;
+        self
+    }
+
+    /// Turns the stores' changelogs off.
+    pub fn without_logging(mut self) -> Self {
+        self.logging = false;
+        self
+    }
+
+    /// Counts the records the join drops (late, or with a null key) in `counter`.
+    pub fn count_dropped_in(mut self, counter: &crate::windowing::LateRecords) -> Self {
+        self.dropped = counter.clone();
+        self
+    }
+}
+
+impl<K: DefaultSerde, V1: DefaultSerde, V2: DefaultSerde> Default for StreamJoined<K, V1, V2> {
+    fn default() -> Self {
+        StreamJoined {
+            keys: K::default_serde(),
+            this_values: V1::default_serde(),
+            other_values: V2::default_serde(),
+            name: None,
+            in_memory: false,
+            logging: true,
+            dropped: Default::default(),
+        }
+    }
+}
+
+/// The serdes and name of a stream-table join: the stream's values (for the repartition
+/// topic, when the stream's key changed upstream), a name for the join node and topic, and
+/// where records dropped for a null key are counted.
+pub struct Joined<V> {
+    pub(crate) values: Arc<dyn Serde<V>>,
+    pub(crate) name: Option<String>,
+    pub(crate) dropped: crate::windowing::LateRecords,
+}
+
+impl<V: 'static> Joined<V> {
+    /// With this serde of the stream's values.
+    pub fn with(values: impl Serde<V>) -> Self {
+        Joined {
+            values: Arc::new(values),
+            name: None,
+            dropped: Default::default(),
+        }
+    }
+
+    /// Names the join node (and the repartition topic, `<name>-repartition`).
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = Some(name.to_string());
+        self
+    }
+
+    /// Counts the records the join drops (a null key) in `counter`.
+    pub fn count_dropped_in(mut self, counter: &crate::windowing::LateRecords) -> Self {
+        self.dropped = counter.clone();
+        self
+    }
+}
+
+impl<V: DefaultSerde> Default for Joined<V> {
+    fn default() -> Self {
+        Joined {
+            values: V::default_serde(),
+            name: None,
+            dropped: Default::default(),
+        }
+    }
+}

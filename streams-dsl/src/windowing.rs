@@ -216,3 +216,61 @@ impl SlidingWindows {
         WindowedSerde::with_size(keys, self.diff)
     }
 }
+
+/// The windows of a stream-stream join: a record of this stream at `t` joins the records of
+/// the other stream with the same key and a timestamp in `[t - before, t + after]` (a record
+/// of the other stream at `t` joins this stream's in `[t - after, t + before]`).
+///
+/// A record whose own window closed (its timestamp plus `after`, or plus `before` for the
+/// other stream, plus `grace`, is before stream time) is late: dropped and counted. A record
+/// of a left or outer join that found no partner is emitted alone once no partner can still
+/// arrive: once its timestamp plus `before + after + grace` is before stream time (a later
+/// partner would be late), never before, so there is no early unjoined result followed by a
+/// joined one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JoinWindows {
+    pub(crate) before: i64,
+    pub(crate) after: i64,
+    pub(crate) grace: i64,
+}
+
+impl JoinWindows {
+    /// Records at most `difference` apart join; records up to `grace` late still count.
+    pub fn of_time_difference_and_grace(difference: Duration, grace: Duration) -> Self {
+        let d = millis(difference).max(0);
+        JoinWindows {
+            before: d,
+            after: d,
+            grace: millis(grace).max(0),
+        }
+    }
+
+    /// Records at most `difference` apart join; no grace.
+    pub fn of_time_difference_with_no_grace(difference: Duration) -> Self {
+        Self::of_time_difference_and_grace(difference, Duration::ZERO)
+    }
+
+    /// The same windows, reaching `before` back from this stream's records (instead of the
+    /// time difference).
+    pub fn before(mut self, before: Duration) -> Self {
+        self.before = millis(before).max(0);
+        self
+    }
+
+    /// The same windows, reaching `after` forward from this stream's records.
+    pub fn after(mut self, after: Duration) -> Self {
+        self.after = millis(after).max(0);
+        self
+    }
+
+    /// How long each side's records are kept: the window size plus grace.
+    pub(crate) fn retention(&self) -> i64 {
+        self.before
+            .saturating_add(self.after)
+            .saturating_add(self.grace)
+    }
+}
+
+/// Records an operator dropped (late records of a join, records with a null key), per task;
+/// the same counter type as [`LateRecords`].
+pub type DroppedRecords = LateRecords;

@@ -144,6 +144,30 @@ impl TopologyBuilder {
         self
     }
 
+    /// Gives `processor` access to stores declared earlier with
+    /// [`add_state_store`](Self::add_state_store) (a join reading the table's store, for
+    /// example). The processor and the stores' other users then run in one sub-topology.
+    pub fn connect_processor_and_state_stores<I, S>(
+        &mut self,
+        processor: &str,
+        stores: I,
+    ) -> &mut Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        for store in stores {
+            let store = store.as_ref();
+            match self.stores.iter_mut().find(|(s, _)| s.name() == store) {
+                Some((_, users)) => users.push(processor.to_string()),
+                None => self.errors.push(format!(
+                    "processor {processor} is connected to store {store}, which was not added"
+                )),
+            }
+        }
+        self
+    }
+
     /// Declares `name` as a repartition topic: sources and sinks may use `name`, and the
     /// runtime creates and uses `<application id>-<name>-repartition` with `partitions`
     /// partitions (by default the largest partition count among the source topics of the

@@ -1,0 +1,435 @@
+//! Joins with tables: stream-table (inner and left) and table-table (inner, left and outer).
+//!
+//! A stream-table join looks each stream record's key up in the table's store: the stream
+//! side triggers, table updates alone emit nothing. The join node is connected to the table's
+//! store, which puts the stream and the table into one sub-topology: their topics must be
+//! co-partitioned (checked at start-up), and the task processes the records of both in
+//! timestamp order, so that a table update older than a stream record is applied first.
+//!
+//! A table-table join emits a change of the joined table whenever either side changes: the
+//! new joined row and the one it replaces, so that a row that stops joining is deleted
+//! downstream.
+
+use std::sync::Arc;
+
+use streams_core::processor::ProcessorContext;
+use streams_core::serde::Serde;
+use streams_core::store::KeyValueStore;
+use streams_core::{Record, Result};
+
+use crate::change::Change;
+use crate::handles::{KStream, KTable};
+use crate::ops::Op;
+use crate::options::{configure_store, Joined, Materialized, Repartitioned};
+use crate::windowing::LateRecords;
+
+impl<K: Clone + 'static, V: Clone + 'static> KTable<K, V> {
+    /// This table with a store: itself when it has one, else a node after it that keeps
+    /// its rows in a new store (generated name), for joins to look rows up.
+    pub(crate) fn with_store(&self) -> KTable<K, V> {
+        if self.store.is_some() {
+            return KTable {
+                graph: self.graph.clone(),
+                node: self.node.clone(),
+                path: self.path.clone(),
+                store: self.store.clone(),
+                keys: self.keys.clone(),
+                values: self.values.clone(),
+            };
+        }
+        self.materialize(Materialized::with_arc(self.values.clone()))
+    }
+
+    /// A node after this table keeping its rows in the store `materialized` describes; it
+    /// forwards the changes unchanged.
+    pub(crate) fn materialize(&self, materialized: Materialized<V>) -> KTable<K, V> {
+        let path = format!("{}/materialize", self.path);
+        let mut g = self.graph.borrow_mut();
+        let node = g.node_name("KTABLE-MATERIALIZE", &path, None);
+        let store = g.state_name(
+            "KTABLE-STATE-STORE",
+            &path,
+            materialized.name.as_deref(),
+            &format!("materialization after {}", self.node),
+        );
+        let name = store.clone();
+        g.topology.add_processor(
+            &node,
+            move || {
+                let store = name.clone();
+                Op::<K, Change<V>, K, Change<V>>::new(Box::new(
+                    move |r: Record<K, Change<V>>, ctx: &mut ProcessorContext<'_, K, Change<V>>| {
+                        let s = ctx.state_store::<KeyValueStore<K, V>>(&store)?;
+                        match &r.value().new {
+                            Some(v) => s.put(r.key(), v)?,
+                            None => {
+                                s.delete(r.key())?;
+                            }
+                        }
+                        ctx.forward(r)
+                    },
+                ))
+            },
+            [self.node.as_str()],
+        );
+        let builder = configure_store!(
+            KeyValueStore::<K, V>::builder(&store, self.keys.clone(), materialized.values.clone()),
+            materialized
+        );
+        g.topology.add_state_store(builder, [node.as_str()]);
+        drop(g);
+        KTable {
+            graph: self.graph.clone(),
+            node,
+            path,
+            store: Some(store),
+            keys: self.keys.clone(),
+            values: materialized.values,
+        }
+    }
+}
+
+/// Which rows a table-table join keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TableJoin {
+    Inner,
+    Left,
+    Outer,
+}
+
+type TableJoiner<V1, V2, VR> = Arc<dyn Fn(Option<&V1>, Option<&V2>) -> VR + Send + Sync>;
+
+impl TableJoin {
+    /// The joined row of `this` and `other`, if this join has one.
+    fn row<V1, V2, VR>(
+        self,
+        joiner: &TableJoiner<V1, V2, VR>,
+        this: Option<&V1>,
+        other: Option<&V2>,
+    ) -> Option<VR> {
+        let has = match self {
+            TableJoin::Inner => this.is_some() && other.is_some(),
+            TableJoin::Left => this.is_some(),
+            TableJoin::Outer => this.is_some() || other.is_some(),
+        };
+        has.then(|| joiner(this, other))
+    }
+}
+
+/// A change of either table of a table-table join.
+#[derive(Clone)]
+enum TableSide<V1, V2> {
+    This(Change<V1>),
+    Other(Change<V2>),
+}
+
+impl<K: Clone + 'static, V: Clone + 'static> KStream<K, V> {
+    /// Inner join with `table`: each record of this stream whose key is in the table yields
+    /// `joiner(value, row)`, with the record's timestamp; a key not in the table yields
+    /// nothing, and table updates alone yield nothing. A stream whose key changed upstream is
+    /// repartitioned first (with `joined`'s value serde); the stream and table topics must be
+    /// co-partitioned.
+    ///
+    /// ```
+    /// use streams_core::serde::Utf8;
+    /// use streams_core::TopologyTestDriver;
+    /// use streams_dsl::{Joined, Materialized, StreamsBuilder};
+    ///
+    /// // Each payment with its card's home country.
+    /// let builder = StreamsBuilder::new();
+    /// let cards = builder.table::<String, String>("cards", Materialized::with(Utf8));
+    /// builder
+    ///     .stream::<String, String>("payments")
+    ///     .join_table(&cards, |amount, country| format!("{amount} from {country}"), Joined::default())
+    ///     .to("payments-with-country");
+    /// let driver = TopologyTestDriver::new(builder.build()?)?;
+    /// let (c, p) = (driver.input_topic("cards", Utf8, Utf8), driver.input_topic("payments", Utf8, Utf8));
+    /// c.pipe_at("card1".to_string(), "FR".to_string(), 1)?;
+    /// p.pipe_at("card1".to_string(), "10 EUR".to_string(), 2)?;
+    /// p.pipe_at("card2".to_string(), "5 EUR".to_string(), 3)?; // no such card: nothing
+    /// let out = driver.output_topic::<String, String>("payments-with-country", Utf8, Utf8);
+    /// assert_eq!(out.read_values()?, vec!["10 EUR from FR".to_string()]);
+    /// # Ok::<(), streams_core::Error>(())
+    /// ```
+    pub fn join_table<VT, VR>(
+        &self,
+        table: &KTable<K, VT>,
+        joiner: impl Fn(&V, &VT) -> VR + Send + Sync + 'static,
+        joined: Joined<V>,
+    ) -> KStream<K, VR>
+    where
+        VT: Clone + 'static,
+        VR: Clone + 'static,
+    {
+        self.stream_table_join(table, move |v, t| t.map(|t| joiner(v, t)), joined, "JOIN")
+    }
+
+    /// Left join with `table`: as [`join_table`](Self::join_table), and a record whose key is
+    /// not in the table yields `joiner(value, None)`.
+    ///
+    /// ```
+    /// use streams_core::serde::Utf8;
+    /// use streams_core::TopologyTestDriver;
+    /// use streams_dsl::{Joined, Materialized, StreamsBuilder};
+    ///
+    /// let builder = StreamsBuilder::new();
+    /// let names = builder.table::<String, String>("user-names", Materialized::with(Utf8));
+    /// builder
+    ///     .stream::<String, String>("visits")
+    ///     .left_join_table(&names, |page, name| format!("{} saw {page}", name.map_or("someone", String::as_str)), Joined::default())
+    ///     .to("visit-log");
+    /// let driver = TopologyTestDriver::new(builder.build()?)?;
+    /// let (n, v) = (driver.input_topic("user-names", Utf8, Utf8), driver.input_topic("visits", Utf8, Utf8));
+    /// n.pipe_at("u1".to_string(), "Ann".to_string(), 1)?;
+    /// v.pipe_at("u1".to_string(), "/home".to_string(), 2)?;
+    /// v.pipe_at("u2".to_string(), "/cart".to_string(), 3)?;
+    /// let out = driver.output_topic::<String, String>("visit-log", Utf8, Utf8);
+    /// assert_eq!(out.read_values()?, vec!["Ann saw /home".to_string(), "someone saw /cart".to_string()]);
+    /// # Ok::<(), streams_core::Error>(())
+    /// ```
+    pub fn left_join_table<VT, VR>(
+        &self,
+        table: &KTable<K, VT>,
+        joiner: impl Fn(&V, Option<&VT>) -> VR + Send + Sync + 'static,
+        joined: Joined<V>,
+    ) -> KStream<K, VR>
+    where
+        VT: Clone + 'static,
+        VR: Clone + 'static,
+    {
+        self.stream_table_join(table, move |v, t| Some(joiner(v, t)), joined, "LEFTJOIN")
+    }
+
+    fn stream_table_join<VT: Clone + 'static, VR: Clone + 'static>(
+        &self,
+        table: &KTable<K, VT>,
+        joiner: impl Fn(&V, Option<&VT>) -> Option<VR> + Send + Sync + 'static,
+        joined: Joined<V>,
+        kind: &str,
+    ) -> KStream<K, VR> {
+        let table = table.with_store();
+        let store = table.store.clone().expect("with_store gives a store");
+        let input = if self.key_changed {
+            self.repartition(Repartitioned {
+                keys: table.keys.clone(),
+                values: joined.values.clone(),
+                name: joined.name.clone(),
+                partitions: None,
+            })
+        } else {
+            self.clone()
+        };
+        let path = format!(
+            "{}/{}-table({})",
+            input.path,
+            kind.to_lowercase(),
+            table.path
+        );
+        let explicit = joined.name.clone().or_else(|| self.name_next.clone());
+        let mut g = self.graph.borrow_mut();
+        let node = g.node_name(&format!("STREAM-TABLE-{kind}"), &path, explicit.as_deref());
+        let joiner = Arc::new(joiner);
+        let keys = table.keys.clone();
+        let dropped = joined.dropped.clone();
+        let store_name = store.clone();
+        g.topology.add_processor(
+            &node,
+            move || {
+                let (joiner, keys, dropped, store) = (
+                    joiner.clone(),
+                    keys.clone(),
+                    dropped.clone(),
+                    store_name.clone(),
+                );
+                Op::<K, V, K, VR>::new(Box::new(move |r: Record<K, V>, ctx| {
+                    if null_key(&*keys, r.key(), &dropped, ctx)? {
+                        return Ok(());
+                    }
+                    let row = ctx
+                        .state_store::<KeyValueStore<K, VT>>(&store)?
+                        .get(r.key())?;
+                    match joiner(r.value(), row.as_ref()) {
+                        Some(out) => ctx.forward(r.with_value(out)),
+                        None => Ok(()),
+                    }
+                }))
+            },
+            [input.node.as_str()],
+        );
+        g.topology
+            .connect_processor_and_state_stores(&node, [store.as_str()]);
+        drop(g);
+        KStream::new(self.graph.clone(), node, path, false)
+    }
+}
+
+/// Whether `key` is null (its serde writes no bytes); such a record is dropped and counted.
+fn null_key<K: 'static, VR: 'static>(
+    keys: &dyn Serde<K>,
+    key: &K,
+    dropped: &LateRecords,
+    ctx: &ProcessorContext<'_, K, VR>,
+) -> Result<bool> {
+    if keys.serialize("join", key)?.is_some() {
+        return Ok(false);
+    }
+    dropped.add(ctx.task_id());
+    tracing::debug!(task = %ctx.task_id(), "join: dropping a record with a null key");
+    Ok(true)
+}
+
+impl<K: Clone + 'static, V: Clone + 'static> KTable<K, V> {
+    /// Inner join with `other`: the table of `joiner(this row, other row)` for the keys in
+    /// both, kept in the store `materialized` describes (queryable). Every change of either
+    /// side updates the joined row; a key that leaves either table is deleted from the join.
+    ///
+    /// ```
+    /// use streams_core::serde::{Nullable, Utf8};
+    /// use streams_core::TopologyTestDriver;
+    /// use streams_dsl::{Materialized, StreamsBuilder};
+    ///
+    /// let builder = StreamsBuilder::new();
+    /// let names = builder.table::<String, String>("names", Materialized::with(Utf8));
+    /// let emails = builder.table::<String, String>("emails", Materialized::with(Utf8));
+    /// names
+    ///     .join(&emails, |name, email| format!("{name} <{email}>"), Materialized::with(Utf8).named("contacts"))
+    ///     .to("contacts");
+    /// let driver = TopologyTestDriver::new(builder.build()?)?;
+    /// let (n, e) = (driver.input_topic("names", Utf8, Utf8), driver.input_topic("emails", Utf8, Nullable(Utf8)));
+    /// n.pipe_at("u1".to_string(), "Ann".to_string(), 1)?;
+    /// e.pipe_at("u1".to_string(), Some("ann@example.com".to_string()), 2)?;
+    /// e.pipe_at("u1".to_string(), None, 3)?; // the email is deleted: so is the contact
+    /// let out = driver.output_topic::<String, Option<String>>("contacts", Utf8, Nullable(Utf8));
+    /// assert_eq!(out.read_values()?, vec![Some("Ann <ann@example.com>".to_string()), None]);
+    /// # Ok::<(), streams_core::Error>(())
+    /// ```
+    pub fn join<V2, VR>(
+        &self,
+        other: &KTable<K, V2>,
+        joiner: impl Fn(&V, &V2) -> VR + Send + Sync + 'static,
+        materialized: Materialized<VR>,
+    ) -> KTable<K, VR>
+    where
+        V2: Clone + 'static,
+        VR: Clone + 'static,
+    {
+        let joiner: TableJoiner<V, V2, VR> = Arc::new(move |a, b| {
+            joiner(a.expect("inner join: both"), b.expect("inner join: both"))
+        });
+        self.table_join(other, TableJoin::Inner, joiner, materialized)
+    }
+
+    /// Left join with `other`: a row for every key of this table, `joiner(row, other row or
+    /// None)`.
+    pub fn left_join<V2, VR>(
+        &self,
+        other: &KTable<K, V2>,
+        joiner: impl Fn(&V, Option<&V2>) -> VR + Send + Sync + 'static,
+        materialized: Materialized<VR>,
+    ) -> KTable<K, VR>
+    where
+        V2: Clone + 'static,
+        VR: Clone + 'static,
+    {
+        let joiner: TableJoiner<V, V2, VR> =
+            Arc::new(move |a, b| joiner(a.expect("left join: this side"), b));
+        self.table_join(other, TableJoin::Left, joiner, materialized)
+    }
+
+    /// Outer join with `other`: a row for every key of either table.
+    pub fn outer_join<V2, VR>(
+        &self,
+        other: &KTable<K, V2>,
+        joiner: impl Fn(Option<&V>, Option<&V2>) -> VR + Send + Sync + 'static,
+        materialized: Materialized<VR>,
+    ) -> KTable<K, VR>
+    where
+        V2: Clone + 'static,
+        VR: Clone + 'static,
+    {
+        self.table_join(other, TableJoin::Outer, Arc::new(joiner), materialized)
+    }
+
+    fn table_join<V2: Clone + 'static, VR: Clone + 'static>(
+        &self,
+        other: &KTable<K, V2>,
+        kind: TableJoin,
+        joiner: TableJoiner<V, V2, VR>,
+        materialized: Materialized<VR>,
+    ) -> KTable<K, VR> {
+        let (this, that) = (self.with_store(), other.with_store());
+        let (this_store, that_store) = (
+            this.store.clone().expect("with_store gives a store"),
+            that.store.clone().expect("with_store gives a store"),
+        );
+        let tag = format!("{kind:?}").to_ascii_uppercase();
+        let path = format!("{tag}join({},{})", this.path, that.path);
+        let mut g = self.graph.borrow_mut();
+        let this_tag = g.node_name(&format!("KTABLE-{tag}JOIN-THIS"), &path, None);
+        let that_tag = g.node_name(&format!("KTABLE-{tag}JOIN-OTHER"), &path, None);
+        let node = g.node_name(&format!("KTABLE-{tag}JOIN"), &path, None);
+        g.topology.add_processor(
+            &this_tag,
+            || {
+                Op::<K, Change<V>, K, TableSide<V, V2>>::new(Box::new(|r, ctx| {
+                    ctx.forward(r.map_value(TableSide::This))
+                }))
+            },
+            [this.node.as_str()],
+        );
+        g.topology.add_processor(
+            &that_tag,
+            || {
+                Op::<K, Change<V2>, K, TableSide<V, V2>>::new(Box::new(|r, ctx| {
+                    ctx.forward(r.map_value(TableSide::Other))
+                }))
+            },
+            [that.node.as_str()],
+        );
+        let (s1, s2) = (this_store.clone(), that_store.clone());
+        g.topology.add_processor(
+            &node,
+            move || {
+                let (joiner, s1, s2) = (joiner.clone(), s1.clone(), s2.clone());
+                Op::<K, TableSide<V, V2>, K, Change<VR>>::new(Box::new(
+                    move |r: Record<K, TableSide<V, V2>>, ctx| {
+                        let (key, side, rest) = r.into_parts();
+                        let change = match side {
+                            TableSide::This(c) => {
+                                let o = ctx.state_store::<KeyValueStore<K, V2>>(&s2)?.get(&key)?;
+                                Change {
+                                    new: kind.row(&joiner, c.new.as_ref(), o.as_ref()),
+                                    old: kind.row(&joiner, c.old.as_ref(), o.as_ref()),
+                                }
+                            }
+                            TableSide::Other(c) => {
+                                let t = ctx.state_store::<KeyValueStore<K, V>>(&s1)?.get(&key)?;
+                                Change {
+                                    new: kind.row(&joiner, t.as_ref(), c.new.as_ref()),
+                                    old: kind.row(&joiner, t.as_ref(), c.old.as_ref()),
+                                }
+                            }
+                        };
+                        if change.new.is_none() && change.old.is_none() {
+                            return Ok(());
+                        }
+                        ctx.forward(rest.with_key(key).with_value(change))
+                    },
+                ))
+            },
+            [this_tag.as_str(), that_tag.as_str()],
+        );
+        g.topology
+            .connect_processor_and_state_stores(&node, [this_store.as_str(), that_store.as_str()]);
+        drop(g);
+        let joined = KTable {
+            graph: self.graph.clone(),
+            node,
+            path,
+            store: None,
+            keys: self.keys.clone(),
+            values: materialized.values.clone(),
+        };
+        joined.materialize(materialized)
+    }
+}
