@@ -60,6 +60,7 @@ pub struct StreamsConfig {
     pub(crate) rocks_write_buffers: usize,
     pub(crate) rocks_setter: Option<RocksConfigSetter>,
     pub(crate) cache_max_bytes: usize,
+    pub(crate) max_task_idle: Option<Duration>,
 }
 
 /// Whether a client property holds a secret (its value is never printed).
@@ -112,6 +113,7 @@ impl std::fmt::Debug for StreamsConfig {
             .field("rocksdb_write_buffers", &self.rocks_write_buffers)
             .field("rocksdb_config_setter", &self.rocks_setter.is_some())
             .field("cache_max_bytes", &self.cache_max_bytes)
+            .field("max_task_idle", &self.max_task_idle)
             .finish_non_exhaustive()
     }
 }
@@ -158,6 +160,24 @@ impl StreamsConfig {
             rocks_write_buffers: 32 << 20,
             rocks_setter: None,
             cache_max_bytes: 10 << 20,
+            max_task_idle: Some(Duration::ZERO),
+        }
+    }
+
+    /// How a task that reads several partitions (a join's two topics, a merge) waits when some
+    /// of them have no record fetched, so that it processes records in event-time order
+    /// across them (Kafka Streams' `max.task.idle.ms`). `Some(d)` (default: zero) waits while
+    /// such a partition has records on the broker not yet fetched, and then up to `d` more for
+    /// new records; `None` (Kafka's -1) never waits and processes what has been fetched.
+    pub fn max_task_idle(mut self, idle: Option<Duration>) -> Self {
+        self.max_task_idle = idle;
+        self
+    }
+
+    pub(crate) fn task_idle(&self) -> crate::task::TaskIdle {
+        match self.max_task_idle {
+            Some(d) => crate::task::TaskIdle::Wait(d),
+            None => crate::task::TaskIdle::Never,
         }
     }
 

@@ -52,7 +52,7 @@ use crate::handlers::{DeserializationErrorHandler, LogAndFail};
 use crate::node::{OutRecord, RawRecord, RecordCollector};
 use crate::serde::Serde;
 use crate::store::{RocksResources, StateStore};
-use crate::task::{SourceTopics, Task, Tasks};
+use crate::task::{SourceTopics, Task, TaskIdle, Tasks};
 use crate::topology::Topology;
 use crate::{Error, Headers, Record, Result, SerdeError, TaskId};
 
@@ -95,8 +95,12 @@ impl State {
     /// The task loop of the stream thread, committed after every step (no transaction: the
     /// stores write what they held back right away).
     fn process_and_commit(&mut self, collector: &mut Collector) -> Result<()> {
-        self.tasks
-            .process(collector, &*self.on_poison, self.wall_clock)?;
+        self.tasks.process(
+            collector,
+            &*self.on_poison,
+            self.wall_clock,
+            TaskIdle::Never,
+        )?;
         self.tasks.prepare_commit(collector)?;
         self.tasks.committed(&HashMap::new(), false)
     }

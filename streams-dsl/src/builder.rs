@@ -64,6 +64,12 @@ impl IntoTopics for &str {
     }
 }
 
+impl IntoTopics for &String {
+    fn into_topics(self) -> Vec<String> {
+        vec![self.clone()]
+    }
+}
+
 impl IntoTopics for String {
     fn into_topics(self) -> Vec<String> {
         vec![self]

@@ -327,3 +327,72 @@ pub(crate) fn copy_headers(h: Option<&rdkafka::message::BorrowedHeaders>) -> Hea
     }
     out
 }
+
+/// How often a partition holding up a task is looked at, and how long one look may take.
+const CAUGHT_UP_EVERY: Duration = Duration::from_millis(20);
+const CAUGHT_UP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Tells the tasks which partitions holding them up (no record queued, see
+/// `Task::ready`) the consumer has read to the end: its position (before the first fetch,
+/// the group's committed offset) at or past the end offset the broker reports, the last
+/// stable offset under `read_committed`. librdkafka moves the position past the marker that
+/// closes a transaction, so a partition ending with one counts as read. A look that fails is
+/// logged and tried again later: the task waits.
+pub(crate) fn mark_caught_up<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    tasks: &mut crate::task::Tasks,
+) {
+    let waiting = tasks.waiting_for(CAUGHT_UP_EVERY);
+    if waiting.is_empty() {
+        return;
+    }
+    let positions = match consumer.position() {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::debug!(error = %e, "consumer position not known; the tasks wait");
+            return;
+        }
+    };
+    for (id, topic, partition) in waiting {
+        let (low, high) = match consumer.fetch_watermarks(&topic, partition, CAUGHT_UP_TIMEOUT) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::debug!(%topic, partition, error = %e, "end offset not known yet; the task waits");
+                continue;
+            }
+        };
+        let position = match positions
+            .find_partition(&topic, partition)
+            .map(|e| e.offset())
+        {
+            Some(Offset::Offset(o)) => o,
+            _ => match committed_offset(consumer, &topic, partition, CAUGHT_UP_TIMEOUT) {
+                Ok(committed) => committed.unwrap_or(low),
+                Err(e) => {
+                    tracing::debug!(%topic, partition, error = %e, "position not known yet; the task waits");
+                    continue;
+                }
+            },
+        };
+        if position >= high {
+            tasks.caught_up(id, &topic, partition);
+        } else {
+            tracing::trace!(task = %id, %topic, partition, position, end = high, "a partition of the task is behind; it waits");
+        }
+    }
+}
+
+/// Source topic names shared by the records read from them (no allocation per record).
+#[derive(Default)]
+pub(crate) struct TopicNames(Vec<Arc<str>>);
+
+impl TopicNames {
+    pub(crate) fn get(&mut self, topic: &str) -> Arc<str> {
+        if let Some(t) = self.0.iter().find(|t| &***t == topic) {
+            return t.clone();
+        }
+        let t: Arc<str> = Arc::from(topic);
+        self.0.push(t.clone());
+        t
+    }
+}

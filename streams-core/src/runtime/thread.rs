@@ -13,7 +13,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::clients::{self, copy_headers, KafkaProducer};
+use super::clients::{self, copy_headers, KafkaProducer, TopicNames};
 use super::commit::{self, CommitProtocol, Output, ProducerClient, Recovery};
 use super::rebalance::ThreadContext;
 use super::restore::{RestoreEnv, Restorer};
@@ -276,8 +276,9 @@ impl Inner {
     fn process(&mut self) -> Result<bool> {
         let handler = self.config.on_poison.clone();
         let mut collector = self.protocol.collector()?;
+        let idle = self.config.task_idle();
         self.tasks
-            .process(&mut collector, &*handler, super::now_ms())
+            .process(&mut collector, &*handler, super::now_ms(), idle)
     }
 }
 
@@ -404,6 +405,11 @@ impl StreamThread {
     }
 }
 
+/// Whether records are queued that wait for another partition of their task.
+fn inner_blocked(ctx: &ThreadContext) -> bool {
+    ctx.lock().tasks.buffered() > 0
+}
+
 fn run_loop(
     consumer: &BaseConsumer<ThreadContext>,
     shared: &Shared,
@@ -432,8 +438,13 @@ fn run_loop(
         let wait = commit_interval
             .saturating_sub(last_commit.elapsed())
             .min(Duration::from_millis(100));
-        // While tasks restore, the restoration step is the loop's wait.
-        let mut timeout = if restoring { Duration::ZERO } else { wait };
+        // While tasks restore, the restoration step is the loop's wait; while records wait
+        // for another partition of their task, a short one.
+        let mut timeout = match (restoring, inner_blocked(ctx)) {
+            (true, _) => Duration::ZERO,
+            (false, true) => wait.min(Duration::from_millis(5)),
+            (false, false) => wait,
+        };
         while raws.len() < batch {
             match consumer.poll(timeout) {
                 None => break,
@@ -484,6 +495,7 @@ fn run_loop(
         }
         inner.restore_step(consumer)?;
         restoring = !inner.restoring.is_empty();
+        clients::mark_caught_up(consumer, &mut inner.tasks);
         let requested = match inner.process() {
             Ok(r) => r,
             Err(e) if matches!(e.root(), Error::Kafka { .. }) => {
@@ -528,24 +540,8 @@ fn run_loop(
             }
             last_commit = Instant::now();
         }
-        debug_assert!(inner.tasks.buffered() == 0);
     }
     Ok(())
-}
-
-/// Source topic names shared by the records read from them (no allocation per record).
-#[derive(Default)]
-struct TopicNames(Vec<Arc<str>>);
-
-impl TopicNames {
-    fn get(&mut self, topic: &str) -> Arc<str> {
-        if let Some(t) = self.0.iter().find(|t| &***t == topic) {
-            return t.clone();
-        }
-        let t: Arc<str> = Arc::from(topic);
-        self.0.push(t.clone());
-        t
-    }
 }
 
 /// Puts the consumer back at the last committed offsets of its assignment and recreates the

@@ -108,6 +108,21 @@ pub(crate) fn prepare(
             .cloned()
             .collect();
         for name in &unknown {
+            // Read together with topics of known counts (a join): theirs, so that the
+            // sub-topology's topics are co-partitioned.
+            let siblings: Vec<i32> = topology
+                .subtopologies()
+                .iter()
+                .filter(|s| s.source_topics.contains(name))
+                .flat_map(|s| s.source_topics.iter())
+                .filter(|t| *t != name)
+                .filter_map(|t| counts.get(t).or_else(|| wanted.get(t)).copied())
+                .collect();
+            if let Some(&n) = siblings.iter().max() {
+                wanted.insert(name.clone(), n);
+                progress = true;
+                continue;
+            }
             let writers: Vec<_> = topology
                 .subtopologies()
                 .iter()

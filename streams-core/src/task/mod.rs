@@ -1,12 +1,16 @@
 //! Tasks: one sub-topology running on one partition, with its own nodes, stores and time.
 
 mod tasks;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 pub(crate) use self::tasks::{CommitOffset, SourceTopics, Tasks};
+
 use crate::handlers::{
     headers, DeserializationErrorHandler, DeserializationResponse, ErrorContext,
 };
@@ -26,6 +30,37 @@ struct PartitionQueue {
     partition_time: i64,
     /// The next offset to commit, when records were processed since the last commit.
     consumed: Option<i64>,
+    /// The event time of the front record, once worked out (with a timestamp extractor that
+    /// means decoding it).
+    head_time: Option<i64>,
+    /// The consumer has fetched everything the partition holds (its position reached the end
+    /// offset) since the last record was queued: an empty queue here is not data on its way.
+    caught_up: bool,
+    /// When the runtime last looked whether the partition is caught up.
+    checked: Option<Instant>,
+}
+
+impl PartitionQueue {
+    /// The event time of the front record, if any.
+    fn head_time(&mut self) -> Option<i64> {
+        let front = self.records.front()?;
+        Some(
+            *self
+                .head_time
+                .get_or_insert_with(|| self.decoder.timestamp(front, self.partition_time)),
+        )
+    }
+}
+
+/// How long a task with several input partitions waits, when some have no record queued,
+/// before processing the records of the others (Kafka Streams' `max.task.idle.ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TaskIdle {
+    /// Never wait: process what is queued (the `TopologyTestDriver`, and Kafka's -1).
+    Never,
+    /// Wait while a partition without queued records has data on the broker not yet
+    /// fetched, and then for new data up to the duration.
+    Wait(Duration),
 }
 
 /// One sub-topology on one partition.
@@ -38,6 +73,8 @@ pub(crate) struct Task {
     queues: Vec<PartitionQueue>,
     initialised: bool,
     closed: bool,
+    /// Since when every partition without queued records is caught up (see [`TaskIdle`]).
+    idle_since: Option<Instant>,
 }
 
 impl Task {
@@ -71,6 +108,9 @@ impl Task {
                         decoder: decoder.clone(),
                         partition_time: i64::MIN,
                         consumed: None,
+                        head_time: None,
+                        caught_up: false,
+                        checked: None,
                     });
                 }
             }
@@ -97,6 +137,7 @@ impl Task {
             queues,
             initialised: false,
             closed: false,
+            idle_since: None,
         };
         tracing::debug!(task = %id, "task created");
         Ok(task)
@@ -141,6 +182,7 @@ impl Task {
         {
             Some(q) => {
                 q.records.push_back(record);
+                q.caught_up = false;
                 Ok(())
             }
             None => Err(Error::Config(format!(
@@ -155,7 +197,60 @@ impl Task {
         self.queues.iter().map(|q| q.records.len()).sum()
     }
 
-    /// Processes the queued record with the smallest timestamp, then any stream-time
+    /// Whether the task may process its next record now: when every input partition has a
+    /// record queued, so that the one with the smallest event time is really the next; when
+    /// some have none, only once those are caught up (nothing fetched is on its way) and,
+    /// after that, `idle` has passed with no new data (Kafka Streams' `max.task.idle.ms`).
+    pub(crate) fn ready(&mut self, now: Instant, idle: TaskIdle) -> bool {
+        let empty = self.queues.iter().filter(|q| q.records.is_empty()).count();
+        if empty == self.queues.len() {
+            return false;
+        }
+        if empty == 0 {
+            self.idle_since = None;
+            return true;
+        }
+        let TaskIdle::Wait(max) = idle else {
+            return true;
+        };
+        if self
+            .queues
+            .iter()
+            .any(|q| q.records.is_empty() && !q.caught_up)
+        {
+            self.idle_since = None;
+            return false;
+        }
+        now.duration_since(*self.idle_since.get_or_insert(now)) >= max
+    }
+
+    /// The partitions without queued records, not known to be caught up, that keep the task
+    /// from processing (see [`ready`](Self::ready)), each at most once per `every`.
+    pub(crate) fn waiting_for(&mut self, now: Instant, every: Duration) -> Vec<(Arc<str>, i32)> {
+        if self.queues.iter().all(|q| q.records.is_empty()) {
+            return vec![];
+        }
+        self.queues
+            .iter_mut()
+            .filter(|q| q.records.is_empty() && !q.caught_up)
+            .filter(|q| q.checked.is_none_or(|t| now.duration_since(t) >= every))
+            .map(|q| {
+                q.checked = Some(now);
+                (q.topic.clone(), q.partition)
+            })
+            .collect()
+    }
+
+    /// The consumer fetched everything `topic`-`partition` holds.
+    pub(crate) fn caught_up(&mut self, topic: &str, partition: i32) {
+        for q in &mut self.queues {
+            if &*q.topic == topic && q.partition == partition && q.records.is_empty() {
+                q.caught_up = true;
+            }
+        }
+    }
+
+    /// Processes the queued record with the smallest event time, then any stream-time
     /// punctuations it makes due. Returns false when nothing was queued.
     pub(crate) fn process_one(
         &mut self,
@@ -164,15 +259,16 @@ impl Task {
     ) -> Result<bool> {
         let picked = self
             .queues
-            .iter()
+            .iter_mut()
             .enumerate()
-            .filter_map(|(i, q)| q.records.front().map(|r| (r.timestamp, i)))
+            .filter_map(|(i, q)| q.head_time().map(|ts| (ts, i)))
             .min_by_key(|(ts, _)| *ts);
         let Some((_, index)) = picked else {
             return Ok(false);
         };
         let queue = &mut self.queues[index];
         let raw = queue.records.pop_front().unwrap();
+        queue.head_time = None;
         queue.consumed = Some(raw.offset + 1);
         let (source, decoder, partition_time) =
             (queue.source, queue.decoder.clone(), queue.partition_time);

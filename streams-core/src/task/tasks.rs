@@ -4,7 +4,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use super::Task;
+use std::time::{Duration, Instant};
+
+use super::{Task, TaskIdle};
 use crate::handlers::DeserializationErrorHandler;
 use crate::node::{PunctuationType, RawRecord, RecordCollector};
 use crate::store::QueryHandle;
@@ -102,14 +104,39 @@ impl Tasks {
         collector: &mut dyn RecordCollector,
         on_poison: &dyn DeserializationErrorHandler,
         now: i64,
+        idle: TaskIdle,
     ) -> Result<bool> {
         let mut commit = false;
+        let instant = Instant::now();
         for task in self.0.values_mut() {
-            while task.process_one(collector, on_poison)? {}
+            while task.ready(instant, idle) && task.process_one(collector, on_poison)? {}
             task.punctuate(PunctuationType::WallClockTime, now, collector)?;
             commit |= task.take_commit_request();
         }
         Ok(commit)
+    }
+
+    /// The input partitions that hold up a task (no record queued, not known to be caught
+    /// up), each at most once per `every`: `(task, topic, partition)`.
+    pub(crate) fn waiting_for(&mut self, every: Duration) -> Vec<(TaskId, Arc<str>, i32)> {
+        let now = Instant::now();
+        self.0
+            .values_mut()
+            .flat_map(|t| {
+                let id = t.id;
+                t.waiting_for(now, every)
+                    .into_iter()
+                    .map(move |(topic, p)| (id, topic, p))
+            })
+            .collect()
+    }
+
+    /// The consumer fetched everything `topic`-`partition` holds: task `id` need not wait
+    /// for it.
+    pub(crate) fn caught_up(&mut self, id: TaskId, topic: &str, partition: i32) {
+        if let Some(t) = self.0.get_mut(&id) {
+            t.caught_up(topic, partition);
+        }
     }
 
     /// Whether a commit has anything to do: records processed, or store writes (a

@@ -170,8 +170,9 @@ impl TopologyBuilder {
 
     /// Declares `name` as a repartition topic: sources and sinks may use `name`, and the
     /// runtime creates and uses `<application id>-<name>-repartition` with `partitions`
-    /// partitions (by default the largest partition count among the source topics of the
-    /// sub-topologies writing to it).
+    /// partitions (by default the partition count of the topics its readers read beside it, a
+    /// join's other side, so that they are co-partitioned; else the largest partition count
+    /// among the source topics of the sub-topologies writing to it).
     pub fn add_repartition_topic(&mut self, name: &str, partitions: Option<i32>) -> &mut Self {
         if partitions.is_some_and(|p| p < 1) {
             self.errors.push(format!(

@@ -127,6 +127,10 @@ pub(crate) trait SourceDecoder: Send + Sync {
         raw: &RawRecord,
         partition_time: i64,
     ) -> std::result::Result<DecodedRecord, DecodeError>;
+
+    /// The event time of `raw` (what `decode` would give it), to pick the next record of a
+    /// task among its partitions; the record's own timestamp when it does not decode.
+    fn timestamp(&self, raw: &RawRecord, partition_time: i64) -> i64;
 }
 
 /// Forwards a decoded record from its source node.
@@ -175,6 +179,14 @@ impl<K: Clone + 'static, V: Clone + 'static> SourceDecoder for Source<K, V> {
             timestamp,
             forward: Box::new(move |ctx| ctx.forward(record)),
         })
+    }
+
+    fn timestamp(&self, raw: &RawRecord, partition_time: i64) -> i64 {
+        if self.extractor.is_none() {
+            return raw.timestamp;
+        }
+        self.decode(raw, partition_time)
+            .map_or(raw.timestamp, |d| d.timestamp)
     }
 }
 

@@ -210,7 +210,9 @@ impl Fixture {
         self.offset += 1;
         self.tasks.add(TASK, raw).unwrap();
         let mut collector = self.protocol.collector().unwrap();
-        self.tasks.process(&mut collector, &LogAndFail, 0).unwrap();
+        self.tasks
+            .process(&mut collector, &LogAndFail, 0, crate::task::TaskIdle::Never)
+            .unwrap();
     }
 
     fn commit(&mut self) -> Result<()> {
