@@ -572,3 +572,80 @@ fn stream_joins_match_a_recomputation_from_their_definition_on_random_input() {
     // The comparison saw results of every kind.
     assert!(compared.values().all(|&n| n > 100), "{compared:?}");
 }
+
+#[test]
+fn foreign_key_joins_follow_changes_of_the_foreign_key_and_deletes_on_both_sides() {
+    let builder = StreamsBuilder::new();
+    let orders = builder.table::<String, String>("orders", Materialized::with(Utf8));
+    let products = builder.table::<String, String>("products", Materialized::with(Utf8));
+    orders
+        .foreign_key_join(
+            &products,
+            |pid| pid.clone(),
+            |pid, name| format!("{pid}={name}"),
+            Materialized::with(Utf8).named("fk-inner"),
+        )
+        .to("inner");
+    orders
+        .foreign_key_left_join(
+            &products,
+            |pid| pid.clone(),
+            |pid, name| format!("{pid}={}", show(name)),
+            Materialized::with(Utf8).named("fk-left"),
+        )
+        .to("left");
+    let d = driver(builder);
+    let o = d.input_topic::<String, Option<String>>("orders", Utf8, Nullable(Utf8));
+    let p = d.input_topic::<String, Option<String>>("products", Utf8, Nullable(Utf8));
+    p.pipe_at(s("p1"), Some(s("pen")), 1).unwrap();
+    o.pipe_at(s("o1"), Some(s("p1")), 2).unwrap();
+    o.pipe_at(s("o2"), Some(s("p9")), 3).unwrap(); // no such product yet
+    p.pipe_at(s("p9"), Some(s("ink")), 4).unwrap();
+    o.pipe_at(s("o1"), Some(s("p9")), 5).unwrap(); // o1's foreign key changes
+    p.pipe_at(s("p1"), Some(s("red pen")), 6).unwrap(); // nobody refers to p1 any more
+    p.pipe_at(s("p9"), None, 7).unwrap(); // the product both refer to is deleted
+    o.pipe_at(s("o2"), None, 8).unwrap(); // an order is deleted
+    let read =
+        |topic: &str| drain(&d.output_topic::<String, Option<String>>(topic, Utf8, Nullable(Utf8)));
+    let r = |k: &str, v: Option<&str>, ts| (s(k), v.map(s), ts);
+    assert_eq!(
+        read("inner"),
+        vec![
+            r("o1", Some("p1=pen"), 2),
+            r("o2", Some("p9=ink"), 4),
+            r("o1", Some("p9=ink"), 5),
+            r("o1", None, 7),
+            r("o2", None, 7),
+        ]
+    );
+    assert_eq!(
+        read("left"),
+        vec![
+            r("o1", Some("p1=pen"), 2),
+            r("o2", Some("p9=-"), 3),
+            r("o2", Some("p9=ink"), 4),
+            r("o1", Some("p9=ink"), 5),
+            r("o1", Some("p9=-"), 7),
+            r("o2", Some("p9=-"), 7),
+            r("o2", None, 8),
+        ]
+    );
+    // A response to an older version of a row (its hash is not the hash of the row's
+    // current value) is dropped: here one answering o1 with a product "stale".
+    let responses = d.input_topic::<String, String>("fk-left-subscription-response", Utf8, Utf8);
+    let stale_hash = [7_u8; 16];
+    let mut bytes = vec![1];
+    bytes.extend_from_slice(&stale_hash);
+    bytes.push(1);
+    bytes.extend_from_slice(b"stale");
+    responses
+        .pipe_raw(Some(b"o1".to_vec()), Some(bytes), 9, Default::default())
+        .unwrap();
+    assert_eq!(read("left"), vec![], "the stale response changed nothing");
+    let left_rows = d
+        .with_store::<KeyValueStore<String, String>, _>("fk-left", |st| {
+            st.all().unwrap().map(|e| e.unwrap()).collect::<Vec<_>>()
+        })
+        .unwrap();
+    assert_eq!(left_rows, vec![(s("o1"), s("p9=-"))]);
+}

@@ -193,3 +193,254 @@ fn a_join_of_topics_that_are_not_copartitioned_refuses_to_start_naming_both() {
     );
     assert!(err.contains("co-partitioned"), "{err}");
 }
+
+const CARDS: usize = 100;
+const PRODUCTS: usize = 20;
+const ORDERS: usize = 500;
+/// Payments and order updates, interleaved, one every 10 ms of event time from `T0`.
+const EVENTS: usize = 3000;
+const T0: i64 = 1_000;
+
+fn country_of(card: usize) -> String {
+    ["FR", "DE", "IT", "NO", "PT"][card % 5].to_string()
+}
+
+fn product_name(p: usize) -> String {
+    format!("product-{p}")
+}
+
+/// Event `i`: a payment (even `i`) of card `i % CARDS`, or an update (odd `i`) of order
+/// `i % ORDERS` to product `(i * 7) % PRODUCTS`, version `i`.
+fn event(i: usize) -> (bool, String, String) {
+    if i % 2 == 0 {
+        (true, format!("card{}", i % CARDS), format!("pay{i}"))
+    } else {
+        (
+            false,
+            format!("order{}", i % ORDERS),
+            format!("p{}|v{i}", (i * 7) % PRODUCTS),
+        )
+    }
+}
+
+fn run_join_child(args: &str) {
+    streams_testkit::init_tracing();
+    let parts: Vec<&str> = args.split('|').collect();
+    let [app, cards, payments, orders, products, paid, ordered, dir, label] = parts[..] else {
+        panic!("bad child arguments {args}");
+    };
+    let builder = StreamsBuilder::new();
+    let card_table =
+        builder.table::<String, String>(cards, Materialized::with(Utf8).named("cards"));
+    builder
+        .stream::<String, String>(payments)
+        .join_table(
+            &card_table,
+            |pay, c| format!("{pay}:{c}"),
+            Joined::default(),
+        )
+        .to(paid);
+    let order_table =
+        builder.table::<String, String>(orders, Materialized::with(Utf8).named("orders"));
+    let product_table =
+        builder.table::<String, String>(products, Materialized::with(Utf8).named("products"));
+    order_table
+        .foreign_key_join(
+            &product_table,
+            |order| order.split('|').next().unwrap_or_default().to_string(),
+            |order, product| format!("{order}={product}"),
+            Materialized::with(Utf8).named("order-products"),
+        )
+        .to(ordered);
+    let config = StreamsConfig::new(app, &bootstrap_servers())
+        .state_dir(dir)
+        .transaction_timeout(Duration::from_secs(10))
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "1000");
+    let streams = KafkaStreams::new(builder.build().unwrap(), config).unwrap();
+    streams.start().unwrap();
+    assert!(streams.wait_for(|s| s == State::Running, LONG));
+    println!("KSTREAMS-APP-RUNNING {label}");
+    streams_testkit::child::wait_for_stop_request();
+    let closed = streams.close(Duration::from_secs(60));
+    println!("KSTREAMS-APP-CLOSED {label} clean={closed}");
+}
+
+#[test]
+fn a_stream_table_join_and_a_foreign_key_join_are_exactly_once_under_sigkill() {
+    use rand::Rng;
+    use streams_testkit::child::{child_mode, ChildProcess};
+    if let Some(args) = child_mode() {
+        return run_join_child(&args);
+    }
+    let bootstrap = bootstrap_servers();
+    let names: Vec<String> = ["cards", "payments", "orders", "products", "paid", "ordered"]
+        .iter()
+        .map(|n| unique(n))
+        .collect();
+    let [cards, payments, orders, products, paid, ordered] = &names[..] else {
+        unreachable!()
+    };
+    // The foreign-key join needs no co-partitioning: products has its own count.
+    for (t, n) in [
+        (cards, 3),
+        (payments, 3),
+        (orders, 3),
+        (products, 2),
+        (paid, 3),
+        (ordered, 3),
+    ] {
+        create_topic(&bootstrap, t, n, &[]).unwrap();
+    }
+    produce(
+        cards,
+        (0..CARDS).map(|c| (format!("card{c}"), country_of(c), 1)),
+    );
+    produce(
+        products,
+        (0..PRODUCTS).map(|p| (format!("p{p}"), product_name(p), 1)),
+    );
+    let app = unique("join-crash-app");
+    let dir = std::env::temp_dir().join(unique("kstreams-join-crash"));
+    let args = format!(
+        "{app}|{cards}|{payments}|{orders}|{products}|{paid}|{ordered}|{}",
+        dir.display()
+    );
+    let spawn = |label: &str| {
+        ChildProcess::spawn(
+            label,
+            "a_stream_table_join_and_a_foreign_key_join_are_exactly_once_under_sigkill",
+            &format!("{args}|{label}"),
+            &[("KAFKA_BOOTSTRAP_SERVERS", bootstrap.as_str())],
+        )
+        .unwrap()
+    };
+    let feeder = {
+        let (bootstrap, payments, orders) = (bootstrap.clone(), payments.clone(), orders.clone());
+        std::thread::spawn(move || {
+            let p = idempotent_producer(&bootstrap).unwrap();
+            let start = std::time::Instant::now();
+            for i in 0..EVENTS {
+                let (is_payment, key, value) = event(i);
+                let topic = if is_payment { &payments } else { &orders };
+                let ts = T0 + 10 * i as i64;
+                send_retrying(
+                    &p,
+                    BaseRecord::to(topic)
+                        .key(&key)
+                        .payload(&value)
+                        .timestamp(ts),
+                )
+                .unwrap();
+                if i % 50 == 49 {
+                    p.flush(Duration::from_secs(30)).unwrap();
+                    // Pacing the load (about 150 events a second), not waiting for a condition.
+                    let due = start + Duration::from_secs_f64((i + 1) as f64 / 150.0);
+                    std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+                }
+            }
+            p.flush(Duration::from_secs(30)).unwrap();
+        })
+    };
+    let mut rng = rand::rng();
+    const KILLS: usize = 3;
+    for kill in 0..KILLS {
+        let mut child = spawn(&format!("run{kill}"));
+        child.wait_for_line("KSTREAMS-APP-RUNNING", LONG).unwrap();
+        let after = Duration::from_millis(rng.random_range(300..3000));
+        std::thread::sleep(after); // the random kill point
+        child.kill().unwrap();
+        eprintln!("kill {} after {:?} of running", kill + 1, after);
+    }
+    let mut last = spawn("final");
+    last.wait_for_line("KSTREAMS-APP-RUNNING", LONG).unwrap();
+    feeder.join().unwrap();
+
+    // The oracle: every payment once, with its card's country; per order, the versions it
+    // went through, the last one last.
+    let want_paid: BTreeMap<String, String> = (0..EVENTS)
+        .filter(|i| i % 2 == 0)
+        .map(|i| (format!("pay{i}"), country_of(i % CARDS)))
+        .collect();
+    let mut final_version: BTreeMap<String, usize> = BTreeMap::new();
+    for i in (0..EVENTS).filter(|i| i % 2 == 1) {
+        final_version.insert(format!("order{}", i % ORDERS), i);
+    }
+    let version = |v: &str| -> usize {
+        let (order, _) = v.split_once('=').unwrap();
+        order.split("|v").nth(1).unwrap().parse().unwrap()
+    };
+    consume_until(
+        &bootstrap,
+        paid,
+        Isolation::ReadCommitted,
+        Duration::from_secs(240),
+        |r| r.len() >= want_paid.len(),
+    )
+    .unwrap();
+    consume_until(
+        &bootstrap,
+        ordered,
+        Isolation::ReadCommitted,
+        Duration::from_secs(240),
+        |r| {
+            let mut last: BTreeMap<String, usize> = BTreeMap::new();
+            for rec in r {
+                last.insert(rec.key_str(), version(&rec.value_str()));
+            }
+            last == final_version
+        },
+    )
+    .unwrap();
+    let status = last.stop(Duration::from_secs(90)).unwrap();
+    assert!(status.success(), "final run exit: {status}");
+
+    let got_paid = read_to_end(&bootstrap, paid, Isolation::ReadCommitted, LONG).unwrap();
+    let mut seen = BTreeMap::new();
+    let mut duplicates = 0;
+    for r in &got_paid {
+        let v = r.value_str();
+        let (pay, country) = v.split_once(':').unwrap();
+        if seen.insert(pay.to_string(), country.to_string()).is_some() {
+            duplicates += 1;
+        }
+    }
+    let missing = want_paid.keys().filter(|p| !seen.contains_key(*p)).count();
+    let wrong = want_paid
+        .iter()
+        .filter(|(p, c)| seen.get(*p).is_some_and(|g| g != *c))
+        .count();
+    let got_ordered = read_to_end(&bootstrap, ordered, Isolation::ReadCommitted, LONG).unwrap();
+    let mut per_order: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    let mut wrong_products = 0;
+    for r in &got_ordered {
+        let v = r.value_str();
+        let (order, product) = v.split_once('=').unwrap();
+        let pid: usize = order.split('|').next().unwrap()[1..].parse().unwrap();
+        if product != product_name(pid) {
+            wrong_products += 1;
+        }
+        per_order.entry(r.key_str()).or_default().push(version(&v));
+    }
+    let not_increasing = per_order
+        .values()
+        .filter(|vs| vs.windows(2).any(|w| w[0] >= w[1]))
+        .count();
+    let finals: BTreeMap<String, usize> = per_order
+        .iter()
+        .map(|(k, vs)| (k.clone(), *vs.last().unwrap()))
+        .collect();
+    eprintln!(
+        "join crash test: kills {KILLS}; payments {}, joined read_committed {}, duplicates \
+         {duplicates}, missing {missing}, wrong country {wrong}; order updates {}, results {}, \
+         orders whose results repeat or go back {not_increasing}, wrong products {wrong_products}",
+        want_paid.len(),
+        got_paid.len(),
+        EVENTS / 2,
+        got_ordered.len()
+    );
+    assert_eq!((duplicates, missing, wrong), (0, 0, 0));
+    assert_eq!(got_paid.len(), want_paid.len());
+    assert_eq!((not_increasing, wrong_products), (0, 0));
+    assert_eq!(finals, final_version);
+}

@@ -46,6 +46,7 @@
 mod builder;
 mod cache;
 mod change;
+mod fk_join;
 mod graph;
 mod grouped;
 mod handles;
