@@ -649,3 +649,52 @@ fn foreign_key_joins_follow_changes_of_the_foreign_key_and_deletes_on_both_sides
         .unwrap();
     assert_eq!(left_rows, vec![(s("o1"), s("p9=-"))]);
 }
+
+#[test]
+fn global_table_joins_map_each_record_to_a_key_of_the_whole_table() {
+    let builder = StreamsBuilder::new();
+    let countries = builder.global_table::<String, String>(
+        "card-countries",
+        Materialized::with(Utf8).named("countries"),
+    );
+    let payments = builder.stream::<String, String>("payments"); // payment id -> card
+    payments
+        .join_global(
+            &countries,
+            |_, card| card.clone(),
+            |card, c| format!("{card}@{c}"),
+        )
+        .to("inner");
+    payments
+        .left_join_global(
+            &countries,
+            |_, card| card.clone(),
+            |card, c| format!("{card}@{}", show(c)),
+        )
+        .to("left");
+    let d = driver(builder);
+    let c = d.input_topic::<String, Option<String>>("card-countries", Utf8, Nullable(Utf8));
+    let p = d.input_topic::<String, String>("payments", Utf8, Utf8);
+    c.pipe_at(s("card1"), Some(s("FR")), 1).unwrap();
+    p.pipe_at(s("pay1"), s("card1"), 2).unwrap();
+    c.pipe_at(s("card1"), Some(s("IT")), 3).unwrap(); // updates alone emit nothing
+    p.pipe_at(s("pay2"), s("card1"), 4).unwrap();
+    p.pipe_at(s("pay3"), s("card9"), 5).unwrap(); // no such card
+    c.pipe_at(s("card1"), None, 6).unwrap(); // deleted
+    p.pipe_at(s("pay4"), s("card1"), 7).unwrap();
+    assert_eq!(
+        drain(&d.output_topic::<String, String>("inner", Utf8, Utf8)),
+        vec![row("pay1", "card1@FR", 2), row("pay2", "card1@IT", 4)]
+    );
+    assert_eq!(
+        drain(&d.output_topic::<String, String>("left", Utf8, Utf8)),
+        vec![
+            row("pay1", "card1@FR", 2),
+            row("pay2", "card1@IT", 4),
+            row("pay3", "card9@-", 5),
+            row("pay4", "card1@-", 7),
+        ]
+    );
+    let store = d.global_store("countries").unwrap();
+    assert!(store.is_empty());
+}

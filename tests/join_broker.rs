@@ -444,3 +444,97 @@ fn a_stream_table_join_and_a_foreign_key_join_are_exactly_once_under_sigkill() {
     assert_eq!((not_increasing, wrong_products), (0, 0));
     assert_eq!(finals, final_version);
 }
+
+#[test]
+fn a_second_instance_with_a_global_table_reads_it_whole_before_processing() {
+    let bootstrap = bootstrap_servers();
+    let (rates, events, out, app) = (
+        unique("rates"),
+        unique("events"),
+        unique("rated"),
+        unique("global-app"),
+    );
+    create_topic(&bootstrap, &rates, 3, &[]).unwrap();
+    create_topic(&bootstrap, &events, 2, &[]).unwrap();
+    create_topic(&bootstrap, &out, 2, &[]).unwrap();
+    const ROWS: usize = 5_000;
+    const EVENTS: usize = 2_000;
+    produce(
+        &rates,
+        (0..ROWS).map(|r| (format!("r{r}"), format!("rate{r}"), 1)),
+    );
+    let build = || {
+        let builder = StreamsBuilder::new();
+        let table =
+            builder.global_table::<String, String>(&rates, Materialized::with(Utf8).named("rates"));
+        builder
+            .stream::<String, String>(&events)
+            .left_join_global(
+                &table,
+                |_, rate| rate.clone(),
+                |rate, found| format!("{rate}={}", found.map_or("-", String::as_str)),
+            )
+            .to(&out);
+        builder.build().unwrap()
+    };
+    let first = KafkaStreams::new(build(), config(&app, Some(Duration::ZERO))).unwrap();
+    first.start().unwrap();
+    assert_eq!(first.global_store("rates").unwrap().len(), ROWS);
+    let feeder = {
+        let events = events.clone();
+        std::thread::spawn(move || {
+            produce(
+                &events,
+                (0..EVENTS).map(|i| {
+                    (
+                        format!("e{i}"),
+                        format!("r{}", (i * 13) % ROWS),
+                        10 + i as i64,
+                    )
+                }),
+            )
+        })
+    };
+    assert!(first.wait_for(|s| s == State::Running, LONG));
+    // The second instance: start returns once its global table is read whole, before any of
+    // its stream threads runs.
+    let second = KafkaStreams::new(build(), config(&app, Some(Duration::ZERO))).unwrap();
+    second.start().unwrap();
+    let rows_at_start = second.global_store("rates").unwrap().len();
+    feeder.join().unwrap();
+    let got = consume_until(&bootstrap, &out, Isolation::ReadCommitted, LONG, |r| {
+        r.len() >= EVENTS
+    })
+    .unwrap();
+    // Kept up to date while running: an update of the topic reaches both instances.
+    produce(&rates, [(s("r7"), s("rate7-new"), 2)]);
+    let deadline = std::time::Instant::now() + LONG;
+    let updated = |k: &KafkaStreams| {
+        k.global_store("rates")
+            .unwrap()
+            .get(&Utf8, &Utf8, &s("r7"))
+            .unwrap()
+            == Some(s("rate7-new"))
+    };
+    while !(updated(&first) && updated(&second)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the update did not arrive"
+        );
+        std::thread::sleep(Duration::from_millis(50)); // polling the stores
+    }
+    assert!(second.close(Duration::from_secs(60)));
+    assert!(first.close(Duration::from_secs(60)));
+    let unmatched = got.iter().filter(|r| r.value_str().ends_with("=-")).count();
+    eprintln!(
+        "global table: rows {ROWS}, second instance had {rows_at_start} at start; events \
+         {EVENTS}, outputs {}, without their row {unmatched}",
+        got.len()
+    );
+    assert_eq!(rows_at_start, ROWS);
+    assert_eq!((got.len(), unmatched), (EVENTS, 0));
+}
+
+fn s(x: &str) -> String {
+    x.to_string()
+}

@@ -51,7 +51,7 @@ use std::time::Duration;
 use crate::handlers::{DeserializationErrorHandler, LogAndFail};
 use crate::node::{OutRecord, RawRecord, RecordCollector};
 use crate::serde::Serde;
-use crate::store::{RocksResources, StateStore};
+use crate::store::{GlobalStore, GlobalStores, RocksResources, StateStore};
 use crate::task::{SourceTopics, Task, TaskIdle, Tasks};
 use crate::topology::Topology;
 use crate::{Error, Headers, Record, Result, SerdeError, TaskId};
@@ -80,6 +80,8 @@ struct State {
     offsets: HashMap<Arc<str>, i64>,
     wall_clock: i64,
     on_poison: Box<dyn DeserializationErrorHandler>,
+    /// The global stores, filled straight from what is piped to their topics.
+    globals: GlobalStores,
 }
 
 impl State {
@@ -112,6 +114,10 @@ impl State {
         let mut incoming: VecDeque<RawRecord> = first.into_iter().collect();
         loop {
             if let Some(raw) = incoming.pop_front() {
+                if let Some(global) = self.globals.of_topic(&raw.topic) {
+                    global.apply(raw.key.as_deref(), raw.value.as_deref());
+                    continue;
+                }
                 let Some(id) = self.sources.task_of(&raw.topic, 0) else {
                     return Err(Error::Config(format!(
                         "no source of the topology reads topic {}",
@@ -182,6 +188,7 @@ impl TopologyTestDriver {
         wall_clock: i64,
         on_poison: Box<dyn DeserializationErrorHandler>,
     ) -> Result<Self> {
+        let topology = topology.with_own_global_stores();
         let application_id: Arc<str> = Arc::from(application_id);
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let state_dir = std::env::temp_dir().join(format!(
@@ -216,6 +223,7 @@ impl TopologyTestDriver {
                 offsets: HashMap::new(),
                 wall_clock,
                 on_poison,
+                globals: topology.global_stores().clone(),
             })),
             application_id,
             topology,
@@ -265,6 +273,11 @@ impl TopologyTestDriver {
         };
         state.process_and_commit(&mut collector)?;
         state.run(None, collector.pending)
+    }
+
+    /// The global store `name`, filled from what was piped to its topic.
+    pub fn global_store(&self, name: &str) -> Option<GlobalStore> {
+        self.topology.global_store(name)
     }
 
     /// Runs `f` on the store `name` of type `S` (the instance of the task that owns it).

@@ -39,7 +39,7 @@ use std::time::Duration;
 use crate::node::{restore, DynRecord, Node, NodeCtx};
 pub use crate::node::{PunctuationType, PunctuatorId};
 use crate::record::FixedKeyRecord;
-use crate::store::StateStore;
+use crate::store::{GlobalStore, StateStore};
 use crate::{Record, RecordMetadata, Result, TaskId};
 
 /// User code at a node of a topology.
@@ -147,6 +147,12 @@ impl<'a, K: 'static, V: 'static> ProcessorContext<'a, K, V> {
     /// of type `S`.
     pub fn state_store<S: StateStore>(&mut self, name: &str) -> Result<&mut S> {
         self.inner.state_store(name)
+    }
+
+    /// The global store `name` (declared with `TopologyBuilder::add_global_store`): every
+    /// partition of its topic, read-only, up to date as of the last records the instance read.
+    pub fn global_store(&self, name: &str) -> Result<GlobalStore> {
+        self.inner.global_store(name)
     }
 
     /// The task this processor instance runs in.
@@ -281,6 +287,11 @@ impl<'a, K: Clone + 'static, V: Clone + 'static> FixedKeyProcessorContext<'a, K,
     /// See [`ProcessorContext::state_store`].
     pub fn state_store<S: StateStore>(&mut self, name: &str) -> Result<&mut S> {
         self.0.state_store(name)
+    }
+
+    /// See [`ProcessorContext::global_store`].
+    pub fn global_store(&self, name: &str) -> Result<GlobalStore> {
+        self.0.global_store(name)
     }
 
     /// See [`ProcessorContext::task_id`].

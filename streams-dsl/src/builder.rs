@@ -15,7 +15,7 @@ use streams_core::{Error, Record, Result};
 use crate::change::Change;
 use crate::graph::{Graph, Shared};
 use crate::handles::KStream;
-use crate::handles::KTable;
+use crate::handles::{GlobalKTable, KTable};
 use crate::ops::Op;
 use crate::options::{Consumed, Materialized};
 
@@ -224,6 +224,43 @@ impl StreamsBuilder {
             store: Some(store),
             keys,
             values,
+        }
+    }
+
+    /// A global table of `topic` (every partition, on every instance), with the key serde of
+    /// the key type; `materialized` names its store and gives the value serde (its store
+    /// settings do not apply: global stores are kept in memory, read from the topic).
+    pub fn global_table<K, V>(
+        &self,
+        topic: &str,
+        materialized: Materialized<V>,
+    ) -> GlobalKTable<K, V>
+    where
+        K: DefaultSerde,
+        V: 'static,
+    {
+        self.global_table_with(topic, K::default_serde(), materialized)
+    }
+
+    /// [`global_table`](Self::global_table) with the key serde `keys`.
+    pub fn global_table_with<K: 'static, V: 'static>(
+        &self,
+        topic: &str,
+        keys: impl Serde<K>,
+        materialized: Materialized<V>,
+    ) -> GlobalKTable<K, V> {
+        let mut g = self.graph.borrow_mut();
+        let store = g.state_name(
+            "GLOBAL-STORE",
+            &format!("global-table:{topic}"),
+            materialized.name.as_deref(),
+            &format!("global table of {topic}"),
+        );
+        g.topology.add_global_store(&store, topic);
+        GlobalKTable {
+            store,
+            keys: Arc::new(keys),
+            values: materialized.values,
         }
     }
 

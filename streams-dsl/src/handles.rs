@@ -157,6 +157,46 @@ pub struct KGroupedTable<K, V> {
     pub(crate) values: Arc<dyn Serde<V>>,
 }
 
+/// A table of every partition of a topic, on every instance (Kafka Streams'
+/// `GlobalKTable`): read whole before any task processes and kept up to date while the
+/// application runs. Streams join it on a key they map each record to
+/// ([`KStream::join_global`]), with no co-partitioning and no repartition. Its store is
+/// readable by interactive queries (`KafkaStreams::global_store`).
+///
+/// ```
+/// use streams_core::serde::Utf8;
+/// use streams_core::TopologyTestDriver;
+/// use streams_dsl::{Materialized, StreamsBuilder};
+///
+/// // Payments keyed by payment id; the value is the card, looked up in a global table.
+/// let builder = StreamsBuilder::new();
+/// let countries = builder.global_table::<String, String>("card-countries", Materialized::with(Utf8).named("countries"));
+/// builder
+///     .stream::<String, String>("payments")
+///     .join_global(&countries, |_payment, card| card.clone(), |card, country| format!("{card} from {country}"))
+///     .to("located-payments");
+/// let driver = TopologyTestDriver::new(builder.build()?)?;
+/// driver.input_topic("card-countries", Utf8, Utf8).pipe("card1".to_string(), "FR".to_string())?;
+/// driver.input_topic("payments", Utf8, Utf8).pipe("pay1".to_string(), "card1".to_string())?;
+/// let out = driver.output_topic::<String, String>("located-payments", Utf8, Utf8);
+/// assert_eq!(out.read_key_values()?, vec![("pay1".to_string(), "card1 from FR".to_string())]);
+/// let store = driver.global_store("countries").unwrap();
+/// assert_eq!(store.get(&Utf8, &Utf8, &"card1".to_string())?, Some("FR".to_string()));
+/// # Ok::<(), streams_core::Error>(())
+/// ```
+pub struct GlobalKTable<K, V> {
+    pub(crate) store: String,
+    pub(crate) keys: Arc<dyn Serde<K>>,
+    pub(crate) values: Arc<dyn Serde<V>>,
+}
+
+impl<K, V> GlobalKTable<K, V> {
+    /// The name of its (global) store.
+    pub fn store_name(&self) -> &str {
+        &self.store
+    }
+}
+
 /// A grouped stream to aggregate per key and window.
 ///
 /// ```

@@ -65,8 +65,8 @@ mod windows;
 
 pub use builder::{IntoTopics, StreamsBuilder};
 pub use handles::{
-    KGroupedStream, KGroupedTable, KStream, KTable, SessionWindowedKStream, SlidingWindowedKStream,
-    TimeWindowedKStream,
+    GlobalKTable, KGroupedStream, KGroupedTable, KStream, KTable, SessionWindowedKStream,
+    SlidingWindowedKStream, TimeWindowedKStream,
 };
 pub use kstream::BranchedKStream;
 pub use options::{

@@ -18,7 +18,7 @@ use streams_core::store::KeyValueStore;
 use streams_core::{Record, Result};
 
 use crate::change::Change;
-use crate::handles::{KStream, KTable};
+use crate::handles::{GlobalKTable, KStream, KTable};
 use crate::ops::Op;
 use crate::options::{configure_store, Joined, Materialized, Repartitioned};
 use crate::windowing::LateRecords;
@@ -260,6 +260,103 @@ impl<K: Clone + 'static, V: Clone + 'static> KStream<K, V> {
             .connect_processor_and_state_stores(&node, [store.as_str()]);
         drop(g);
         KStream::new(self.graph.clone(), node, path, false)
+    }
+}
+
+impl<K: Clone + 'static, V: Clone + 'static> KStream<K, V> {
+    /// Inner join with a global table: each record is looked up under `key_mapper(key,
+    /// value)` in `table` (every partition of its topic, on every instance: no
+    /// co-partitioning, no repartition), and yields `joiner(value, row)` under its own key; a
+    /// record whose mapped key is not in the table (or is null) yields nothing. See
+    /// [`GlobalKTable`] for an example.
+    pub fn join_global<KG, VG, VR>(
+        &self,
+        table: &GlobalKTable<KG, VG>,
+        key_mapper: impl Fn(&K, &V) -> KG + Send + Sync + 'static,
+        joiner: impl Fn(&V, &VG) -> VR + Send + Sync + 'static,
+    ) -> KStream<K, VR>
+    where
+        KG: 'static,
+        VG: 'static,
+        VR: Clone + 'static,
+    {
+        self.global_join(
+            table,
+            key_mapper,
+            move |v, g| g.map(|g| joiner(v, g)),
+            "JOIN",
+        )
+    }
+
+    /// Left join with a global table: as [`join_global`](Self::join_global), and a record
+    /// whose mapped key is not in the table yields `joiner(value, None)`.
+    pub fn left_join_global<KG, VG, VR>(
+        &self,
+        table: &GlobalKTable<KG, VG>,
+        key_mapper: impl Fn(&K, &V) -> KG + Send + Sync + 'static,
+        joiner: impl Fn(&V, Option<&VG>) -> VR + Send + Sync + 'static,
+    ) -> KStream<K, VR>
+    where
+        KG: 'static,
+        VG: 'static,
+        VR: Clone + 'static,
+    {
+        self.global_join(
+            table,
+            key_mapper,
+            move |v, g| Some(joiner(v, g)),
+            "LEFTJOIN",
+        )
+    }
+
+    fn global_join<KG: 'static, VG: 'static, VR: Clone + 'static>(
+        &self,
+        table: &GlobalKTable<KG, VG>,
+        key_mapper: impl Fn(&K, &V) -> KG + Send + Sync + 'static,
+        joiner: impl Fn(&V, Option<&VG>) -> Option<VR> + Send + Sync + 'static,
+        kind: &str,
+    ) -> KStream<K, VR> {
+        let path = format!(
+            "{}/{}-global({})",
+            self.path,
+            kind.to_lowercase(),
+            table.store
+        );
+        let mut g = self.graph.borrow_mut();
+        let node = g.node_name(
+            &format!("STREAM-GLOBALTABLE-{kind}"),
+            &path,
+            self.name_next.as_deref(),
+        );
+        let (mapper, joiner) = (Arc::new(key_mapper), Arc::new(joiner));
+        let (store, keys, values) = (
+            table.store.clone(),
+            table.keys.clone(),
+            table.values.clone(),
+        );
+        g.topology.add_processor(
+            &node,
+            move || {
+                let (mapper, joiner, store, keys, values) = (
+                    mapper.clone(),
+                    joiner.clone(),
+                    store.clone(),
+                    keys.clone(),
+                    values.clone(),
+                );
+                Op::<K, V, K, VR>::new(Box::new(move |r: Record<K, V>, ctx| {
+                    let global = ctx.global_store(&store)?;
+                    let row = global.get(&*keys, &*values, &mapper(r.key(), r.value()))?;
+                    match joiner(r.value(), row.as_ref()) {
+                        Some(out) => ctx.forward(r.with_value(out)),
+                        None => Ok(()),
+                    }
+                }))
+            },
+            [self.node.as_str()],
+        );
+        drop(g);
+        KStream::new(self.graph.clone(), node, path, self.key_changed)
     }
 }
 

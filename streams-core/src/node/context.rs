@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{DynRecord, Node, NodeMeta, PunctuationType, PunctuatorId, RecordCollector};
-use crate::store::StateStore;
+use crate::store::{GlobalStore, GlobalStores, StateStore};
 use crate::{Error, Record, RecordMetadata, Result, TaskId};
 
 struct Punctuator {
@@ -30,6 +30,8 @@ pub(crate) struct TaskEnv {
     cache_budget: usize,
     /// By the topology's store index; `None` for stores of other sub-topologies.
     stores: Vec<Option<Box<dyn StateStore>>>,
+    /// The instance's global stores, readable by every node.
+    globals: GlobalStores,
 }
 
 impl TaskEnv {
@@ -38,6 +40,7 @@ impl TaskEnv {
         application_id: Arc<str>,
         wall_clock: i64,
         stores: Vec<Option<Box<dyn StateStore>>>,
+        globals: GlobalStores,
     ) -> Self {
         TaskEnv {
             task_id,
@@ -50,6 +53,7 @@ impl TaskEnv {
             commit_requested: false,
             cache_budget: 0,
             stores,
+            globals,
         }
     }
 
@@ -285,6 +289,16 @@ impl<'a> NodeCtx<'a> {
 
     pub(crate) fn cache_budget(&self) -> usize {
         self.env.cache_budget
+    }
+
+    /// The global store `name`.
+    pub(crate) fn global_store(&self, name: &str) -> Result<GlobalStore> {
+        self.env.globals.get(name).ok_or_else(|| {
+            Error::Config(format!(
+                "processor {} reads a global store named {name}, which the topology does not declare",
+                self.metas[self.node].name
+            ))
+        })
     }
 
     /// The store `name` of type `S`, if this node is connected to it.

@@ -25,6 +25,7 @@ mod cleanup;
 mod clients;
 mod collector;
 mod commit;
+mod global;
 mod rebalance;
 mod restore;
 mod thread;
@@ -207,7 +208,7 @@ impl KafkaStreams {
     pub fn new(topology: Topology, config: StreamsConfig) -> Result<Self> {
         config.validate()?;
         Ok(KafkaStreams {
-            topology,
+            topology: topology.with_own_global_stores(),
             shared: Arc::new(Shared {
                 state: Mutex::new(State::Created),
                 changed: Condvar::new(),
@@ -298,6 +299,8 @@ impl KafkaStreams {
             None => instance_id(&app_dir)?,
         };
         topics::prepare(&self.topology, &self.config)?;
+        // Global tables are read whole before any stream thread starts.
+        let global = global::start(&self.topology, &self.config, self.shared.clone())?;
         *lock(&self.lock_file) = Some(lock_file);
         *lock(&self.instance_id) = Some(instance_id.clone());
         let span = tracing::info_span!("kafka_streams", application_id = %self.config.application_id, instance = %instance_id);
@@ -305,6 +308,7 @@ impl KafkaStreams {
         tracing::info!(threads = self.config.num_stream_threads, guarantee = ?self.config.guarantee, "starting");
         self.shared.transition(State::Rebalancing);
         let mut handles = lock(&self.handles);
+        handles.extend(global);
         let rocks = self.config.rocks_resources();
         for i in 0..self.config.num_stream_threads {
             let thread = thread::StreamThread::new(
@@ -362,6 +366,12 @@ impl KafkaStreams {
             tracing::warn!(?timeout, "stream threads did not stop in time");
         }
         stopped
+    }
+
+    /// The global store `name` (interactive queries): every partition of its topic, as this
+    /// instance has read it.
+    pub fn global_store(&self, name: &str) -> Option<crate::store::GlobalStore> {
+        self.topology.global_store(name)
     }
 
     /// The tasks this instance runs now, over all its stream threads.

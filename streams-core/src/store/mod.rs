@@ -16,6 +16,7 @@
 
 mod bytes;
 mod core;
+mod global;
 mod kv;
 mod rocks;
 mod session;
@@ -37,6 +38,8 @@ pub use self::bytes::{Batch, BytesStore, MemoryBytes, RocksBytes};
 pub use self::core::{ChangelogTarget, RangeIter, StoreCore};
 #[cfg(not(feature = "internals"))]
 pub(crate) use self::core::{ChangelogTarget, StoreCore};
+pub use self::global::GlobalStore;
+pub(crate) use self::global::GlobalStores;
 pub use self::kv::{KeyValueIter, KeyValueStore, KeyValueStoreBuilder, ReadOnlyKeyValueStore};
 pub use self::rocks::{RocksConfigSetter, RocksResources};
 pub use self::session::{EndedSession, SessionStore, SessionStoreBuilder};

@@ -26,6 +26,7 @@ pub struct TopologyBuilder {
     pub(super) nodes: Vec<NodeDef>,
     pub(super) stores: Vec<(Arc<dyn StoreBuilder>, Vec<String>)>,
     pub(super) repartition: BTreeMap<String, Option<i32>>,
+    pub(super) globals: Vec<(String, String)>,
     errors: Vec<String>,
 }
 
@@ -141,6 +142,17 @@ impl TopologyBuilder {
             ));
         }
         self.stores.push((Arc::new(store), users));
+        self
+    }
+
+    /// Declares the global store `name`, holding every partition of `topic` (its latest value
+    /// per key; a null value deletes the key). Every instance reads the whole topic into it
+    /// before any task processes and keeps it up to date while running; every processor can
+    /// read it ([`ProcessorContext::global_store`](crate::processor::ProcessorContext::global_store)),
+    /// and so can interactive queries (`KafkaStreams::global_store`). The topic is its log: no
+    /// changelog is written.
+    pub fn add_global_store(&mut self, name: &str, topic: &str) -> &mut Self {
+        self.globals.push((name.to_string(), topic.to_string()));
         self
     }
 

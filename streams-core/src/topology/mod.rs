@@ -45,7 +45,7 @@ pub use self::nodes::{
 };
 pub(crate) use self::nodes::{SourceDecoder, SourceParts};
 use crate::node::{Node, NodeMeta};
-use crate::store::StoreBuilder;
+use crate::store::{GlobalStore, GlobalStores, StoreBuilder};
 
 /// A group of nodes that runs as one task per partition.
 #[derive(Debug, Clone)]
@@ -68,12 +68,17 @@ struct Inner {
     stores: Vec<Arc<dyn StoreBuilder>>,
     subtopologies: Vec<SubTopology>,
     repartition: BTreeMap<String, Option<i32>>,
+    /// Global stores: `(store name, topic)`.
+    globals: Vec<(String, String)>,
 }
 
 /// A checked, immutable topology; cheap to clone and share between threads.
 #[derive(Clone)]
 pub struct Topology {
     inner: Arc<Inner>,
+    /// The contents of the global stores, shared by the clones given to one instance's
+    /// threads; each instance (and test driver) starts with its own.
+    global_stores: GlobalStores,
 }
 
 impl fmt::Debug for Topology {
@@ -86,6 +91,28 @@ impl Topology {
     /// The sub-topologies, in the order of their first node.
     pub fn subtopologies(&self) -> &[SubTopology] {
         &self.inner.subtopologies
+    }
+
+    /// The global stores declared: `(store name, topic)`.
+    pub fn global_tables(&self) -> &[(String, String)] {
+        &self.inner.globals
+    }
+
+    /// The global store `name` of this instance, if declared.
+    pub fn global_store(&self, name: &str) -> Option<GlobalStore> {
+        self.global_stores.get(name)
+    }
+
+    pub(crate) fn global_stores(&self) -> &GlobalStores {
+        &self.global_stores
+    }
+
+    /// The same topology with empty global stores of its own (one per instance).
+    pub(crate) fn with_own_global_stores(&self) -> Topology {
+        Topology {
+            inner: self.inner.clone(),
+            global_stores: GlobalStores::new(&self.inner.globals),
+        }
     }
 
     /// The repartition topics declared, with their partition counts if given.

@@ -8,7 +8,7 @@ use super::builder::{NodeDef, TopologyBuilder};
 use super::nodes::NodeKind;
 use super::{Inner, SubTopology, Topology};
 use crate::node::NodeMeta;
-use crate::store::StoreBuilder;
+use crate::store::{GlobalStores, StoreBuilder};
 use crate::{Error, Result};
 
 fn invalid<T>(message: String) -> Result<T> {
@@ -40,15 +40,18 @@ pub(super) fn freeze(b: TopologyBuilder) -> Result<Topology> {
     check_acyclic(&metas)?;
     let stores = connect_stores(b.stores, &b.nodes, &index, &mut metas)?;
     check_one_reader_per_topic(&b.nodes)?;
+    check_global_tables(&b.globals, &b.nodes, &stores)?;
     let kinds: Vec<NodeKind> = b.nodes.into_iter().map(|n| n.kind).collect();
     let subtopologies = split(&metas, &kinds, &stores)?;
     Ok(Topology {
+        global_stores: GlobalStores::new(&b.globals),
         inner: Arc::new(Inner {
             metas,
             kinds,
             stores,
             subtopologies,
             repartition: b.repartition,
+            globals: b.globals,
         }),
     })
 }
@@ -168,6 +171,30 @@ fn connect_stores(
         stores.push(store);
     }
     Ok(stores)
+}
+
+/// A global table's topic is read by no source, and its name is no other store's.
+fn check_global_tables(
+    globals: &[(String, String)],
+    nodes: &[NodeDef],
+    stores: &[Arc<dyn StoreBuilder>],
+) -> Result<()> {
+    for (i, (name, topic)) in globals.iter().enumerate() {
+        if globals[..i].iter().any(|(n, _)| n == name) || stores.iter().any(|s| s.name() == name) {
+            return invalid(format!("store name {name} is used twice"));
+        }
+        for n in nodes {
+            if let NodeKind::Source { topics, .. } = &n.kind {
+                if topics.contains(topic) {
+                    return invalid(format!(
+                        "topic {topic} is read by the global store {name} and by the source {}",
+                        n.name
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A topic is read by one source only.
