@@ -9,7 +9,10 @@
 //! TOPOLOGY is what (b) runs: `processor` (default: one Processor API node appending "!"),
 //! `dsl-chain` (the DSL's filter → map_values → to doing the same), or `dsl-window-count` (the
 //! DSL's count per key in one-minute tumbling windows, RocksDB and its changelog, the record
-//! cache on (default budget), over 10,000 keys).
+//! cache on (default budget), over 10,000 keys), or `dsl-stream-table-join` (the DSL's
+//! stream-table join of every record with a 100,000-row table read from its own topic, RocksDB
+//! with the table topic as its changelog, appending "!" and the row's value; the stream's keys
+//! cycle through the table's).
 //!
 //! Each round fills a fresh 3-partition input topic with RECORDS records (100-byte values),
 //! then runs (a) the raw pipe and (b) the topology, each reading the whole topic with a fresh
@@ -30,7 +33,7 @@ use kstreams::core::{
     KafkaStreams, Processor, ProcessorContext, Record, Result, Sink, Source, State, StreamsConfig,
     TopologyBuilder,
 };
-use kstreams::dsl::{StreamsBuilder, TimeWindows};
+use kstreams::dsl::{Joined, Materialized, StreamsBuilder, TimeWindows};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -218,9 +221,14 @@ enum Kind {
     /// The DSL: a count per key in one-minute tumbling windows, RocksDB with its changelog,
     /// the record cache on (default budget), 10,000 keys.
     DslWindowCount,
+    /// The DSL: a stream-table join with a 100,000-row table.
+    DslStreamTableJoin,
 }
 
-fn build(kind: Kind, input: &str, output: &str) -> kstreams::core::Topology {
+/// The rows of the join's table.
+const TABLE_ROWS: usize = 100_000;
+
+fn build(kind: Kind, input: &str, output: &str, table: &str) -> kstreams::core::Topology {
     match kind {
         Kind::Processor => TopologyBuilder::new()
             .add_source("in", Source::new([input], RawBytes, RawBytes))
@@ -250,13 +258,38 @@ fn build(kind: Kind, input: &str, output: &str) -> kstreams::core::Topology {
                 .to(output);
             builder.build().unwrap()
         }
+        Kind::DslStreamTableJoin => {
+            let builder = StreamsBuilder::new();
+            let rows = builder.table::<Vec<u8>, Vec<u8>>(table, Materialized::with(RawBytes));
+            builder
+                .stream::<Vec<u8>, Vec<u8>>(input)
+                .join_table(
+                    &rows,
+                    |v, row| {
+                        let mut out = Vec::with_capacity(v.len() + 1 + row.len());
+                        out.extend_from_slice(v);
+                        out.push(b'!');
+                        out.extend_from_slice(row);
+                        out
+                    },
+                    Joined::default(),
+                )
+                .to(output);
+            builder.build().unwrap()
+        }
     }
 }
 
 /// (b) The topology on the runtime, exactly-once, one stream thread.
-fn topology(kind: Kind, bootstrap: &str, input: &str, output: &str, n: usize) -> Steady {
+fn topology(
+    kind: Kind,
+    bootstrap: &str,
+    (input, table): (&str, &str),
+    output: &str,
+    n: usize,
+) -> Steady {
     let app = unique("bench-app");
-    let topology = build(kind, input, output);
+    let topology = build(kind, input, output, table);
     let config = StreamsConfig::new(&app, bootstrap)
         .commit_interval(COMMIT_INTERVAL)
         .state_dir(std::env::temp_dir().join(unique("bench-state")))
@@ -266,6 +299,19 @@ fn topology(kind: Kind, bootstrap: &str, input: &str, output: &str, n: usize) ->
     let steady = steady_state(bootstrap, &app, input, n);
     assert!(streams.close(TIMEOUT));
     assert_eq!(streams.state(), State::NotRunning);
+    if kind == Kind::DslStreamTableJoin {
+        // Every record found its row (a join that missed would write less, and look faster).
+        let written = streams_testkit::kafka::read_to_end(
+            bootstrap,
+            output,
+            streams_testkit::kafka::Isolation::ReadCommitted,
+            TIMEOUT,
+        )
+        .unwrap()
+        .len();
+        assert_eq!(written, n, "join outputs");
+        println!("join outputs checked: {written} of {n} records joined");
+    }
     steady
 }
 
@@ -284,7 +330,10 @@ fn main() {
         Some(k) if k == "processor" => Kind::Processor,
         Some(k) if k == "dsl-chain" => Kind::DslChain,
         Some(k) if k == "dsl-window-count" => Kind::DslWindowCount,
-        Some(k) => panic!("unknown topology {k}: processor, dsl-chain or dsl-window-count"),
+        Some(k) if k == "dsl-stream-table-join" => Kind::DslStreamTableJoin,
+        Some(k) => panic!(
+            "unknown topology {k}: processor, dsl-chain, dsl-window-count or dsl-stream-table-join"
+        ),
     };
     println!("topology (b): {kind:?}");
     if streams_testkit::broker::external_bootstrap_servers().is_none() {
@@ -300,11 +349,17 @@ fn main() {
         create_topic(&bootstrap, &input, PARTITIONS, &[]).unwrap();
         // The windowed count sees 10,000 keys, each updated about n / 10,000 times: what its
         // record cache exists for. The other topologies get distinct keys.
-        let keys = if kind == Kind::DslWindowCount {
-            10_000
-        } else {
-            0
+        let keys = match kind {
+            Kind::DslWindowCount => 10_000,
+            Kind::DslStreamTableJoin => TABLE_ROWS,
+            _ => 0,
         };
+        // The join's table, written before the stream (its rows are older).
+        let table = unique("bench-table");
+        if kind == Kind::DslStreamTableJoin {
+            create_topic(&bootstrap, &table, PARTITIONS, &[]).unwrap();
+            fill(&bootstrap, &table, TABLE_ROWS, 0);
+        }
         fill(&bootstrap, &input, n, keys);
         let (out_a, out_b) = (unique("bench-out-raw"), unique("bench-out-topology"));
         create_topic(&bootstrap, &out_a, PARTITIONS, &[]).unwrap();
@@ -312,9 +367,9 @@ fn main() {
         // Alternate the order: the machine is shared and its load drifts.
         let (a, b) = if round % 2 == 1 {
             let a = raw_pipe(&bootstrap, &input, &out_a, n);
-            (a, topology(kind, &bootstrap, &input, &out_b, n))
+            (a, topology(kind, &bootstrap, (&input, &table), &out_b, n))
         } else {
-            let b = topology(kind, &bootstrap, &input, &out_b, n);
+            let b = topology(kind, &bootstrap, (&input, &table), &out_b, n);
             (raw_pipe(&bootstrap, &input, &out_a, n), b)
         };
         let (ratio, cpu_ratio) = (b.rate / a.rate, b.cpu_us / a.cpu_us);

@@ -298,6 +298,35 @@ impl<K: Clone + 'static, V: Clone + 'static> KTable<K, V> {
     /// Left join with `other` on a foreign key: as
     /// [`foreign_key_join`](Self::foreign_key_join), and a row whose foreign key is not in
     /// `other` yields `joiner(value, None)`.
+    ///
+    /// ```
+    /// use streams_core::serde::{Nullable, Utf8};
+    /// use streams_core::TopologyTestDriver;
+    /// use streams_dsl::{Materialized, StreamsBuilder};
+    ///
+    /// // Employees (id -> team id) with their team's name, if the team exists.
+    /// let builder = StreamsBuilder::new();
+    /// let employees = builder.table::<String, String>("employees", Materialized::with(Utf8));
+    /// let teams = builder.table::<String, String>("teams", Materialized::with(Utf8));
+    /// employees
+    ///     .foreign_key_left_join(
+    ///         &teams,
+    ///         |team_id| team_id.clone(),
+    ///         |team_id, name| name.cloned().unwrap_or(format!("unknown team {team_id}")),
+    ///         Materialized::with(Utf8),
+    ///     )
+    ///     .to("employee-teams");
+    /// let driver = TopologyTestDriver::new(builder.build()?)?;
+    /// let (e, t) = (driver.input_topic("employees", Utf8, Utf8), driver.input_topic("teams", Utf8, Utf8));
+    /// e.pipe_at("e1".to_string(), "t1".to_string(), 1)?;
+    /// t.pipe_at("t1".to_string(), "Platform".to_string(), 2)?;
+    /// let out = driver.output_topic::<String, Option<String>>("employee-teams", Utf8, Nullable(Utf8));
+    /// assert_eq!(
+    ///     out.read_values()?,
+    ///     vec![Some("unknown team t1".to_string()), Some("Platform".to_string())]
+    /// );
+    /// # Ok::<(), streams_core::Error>(())
+    /// ```
     pub fn foreign_key_left_join<KO, VO, VR>(
         &self,
         other: &KTable<KO, VO>,

@@ -174,60 +174,65 @@ where
         }
         self.emit_alone(ctx)?;
         let (key, side, rest) = r.into_parts();
+        let rest = rest.with_key(key.clone());
         match side {
             Side::This(v) => {
-                append::<K, V1, VR>(ctx, &self.stores.this, &key, v.clone(), ts)?;
                 let (from, to) = (ts.saturating_sub(w.before), ts.saturating_add(w.after));
-                let partners = ctx
-                    .state_store::<WindowStore<K, Vec<V2>>>(&self.stores.other)?
-                    .fetch(&key, from.max(0), to)?;
-                if partners.is_empty() {
-                    if self.kind.alone(true) {
-                        self.wait_alone::<V1>(ctx, true, &key, v, ts)?;
-                    }
-                    return Ok(());
-                }
-                for (ots, values) in partners {
-                    if let Some(store) = &self.stores.alone_other {
-                        let s = ctx.state_store::<KeyValueStore<TsKey<K>, Vec<V2>>>(store)?;
-                        s.delete(&TsKey {
-                            ts: ots,
-                            key: key.clone(),
-                        })?;
-                    }
-                    for o in values {
-                        let out = (self.joiner)(&key, Some(&v), Some(&o));
-                        let rec = rest.clone().with_key(key.clone()).with_value(out);
-                        ctx.forward(rec.with_timestamp(ts.max(ots)))?;
-                    }
-                }
+                let joiner = self.joiner.clone();
+                self.join_one::<V1, V2>(ctx, true, (&key, v, ts), (from, to), rest, |v, o| {
+                    joiner(&key, Some(v), Some(o))
+                })
             }
             Side::Other(o) => {
-                append::<K, V2, VR>(ctx, &self.stores.other, &key, o.clone(), ts)?;
                 let (from, to) = (ts.saturating_sub(w.after), ts.saturating_add(w.before));
-                let partners = ctx
-                    .state_store::<WindowStore<K, Vec<V1>>>(&self.stores.this)?
-                    .fetch(&key, from.max(0), to)?;
-                if partners.is_empty() {
-                    if self.kind.alone(false) {
-                        self.wait_alone::<V2>(ctx, false, &key, o, ts)?;
-                    }
-                    return Ok(());
-                }
-                for (tts, values) in partners {
-                    if let Some(store) = &self.stores.alone_this {
-                        let s = ctx.state_store::<KeyValueStore<TsKey<K>, Vec<V1>>>(store)?;
-                        s.delete(&TsKey {
-                            ts: tts,
-                            key: key.clone(),
-                        })?;
-                    }
-                    for v in values {
-                        let out = (self.joiner)(&key, Some(&v), Some(&o));
-                        let rec = rest.clone().with_key(key.clone()).with_value(out);
-                        ctx.forward(rec.with_timestamp(ts.max(tts)))?;
-                    }
-                }
+                let joiner = self.joiner.clone();
+                self.join_one::<V2, V1>(ctx, false, (&key, o, ts), (from, to), rest, |o, v| {
+                    joiner(&key, Some(v), Some(o))
+                })
+            }
+        }
+    }
+
+    /// Joins one record of one side (`own`, values `VA`) with the other side's records
+    /// (`VB`) of its key in `[from, to]`: stores it, emits a result per partner (removing
+    /// partners that waited alone), or keeps it alone when it has none and its side is outer.
+    #[allow(clippy::too_many_arguments)]
+    fn join_one<VA: Clone + 'static, VB: Clone + 'static>(
+        &mut self,
+        ctx: &mut ProcessorContext<'_, K, VR>,
+        this_side: bool,
+        (key, value, ts): (&K, VA, i64),
+        (from, to): (i64, i64),
+        rest: Record<K, ()>,
+        join: impl Fn(&VA, &VB) -> VR,
+    ) -> Result<()> {
+        let s = &self.stores;
+        let (own, other, other_alone) = if this_side {
+            (&s.this, &s.other, &s.alone_other)
+        } else {
+            (&s.other, &s.this, &s.alone_this)
+        };
+        append::<K, VA, VR>(ctx, own, key, value.clone(), ts)?;
+        let partners =
+            ctx.state_store::<WindowStore<K, Vec<VB>>>(other)?
+                .fetch(key, from.max(0), to)?;
+        if partners.is_empty() {
+            if self.kind.alone(this_side) {
+                self.wait_alone::<VA>(ctx, this_side, key, value, ts)?;
+            }
+            return Ok(());
+        }
+        for (pts, values) in partners {
+            if let Some(store) = other_alone {
+                let alone = ctx.state_store::<KeyValueStore<TsKey<K>, Vec<VB>>>(store)?;
+                alone.delete(&TsKey {
+                    ts: pts,
+                    key: key.clone(),
+                })?;
+            }
+            for partner in values {
+                let out = rest.clone().with_value(join(&value, &partner));
+                ctx.forward(out.with_timestamp(ts.max(pts)))?;
             }
         }
         Ok(())

@@ -290,6 +290,27 @@ impl<K: Clone + 'static, V: Clone + 'static> KStream<K, V> {
 
     /// Left join with a global table: as [`join_global`](Self::join_global), and a record
     /// whose mapped key is not in the table yields `joiner(value, None)`.
+    ///
+    /// ```
+    /// use streams_core::serde::Utf8;
+    /// use streams_core::TopologyTestDriver;
+    /// use streams_dsl::{Materialized, StreamsBuilder};
+    ///
+    /// let builder = StreamsBuilder::new();
+    /// let names = builder.global_table::<String, String>("product-names", Materialized::with(Utf8));
+    /// builder
+    ///     .stream::<String, String>("clicks") // user -> product id
+    ///     .left_join_global(&names, |_, pid| pid.clone(), |pid, name| name.cloned().unwrap_or_else(|| pid.clone()))
+    ///     .to("clicked-names");
+    /// let driver = TopologyTestDriver::new(builder.build()?)?;
+    /// driver.input_topic("product-names", Utf8, Utf8).pipe("p1".to_string(), "pen".to_string())?;
+    /// let clicks = driver.input_topic("clicks", Utf8, Utf8);
+    /// clicks.pipe("ann".to_string(), "p1".to_string())?;
+    /// clicks.pipe("bob".to_string(), "p2".to_string())?;
+    /// let out = driver.output_topic::<String, String>("clicked-names", Utf8, Utf8);
+    /// assert_eq!(out.read_values()?, vec!["pen".to_string(), "p2".to_string()]);
+    /// # Ok::<(), streams_core::Error>(())
+    /// ```
     pub fn left_join_global<KG, VG, VR>(
         &self,
         table: &GlobalKTable<KG, VG>,
@@ -418,6 +439,25 @@ impl<K: Clone + 'static, V: Clone + 'static> KTable<K, V> {
 
     /// Left join with `other`: a row for every key of this table, `joiner(row, other row or
     /// None)`.
+    ///
+    /// ```
+    /// use streams_core::serde::{Nullable, Utf8};
+    /// use streams_core::TopologyTestDriver;
+    /// use streams_dsl::{Materialized, StreamsBuilder};
+    ///
+    /// let builder = StreamsBuilder::new();
+    /// let users = builder.table::<String, String>("users", Materialized::with(Utf8));
+    /// let phones = builder.table::<String, String>("phones", Materialized::with(Utf8));
+    /// users
+    ///     .left_join(&phones, |u, p| format!("{u}:{}", p.map_or("no phone", String::as_str)), Materialized::with(Utf8))
+    ///     .to("user-phones");
+    /// let driver = TopologyTestDriver::new(builder.build()?)?;
+    /// driver.input_topic("users", Utf8, Utf8).pipe_at("u1".to_string(), "Ann".to_string(), 1)?;
+    /// driver.input_topic("phones", Utf8, Utf8).pipe_at("u1".to_string(), "555".to_string(), 2)?;
+    /// let out = driver.output_topic::<String, Option<String>>("user-phones", Utf8, Nullable(Utf8));
+    /// assert_eq!(out.read_values()?, vec![Some("Ann:no phone".to_string()), Some("Ann:555".to_string())]);
+    /// # Ok::<(), streams_core::Error>(())
+    /// ```
     pub fn left_join<V2, VR>(
         &self,
         other: &KTable<K, V2>,
@@ -434,6 +474,26 @@ impl<K: Clone + 'static, V: Clone + 'static> KTable<K, V> {
     }
 
     /// Outer join with `other`: a row for every key of either table.
+    ///
+    /// ```
+    /// use streams_core::serde::{Nullable, Utf8};
+    /// use streams_core::TopologyTestDriver;
+    /// use streams_dsl::{Materialized, StreamsBuilder};
+    ///
+    /// let builder = StreamsBuilder::new();
+    /// let stock = builder.table::<String, String>("stock", Materialized::with(Utf8));
+    /// let prices = builder.table::<String, String>("prices", Materialized::with(Utf8));
+    /// let show = |v: Option<&String>| v.map_or("?", String::as_str).to_string();
+    /// stock
+    ///     .outer_join(&prices, move |s, p| format!("{} at {}", show(s), show(p)), Materialized::with(Utf8))
+    ///     .to("catalog");
+    /// let driver = TopologyTestDriver::new(builder.build()?)?;
+    /// driver.input_topic("prices", Utf8, Utf8).pipe_at("pen".to_string(), "2 EUR".to_string(), 1)?;
+    /// driver.input_topic("stock", Utf8, Utf8).pipe_at("pen".to_string(), "12".to_string(), 2)?;
+    /// let out = driver.output_topic::<String, Option<String>>("catalog", Utf8, Nullable(Utf8));
+    /// assert_eq!(out.read_values()?, vec![Some("? at 2 EUR".to_string()), Some("12 at 2 EUR".to_string())]);
+    /// # Ok::<(), streams_core::Error>(())
+    /// ```
     pub fn outer_join<V2, VR>(
         &self,
         other: &KTable<K, V2>,
