@@ -361,6 +361,7 @@ fn stream_table_join_drops_and_counts_null_keys_and_joins_a_derived_table() {
     let d = driver(builder);
     let l = d.input_topic::<Option<String>, String>("limits", key(), Utf8);
     let r = d.input_topic::<Option<String>, String>("requests", key(), Utf8);
+    l.pipe_at(None, s("no key: skipped"), 1).unwrap();
     l.pipe_at(Some(s("u1")), s("low"), 1).unwrap();
     r.pipe_at(None, s("anonymous"), 2).unwrap();
     r.pipe_at(Some(s("u1")), s("get"), 3).unwrap();

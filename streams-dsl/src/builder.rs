@@ -182,12 +182,19 @@ impl StreamsBuilder {
             Source::new([topic], keys.clone(), Nullable(values.clone())),
         );
         let store_name = store.clone();
+        let key_serde = keys.clone();
         g.topology.add_processor(
             &node,
             move || {
-                let store = store_name.clone();
+                let (store, keys) = (store_name.clone(), key_serde.clone());
                 Op::<K, Option<V>, K, Change<V>>::new(Box::new(
                     move |r: Record<K, Option<V>>, ctx: &mut ProcessorContext<'_, K, Change<V>>| {
+                        // A record with a null key (a key serde that accepts nulls) updates
+                        // no row: skipped, as Kafka Streams' table sources do.
+                        if keys.serialize("table", r.key())?.is_none() {
+                            tracing::warn!(task = %ctx.task_id(), "table: skipping a record with a null key");
+                            return Ok(());
+                        }
                         let s = ctx.state_store::<KeyValueStore<K, V>>(&store)?;
                         let (key, value, rest) = r.into_parts();
                         let old = s.get(&key)?;
