@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # Runs an example end to end on a fresh machine: set-up (Debian packages, the test broker),
 # then the example, which starts the project's broker itself unless KAFKA_BOOTSTRAP_SERVERS
-# names one. Usage: scripts/run-example.sh [example] [args...] (default: order_routing)
+# names one. Usage: scripts/run-example.sh [example] [args...]
+# (default: fraud_detection --generate 20000 --run-for 60)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 "$ROOT/scripts/setup.sh"
 cd "$ROOT"
-example="${1:-order_routing}"
-shift || true
-cargo run --quiet --example "$example" -- "$@"
+if [ $# -eq 0 ]; then
+  set -- fraud_detection --generate 20000 --run-for 60
+fi
+example="$1"
+shift
+echo "building the example $example (the first build compiles RocksDB and librdkafka: several minutes; cargo shows its progress)"
+cargo run --example "$example" -- "$@"
