@@ -224,3 +224,226 @@ fn the_fraud_rules_raise_exactly_the_alerts_their_definitions_give() {
     assert_eq!(dead.len(), malformed);
     assert!(dead.iter().all(|v| v == b"{\"txn_id\": 7}"));
 }
+
+/// The example's binary, built by `cargo test` beside the test binaries.
+fn example_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let bin = dir.join("examples").join("fraud_detection");
+    assert!(
+        bin.exists(),
+        "{} not built (cargo test builds examples)",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs the example with `args`; returns the child once it printed that it runs, and a
+/// channel of its later output lines.
+fn run_example(args: &[&str]) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(example_binary())
+        .args(args)
+        .env(
+            "KAFKA_BOOTSTRAP_SERVERS",
+            streams_testkit::bootstrap_servers(),
+        )
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(|l| l.ok())
+        {
+            eprintln!("[example] {line}");
+            let _ = tx.send(line);
+        }
+    });
+    loop {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(180))
+            .expect("the example did not start");
+        if line.starts_with("running") {
+            return (child, rx);
+        }
+    }
+}
+
+/// Waits until the example's summary shows it processed transactions.
+fn wait_processing(lines: &std::sync::mpsc::Receiver<String>) {
+    loop {
+        let line = lines
+            .recv_timeout(std::time::Duration::from_secs(180))
+            .expect("the example processed nothing");
+        let processed = line
+            .split("transactions in ")
+            .nth(1)
+            .and_then(|r| r.split(',').next())
+            .and_then(|n| n.parse::<u64>().ok());
+        if processed.is_some_and(|n| n > 0) {
+            return;
+        }
+    }
+}
+
+#[test]
+fn the_example_binary_is_exactly_once_under_sigkill() {
+    use rand::Rng;
+    use std::time::Duration;
+    use streams_testkit::kafka::{read_to_end, Isolation};
+    use streams_testkit::unique;
+    let bootstrap = streams_testkit::bootstrap_servers();
+    let (txns, cards, alerts, dlq, app) = (
+        unique("fx-txns"),
+        unique("fx-cards"),
+        unique("fx-alerts"),
+        unique("fx-dlq"),
+        unique("fx-app"),
+    );
+    let dir = std::env::temp_dir().join(unique("fx-state"));
+    let dir = dir.to_str().unwrap().to_string();
+    let common = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "--application-id",
+            &app,
+            "--state-dir",
+            &dir,
+            "--transactions",
+            &txns,
+            "--cards",
+            &cards,
+            "--alerts",
+            &alerts,
+            "--dead-letters",
+            &dlq,
+            // A killed instance's group membership ends after 6 s, not 45.
+            "--set",
+            "session.timeout.ms=6000",
+            "--set",
+            "heartbeat.interval.ms=1000",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let mut rng = rand::rng();
+    const KILLS: usize = 2;
+    for kill in 0..KILLS {
+        let extra: &[&str] = if kill == 0 {
+            &["--generate", "8000"]
+        } else {
+            &[]
+        };
+        let args = common(extra);
+        let (mut child, lines) = run_example(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        wait_processing(&lines);
+        let after = Duration::from_millis(rng.random_range(0..1500));
+        std::thread::sleep(after); // the random kill point, while it processes
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        eprintln!(
+            "kill {} {after:?} after its first processed transactions",
+            kill + 1
+        );
+    }
+    let args = common(&["--run-for", "30"]);
+    let (mut last, _lines) = run_example(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(last.wait().unwrap().success(), "the last run exits cleanly");
+
+    // The oracle, from the input as it is in the topics: every card is older than every
+    // transaction, and each card's transactions are in one partition in event-time order.
+    let mut inputs = vec![];
+    for r in read_to_end(
+        &bootstrap,
+        &cards,
+        Isolation::ReadCommitted,
+        Duration::from_secs(60),
+    )
+    .unwrap()
+    {
+        let c: Card = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
+        inputs.push(Input::Card(c, 0));
+    }
+    let mut malformed = 0;
+    let mut by_partition: BTreeMap<i32, Vec<Txn>> = BTreeMap::new();
+    for r in read_to_end(
+        &bootstrap,
+        &txns,
+        Isolation::ReadCommitted,
+        Duration::from_secs(60),
+    )
+    .unwrap()
+    {
+        match serde_json::from_slice::<Txn>(r.value.as_deref().unwrap_or_default()) {
+            Ok(t) => by_partition.entry(r.partition).or_default().push(t),
+            Err(_) => malformed += 1,
+        }
+    }
+    // Per partition: each task has its own stream time.
+    let mut want: Vec<(String, String)> = vec![];
+    let mut transactions = 0;
+    for txns in by_partition.into_values() {
+        transactions += txns.len();
+        let mut partition: Vec<Input> = inputs
+            .iter()
+            .map(|i| match i {
+                Input::Card(c, ts) => Input::Card(c.clone(), *ts),
+                _ => unreachable!("cards only"),
+            })
+            .collect();
+        partition.extend(txns.into_iter().map(Input::Txn));
+        want.extend(
+            oracle(&partition)
+                .into_iter()
+                .map(|(k, a)| (k, serde_json::to_string(&a).unwrap())),
+        );
+    }
+    let mut got: Vec<(String, String)> = read_to_end(
+        &bootstrap,
+        &alerts,
+        Isolation::ReadCommitted,
+        Duration::from_secs(60),
+    )
+    .unwrap()
+    .into_iter()
+    .map(|r| {
+        let a: Alert = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
+        (r.key_str(), serde_json::to_string(&a).unwrap())
+    })
+    .collect();
+    want.sort();
+    got.sort();
+    let dead = read_to_end(
+        &bootstrap,
+        &dlq,
+        Isolation::ReadCommitted,
+        Duration::from_secs(60),
+    )
+    .unwrap()
+    .len();
+    let duplicates = got.windows(2).filter(|w| w[0] == w[1]).count();
+    let missing = want
+        .iter()
+        .filter(|a| got.binary_search(a).is_err())
+        .count();
+    let extra = got
+        .iter()
+        .filter(|a| want.binary_search(a).is_err())
+        .count();
+    eprintln!(
+        "fraud example under SIGKILL: kills {KILLS}, transactions {}, alerts expected {}, \
+         read_committed {}, duplicates {duplicates}, missing {missing}, extra {extra}; \
+         malformed {malformed}, dead letters {dead}",
+        transactions,
+        want.len(),
+        got.len()
+    );
+    assert_eq!((duplicates, missing, extra), (0, 0, 0));
+    assert_eq!(got, want);
+    assert_eq!(dead, malformed);
+}
