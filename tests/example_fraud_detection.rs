@@ -263,11 +263,14 @@ fn run_example(args: &[&str]) -> (std::process::Child, std::sync::mpsc::Receiver
         }
     });
     loop {
-        let line = rx
-            .recv_timeout(std::time::Duration::from_secs(180))
-            .expect("the example did not start");
-        if line.starts_with("running") {
-            return (child, rx);
+        match rx.recv_timeout(std::time::Duration::from_secs(180)) {
+            Ok(line) if line.starts_with("running") => return (child, rx),
+            Ok(_) => {}
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the example did not start: {e}");
+            }
         }
     }
 }
