@@ -354,9 +354,42 @@ fn the_example_binary_is_exactly_once_under_sigkill() {
             kill + 1
         );
     }
-    let args = common(&["--run-for", "30"]);
+    let args = common(&[]);
     let (mut last, _lines) = run_example(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(last.wait().unwrap().success(), "the last run exits cleanly");
+    // Until every input record is processed (the group committed the end of the input),
+    // then SIGTERM: the example closes cleanly.
+    let total = read_to_end(
+        &bootstrap,
+        &txns,
+        Isolation::ReadCommitted,
+        Duration::from_secs(60),
+    )
+    .unwrap()
+    .len() as i64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    loop {
+        let done: i64 = streams_testkit::kafka::committed_offsets(&bootstrap, &app, &txns)
+            .unwrap()
+            .into_iter()
+            .map(|o| o.unwrap_or(0))
+            .sum();
+        if done >= total {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "input not consumed: {done} of {total}"
+        );
+        std::thread::sleep(Duration::from_millis(200)); // polling the group's offsets
+    }
+    // SAFETY: signals our own child process.
+    unsafe {
+        libc::kill(last.id() as libc::pid_t, libc::SIGTERM);
+    }
+    assert!(
+        last.wait().unwrap().success(),
+        "the last run exits cleanly on SIGTERM"
+    );
 
     // The oracle, from the input as it is in the topics: every card is older than every
     // transaction, and each card's transactions are in one partition in event-time order.

@@ -145,3 +145,234 @@ fn final_window_results_equal_a_recomputation_from_the_definitions() {
         .unwrap();
     assert_eq!(dead.len(), malformed);
 }
+
+/// The example's binary, built by `cargo test` beside the test binaries.
+fn example_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let bin = dir.join("examples").join("windowed_metrics");
+    assert!(
+        bin.exists(),
+        "{} not built (cargo test builds examples)",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs the example with `args`; returns the child once it printed that it runs, and a
+/// channel of its later output lines.
+fn run_example(args: &[String]) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(example_binary())
+        .args(args)
+        .env(
+            "KAFKA_BOOTSTRAP_SERVERS",
+            streams_testkit::bootstrap_servers(),
+        )
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(|l| l.ok())
+        {
+            eprintln!("[example] {line}");
+            let _ = tx.send(line);
+        }
+    });
+    loop {
+        match rx.recv_timeout(std::time::Duration::from_secs(180)) {
+            Ok(line) if line.starts_with("running") => return (child, rx),
+            Ok(_) => {}
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the example did not start: {e}");
+            }
+        }
+    }
+}
+
+/// Waits until the example's summary shows it processed records.
+fn wait_processing(lines: &std::sync::mpsc::Receiver<String>) {
+    loop {
+        let line = lines
+            .recv_timeout(std::time::Duration::from_secs(180))
+            .expect("the example processed nothing");
+        let processed = line
+            .split("records in ")
+            .nth(1)
+            .and_then(|r| r.split(',').next())
+            .and_then(|n| n.parse::<u64>().ok());
+        if processed.is_some_and(|n| n > 0) {
+            return;
+        }
+    }
+}
+
+#[test]
+fn the_example_binary_is_exactly_once_under_sigkill() {
+    use std::time::Duration;
+    use streams_testkit::kafka::{read_to_end, Isolation};
+    use streams_testkit::unique;
+    let bootstrap = streams_testkit::bootstrap_servers();
+    let names: Vec<String> = ["wm-in", "wm-1m", "wm-5m", "wm-dlq", "wm-app"]
+        .iter()
+        .map(|n| unique(n))
+        .collect();
+    let dir = std::env::temp_dir().join(unique("wm-state"));
+    let common = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = vec![
+            "--application-id".into(),
+            names[4].clone(),
+            "--state-dir".into(),
+            dir.display().to_string(),
+            "--metrics".into(),
+            names[0].clone(),
+            "--out-1m".into(),
+            names[1].clone(),
+            "--out-5m".into(),
+            names[2].clone(),
+            "--dead-letters".into(),
+            names[3].clone(),
+            // A killed instance's group membership ends after 6 s, not 45.
+            "--set".into(),
+            "session.timeout.ms=6000".into(),
+            "--set".into(),
+            "heartbeat.interval.ms=1000".into(),
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let mut rng = rand::rng();
+    const KILLS: usize = 2;
+    for kill in 0..KILLS {
+        let extra: &[&str] = if kill == 0 {
+            &["--generate", "30000"]
+        } else {
+            &[]
+        };
+        let (mut child, lines) = run_example(&common(extra));
+        wait_processing(&lines);
+        let after = Duration::from_millis(rng.random_range(0..1500));
+        std::thread::sleep(after); // the random kill point, while it processes
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        eprintln!(
+            "kill {} {after:?} after its first processed records",
+            kill + 1
+        );
+    }
+    let (mut last, _lines) = run_example(&common(&[]));
+    // Until every input record is processed (the group committed the end of the input),
+    // then SIGTERM: the example closes cleanly.
+    let total = read_to_end(
+        &bootstrap,
+        &names[0],
+        Isolation::ReadCommitted,
+        Duration::from_secs(60),
+    )
+    .unwrap()
+    .len() as i64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    loop {
+        let done: i64 = streams_testkit::kafka::committed_offsets(&bootstrap, &names[4], &names[0])
+            .unwrap()
+            .into_iter()
+            .map(|o| o.unwrap_or(0))
+            .sum();
+        if done >= total {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "input not consumed: {done} of {total}"
+        );
+        std::thread::sleep(Duration::from_millis(200)); // polling the group's offsets
+    }
+    // SAFETY: signals our own child process.
+    unsafe {
+        libc::kill(last.id() as libc::pid_t, libc::SIGTERM);
+    }
+    assert!(
+        last.wait().unwrap().success(),
+        "the last run exits cleanly on SIGTERM"
+    );
+
+    // The oracle, per input partition (each task has its own stream time), from the input as
+    // it is in the topic.
+    let mut by_partition: BTreeMap<i32, Vec<Metric>> = BTreeMap::new();
+    let mut malformed = 0;
+    for r in read_to_end(
+        &bootstrap,
+        &names[0],
+        Isolation::ReadCommitted,
+        Duration::from_secs(60),
+    )
+    .unwrap()
+    {
+        match serde_json::from_slice::<Metric>(r.value.as_deref().unwrap_or_default()) {
+            Ok(m) => by_partition.entry(r.partition).or_default().push(m),
+            Err(_) => malformed += 1,
+        }
+    }
+    let (mut want_1m, mut want_5m) = (vec![], vec![]);
+    for input in by_partition.values() {
+        want_1m.extend(oracle(input, 60_000, 60_000).0);
+        want_5m.extend(oracle(input, 300_000, 60_000).0);
+    }
+    let read = |topic: &str| -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = read_to_end(
+            &bootstrap,
+            topic,
+            Isolation::ReadCommitted,
+            Duration::from_secs(60),
+        )
+        .unwrap()
+        .into_iter()
+        .map(|r| {
+            let s: WindowStats = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
+            (r.key_str(), serde_json::to_string(&s).unwrap())
+        })
+        .collect();
+        v.sort();
+        v
+    };
+    let as_json = |v: Vec<(String, WindowStats)>| -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = v
+            .into_iter()
+            .map(|(k, s)| (k, serde_json::to_string(&s).unwrap()))
+            .collect();
+        v.sort();
+        v
+    };
+    let (got_1m, got_5m) = (read(&names[1]), read(&names[2]));
+    let (want_1m, want_5m) = (as_json(want_1m), as_json(want_5m));
+    let dead = read_to_end(
+        &bootstrap,
+        &names[3],
+        Isolation::ReadCommitted,
+        Duration::from_secs(60),
+    )
+    .unwrap()
+    .len();
+    let duplicates = |v: &[(String, String)]| v.windows(2).filter(|w| w[0] == w[1]).count();
+    eprintln!(
+        "windowed metrics under SIGKILL: kills {KILLS}, measurements {}, 1m results {} \
+         (expected {}, duplicates {}), 5m results {} (expected {}, duplicates {}), malformed \
+         {malformed}, dead letters {dead}",
+        by_partition.values().map(Vec::len).sum::<usize>(),
+        got_1m.len(),
+        want_1m.len(),
+        duplicates(&got_1m),
+        got_5m.len(),
+        want_5m.len(),
+        duplicates(&got_5m)
+    );
+    assert_eq!(got_1m, want_1m);
+    assert_eq!(got_5m, want_5m);
+    assert_eq!(dead, malformed);
+}
