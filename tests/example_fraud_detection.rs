@@ -7,6 +7,8 @@
 #[path = "../examples/fraud_detection.rs"]
 mod fraud_detection;
 
+mod example_process;
+
 use std::collections::BTreeMap;
 
 use fraud_detection::{build_topology, Alert, Card, Counters, Topics, Txn};
@@ -225,73 +227,6 @@ fn the_fraud_rules_raise_exactly_the_alerts_their_definitions_give() {
     assert!(dead.iter().all(|v| v == b"{\"txn_id\": 7}"));
 }
 
-/// The example's binary, built by `cargo test` beside the test binaries.
-fn example_binary() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let bin = dir.join("examples").join("fraud_detection");
-    assert!(
-        bin.exists(),
-        "{} not built (cargo test builds examples)",
-        bin.display()
-    );
-    bin
-}
-
-/// Runs the example with `args`; returns the child once it printed that it runs, and a
-/// channel of its later output lines.
-fn run_example(args: &[&str]) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new(example_binary())
-        .args(args)
-        .env(
-            "KAFKA_BOOTSTRAP_SERVERS",
-            streams_testkit::bootstrap_servers(),
-        )
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(|l| l.ok())
-        {
-            eprintln!("[example] {line}");
-            let _ = tx.send(line);
-        }
-    });
-    loop {
-        match rx.recv_timeout(std::time::Duration::from_secs(180)) {
-            Ok(line) if line.starts_with("running") => return (child, rx),
-            Ok(_) => {}
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("the example did not start: {e}");
-            }
-        }
-    }
-}
-
-/// Waits until the example's summary shows it processed transactions.
-fn wait_processing(lines: &std::sync::mpsc::Receiver<String>) {
-    loop {
-        let line = lines
-            .recv_timeout(std::time::Duration::from_secs(180))
-            .expect("the example processed nothing");
-        let processed = line
-            .split("transactions in ")
-            .nth(1)
-            .and_then(|r| r.split(',').next())
-            .and_then(|n| n.parse::<u64>().ok());
-        if processed.is_some_and(|n| n > 0) {
-            return;
-        }
-    }
-}
-
 #[test]
 fn the_example_binary_is_exactly_once_under_sigkill() {
     use rand::Rng;
@@ -343,8 +278,8 @@ fn the_example_binary_is_exactly_once_under_sigkill() {
             &[]
         };
         let args = common(extra);
-        let (mut child, lines) = run_example(&args.iter().map(String::as_str).collect::<Vec<_>>());
-        wait_processing(&lines);
+        let (mut child, lines) = example_process::run_example("fraud_detection", &args);
+        example_process::wait_processing(&lines, "transactions in ");
         let after = Duration::from_millis(rng.random_range(0..1500));
         std::thread::sleep(after); // the random kill point, while it processes
         child.kill().unwrap(); // SIGKILL
@@ -355,7 +290,7 @@ fn the_example_binary_is_exactly_once_under_sigkill() {
         );
     }
     let args = common(&[]);
-    let (mut last, _lines) = run_example(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let (mut last, _lines) = example_process::run_example("fraud_detection", &args);
     // Until every input record is processed (the group committed the end of the input),
     // then SIGTERM: the example closes cleanly.
     let total = read_to_end(

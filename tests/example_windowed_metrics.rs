@@ -8,6 +8,8 @@
 #[path = "../examples/windowed_metrics.rs"]
 mod windowed_metrics;
 
+mod example_process;
+
 use std::collections::BTreeMap;
 
 use kstreams::core::handlers::DeadLetterTopic;
@@ -146,73 +148,6 @@ fn final_window_results_equal_a_recomputation_from_the_definitions() {
     assert_eq!(dead.len(), malformed);
 }
 
-/// The example's binary, built by `cargo test` beside the test binaries.
-fn example_binary() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let bin = dir.join("examples").join("windowed_metrics");
-    assert!(
-        bin.exists(),
-        "{} not built (cargo test builds examples)",
-        bin.display()
-    );
-    bin
-}
-
-/// Runs the example with `args`; returns the child once it printed that it runs, and a
-/// channel of its later output lines.
-fn run_example(args: &[String]) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new(example_binary())
-        .args(args)
-        .env(
-            "KAFKA_BOOTSTRAP_SERVERS",
-            streams_testkit::bootstrap_servers(),
-        )
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(|l| l.ok())
-        {
-            eprintln!("[example] {line}");
-            let _ = tx.send(line);
-        }
-    });
-    loop {
-        match rx.recv_timeout(std::time::Duration::from_secs(180)) {
-            Ok(line) if line.starts_with("running") => return (child, rx),
-            Ok(_) => {}
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("the example did not start: {e}");
-            }
-        }
-    }
-}
-
-/// Waits until the example's summary shows it processed records.
-fn wait_processing(lines: &std::sync::mpsc::Receiver<String>) {
-    loop {
-        let line = lines
-            .recv_timeout(std::time::Duration::from_secs(180))
-            .expect("the example processed nothing");
-        let processed = line
-            .split("records in ")
-            .nth(1)
-            .and_then(|r| r.split(',').next())
-            .and_then(|n| n.parse::<u64>().ok());
-        if processed.is_some_and(|n| n > 0) {
-            return;
-        }
-    }
-}
-
 #[test]
 fn the_example_binary_is_exactly_once_under_sigkill() {
     use std::time::Duration;
@@ -255,8 +190,8 @@ fn the_example_binary_is_exactly_once_under_sigkill() {
         } else {
             &[]
         };
-        let (mut child, lines) = run_example(&common(extra));
-        wait_processing(&lines);
+        let (mut child, lines) = example_process::run_example("windowed_metrics", &common(extra));
+        example_process::wait_processing(&lines, "records in ");
         let after = Duration::from_millis(rng.random_range(0..1500));
         std::thread::sleep(after); // the random kill point, while it processes
         child.kill().unwrap(); // SIGKILL
@@ -266,7 +201,7 @@ fn the_example_binary_is_exactly_once_under_sigkill() {
             kill + 1
         );
     }
-    let (mut last, _lines) = run_example(&common(&[]));
+    let (mut last, _lines) = example_process::run_example("windowed_metrics", &common(&[]));
     // Until every input record is processed (the group committed the end of the input),
     // then SIGTERM: the example closes cleanly.
     let total = read_to_end(

@@ -1,0 +1,76 @@
+//! Running an example's built binary from a broker test: start it, read its output, wait
+//! until it processes.
+
+use std::io::BufRead;
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
+
+/// The example `name`'s binary, built by `cargo test` beside the test binaries.
+pub fn example_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let bin = dir.join("examples").join(name);
+    assert!(
+        bin.exists(),
+        "{} not built (cargo test builds examples)",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs example `name` with `args`; returns the child once it printed that it runs, and a
+/// channel of its later output lines (each also echoed to stderr).
+pub fn run_example<S: AsRef<std::ffi::OsStr>>(
+    name: &str,
+    args: &[S],
+) -> (std::process::Child, Receiver<String>) {
+    let mut child = std::process::Command::new(example_binary(name))
+        .args(args)
+        .env(
+            "KAFKA_BOOTSTRAP_SERVERS",
+            streams_testkit::bootstrap_servers(),
+        )
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(|l| l.ok())
+        {
+            eprintln!("[example] {line}");
+            let _ = tx.send(line);
+        }
+    });
+    loop {
+        match rx.recv_timeout(Duration::from_secs(180)) {
+            Ok(line) if line.starts_with("running") => return (child, rx),
+            Ok(_) => {}
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the example did not start: {e}");
+            }
+        }
+    }
+}
+
+/// Waits until a summary line shows `counter` (the text before the number, such as
+/// `"records in "`) above zero.
+pub fn wait_processing(lines: &Receiver<String>, counter: &str) {
+    loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(180))
+            .expect("the example processed nothing");
+        let processed = line
+            .split(counter)
+            .nth(1)
+            .and_then(|r| r.split(',').next())
+            .and_then(|n| n.parse::<u64>().ok());
+        if processed.is_some_and(|n| n > 0) {
+            return;
+        }
+    }
+}
