@@ -25,13 +25,13 @@
 //! client property, repeatable: `--set session.timeout.ms=6000` for a faster takeover after a
 //! crash than the default 45 s).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kstreams::core::handlers::DeadLetterTopic;
 use kstreams::core::serde::{Json, Utf8};
-use kstreams::core::{KafkaStreams, ProcessingGuarantee, State, StreamsConfig, Topology};
+use kstreams::core::Topology;
 use kstreams::dsl::{
     Consumed, Grouped, Joined, LateRecords, Materialized, Produced, StreamsBuilder, TimeWindows,
 };
@@ -265,77 +265,14 @@ fn main() -> anyhow::Result<()> {
     real_main::run()
 }
 
+#[path = "support/app.rs"]
+mod app;
+
 /// The command line application: flags, topics, generated input, the live summary.
 mod real_main {
     use super::*;
-    use anyhow::{bail, Context};
     use rdkafka::producer::{BaseRecord, Producer};
-    use streams_testkit::kafka::{
-        create_topic, idempotent_producer, partition_count, send_retrying,
-    };
-
-    struct Args {
-        bootstrap: Option<String>,
-        application_id: String,
-        state_dir: Option<String>,
-        topics: Topics,
-        generate: usize,
-        at_least_once: bool,
-        describe: bool,
-        run_for: Option<Duration>,
-        /// librdkafka client properties (`--set key=value`).
-        properties: Vec<(String, String)>,
-    }
-
-    fn parse() -> anyhow::Result<Args> {
-        let mut a = Args {
-            bootstrap: std::env::var("KAFKA_BOOTSTRAP_SERVERS").ok(),
-            application_id: "fraud-detection".into(),
-            state_dir: None,
-            topics: Topics::default(),
-            generate: 0,
-            at_least_once: false,
-            describe: false,
-            run_for: None,
-            properties: vec![],
-        };
-        let mut it = std::env::args().skip(1);
-        while let Some(flag) = it.next() {
-            let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
-            match flag.as_str() {
-                "--bootstrap-servers" => a.bootstrap = Some(value()?),
-                "--application-id" => a.application_id = value()?,
-                "--state-dir" => a.state_dir = Some(value()?),
-                "--transactions" => a.topics.transactions = value()?,
-                "--cards" => a.topics.cards = value()?,
-                "--alerts" => a.topics.alerts = value()?,
-                "--dead-letters" => a.topics.dead_letters = value()?,
-                "--generate" => a.generate = value()?.parse().context("--generate N")?,
-                "--run-for" => {
-                    a.run_for = Some(Duration::from_secs(
-                        value()?.parse().context("--run-for SECONDS")?,
-                    ))
-                }
-                "--set" => {
-                    let kv = value()?;
-                    let (k, v) = kv.split_once('=').context("--set key=value")?;
-                    a.properties.push((k.to_string(), v.to_string()));
-                }
-                "--at-least-once" => a.at_least_once = true,
-                "--describe" => a.describe = true,
-                other => bail!(
-                    "unknown flag {other}; see the module docs of examples/fraud_detection.rs"
-                ),
-            }
-        }
-        Ok(a)
-    }
-
-    static STOP: AtomicBool = AtomicBool::new(false);
-
-    extern "C" fn on_signal(_: libc::c_int) {
-        STOP.store(true, Ordering::SeqCst);
-    }
+    use streams_testkit::kafka::{idempotent_producer, send_retrying};
 
     /// Cards and transactions with every rule's pattern, and a few malformed records.
     fn generate(bootstrap: &str, topics: &Topics, n: usize) -> anyhow::Result<()> {
@@ -429,81 +366,52 @@ mod real_main {
     }
 
     pub(super) fn run() -> anyhow::Result<()> {
-        let args = parse()?;
+        app::init_logging();
+        let mut topics = Topics::default();
+        let args = app::Args::parse(
+            "fraud_detection",
+            "fraud-detection",
+            &mut [
+                ("--transactions", &mut topics.transactions),
+                ("--cards", &mut topics.cards),
+                ("--alerts", &mut topics.alerts),
+                ("--dead-letters", &mut topics.dead_letters),
+            ],
+        )?;
         let mut counters = Counters::default();
-        let topology = build_topology(&args.topics, &mut counters)?;
+        let topology = build_topology(&topics, &mut counters)?;
         if args.describe {
-            println!("{}", topology.describe());
-            println!("{}", topology.describe().to_mermaid());
+            app::describe(&topology);
             return Ok(());
         }
-        let bootstrap = match &args.bootstrap {
-            Some(b) => b.clone(),
-            None => {
-                println!("no KAFKA_BOOTSTRAP_SERVERS: starting the project's broker (the first time it is built, which takes a while)...");
-                let b = streams_testkit::bootstrap_servers();
-                println!("broker at {b}");
-                b
-            }
-        };
-        for t in [
-            &args.topics.transactions,
-            &args.topics.cards,
-            &args.topics.alerts,
-            &args.topics.dead_letters,
-        ] {
-            // Created when missing (4 partitions); an existing topic is used as it is.
-            if partition_count(&bootstrap, t).is_err() {
-                create_topic(&bootstrap, t, 4, &[]).with_context(|| format!("create topic {t}"))?;
-                println!("created topic {t} (4 partitions)");
-            }
-        }
+        let bootstrap = args.bootstrap_servers();
+        app::create_topics(
+            &bootstrap,
+            &[
+                &topics.transactions,
+                &topics.cards,
+                &topics.alerts,
+                &topics.dead_letters,
+            ],
+        )?;
         if args.generate > 0 {
-            generate(&bootstrap, &args.topics, args.generate)?;
+            generate(&bootstrap, &topics, args.generate)?;
         }
-        let mut config = StreamsConfig::new(&args.application_id, &bootstrap)
+        let config = args
+            .config(&bootstrap)
             // Every update of the rules' aggregates is looked at: no record cache.
             .cache_max_bytes(0)
-            .deserialization_error_handler(DeadLetterTopic(args.topics.dead_letters.clone()));
-        if let Some(dir) = &args.state_dir {
-            config = config.state_dir(dir);
-        }
-        for (k, v) in &args.properties {
-            config = config.set(k, v);
-        }
-        if args.at_least_once {
-            config = config.processing_guarantee(ProcessingGuarantee::AtLeastOnce);
-        }
-        // SAFETY: the handler only stores to an atomic.
-        unsafe {
-            libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-            libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-        }
-        let streams = KafkaStreams::new(topology, config)?;
-        streams.start()?;
-        println!("running; Ctrl-C stops");
-        let started = Instant::now();
-        let mut last = (Instant::now(), 0_u64);
-        while !STOP.load(Ordering::SeqCst) && args.run_for.is_none_or(|d| started.elapsed() < d) {
-            std::thread::sleep(Duration::from_millis(200));
-            if streams.state() == State::Error {
-                bail!("the application failed: {:?}", streams.error());
-            }
-            if last.0.elapsed() >= Duration::from_secs(2) {
-                let n = counters.transactions.load(Ordering::Relaxed);
-                let rate = (n - last.1) as f64 / last.0.elapsed().as_secs_f64();
-                println!(
-                    "[{:?}] transactions in {n}, alerts out {}, {rate:.0}/s, dropped as late {}",
-                    streams.state(),
-                    counters.alerts.load(Ordering::Relaxed),
-                    counters.late.count()
-                );
-                last = (Instant::now(), n);
-            }
-        }
-        println!("closing");
-        streams.close(Duration::from_secs(60));
-        report(&bootstrap, &args.topics)
+            .deserialization_error_handler(DeadLetterTopic(topics.dead_letters.clone()));
+        app::run(topology, config, args.run_for, || {
+            let n = counters.transactions.load(Ordering::Relaxed);
+            let line = format!(
+                "transactions in {n}, alerts out {}, dropped as late {}",
+                counters.alerts.load(Ordering::Relaxed),
+                counters.late.count()
+            );
+            (n, line)
+        })?;
+        report(&bootstrap, &topics)
     }
 
     /// Reads the alerts and dead letters back (read_committed) and shows them.

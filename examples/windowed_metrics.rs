@@ -24,13 +24,13 @@
 //! `--at-least-once`, `--describe`, `--run-for SECONDS`, `--set key=value`.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kstreams::core::handlers::DeadLetterTopic;
 use kstreams::core::serde::{Json, Utf8};
-use kstreams::core::{KafkaStreams, ProcessingGuarantee, State, StreamsConfig, Topology};
+use kstreams::core::Topology;
 use kstreams::dsl::{
     Consumed, Grouped, LateRecords, Materialized, Produced, StreamsBuilder, TimeWindows,
 };
@@ -213,20 +213,14 @@ fn main() -> anyhow::Result<()> {
     cli::run()
 }
 
+#[path = "support/app.rs"]
+mod app;
+
 /// The command line application: flags, topics, generated input, the live summary.
 mod cli {
     use super::*;
-    use anyhow::{bail, Context};
     use rdkafka::producer::{BaseRecord, Producer};
-    use streams_testkit::kafka::{
-        create_topic, idempotent_producer, partition_count, send_retrying,
-    };
-
-    static STOP: AtomicBool = AtomicBool::new(false);
-
-    extern "C" fn on_signal(_: libc::c_int) {
-        STOP.store(true, Ordering::SeqCst);
-    }
+    use streams_testkit::kafka::{idempotent_producer, send_retrying};
 
     /// Hosts reporting cpu, memory and latency every second of event time, in order.
     fn generate(bootstrap: &str, topic: &str, n: usize) -> anyhow::Result<()> {
@@ -260,109 +254,49 @@ mod cli {
     }
 
     pub(super) fn run() -> anyhow::Result<()> {
+        app::init_logging();
         let mut topics = Topics::default();
-        let mut bootstrap = std::env::var("KAFKA_BOOTSTRAP_SERVERS").ok();
-        let (mut app, mut state_dir, mut generate_n) = ("windowed-metrics".to_string(), None, 0);
-        let (mut alos, mut describe, mut run_for) = (false, false, None);
-        let mut properties = vec![];
-        let mut it = std::env::args().skip(1);
-        while let Some(flag) = it.next() {
-            let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
-            match flag.as_str() {
-                "--bootstrap-servers" => bootstrap = Some(value()?),
-                "--application-id" => app = value()?,
-                "--state-dir" => state_dir = Some(value()?),
-                "--metrics" => topics.metrics = value()?,
-                "--out-1m" => topics.out_1m = value()?,
-                "--out-5m" => topics.out_5m = value()?,
-                "--dead-letters" => topics.dead_letters = value()?,
-                "--generate" => generate_n = value()?.parse().context("--generate N")?,
-                "--run-for" => {
-                    run_for = Some(Duration::from_secs(value()?.parse().context("--run-for")?))
-                }
-                "--set" => {
-                    let kv = value()?;
-                    let (k, v) = kv.split_once('=').context("--set key=value")?;
-                    properties.push((k.to_string(), v.to_string()));
-                }
-                "--at-least-once" => alos = true,
-                "--describe" => describe = true,
-                other => bail!(
-                    "unknown flag {other}; see the module docs of examples/windowed_metrics.rs"
-                ),
-            }
-        }
+        let args = app::Args::parse(
+            "windowed_metrics",
+            "windowed-metrics",
+            &mut [
+                ("--metrics", &mut topics.metrics),
+                ("--out-1m", &mut topics.out_1m),
+                ("--out-5m", &mut topics.out_5m),
+                ("--dead-letters", &mut topics.dead_letters),
+            ],
+        )?;
         let mut counters = Counters::default();
         let topology = build_topology(&topics, &mut counters)?;
-        if describe {
-            println!("{}", topology.describe());
-            println!("{}", topology.describe().to_mermaid());
+        if args.describe {
+            app::describe(&topology);
             return Ok(());
         }
-        let bootstrap = match bootstrap {
-            Some(b) => b,
-            None => {
-                println!("no KAFKA_BOOTSTRAP_SERVERS: starting the project's broker (the first time it is built, which takes a while)...");
-                let b = streams_testkit::bootstrap_servers();
-                println!("broker at {b}");
-                b
-            }
-        };
-        for t in [
-            &topics.metrics,
-            &topics.out_1m,
-            &topics.out_5m,
-            &topics.dead_letters,
-        ] {
-            if partition_count(&bootstrap, t).is_err() {
-                create_topic(&bootstrap, t, 4, &[]).with_context(|| format!("create topic {t}"))?;
-                println!("created topic {t} (4 partitions)");
-            }
+        let bootstrap = args.bootstrap_servers();
+        app::create_topics(
+            &bootstrap,
+            &[
+                &topics.metrics,
+                &topics.out_1m,
+                &topics.out_5m,
+                &topics.dead_letters,
+            ],
+        )?;
+        if args.generate > 0 {
+            generate(&bootstrap, &topics.metrics, args.generate)?;
         }
-        if generate_n > 0 {
-            generate(&bootstrap, &topics.metrics, generate_n)?;
-        }
-        let mut config = StreamsConfig::new(&app, &bootstrap)
+        let config = args
+            .config(&bootstrap)
             .deserialization_error_handler(DeadLetterTopic(topics.dead_letters.clone()));
-        if let Some(dir) = &state_dir {
-            config = config.state_dir(dir);
-        }
-        if alos {
-            config = config.processing_guarantee(ProcessingGuarantee::AtLeastOnce);
-        }
-        for (k, v) in &properties {
-            config = config.set(k, v);
-        }
-        // SAFETY: the handler only stores to an atomic.
-        unsafe {
-            libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-            libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-        }
-        let streams = KafkaStreams::new(topology, config)?;
-        streams.start()?;
-        println!("running; Ctrl-C stops");
-        let started = Instant::now();
-        let mut last = (Instant::now(), 0_u64);
-        while !STOP.load(Ordering::SeqCst) && run_for.is_none_or(|d| started.elapsed() < d) {
-            std::thread::sleep(Duration::from_millis(200));
-            if streams.state() == State::Error {
-                bail!("the application failed: {:?}", streams.error());
-            }
-            if last.0.elapsed() >= Duration::from_secs(2) {
-                let n = counters.records.load(Ordering::Relaxed);
-                let rate = (n - last.1) as f64 / last.0.elapsed().as_secs_f64();
-                println!(
-                    "[{:?}] records in {n}, window results out {}, {rate:.0}/s, dropped as late {} (1m) {} (5m)",
-                    streams.state(),
-                    counters.results.load(Ordering::Relaxed),
-                    counters.late_1m.count(),
-                    counters.late_5m.count()
-                );
-                last = (Instant::now(), n);
-            }
-        }
-        println!("closing");
-        streams.close(Duration::from_secs(60));
-        Ok(())
+        app::run(topology, config, args.run_for, || {
+            let n = counters.records.load(Ordering::Relaxed);
+            let line = format!(
+                "records in {n}, window results out {}, dropped as late {} (1m) {} (5m)",
+                counters.results.load(Ordering::Relaxed),
+                counters.late_1m.count(),
+                counters.late_5m.count()
+            );
+            (n, line)
+        })
     }
 }

@@ -66,7 +66,7 @@ pub(crate) fn consumer_config(config: &StreamsConfig, thread: &str) -> ClientCon
 }
 
 /// The consumer that reads changelogs, `read_committed`, assigned by hand.
-pub(crate) fn restore_consumer(config: &StreamsConfig, thread: &str) -> Result<BaseConsumer> {
+pub(crate) fn restore_consumer(config: &StreamsConfig, thread: &str) -> Result<PlainConsumer> {
     let c = with_pinned(
         base(config, format!("{thread}-restore-consumer")),
         &config.client_properties,
@@ -81,13 +81,13 @@ pub(crate) fn restore_consumer(config: &StreamsConfig, thread: &str) -> Result<B
             ("auto.offset.reset", "earliest".into()),
         ],
     );
-    c.create()
+    c.create_with_context(ClientLog)
         .map_err(|e| Error::kafka("create restore consumer", e))
 }
 
 /// The consumer that reads global tables' topics, `read_committed`, every partition assigned
 /// by hand; nothing is committed (the tables are read from the start at each start).
-pub(crate) fn global_consumer(config: &StreamsConfig) -> Result<BaseConsumer> {
+pub(crate) fn global_consumer(config: &StreamsConfig) -> Result<PlainConsumer> {
     let c = with_pinned(
         base(config, format!("{}-global-consumer", config.application_id)),
         &config.client_properties,
@@ -99,7 +99,7 @@ pub(crate) fn global_consumer(config: &StreamsConfig) -> Result<BaseConsumer> {
             ("auto.offset.reset", "earliest".into()),
         ],
     );
-    c.create()
+    c.create_with_context(ClientLog)
         .map_err(|e| Error::kafka("create global consumer", e))
 }
 
@@ -117,7 +117,37 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 struct ProducerCtx(Arc<Deliveries>);
 
-impl ClientContext for ProducerCtx {}
+impl ClientContext for ProducerCtx {
+    fn error(&self, error: KafkaError, reason: &str) {
+        log_client_error(error, reason);
+    }
+}
+
+/// The context of the consumers outside the group (restoration, global tables): librdkafka's
+/// own errors logged by [`log_client_error`].
+pub(crate) struct ClientLog;
+
+impl ClientContext for ClientLog {
+    fn error(&self, error: KafkaError, reason: &str) {
+        log_client_error(error, reason);
+    }
+}
+
+impl ConsumerContext for ClientLog {}
+
+/// A consumer outside the group.
+pub(crate) type PlainConsumer = BaseConsumer<ClientLog>;
+
+/// Logs an error librdkafka reports outside any call: the end of a partition (which the
+/// runtime learns from its polls, and which is no fault) at debug level, anything else at
+/// error level as librdkafka words it.
+pub(crate) fn log_client_error(error: KafkaError, reason: &str) {
+    if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) {
+        tracing::debug!("librdkafka: {reason}");
+    } else {
+        tracing::error!("librdkafka: {error}: {reason}");
+    }
+}
 
 impl ProducerContext for ProducerCtx {
     type DeliveryOpaque = ();

@@ -12,11 +12,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{clients, Shared};
+use super::clients::{self, PlainConsumer};
+use super::Shared;
 use crate::config::StreamsConfig;
 use crate::store::GlobalStores;
 use crate::topology::Topology;
@@ -91,7 +92,7 @@ fn apply(stores: &GlobalStores, m: &rdkafka::message::BorrowedMessage<'_>) {
 }
 
 fn restore(
-    consumer: &BaseConsumer,
+    consumer: &PlainConsumer,
     stores: &GlobalStores,
     mut pending: BTreeSet<(String, i32)>,
     config: &StreamsConfig,
@@ -135,7 +136,7 @@ fn restore(
 }
 
 /// Applies what the topics receive until shutdown.
-fn follow(consumer: BaseConsumer, stores: GlobalStores, shared: Arc<Shared>) {
+fn follow(consumer: PlainConsumer, stores: GlobalStores, shared: Arc<Shared>) {
     while !shared.shutdown.load(Ordering::SeqCst) {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => apply(&stores, &m),

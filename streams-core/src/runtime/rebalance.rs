@@ -94,7 +94,11 @@ impl ThreadContext {
     }
 }
 
-impl ClientContext for ThreadContext {}
+impl ClientContext for ThreadContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        super::clients::log_client_error(error, reason);
+    }
+}
 
 impl ConsumerContext for ThreadContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

@@ -20,11 +20,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::clients::PlainConsumer;
 use crate::config::RestoreListener;
 use crate::store::Batch;
 use crate::task::Task;
@@ -65,7 +66,7 @@ struct Cursor {
 /// Queued tasks and the consumer that reads their changelogs.
 #[derive(Default)]
 pub(crate) struct Restorer {
-    consumer: Option<BaseConsumer>,
+    consumer: Option<PlainConsumer>,
     queue: VecDeque<Pending>,
     current: Option<Cursor>,
 }
@@ -73,7 +74,7 @@ pub(crate) struct Restorer {
 /// What restoration needs from the thread.
 pub(crate) struct RestoreEnv<'a> {
     /// Creates the restore consumer when there is none yet.
-    pub(crate) make_consumer: &'a dyn Fn() -> Result<BaseConsumer>,
+    pub(crate) make_consumer: &'a dyn Fn() -> Result<PlainConsumer>,
     pub(crate) listener: Option<&'a Arc<dyn RestoreListener>>,
     pub(crate) client_timeout: Duration,
     /// The group's committed offset of a source partition (where a store built from a source
@@ -171,7 +172,7 @@ fn store_of<'t>(task: &'t mut Task, name: &str) -> Result<&'t mut crate::store::
 /// Starts reading the changelog partition of `store`: from its stored offset, unless the
 /// changelog no longer holds the records after it (wipe, read from the start).
 fn open(
-    consumer: &BaseConsumer,
+    consumer: &PlainConsumer,
     task: &mut Task,
     store: String,
     env: &RestoreEnv<'_>,
@@ -233,7 +234,7 @@ fn open(
 
 /// Reads for up to `wait`; returns whether the changelog partition was read to its end.
 fn read(
-    consumer: &BaseConsumer,
+    consumer: &PlainConsumer,
     c: &mut Cursor,
     task: &mut Task,
     env: &RestoreEnv<'_>,
