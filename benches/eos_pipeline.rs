@@ -12,7 +12,10 @@
 //! cache on (default budget), over 10,000 keys), or `dsl-stream-table-join` (the DSL's
 //! stream-table join of every record with a 100,000-row table read from its own topic, RocksDB
 //! with the table topic as its changelog, appending "!" and the row's value; the stream's keys
-//! cycle through the table's).
+//! cycle through the table's), or `windowed-metrics` (the topology of
+//! `examples/windowed_metrics.rs`, its 1-minute and 5-minute windows with final results only,
+//! over JSON measurements of 100 hosts and 3 metrics, one per host and second of event time, in
+//! order; the input is those JSON values for both pipelines).
 //!
 //! Each round fills a fresh 3-partition input topic with RECORDS records (100-byte values),
 //! then runs (a) the raw pipe and (b) the topology, each reading the whole topic with a fresh
@@ -223,6 +226,41 @@ enum Kind {
     DslWindowCount,
     /// The DSL: a stream-table join with a 100,000-row table.
     DslStreamTableJoin,
+    WindowedMetrics,
+}
+
+#[allow(dead_code)]
+#[path = "../examples/windowed_metrics.rs"]
+mod windowed_metrics;
+
+/// Fills `topic` with `n` measurements as `examples/windowed_metrics.rs` reads them: 100 hosts
+/// (the keys), each reporting cpu, memory and latency in turn every second of event time.
+fn fill_metrics(bootstrap: &str, topic: &str, n: usize) {
+    let p: BaseProducer = client_config(bootstrap)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    let hosts = 100;
+    let t0 = 1_700_000_000_000_i64;
+    for i in 0..n {
+        let m = windowed_metrics::Metric {
+            host: format!("host-{}", i % hosts),
+            metric: ["cpu", "memory", "latency"][(i / hosts) % 3].into(),
+            value: ((i * 37) % 1_000) as f64 / 10.0,
+            ts: t0 + (i / hosts) as i64 * 1_000,
+        };
+        let v = serde_json::to_vec(&m).unwrap();
+        send_retrying(
+            &p,
+            BaseRecord::to(topic)
+                .key(&m.host)
+                .payload(&v)
+                .timestamp(m.ts),
+        )
+        .unwrap();
+    }
+    p.flush(TIMEOUT).unwrap();
 }
 
 /// The rows of the join's table.
@@ -277,6 +315,15 @@ fn build(kind: Kind, input: &str, output: &str, table: &str) -> kstreams::core::
                 .to(output);
             builder.build().unwrap()
         }
+        Kind::WindowedMetrics => {
+            let topics = windowed_metrics::Topics {
+                metrics: input.into(),
+                out_1m: output.into(),
+                out_5m: format!("{output}-5m"),
+                dead_letters: format!("{output}-dlq"),
+            };
+            windowed_metrics::build_topology(&topics, &mut Default::default()).unwrap()
+        }
     }
 }
 
@@ -312,6 +359,28 @@ fn topology(
         assert_eq!(written, n, "join outputs");
         println!("join outputs checked: {written} of {n} records joined");
     }
+    if kind == Kind::WindowedMetrics {
+        // Every closed 1-minute window of every host and metric was written once (a topology
+        // that dropped records as late would write less, and look faster).
+        let written = streams_testkit::kafka::read_to_end(
+            bootstrap,
+            output,
+            streams_testkit::kafka::Isolation::ReadCommitted,
+            TIMEOUT,
+        )
+        .unwrap()
+        .len();
+        let (t0, last) = (
+            1_700_000_000_000_i64,
+            1_700_000_000_000 + (n as i64 / 100 - 1) * 1_000,
+        );
+        let closed = (0..)
+            .map(|w| (t0 / 60_000 + w) * 60_000)
+            .take_while(|start| start + 60_000 + 10_000 <= last)
+            .count();
+        assert_eq!(written, 100 * 3 * closed, "1-minute window results");
+        println!("window results checked: {written} 1-minute results ({closed} closed windows x 100 hosts x 3 metrics)");
+    }
     steady
 }
 
@@ -331,8 +400,10 @@ fn main() {
         Some(k) if k == "dsl-chain" => Kind::DslChain,
         Some(k) if k == "dsl-window-count" => Kind::DslWindowCount,
         Some(k) if k == "dsl-stream-table-join" => Kind::DslStreamTableJoin,
+        Some(k) if k == "windowed-metrics" => Kind::WindowedMetrics,
         Some(k) => panic!(
-            "unknown topology {k}: processor, dsl-chain, dsl-window-count or dsl-stream-table-join"
+            "unknown topology {k}: processor, dsl-chain, dsl-window-count, \
+             dsl-stream-table-join or windowed-metrics"
         ),
     };
     println!("topology (b): {kind:?}");
@@ -360,10 +431,19 @@ fn main() {
             create_topic(&bootstrap, &table, PARTITIONS, &[]).unwrap();
             fill(&bootstrap, &table, TABLE_ROWS, 0);
         }
-        fill(&bootstrap, &input, n, keys);
+        if kind == Kind::WindowedMetrics {
+            fill_metrics(&bootstrap, &input, n);
+        } else {
+            fill(&bootstrap, &input, n, keys);
+        }
         let (out_a, out_b) = (unique("bench-out-raw"), unique("bench-out-topology"));
         create_topic(&bootstrap, &out_a, PARTITIONS, &[]).unwrap();
         create_topic(&bootstrap, &out_b, PARTITIONS, &[]).unwrap();
+        if kind == Kind::WindowedMetrics {
+            for suffix in ["-5m", "-dlq"] {
+                create_topic(&bootstrap, &format!("{out_b}{suffix}"), PARTITIONS, &[]).unwrap();
+            }
+        }
         // Alternate the order: the machine is shared and its load drifts.
         let (a, b) = if round % 2 == 1 {
             let a = raw_pipe(&bootstrap, &input, &out_a, n);
