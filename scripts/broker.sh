@@ -21,7 +21,9 @@ install() {
   log "installing nisshi $NISSHI_VERSION into $NISSHI_ROOT (once; 10-25 minutes on 2 cores)"
   mkdir -p "$NISSHI_ROOT"
   # It declares rustc 1.96 but builds and runs with 1.95; without features it has no storage.
-  cargo install nisshi --version "$NISSHI_VERSION" --locked --ignore-rust-version \
+  # About 570 crates (`cargo tree` of nisshi 0.7.0 with these features).
+  with_progress 570 "the test broker" \
+    cargo install nisshi --version "$NISSHI_VERSION" --locked --ignore-rust-version \
     --features dynostore,libsql --root "$NISSHI_ROOT" --target-dir "$KSTREAMS_CACHE/broker/build"
   [ -x "$NISSHI_BIN" ] || { log "nisshi install did not produce $NISSHI_BIN"; exit 1; }
   rm -rf "$KSTREAMS_CACHE/broker/build"

@@ -7,7 +7,11 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$ROOT"
 log "cargo fmt --check"
 cargo fmt --all --check
+# The first build compiles RocksDB and librdkafka (10 minutes or more on 2 cores), once for
+# clippy and once for the tests: progress lines say how far it is.
+crates="$(workspace_crates)"
 log "cargo clippy -D warnings"
-cargo clippy --workspace --all-targets --quiet -- -D warnings
+with_progress "$crates" "for clippy" cargo clippy --workspace --all-targets -- -D warnings
 log "cargo test"
+with_progress "$crates" "the tests" cargo test --workspace --no-run
 cargo test --workspace "$@"
