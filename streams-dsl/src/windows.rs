@@ -26,21 +26,40 @@ fn millis(d: Duration) -> i64 {
 /// The key under which the emit-final progress is stored.
 const EMITTED_KEY: &str = "emitted-until";
 
+/// Whether a window closes when the close time moves to `close`: returns the last emission's
+/// close time when some window ends in `(last close, close]`, nothing otherwise (windows end
+/// only at `k * advance + size`, so most records close none and cost one read here).
+fn closing<K: 'static, VA: 'static>(
+    ctx: &mut ProcessorContext<'_, Windowed<K>, Change<VA>>,
+    emitted: &str,
+    windows: TimeWindows,
+    close: i64,
+) -> Result<Option<i64>> {
+    let progress = ctx.state_store::<KeyValueStore<String, i64>>(emitted)?;
+    let last = progress.get(&EMITTED_KEY.to_string())?.unwrap_or(i64::MIN);
+    if close <= last {
+        return Ok(None);
+    }
+    // The first window end after `last` (window starts are multiples of `advance`, from 0).
+    let next_end = if last < windows.size {
+        windows.size
+    } else {
+        ((last - windows.size) / windows.advance + 1) * windows.advance + windows.size
+    };
+    Ok((next_end <= close).then_some(last))
+}
+
 /// Emits, in window-start order, the windows that closed since the last emission (their end
-/// in `(last close, close]`), and records `close` as emitted.
+/// in `(last, close]`, `last` as [`closing`] returned it), and records `close` as emitted.
 fn emit_closed<K: Clone + 'static, VA: Clone + 'static>(
     ctx: &mut ProcessorContext<'_, Windowed<K>, Change<VA>>,
     store: &str,
     emitted: &str,
     windows: TimeWindows,
-    close: i64,
+    (last, close): (i64, i64),
 ) -> Result<()> {
-    let progress = ctx.state_store::<KeyValueStore<String, i64>>(emitted)?;
-    let last = progress.get(&EMITTED_KEY.to_string())?.unwrap_or(i64::MIN);
-    if close <= last {
-        return Ok(());
-    }
-    progress.put(&EMITTED_KEY.to_string(), &close)?;
+    ctx.state_store::<KeyValueStore<String, i64>>(emitted)?
+        .put(&EMITTED_KEY.to_string(), &close)?;
     // Windows ending in (last, close] start in (last - size, close - size].
     let from = last.saturating_sub(windows.size).saturating_add(1);
     let to = close.saturating_sub(windows.size);
@@ -251,6 +270,22 @@ struct WindowAggregate<K, V, VA> {
 }
 
 impl<K: Clone + Send + 'static, V, VA: Clone + Send + 'static> WindowAggregate<K, V, VA> {
+    /// Emit-final: forwards the windows that close at `close`, if any, after writing the
+    /// held-back aggregates to the store (the closed windows are read back from it).
+    fn emit_final_results(
+        &mut self,
+        ctx: &mut ProcessorContext<'_, Windowed<K>, Change<VA>>,
+        close: i64,
+    ) -> Result<()> {
+        let Some(last) = closing(ctx, &self.emitted, self.windows, close)? else {
+            return Ok(());
+        };
+        for e in self.cache.drain() {
+            self.write_and_forward(ctx, e)?;
+        }
+        emit_closed(ctx, &self.store, &self.emitted, self.windows, (last, close))
+    }
+
     fn write_and_forward(
         &self,
         ctx: &mut ProcessorContext<'_, Windowed<K>, Change<VA>>,
@@ -307,7 +342,7 @@ where
         ctx: &mut ProcessorContext<'_, Windowed<K>, Change<VA>>,
     ) -> Result<()> {
         let close = now.saturating_sub(self.windows.grace);
-        emit_closed(ctx, &self.store, &self.emitted, self.windows, close)
+        self.emit_final_results(ctx, close)
     }
 
     fn process(
@@ -327,12 +362,7 @@ where
         let task = ctx.task_id();
         let (key, value, rest) = r.into_parts();
         let ts = rest.timestamp();
-        // Cached only on update: emit-final reads the closed windows back from the store.
-        let budget = if self.emit_final {
-            0
-        } else {
-            ctx.cache_max_bytes()
-        };
+        let budget = ctx.cache_max_bytes();
         let key_bytes = if budget > 0 {
             Some(self.keys.serialize(&self.store, &key)?.unwrap_or_default())
         } else {
@@ -383,7 +413,7 @@ where
             }
         }
         if self.emit_final {
-            emit_closed(ctx, &self.store, &self.emitted, windows, close)?;
+            self.emit_final_results(ctx, close)?;
         }
         Ok(())
     }
