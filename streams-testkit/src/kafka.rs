@@ -283,6 +283,22 @@ where
     }
 }
 
+/// The context of a consumer that asks for partition-end events: librdkafka also reports them
+/// as client errors, which rdkafka logs at error level; here they are logged at debug.
+pub struct EndOfPartitionQuiet;
+
+impl rdkafka::ClientContext for EndOfPartitionQuiet {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF) {
+            tracing::debug!("librdkafka: {reason}");
+        } else {
+            tracing::error!("librdkafka: {error}: {reason}");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for EndOfPartitionQuiet {}
+
 /// Reads every partition of `topic` from the beginning to its end as the broker's fetch
 /// responses report it (so call it after the writers stopped), without a consumer group. Under
 /// `read_committed` the end is the last stable offset: records of a transaction still open are
@@ -298,14 +314,14 @@ pub fn read_to_end(
     timeout: Duration,
 ) -> anyhow::Result<Vec<Received>> {
     let partitions = partition_count(bootstrap, topic)? as i32;
-    let consumer: BaseConsumer = client_config(bootstrap)
+    let consumer: BaseConsumer<EndOfPartitionQuiet> = client_config(bootstrap)
         .set("group.id", crate::unique("testkit-reader"))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", isolation.as_config())
-        .create()?;
+        .create_with_context(EndOfPartitionQuiet)?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         // Offset 0, not Beginning: no ListOffsets round trip (nisshi answers it wrongly with
