@@ -80,9 +80,12 @@ pub fn create_topic(
     }
 }
 
-/// The number of partitions the metadata shows for `topic`.
+/// The number of partitions the metadata shows for `topic`; an error when it does not exist
+/// (the request does not ask the broker to create it, as a producer's would by default).
 pub fn partition_count(bootstrap: &str, topic: &str) -> anyhow::Result<usize> {
-    let producer: BaseProducer = client_config(bootstrap).create()?;
+    let producer: BaseProducer = client_config(bootstrap)
+        .set("allow.auto.create.topics", "false")
+        .create()?;
     let md = producer
         .client()
         .fetch_metadata(Some(topic), Duration::from_secs(5))?;
