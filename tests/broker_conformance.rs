@@ -208,6 +208,51 @@ fn open_transaction_is_hidden_from_read_committed() {
     assert_eq!(values(&got), ["before", "open-0"]);
 }
 
+/// Kafka answers a fetch from past a partition's end with `OFFSET_OUT_OF_RANGE`; with
+/// `auto.offset.reset=error` the client reports it. nisshi 0.7.0 answers with nothing (the
+/// client would wait for ever); the proxy sets the error (docs/BROKER.md). Restoration relies
+/// on it to notice a changelog that was deleted and recreated shorter.
+#[test]
+fn a_fetch_past_the_end_of_a_partition_is_out_of_range() {
+    let bootstrap = bootstrap_servers();
+    let topic = unique("conf-oor");
+    create_topic(&bootstrap, &topic, 1, &[]).unwrap();
+    let p = producer(&bootstrap, None);
+    for i in 0..3 {
+        send(&p, &topic, 0, "k", &format!("v{i}"));
+    }
+    flush(&p);
+    for isolation in ["read_committed", "read_uncommitted"] {
+        let c: BaseConsumer = client_config(&bootstrap)
+            .set("group.id", unique("conf-oor"))
+            .set("auto.offset.reset", "error")
+            .set("isolation.level", isolation)
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, 0, Offset::Offset(60))
+            .unwrap();
+        c.assign(&tpl).unwrap();
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        let error = loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{isolation}: no out-of-range error in {TIMEOUT:?}"
+            );
+            match c.poll(Duration::from_millis(200)) {
+                Some(Err(e)) => break e,
+                Some(Ok(m)) => panic!("{isolation}: a record at offset {}", m.offset()),
+                None => {}
+            }
+        };
+        assert_eq!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::AutoOffsetReset),
+            "{isolation}: {error}"
+        );
+    }
+}
+
 #[test]
 fn fencing_by_transactional_id() {
     let bootstrap = bootstrap_servers();

@@ -17,8 +17,8 @@ use rand::Rng;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use streams_testkit::child::{child_mode, wait_for_stop_request, ChildProcess};
 use streams_testkit::kafka::{
-    consume_until, create_topic, idempotent_producer, read_to_end, send_retrying, Isolation,
-    Received,
+    consume_until, create_topic, delete_topic, idempotent_producer, read_to_end, send_retrying,
+    Isolation, Received,
 };
 use streams_testkit::{bootstrap_servers, unique};
 
@@ -767,6 +767,55 @@ fn state_unowned_for_longer_than_the_cleanup_delay_is_rebuilt_from_the_changelog
         later,
         vec![(0, 0, changelog.len() as u64)],
         "after the delay the state was deleted and rebuilt from the changelog's start"
+    );
+}
+
+/// Issue 9, item 3: a changelog deleted and recreated while the application was stopped no
+/// longer holds the stored offset. Before, the restore consumer's `auto.offset.reset=earliest`
+/// silently replayed the new topic onto the old state (deleted keys came back); now the
+/// out-of-range offset is detected, the store wiped and rebuilt from the new changelog alone,
+/// as Kafka Streams does when a task's checkpoint is out of range.
+#[test]
+fn a_deleted_and_recreated_changelog_rebuilds_the_store_from_the_new_changelog() {
+    let bootstrap = bootstrap_servers();
+    let (input, output, app) = one_partition_app("rc", true);
+    let changelog = format!("{app}-counts-changelog");
+    let dir = std::env::temp_dir().join(unique("rc-state"));
+    let start = || {
+        let restores = Restores::default();
+        let streams = KafkaStreams::new(
+            counting_topology(&input, &output),
+            config(&app, &dir, &restores),
+        )
+        .unwrap();
+        streams.start().unwrap();
+        assert!(streams.wait_for(|s| s == State::Running, LONG));
+        (streams, restores)
+    };
+    let (streams, _) = start();
+    produce_range(&producer(&bootstrap), &input, 0, 60);
+    wait_until(|| store_contents(&streams) == oracle(60));
+    assert!(streams.close(LONG));
+    let old_len = read_to_end(&bootstrap, &changelog, Isolation::ReadCommitted, LONG)
+        .unwrap()
+        .len();
+
+    // Someone deletes the changelog and recreates it with three records of other keys.
+    delete_topic(&bootstrap, &changelog).unwrap();
+    create_topic(&bootstrap, &changelog, 1, &[("cleanup.policy", "compact")]).unwrap();
+    let expected = fill_changelog(&bootstrap, &changelog, 3);
+
+    let (streams, restores) = start();
+    let got = store_contents(&streams);
+    let restored = restores.0.lock().unwrap().clone();
+    eprintln!(
+        "recreated changelog: old changelog {old_len} records, restorations {restored:?}, \
+         store now {got:?}"
+    );
+    assert!(streams.close(LONG));
+    assert_eq!(
+        got, expected,
+        "the store holds the new changelog's records and nothing of the old state"
     );
 }
 

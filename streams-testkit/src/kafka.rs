@@ -80,6 +80,27 @@ pub fn create_topic(
     }
 }
 
+/// Deletes `topic`, then waits until the metadata no longer shows it.
+pub fn delete_topic(bootstrap: &str, topic: &str) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = client_config(bootstrap).create()?;
+    let results = futures::executor::block_on(admin.delete_topics(
+        &[topic],
+        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+    ))
+    .with_context(|| format!("deleting topic {topic}"))?;
+    for r in results {
+        r.map_err(|(name, code)| anyhow!("deleting topic {name}: {code}"))?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while partition_count(bootstrap, topic).is_ok() {
+        if Instant::now() > deadline {
+            bail!("topic {topic} was deleted but the metadata still shows it");
+        }
+        std::thread::sleep(Duration::from_millis(50)); // polling the broker's metadata
+    }
+    Ok(())
+}
+
 /// The number of partitions the metadata shows for `topic`; an error when it does not exist
 /// (the request does not ask the broker to create it, as a producer's would by default).
 pub fn partition_count(bootstrap: &str, topic: &str) -> anyhow::Result<usize> {

@@ -76,9 +76,10 @@ pub(crate) fn restore_consumer(config: &StreamsConfig, thread: &str) -> Result<P
             ("enable.auto.offset.store", "false".into()),
             ("enable.partition.eof", "true".into()),
             ("isolation.level", "read_committed".into()),
-            // A stored offset the changelog no longer has (truncated, recreated): replay what
-            // it has rather than jump to the end.
-            ("auto.offset.reset", "earliest".into()),
+            // A stored offset the changelog no longer has (truncated, or deleted and
+            // recreated) is reported as an error: restoration wipes the store and reads the
+            // changelog from its start, rather than replaying it onto the old state.
+            ("auto.offset.reset", "error".into()),
         ],
     );
     c.create_with_context(ClientLog)

@@ -13,7 +13,10 @@
 //! partition is done at librdkafka's end-of-partition event, or when the position has reached
 //! the end offset the broker reported and nothing arrived for a while: end-of-partition only
 //! comes when the position *equals* the last stable offset, and a stored offset past another
-//! producer's open transaction starts beyond it.
+//! producer's open transaction starts beyond it. A stored offset the changelog does not hold
+//! (it was truncated, or deleted and recreated while the state stayed) is an error of the
+//! restore consumer (`auto.offset.reset=error`): the store is wiped and the changelog read from
+//! its start, never replayed onto the old state.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -23,6 +26,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::clients::PlainConsumer;
@@ -60,6 +64,8 @@ struct Cursor {
     started: Instant,
     quiet_since: Option<Instant>,
     errors_in_a_row: u32,
+    /// Restarts from the changelog's start after an out-of-range offset.
+    restarts: u32,
     last_report: Instant,
 }
 
@@ -206,7 +212,7 @@ fn open(
     };
     let mut tpl = TopicPartitionList::new();
     // Offset 0 rather than Beginning when nothing is stored: no ListOffsets round trip; a
-    // changelog that starts later falls back to auto.offset.reset=earliest.
+    // changelog that starts later is out of range, and read from its start then.
     tpl.add_partition_offset(&target.topic, target.partition, Offset::Offset(start))
         .map_err(|e| Error::kafka("restore assignment", e))?;
     consumer
@@ -228,6 +234,7 @@ fn open(
         started: Instant::now(),
         quiet_since: None,
         errors_in_a_row: 0,
+        restarts: 0,
         last_report: Instant::now(),
     })
 }
@@ -257,6 +264,9 @@ fn read(
                 return Ok(position >= c.end && quiet.elapsed() >= QUIET);
             }
             Some(Err(KafkaError::PartitionEOF(_))) => return Ok(true),
+            Some(Err(e)) if offset_out_of_range(&e) => {
+                restart_from_scratch(consumer, c, task, env, &e)?
+            }
             Some(Err(e)) => {
                 let e = Error::kafka(format!("restore {}", c.topic), e);
                 c.errors_in_a_row += 1;
@@ -285,6 +295,52 @@ fn read(
             return Ok(false);
         }
     }
+}
+
+/// Whether the restore consumer's position is not in the changelog (the consumer's
+/// `auto.offset.reset` is `error`).
+fn offset_out_of_range(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange)
+    )
+}
+
+/// The changelog does not hold the position restoration reads from: it was truncated, or
+/// deleted and recreated (possibly shorter) while the state stayed. The local state cannot be
+/// trusted: wipe the store and read the changelog from its start.
+fn restart_from_scratch(
+    consumer: &PlainConsumer,
+    c: &mut Cursor,
+    task: &mut Task,
+    env: &RestoreEnv<'_>,
+    e: &KafkaError,
+) -> Result<()> {
+    c.restarts += 1;
+    if c.restarts > 3 {
+        return Err(Error::kafka(
+            format!("restore {}: the offset stays out of range", c.topic),
+            e.clone(),
+        ));
+    }
+    if c.start > 0 {
+        tracing::warn!(store = %c.store, topic = %c.topic, partition = c.partition, from = c.start, error = %e, "the changelog does not hold the stored offset (truncated, or deleted and recreated); wiping the store and restoring from the changelog's start");
+    } else {
+        tracing::debug!(store = %c.store, topic = %c.topic, partition = c.partition, "the changelog starts after offset 0; reading from its start");
+    }
+    store_of(task, &c.store)?.wipe()?;
+    c.batch.clear();
+    (c.start, c.last, c.total, c.quiet_since) = (0, None, 0, None);
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&c.topic, c.partition, Offset::Beginning)
+        .map_err(|e| Error::kafka("restore assignment", e))?;
+    consumer
+        .assign(&tpl)
+        .map_err(|e| Error::kafka("assign changelog", e))?;
+    if let Some(l) = env.listener {
+        l.on_restore_start(&c.store, c.partition, 0);
+    }
+    Ok(())
 }
 
 /// Writes the cursor's batch to its store, with the offset it reaches.

@@ -16,6 +16,10 @@
 //!   address is replaced by the proxy's own, so clients keep talking through it.
 //! - **ApiVersions**: versions are capped at what the protocol crate can decode, for the APIs the
 //!   proxy decodes.
+//! - **Fetch past a partition's end**: nisshi 0.7.0 answers a fetch from an offset beyond the
+//!   high watermark with no records and no error, where Kafka answers `OFFSET_OUT_OF_RANGE`
+//!   (which is how a client learns that the log it reads is not the one it read before, say a
+//!   deleted and recreated topic). The proxy sets that error on such a partition.
 //!
 //! The index is derived from the log, so it survives client disconnects and broker restarts on
 //! a durable engine; if a broker comes back with a shorter log (memory engine), the partition's
@@ -68,6 +72,8 @@ pub struct ProxyStats {
     /// Partitions of read_committed responses cut short: records past the last stable offset,
     /// or records whose transactions could not be checked.
     pub held_back: AtomicU64,
+    /// Partitions of Fetch responses answered `OFFSET_OUT_OF_RANGE` (fetched past their end).
+    pub out_of_range: AtomicU64,
 }
 
 /// A running proxy. Dropping it stops it and closes every connection.
@@ -224,6 +230,8 @@ struct Pending {
     api_key: i16,
     api_version: i16,
     read_committed: bool,
+    /// A Fetch's offset per partition.
+    fetch_offsets: HashMap<PartitionKey, i64>,
 }
 
 async fn serve(client: TcpStream, shared: Arc<Shared>) -> anyhow::Result<()> {
@@ -323,6 +331,7 @@ fn inspect_request(frame: &Bytes) -> Option<Pending> {
         api_key,
         api_version,
         read_committed: false,
+        fetch_offsets: HashMap::new(),
     };
     let mut body = frame.slice(4..);
     let Ok(_header) = decode_request_header_from_buffer(&mut body) else {
@@ -331,6 +340,18 @@ fn inspect_request(frame: &Bytes) -> Option<Pending> {
     if api_key == ApiKey::Fetch as i16 {
         if let Ok(req) = FetchRequest::decode(&mut body, api_version) {
             pending.read_committed = req.isolation_level == 1;
+            for t in &req.topics {
+                let topic = if api_version >= 13 {
+                    TopicKey::Id(t.topic_id)
+                } else {
+                    TopicKey::Name(t.topic.0.clone())
+                };
+                for p in &t.partitions {
+                    pending
+                        .fetch_offsets
+                        .insert((topic.clone(), p.partition), p.fetch_offset);
+                }
+            }
         }
     } else if api_key == ApiKey::Produce as i16 {
         if let Ok(req) = ProduceRequest::decode(&mut body, api_version) {
@@ -356,19 +377,18 @@ async fn transform_response(
     let decode_header =
         |body: &mut Bytes| ResponseHeader::decode(body, header_version).context("header");
     match api_key {
-        ApiKey::Fetch if pending.read_committed => {
+        ApiKey::Fetch => {
             let header = decode_header(&mut body)?;
             let mut resp = FetchResponse::decode(&mut body, version)?;
-            let changed_index = add_aborted_transactions(shared, &mut resp, version).await?;
+            let changed_range = out_of_range(shared, pending, &mut resp, version);
+            // read_uncommitted readers need nothing more than that and the right node
+            // endpoints, which a response only carries when leadership moved.
+            let changed_index = pending.read_committed
+                && add_aborted_transactions(shared, &mut resp, version).await?;
             let changed_hosts = rewrite_node_endpoints(shared, &mut resp);
-            if changed_index || changed_hosts {
+            if changed_range || changed_index || changed_hosts {
                 return encode(&header, header_version, &resp, version).map(Some);
             }
-            Ok(None)
-        }
-        ApiKey::Fetch => {
-            // read_uncommitted readers need nothing but the right node endpoints, which a
-            // response only carries when leadership moved.
             Ok(None)
         }
         ApiKey::Metadata => {
@@ -455,6 +475,41 @@ fn rewrite_node_endpoints(shared: &Shared, resp: &mut FetchResponse) -> bool {
         n.port = shared.advertised_port;
     }
     !resp.node_endpoints.is_empty()
+}
+
+/// Answers `OFFSET_OUT_OF_RANGE` for every partition fetched from past its high watermark, as
+/// Kafka does (nisshi answers with no records and no error). Returns whether the response
+/// changed.
+fn out_of_range(
+    shared: &Shared,
+    pending: &Pending,
+    resp: &mut FetchResponse,
+    version: i16,
+) -> bool {
+    const OFFSET_OUT_OF_RANGE: i16 = 1;
+    let mut changed = false;
+    for topic in &mut resp.responses {
+        let topic_key = if version >= 13 {
+            TopicKey::Id(topic.topic_id)
+        } else {
+            TopicKey::Name(topic.topic.0.clone())
+        };
+        for part in &mut topic.partitions {
+            let Some(&offset) = pending
+                .fetch_offsets
+                .get(&(topic_key.clone(), part.partition_index))
+            else {
+                continue;
+            };
+            if part.error_code == 0 && part.high_watermark >= 0 && offset > part.high_watermark {
+                part.error_code = OFFSET_OUT_OF_RANGE;
+                part.records = Some(Bytes::new());
+                shared.stats.out_of_range.fetch_add(1, Ordering::Relaxed);
+                changed = true;
+            }
+        }
+    }
+    changed
 }
 
 /// Fills in the aborted-transactions list of every partition of a read_committed Fetch
