@@ -14,11 +14,35 @@ use crate::{Error, Result};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-fn partition_count(admin: &AdminClient<DefaultClientContext>, topic: &str) -> Result<Option<i32>> {
+/// The admin client and what its errors should say.
+struct Admin<'a> {
+    client: AdminClient<DefaultClientContext>,
+    config: &'a StreamsConfig,
+}
+
+impl std::ops::Deref for Admin<'_> {
+    type Target = AdminClient<DefaultClientContext>;
+    fn deref(&self) -> &Self::Target {
+        &self.client
+    }
+}
+
+/// The partition count of `topic`, `None` when it does not exist. A cluster that does not
+/// answer within the client timeout is an error naming the bootstrap servers.
+fn partition_count(admin: &Admin<'_>, topic: &str) -> Result<Option<i32>> {
+    let timeout = admin.config.client_timeout;
     let md = admin
         .inner()
-        .fetch_metadata(Some(topic), TIMEOUT)
-        .map_err(|e| Error::kafka(format!("metadata of {topic}"), e))?;
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| {
+            Error::kafka(
+                format!(
+                    "no answer from the Kafka cluster at {} within {timeout:?} (metadata of topic {topic}); check bootstrap_servers and that the brokers run",
+                    admin.config.bootstrap_servers
+                ),
+                e,
+            )
+        })?;
     Ok(md
         .topics()
         .iter()
@@ -27,12 +51,7 @@ fn partition_count(admin: &AdminClient<DefaultClientContext>, topic: &str) -> Re
         .map(|t| t.partitions().len() as i32))
 }
 
-fn create(
-    admin: &AdminClient<DefaultClientContext>,
-    new: NewTopic<'_>,
-    topic: &str,
-    partitions: i32,
-) -> Result<()> {
+fn create(admin: &Admin<'_>, new: NewTopic<'_>, topic: &str, partitions: i32) -> Result<()> {
     let results = futures::executor::block_on(admin.create_topics(
         &[new],
         &AdminOptions::new().operation_timeout(Some(TIMEOUT)),
@@ -71,9 +90,12 @@ pub(crate) fn prepare(
     for (k, v) in &config.client_properties {
         c.set(k, v);
     }
-    let admin: AdminClient<DefaultClientContext> = c
-        .create()
-        .map_err(|e| Error::kafka("create admin client", e))?;
+    let admin = Admin {
+        client: c
+            .create()
+            .map_err(|e| Error::kafka("create admin client", e))?,
+        config,
+    };
     let internal = topology.repartition_topics();
     let mut counts: BTreeMap<String, i32> = BTreeMap::new();
     for st in topology.subtopologies() {

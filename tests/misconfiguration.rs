@@ -1,0 +1,186 @@
+//! Misconfiguration and environment errors (issue 15, item 4): each gives a clear error within
+//! a bounded time, never a hang or a panic, and leaves the instance where it was (`Created`),
+//! with nothing started. One test per case, each asserting the message.
+
+use std::time::{Duration, Instant};
+
+use kstreams::core::serde::{BigEndian, Utf8};
+use kstreams::core::{Error, KafkaStreams, State, StreamsConfig, Topology};
+use kstreams::dsl::{Materialized, Produced, StreamsBuilder};
+use streams_testkit::kafka::create_topic;
+use streams_testkit::{bootstrap_servers, unique};
+
+/// Counts values per value: a repartition topic (re-keyed) and a store with a changelog
+/// (`counts`).
+fn topology(input: &str, output: &str) -> Topology {
+    let builder = StreamsBuilder::new();
+    builder
+        .stream::<String, String>(input)
+        .group_by(|_, v| v.clone())
+        .count_with(Materialized::with(BigEndian).named("counts"))
+        .to_stream()
+        .to_with(output, Produced::with(Utf8, BigEndian));
+    builder.build().unwrap()
+}
+
+fn config(app: &str, bootstrap: &str) -> StreamsConfig {
+    StreamsConfig::new(app, bootstrap).state_dir(std::env::temp_dir().join(unique("mc-state")))
+}
+
+/// The error and its causes, as one line.
+fn message(e: &Error) -> String {
+    let mut m = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        m.push_str(": ");
+        m.push_str(&s.to_string());
+        source = s.source();
+    }
+    m
+}
+
+/// Starts an instance that must fail to start; returns the message and how long it took.
+fn start_error(topology: Topology, config: StreamsConfig) -> (String, Duration) {
+    let started = Instant::now();
+    let streams = KafkaStreams::new(topology, config).unwrap();
+    let e = streams.start().expect_err("start must fail");
+    let took = started.elapsed();
+    assert_eq!(
+        streams.state(),
+        State::Created,
+        "a failed start starts nothing"
+    );
+    let m = message(&e);
+    eprintln!("start failed after {took:?}: {m}");
+    (m, took)
+}
+
+/// Input and output topics with `partitions` partitions, and an application id.
+fn topics(prefix: &str, partitions: i32) -> (String, String, String) {
+    let bootstrap = bootstrap_servers();
+    let (input, output, app) = (
+        unique(&format!("{prefix}-in")),
+        unique(&format!("{prefix}-out")),
+        unique(&format!("{prefix}-app")),
+    );
+    create_topic(&bootstrap, &input, partitions, &[]).unwrap();
+    create_topic(&bootstrap, &output, partitions, &[]).unwrap();
+    (input, output, app)
+}
+
+#[test]
+fn unreachable_bootstrap_servers_fail_start_within_the_client_timeout() {
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let bootstrap = format!("127.0.0.1:{port}");
+    let (m, took) = start_error(
+        topology("in", "out"),
+        config("mc-unreachable", &bootstrap).client_timeout(Duration::from_secs(5)),
+    );
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    assert!(
+        m.contains(&bootstrap) && m.contains("no answer from the Kafka cluster"),
+        "{m}"
+    );
+}
+
+#[test]
+fn a_missing_source_topic_fails_start_naming_it() {
+    let missing = unique("mc-missing");
+    let (m, _) = start_error(
+        topology(&missing, "out"),
+        config(&unique("mc-app"), &bootstrap_servers()),
+    );
+    assert!(
+        m.contains(&format!("source topic {missing} does not exist")),
+        "{m}"
+    );
+}
+
+#[test]
+fn a_changelog_topic_with_the_wrong_partition_count_fails_start() {
+    let (input, output, app) = topics("mc-cl", 2);
+    let changelog = format!("{app}-counts-changelog");
+    create_topic(&bootstrap_servers(), &changelog, 3, &[]).unwrap();
+    let (m, _) = start_error(
+        topology(&input, &output),
+        config(&app, &bootstrap_servers()),
+    );
+    assert!(
+        m.contains(&format!(
+            "changelog topic {changelog} has 3 partitions but store counts needs 2"
+        )),
+        "{m}"
+    );
+}
+
+#[test]
+fn a_repartition_topic_with_the_wrong_partition_count_fails_start() {
+    let (input, output, app) = topics("mc-rp", 2);
+    let t = topology(&input, &output);
+    let name = t.repartition_topics().keys().next().unwrap().clone();
+    let repartition = t.resolve_topic(&app, &name);
+    create_topic(&bootstrap_servers(), &repartition, 3, &[]).unwrap();
+    let (m, _) = start_error(t, config(&app, &bootstrap_servers()));
+    assert!(
+        m.contains(&format!(
+            "internal topic {repartition} has 3 partitions but the topology needs 2"
+        )),
+        "{m}"
+    );
+}
+
+#[test]
+fn a_state_directory_that_cannot_be_created_fails_start_naming_it() {
+    // Under a regular file: no directory can be made there, whoever runs the test (root
+    // ignores permission bits).
+    let file = std::env::temp_dir().join(unique("mc-file"));
+    std::fs::write(&file, b"not a directory").unwrap();
+    let dir = file.join("state");
+    let (m, _) = start_error(
+        topology("in", "out"),
+        StreamsConfig::new("mc-dir", "127.0.0.1:9").state_dir(&dir),
+    );
+    assert!(
+        m.contains("create state directory") && m.contains(&dir.display().to_string()),
+        "{m}"
+    );
+}
+
+#[test]
+fn a_state_directory_in_use_by_another_instance_fails_start() {
+    let (input, output, app) = topics("mc-lock", 1);
+    let dir = std::env::temp_dir().join(unique("mc-lock-state"));
+    let first = KafkaStreams::new(
+        topology(&input, &output),
+        StreamsConfig::new(&app, &bootstrap_servers()).state_dir(&dir),
+    )
+    .unwrap();
+    first.start().unwrap();
+    let (m, took) = start_error(
+        topology(&input, &output),
+        StreamsConfig::new(&app, &bootstrap_servers()).state_dir(&dir),
+    );
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert!(m.contains("is in use by another instance"), "{m}");
+    assert!(first.close(Duration::from_secs(60)));
+}
+
+#[test]
+fn an_invalid_application_id_is_refused() {
+    for app in ["", "my app", "app/1", "caf\u{e9}"] {
+        let Err(e) = KafkaStreams::new(topology("in", "out"), StreamsConfig::new(app, "x:9092"))
+        else {
+            panic!("application id {app:?} accepted");
+        };
+        let m = message(&e);
+        assert!(
+            m.contains("the application id must be non-empty and use only letters, digits"),
+            "{app:?}: {m}"
+        );
+    }
+}
