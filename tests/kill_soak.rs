@@ -1,0 +1,248 @@
+//! The kill soak (issue 15, item 2): two instances of an exactly-once application with a
+//! repartition topic and a state store run over a continuous input stream; a random instance
+//! is SIGKILLed at random points, now and then with its state directory deleted too, and
+//! restarted; at the end the whole output, read `read_committed`, is checked against an
+//! oracle: every key's counts 1, 2, …, n each exactly once (no duplicate, nothing missing).
+//!
+//! In CI it runs with 10 kills. `scripts/soak.sh` runs it longer: its size comes from the
+//! environment (`KSTREAMS_SOAK_KILLS`, `KSTREAMS_SOAK_RATE` records/s).
+//!
+//! The application: input keyed by user (`u<n>`), re-keyed by the value's group (`g<m>`), so
+//! the records go through a repartition topic, then counted per group in a RocksDB store with a
+//! changelog, no record cache: every count is an output record.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kstreams::core::config::RestoreListener;
+use kstreams::core::serde::{BigEndian, Utf8};
+use kstreams::core::{KafkaStreams, StreamsConfig};
+use kstreams::dsl::{Materialized, Produced, StreamsBuilder};
+use rand::Rng;
+use rdkafka::producer::{BaseRecord, Producer};
+use streams_testkit::child::{child_mode, wait_for_stop_request, ChildProcess};
+use streams_testkit::kafka::{
+    committed_offsets, create_topic, idempotent_producer, read_to_end, send_retrying, Isolation,
+};
+use streams_testkit::{bootstrap_servers, unique};
+
+const GROUPS: usize = 40;
+const PARTITIONS: i32 = 4;
+const LONG: Duration = Duration::from_secs(180);
+const TEST: &str = "instances_killed_over_and_over_keep_the_output_exactly_once";
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Records restored by this instance so far.
+#[derive(Clone, Default)]
+struct Restored(Arc<AtomicU64>);
+
+impl RestoreListener for Restored {
+    fn on_restore_end(&self, _store: &str, _partition: i32, total: u64) {
+        self.0.fetch_add(total, Ordering::Relaxed);
+    }
+}
+
+/// The child: one instance until its stdin closes (or it is killed).
+fn run_instance(args: &str) {
+    let parts: Vec<&str> = args.split('|').collect();
+    let [app, input, output, dir, instance] = parts[..] else {
+        panic!("bad child arguments {args}");
+    };
+    let builder = StreamsBuilder::new();
+    builder
+        .stream::<String, String>(input)
+        .select_key(|_, v| format!("g{}", v.parse::<usize>().unwrap() % GROUPS))
+        .group_by_key()
+        .count_with(Materialized::with(BigEndian).named("counts"))
+        .to_stream()
+        .to_with(output, Produced::with(Utf8, BigEndian));
+    let restored = Restored::default();
+    let config = StreamsConfig::new(app, &bootstrap_servers())
+        .state_dir(dir)
+        // A fixed identity, kept when the state directory is lost (a machine that comes back
+        // with an empty disk): the restarted instance's transactional ids fence and abort the
+        // transactions its killed self left open. (With a new identity, only the broker's
+        // transaction timeout ends them, which the test broker does not have: docs/BROKER.md.)
+        .instance_id(instance)
+        .cache_max_bytes(0)
+        .restore_listener(restored.clone())
+        .transaction_timeout(Duration::from_secs(10))
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "1000");
+    let streams = KafkaStreams::new(builder.build().unwrap(), config).unwrap();
+    let r = restored.clone();
+    streams.set_state_listener(move |_, new| {
+        println!(
+            "KSTREAMS-STATE {new:?} restored={}",
+            r.0.load(Ordering::Relaxed)
+        );
+    });
+    streams.start().unwrap();
+    wait_for_stop_request();
+    let closed = streams.close(LONG);
+    println!("KSTREAMS-CLOSED clean={closed}");
+}
+
+fn committed(bootstrap: &str, app: &str, topic: &str) -> Vec<i64> {
+    committed_offsets(bootstrap, app, topic)
+        .map(|v| v.into_iter().map(|o| o.unwrap_or(0)).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn instances_killed_over_and_over_keep_the_output_exactly_once() {
+    if let Some(args) = child_mode() {
+        return run_instance(&args);
+    }
+    let kills = env_or("KSTREAMS_SOAK_KILLS", 10) as usize;
+    let rate = env_or("KSTREAMS_SOAK_RATE", 300);
+    let bootstrap = bootstrap_servers();
+    let (input, output, app) = (unique("soak-in"), unique("soak-out"), unique("soak-app"));
+    create_topic(&bootstrap, &input, PARTITIONS, &[]).unwrap();
+    create_topic(&bootstrap, &output, PARTITIONS, &[]).unwrap();
+    let dirs: Vec<std::path::PathBuf> = (0..2)
+        .map(|i| std::env::temp_dir().join(unique(&format!("soak-state-{i}"))))
+        .collect();
+    let args = |i: usize| {
+        format!(
+            "{app}|{input}|{output}|{}|{app}-instance-{i}",
+            dirs[i].display()
+        )
+    };
+    let spawn = |i: usize| {
+        let mut c = ChildProcess::spawn(&format!("instance-{i}"), TEST, &args(i), &[]).unwrap();
+        let line = c.wait_for_line("KSTREAMS-STATE Running", LONG).unwrap();
+        (c, line)
+    };
+
+    // The continuous input: record number n, keyed by user, at `rate` records/s.
+    let stop = Arc::new(AtomicBool::new(false));
+    let produced = Arc::new(AtomicU64::new(0));
+    let feeder = {
+        let (bootstrap, input, stop, produced) = (
+            bootstrap.clone(),
+            input.clone(),
+            stop.clone(),
+            produced.clone(),
+        );
+        std::thread::spawn(move || {
+            let p = idempotent_producer(&bootstrap).unwrap();
+            let start = Instant::now();
+            let mut n = 0_u64;
+            while !stop.load(Ordering::Relaxed) {
+                for _ in 0..10 {
+                    let (key, value) = (format!("u{}", n % 1000), n.to_string());
+                    send_retrying(&p, BaseRecord::to(&input).key(&key).payload(&value)).unwrap();
+                    n += 1;
+                }
+                p.flush(Duration::from_secs(30)).unwrap();
+                produced.store(n, Ordering::Relaxed);
+                // Pacing the load, not waiting for a condition.
+                let due = start + Duration::from_secs_f64(n as f64 / rate as f64);
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            }
+        })
+    };
+
+    let mut instances = [spawn(0).0, spawn(1).0];
+    let mut rng = rand::rng();
+    let (mut restored_per_restart, mut takeovers, mut wiped) = (vec![], vec![], 0);
+    let started = Instant::now();
+    for kill in 1..=kills {
+        // A random point: 1 to 4 s of processing.
+        std::thread::sleep(Duration::from_millis(rng.random_range(1000..4000)));
+        let victim = rng.random_range(0..2);
+        let at_kill = committed(&bootstrap, &app, &input);
+        let killed_at = Instant::now();
+        instances[victim].kill().unwrap();
+        let wipe = rng.random_bool(0.3);
+        if wipe {
+            std::fs::remove_dir_all(&dirs[victim]).ok();
+            wiped += 1;
+        }
+        // Restarted at once, as a supervisor would; then the takeover: every partition's
+        // committed offset moves past where it was.
+        let (child, line) = spawn(victim);
+        instances[victim] = child;
+        loop {
+            let now = committed(&bootstrap, &app, &input);
+            if now.len() == at_kill.len() && now.iter().zip(&at_kill).all(|(n, a)| n > a) {
+                break;
+            }
+            assert!(killed_at.elapsed() < LONG, "no takeover after kill {kill}");
+            std::thread::sleep(Duration::from_millis(100)); // polling the group's offsets
+        }
+        let takeover = killed_at.elapsed();
+        takeovers.push(takeover);
+        let restored: u64 = line
+            .split("restored=")
+            .nth(1)
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0);
+        restored_per_restart.push(restored);
+        eprintln!(
+            "kill {kill}: instance {victim}{}, restarted (restored {restored} records), all partitions moving again {takeover:?} after the kill",
+            if wipe { " (state directory deleted)" } else { "" }
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    feeder.join().unwrap();
+    let total = produced.load(Ordering::Relaxed);
+    let deadline = Instant::now() + LONG;
+    while committed(&bootstrap, &app, &input).iter().sum::<i64>() < total as i64 {
+        assert!(Instant::now() < deadline, "input not consumed");
+        std::thread::sleep(Duration::from_millis(200)); // polling the group's offsets
+    }
+    for (i, c) in instances.iter_mut().enumerate() {
+        assert!(
+            c.stop(LONG).unwrap().success(),
+            "instance {i} closes cleanly"
+        );
+    }
+
+    // The oracle: per group, counts 1..=n exactly once.
+    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+    for n in 0..total {
+        *expected
+            .entry(format!("g{}", n as usize % GROUPS))
+            .or_default() += 1;
+    }
+    let out = read_to_end(&bootstrap, &output, Isolation::ReadCommitted, LONG).unwrap();
+    let mut got: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for r in &out {
+        let count = u64::from_be_bytes(r.value.as_deref().unwrap().try_into().unwrap());
+        got.entry(r.key_str()).or_default().push(count);
+    }
+    let (mut duplicates, mut missing) = (0, 0);
+    for (k, n) in &expected {
+        let counts = got.remove(k).unwrap_or_default();
+        let seen: BTreeSet<u64> = counts.iter().copied().collect();
+        duplicates += counts.len() - seen.len();
+        missing += (1..=*n).filter(|c| !seen.contains(c)).count();
+        assert!(
+            seen.iter().all(|c| *c >= 1 && c <= n),
+            "{k}: counts beyond {n}"
+        );
+    }
+    let mut takeover_secs: Vec<f64> = takeovers.iter().map(Duration::as_secs_f64).collect();
+    takeover_secs.sort_by(f64::total_cmp);
+    eprintln!(
+        "kill soak: {kills} kills ({wiped} with the state directory deleted) over {:?}, {total} \
+         records, {} output records, duplicates {duplicates}, missing {missing}; restored per \
+         restart {restored_per_restart:?}; takeover median {:.1} s, max {:.1} s",
+        started.elapsed(),
+        out.len(),
+        takeover_secs[takeover_secs.len() / 2],
+        takeover_secs[takeover_secs.len() - 1]
+    );
+    assert!(got.is_empty(), "unexpected keys {:?}", got.keys());
+    assert_eq!((duplicates, missing), (0, 0));
+}
