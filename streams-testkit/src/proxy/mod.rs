@@ -21,6 +21,10 @@
 //!   (which is how a client learns that the log it reads is not the one it read before, say a
 //!   deleted and recreated topic). The proxy sets that error on such a partition.
 //!
+//! Tests can also inject faults ([`TxnProxy::cut_connections`], [`TxnProxy::refuse_for`],
+//! [`TxnProxy::black_hole_for`], [`TxnProxy::set_latency`], and [`TxnProxy::outage`], which
+//! cuts and refuses): what clients see when the broker or the network goes away.
+//!
 //! The index is derived from the log, so it survives client disconnects and broker restarts on
 //! a durable engine; if a broker comes back with a shorter log (memory engine), the partition's
 //! index starts over.
@@ -36,6 +40,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -108,6 +113,8 @@ impl TxnProxy {
             scan_conns: Mutex::new(Vec::new()),
             stats: ProxyStats::default(),
             next_correlation: AtomicU64::new(1),
+            faults: Mutex::new(Faults::default()),
+            cut: tokio::sync::watch::channel(0).0,
         });
         let (tx, rx) = tokio::sync::oneshot::channel();
         let thread_shared = shared.clone();
@@ -141,6 +148,38 @@ impl TxnProxy {
     /// The address clients connect to.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Cuts every open client connection (and its broker side): clients see the broker go
+    /// away and reconnect.
+    pub fn cut_connections(&self) {
+        self.shared.cut.send_modify(|g| *g += 1);
+    }
+
+    /// Closes every new connection at once for `d` (a broker that is down).
+    pub fn refuse_for(&self, d: Duration) {
+        let mut f = self.shared.faults.lock().unwrap_or_else(|e| e.into_inner());
+        f.refuse_until = Some(Instant::now() + d);
+    }
+
+    /// Accepts new connections for `d` but answers nothing on them, closing them at the end (a
+    /// network that drops packets: clients wait for their timeouts).
+    pub fn black_hole_for(&self, d: Duration) {
+        let mut f = self.shared.faults.lock().unwrap_or_else(|e| e.into_inner());
+        f.black_hole_until = Some(Instant::now() + d);
+    }
+
+    /// Delays every response by `latency` from now on (zero: none).
+    pub fn set_latency(&self, latency: Duration) {
+        let mut f = self.shared.faults.lock().unwrap_or_else(|e| e.into_inner());
+        f.latency = latency;
+    }
+
+    /// A broker outage of `d`: every connection is cut and new ones are refused until `d` has
+    /// passed.
+    pub fn outage(&self, d: Duration) {
+        self.refuse_for(d);
+        self.cut_connections();
     }
 
     /// What the proxy has done so far.
@@ -180,6 +219,19 @@ enum TopicKey {
     Id(uuid::Uuid),
 }
 
+impl TopicKey {
+    fn of_response(
+        topic: &kafka_protocol::messages::fetch_response::FetchableTopicResponse,
+        version: i16,
+    ) -> Self {
+        if version >= 13 {
+            TopicKey::Id(topic.topic_id)
+        } else {
+            TopicKey::Name(topic.topic.0.clone())
+        }
+    }
+}
+
 type PartitionKey = (TopicKey, i32);
 
 struct Shared {
@@ -191,9 +243,27 @@ struct Shared {
     scan_conns: Mutex<Vec<TcpStream>>,
     stats: ProxyStats,
     next_correlation: AtomicU64,
+    faults: Mutex<Faults>,
+    /// Bumped to cut every open connection.
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+/// Faults injected by a test.
+#[derive(Debug, Default, Clone, Copy)]
+struct Faults {
+    /// New connections are closed at once until then.
+    refuse_until: Option<Instant>,
+    /// New connections are accepted and held silent until then, then closed.
+    black_hole_until: Option<Instant>,
+    /// Added before every response is forwarded.
+    latency: Duration,
 }
 
 impl Shared {
+    fn faults(&self) -> Faults {
+        *self.faults.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn partition(&self, key: PartitionKey) -> Arc<tokio::sync::Mutex<PartitionIndex>> {
         self.partitions
             .lock()
@@ -209,6 +279,19 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         match listener.accept().await {
             Ok((client, _)) => {
                 shared.stats.connections.fetch_add(1, Ordering::Relaxed);
+                let faults = shared.faults();
+                let now = Instant::now();
+                if faults.refuse_until.is_some_and(|t| t > now) {
+                    drop(client);
+                    continue;
+                }
+                if let Some(until) = faults.black_hole_until.filter(|t| *t > now) {
+                    tokio::spawn(async move {
+                        tokio::time::sleep_until(until.into()).await;
+                        drop(client);
+                    });
+                    continue;
+                }
                 let shared = shared.clone();
                 tokio::spawn(async move {
                     if let Err(e) = serve(client, shared).await {
@@ -235,6 +318,17 @@ struct Pending {
 }
 
 async fn serve(client: TcpStream, shared: Arc<Shared>) -> anyhow::Result<()> {
+    let mut cut = shared.cut.subscribe();
+    tokio::select! {
+        r = forward(client, shared.clone()) => r,
+        _ = cut.changed() => {
+            tracing::debug!("proxy cuts a connection");
+            Ok(())
+        }
+    }
+}
+
+async fn forward(client: TcpStream, shared: Arc<Shared>) -> anyhow::Result<()> {
     let upstream = TcpStream::connect(shared.upstream)
         .await
         .context("connecting to the broker")?;
@@ -244,7 +338,8 @@ async fn serve(client: TcpStream, shared: Arc<Shared>) -> anyhow::Result<()> {
     let (upstream_read, mut upstream_write) = upstream.into_split();
     let (pending_tx, mut pending_rx) = mpsc::unbounded_channel::<Pending>();
 
-    let requests = tokio::spawn(async move {
+    // Aborted when this connection ends, also when it is cut (this future dropped).
+    let requests = AbortOnDrop(tokio::spawn(async move {
         let mut reader = BufReader::with_capacity(64 * 1024, client_read);
         while let Some(frame) = read_frame(&mut reader).await? {
             if let Some(pending) = inspect_request(&frame) {
@@ -255,7 +350,7 @@ async fn serve(client: TcpStream, shared: Arc<Shared>) -> anyhow::Result<()> {
             upstream_write.write_all(&frame).await?;
         }
         anyhow::Ok(())
-    });
+    }));
 
     let mut reader = BufReader::with_capacity(256 * 1024, upstream_read);
     let result = async {
@@ -283,13 +378,26 @@ async fn serve(client: TcpStream, shared: Arc<Shared>) -> anyhow::Result<()> {
                     frame
                 }
             };
+            let latency = shared.faults().latency;
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
             client_write.write_all(&out).await?;
         }
         Ok(())
     }
     .await;
-    requests.abort();
+    drop(requests);
     result
+}
+
+/// A task aborted when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<anyhow::Result<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Reads one length-prefixed frame (prefix included); `None` at a clean end of stream.
@@ -489,11 +597,7 @@ fn out_of_range(
     const OFFSET_OUT_OF_RANGE: i16 = 1;
     let mut changed = false;
     for topic in &mut resp.responses {
-        let topic_key = if version >= 13 {
-            TopicKey::Id(topic.topic_id)
-        } else {
-            TopicKey::Name(topic.topic.0.clone())
-        };
+        let topic_key = TopicKey::of_response(topic, version);
         for part in &mut topic.partitions {
             let Some(&offset) = pending
                 .fetch_offsets
@@ -526,11 +630,7 @@ async fn add_aborted_transactions(
         .fetch_add(1, Ordering::Relaxed);
     let mut changed = false;
     for topic in &mut resp.responses {
-        let topic_key = if version >= 13 {
-            TopicKey::Id(topic.topic_id)
-        } else {
-            TopicKey::Name(topic.topic.0.clone())
-        };
+        let topic_key = TopicKey::of_response(topic, version);
         for part in &mut topic.partitions {
             match fix_partition(shared, &topic_key, part, version).await {
                 Ok(c) => changed |= c,
