@@ -23,4 +23,4 @@ cd "$ROOT"
 log "kill soak: $kills kills, $rate records/s"
 KSTREAMS_SOAK_KILLS="$kills" KSTREAMS_SOAK_RATE="$rate" \
   cargo test --release --test kill_soak -- --nocapture 2>&1 |
-  grep --line-buffered -E '^(kill|test |thread|  left|  right)|kill soak|panicked'
+  grep --line-buffered -A3 -E '^(kill|test |thread|  left|  right)|kill soak|panicked'

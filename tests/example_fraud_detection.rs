@@ -229,7 +229,6 @@ fn the_fraud_rules_raise_exactly_the_alerts_their_definitions_give() {
 
 #[test]
 fn the_example_binary_is_exactly_once_under_sigkill() {
-    use rand::Rng;
     use std::time::Duration;
     use streams_testkit::kafka::{read_to_end, Isolation};
     use streams_testkit::unique;
@@ -269,61 +268,14 @@ fn the_example_binary_is_exactly_once_under_sigkill() {
         a.extend(extra.iter().map(|s| s.to_string()));
         a
     };
-    let mut rng = rand::rng();
     const KILLS: usize = 2;
-    for kill in 0..KILLS {
-        let extra: &[&str] = if kill == 0 {
-            &["--generate", "8000"]
-        } else {
-            &[]
-        };
-        let args = common(extra);
-        let (mut child, lines) = example_process::run_example("fraud_detection", &args);
-        example_process::wait_processing(&lines, "transactions in ");
-        let after = Duration::from_millis(rng.random_range(0..1500));
-        std::thread::sleep(after); // the random kill point, while it processes
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        eprintln!(
-            "kill {} {after:?} after its first processed transactions",
-            kill + 1
-        );
-    }
-    let args = common(&[]);
-    let (mut last, _lines) = example_process::run_example("fraud_detection", &args);
-    // Until every input record is processed (the group committed the end of the input),
-    // then SIGTERM: the example closes cleanly.
-    let total = read_to_end(
-        &bootstrap,
-        &txns,
-        Isolation::ReadCommitted,
-        Duration::from_secs(60),
-    )
-    .unwrap()
-    .len() as i64;
-    let deadline = std::time::Instant::now() + Duration::from_secs(240);
-    loop {
-        let done: i64 = streams_testkit::kafka::committed_offsets(&bootstrap, &app, &txns)
-            .unwrap()
-            .into_iter()
-            .map(|o| o.unwrap_or(0))
-            .sum();
-        if done >= total {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "input not consumed: {done} of {total}"
-        );
-        std::thread::sleep(Duration::from_millis(200)); // polling the group's offsets
-    }
-    // SAFETY: signals our own child process.
-    unsafe {
-        libc::kill(last.id() as libc::pid_t, libc::SIGTERM);
-    }
-    assert!(
-        last.wait().unwrap().success(),
-        "the last run exits cleanly on SIGTERM"
+    example_process::kill_then_finish(
+        "fraud_detection",
+        common,
+        &["--generate", "8000"],
+        KILLS,
+        "transactions in ",
+        (&app, &txns),
     );
 
     // The oracle, from the input as it is in the topics: every card is older than every

@@ -5,10 +5,10 @@
 use std::time::{Duration, Instant};
 
 use kstreams::core::serde::{BigEndian, Utf8};
-use kstreams::core::{Error, KafkaStreams, State, StreamsConfig, Topology};
+use kstreams::core::{KafkaStreams, State, StreamsConfig, Topology};
 use kstreams::dsl::{Materialized, Produced, StreamsBuilder};
 use streams_testkit::kafka::create_topic;
-use streams_testkit::{bootstrap_servers, unique};
+use streams_testkit::{bootstrap_servers, error_chain, unique};
 
 /// Counts values per value: a repartition topic (re-keyed) and a store with a changelog
 /// (`counts`).
@@ -27,18 +27,6 @@ fn config(app: &str, bootstrap: &str) -> StreamsConfig {
     StreamsConfig::new(app, bootstrap).state_dir(std::env::temp_dir().join(unique("mc-state")))
 }
 
-/// The error and its causes, as one line.
-fn message(e: &Error) -> String {
-    let mut m = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        m.push_str(": ");
-        m.push_str(&s.to_string());
-        source = s.source();
-    }
-    m
-}
-
 /// Starts an instance that must fail to start; returns the message and how long it took.
 fn start_error(topology: Topology, config: StreamsConfig) -> (String, Duration) {
     let started = Instant::now();
@@ -50,7 +38,7 @@ fn start_error(topology: Topology, config: StreamsConfig) -> (String, Duration) 
         State::Created,
         "a failed start starts nothing"
     );
-    let m = message(&e);
+    let m = error_chain(&e);
     eprintln!("start failed after {took:?}: {m}");
     (m, took)
 }
@@ -177,7 +165,7 @@ fn an_invalid_application_id_is_refused() {
         else {
             panic!("application id {app:?} accepted");
         };
-        let m = message(&e);
+        let m = error_chain(&e);
         assert!(
             m.contains("the application id must be non-empty and use only letters, digits"),
             "{app:?}: {m}"

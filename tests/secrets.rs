@@ -13,7 +13,7 @@ use rdkafka::producer::{BaseRecord, Producer};
 use streams_testkit::kafka::{
     create_topic, idempotent_producer, read_to_end, send_retrying, Isolation,
 };
-use streams_testkit::{bootstrap_servers, unique};
+use streams_testkit::{bootstrap_servers, error_chain, unique};
 
 const PASSWORD: &str = "hunter2-do-not-print";
 
@@ -29,17 +29,6 @@ impl Write for Capture {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
-}
-
-fn message(e: &kstreams::core::Error) -> String {
-    let mut m = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        m.push_str(": ");
-        m.push_str(&s.to_string());
-        source = s.source();
-    }
-    m
 }
 
 #[test]
@@ -93,7 +82,7 @@ fn client_settings_pass_through_and_passwords_are_never_printed() {
     let e = streams
         .start()
         .expect_err("an unknown SASL mechanism must stop the start");
-    let m = message(&e);
+    let m = error_chain(&e);
     eprintln!("start with an unknown SASL mechanism: {m}");
     assert!(m.contains("NO-SUCH-MECHANISM"), "{m}");
     assert!(!m.contains(PASSWORD), "{m}");

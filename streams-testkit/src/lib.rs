@@ -31,3 +31,15 @@ pub fn init_tracing() {
         }
     });
 }
+
+/// An error and its causes, as one line (`error: cause: cause …`), for asserting on messages.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut m = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        m.push_str(": ");
+        m.push_str(&s.to_string());
+        source = s.source();
+    }
+    m
+}

@@ -74,3 +74,67 @@ pub fn wait_processing(lines: &Receiver<String>, counter: &str) {
         }
     }
 }
+
+/// The broker tests' run of example `name`: started with `args(first_extra)` (say
+/// `--generate N`), SIGKILLed `kills` times at a random point once its summary shows `counter`
+/// above zero, each time restarted with `args(&[])`; the last run goes on until consumer group
+/// `group` has committed the whole of `input`, then gets SIGTERM and must exit cleanly.
+pub fn kill_then_finish(
+    name: &str,
+    args: impl Fn(&[&str]) -> Vec<String>,
+    first_extra: &[&str],
+    kills: usize,
+    counter: &str,
+    (group, input): (&str, &str),
+) {
+    use rand::Rng;
+    use streams_testkit::kafka::{committed_offsets, read_to_end, Isolation};
+    let bootstrap = streams_testkit::bootstrap_servers();
+    let mut rng = rand::rng();
+    for kill in 0..kills {
+        let extra = if kill == 0 { first_extra } else { &[] };
+        let (mut child, lines) = run_example(name, &args(extra));
+        wait_processing(&lines, counter);
+        let after = Duration::from_millis(rng.random_range(0..1500));
+        std::thread::sleep(after); // the random kill point, while it processes
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        eprintln!(
+            "kill {} {after:?} after its first processed records",
+            kill + 1
+        );
+    }
+    let (mut last, _lines) = run_example(name, &args(&[]));
+    let total = read_to_end(
+        &bootstrap,
+        input,
+        Isolation::ReadCommitted,
+        Duration::from_secs(60),
+    )
+    .unwrap()
+    .len() as i64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    loop {
+        let done: i64 = committed_offsets(&bootstrap, group, input)
+            .unwrap()
+            .into_iter()
+            .map(|o| o.unwrap_or(0))
+            .sum();
+        if done >= total {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "input not consumed: {done} of {total}"
+        );
+        std::thread::sleep(Duration::from_millis(200)); // polling the group's offsets
+    }
+    // SAFETY: signals our own child process.
+    unsafe {
+        libc::kill(last.id() as libc::pid_t, libc::SIGTERM);
+    }
+    assert!(
+        last.wait().unwrap().success(),
+        "the last run exits cleanly on SIGTERM"
+    );
+}
