@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The kill soak (not in CI; CI runs the same test with 10 kills): two instances of an
+# The kill soak (not in CI; the test is ignored there until the violation it found is fixed,
+# docs/RELIABILITY.md): two instances of an
 # exactly-once application with a repartition topic and a state store over a continuous input,
 # a random instance SIGKILLed and restarted at random points (now and then with its state
 # directory deleted), and the whole output checked against an oracle at the end. It prints
@@ -22,5 +23,5 @@ done
 cd "$ROOT"
 log "kill soak: $kills kills, $rate records/s"
 KSTREAMS_SOAK_KILLS="$kills" KSTREAMS_SOAK_RATE="$rate" \
-  cargo test --release --test kill_soak -- --nocapture 2>&1 |
+  cargo test --release --test kill_soak -- --ignored --nocapture 2>&1 |
   grep --line-buffered -A3 -E '^(kill|test |thread|  left|  right)|kill soak|panicked'
