@@ -43,11 +43,19 @@ impl ChildProcess {
         env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
         let mut cmd = Command::new(std::env::current_exe()?);
-        cmd.args(["--exact", test_name, "--nocapture", "--test-threads=1"])
-            .env(CHILD_ENV, args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        // --include-ignored: the child plays its role also for a test that is ignored by
+        // default and was run on purpose.
+        cmd.args([
+            "--exact",
+            test_name,
+            "--include-ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
         for (k, v) in env {
             cmd.env(k, v);
         }
