@@ -13,22 +13,18 @@
 //! the records go through a repartition topic, then counted per group in a RocksDB store with a
 //! changelog, no record cache: every count is an output record.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kstreams::core::config::RestoreListener;
-use kstreams::core::serde::{BigEndian, Utf8};
 use kstreams::core::{KafkaStreams, StreamsConfig};
-use kstreams::dsl::{Materialized, Produced, StreamsBuilder};
 use rand::Rng;
-use rdkafka::producer::{BaseRecord, Producer};
 use streams_testkit::child::{child_mode, wait_for_stop_request, ChildProcess};
-use streams_testkit::kafka::{
-    committed_offsets, create_topic, idempotent_producer, read_to_end, send_retrying, Isolation,
-};
+use streams_testkit::kafka::create_topic;
 use streams_testkit::{bootstrap_servers, unique};
+
+mod counting_app;
 
 const GROUPS: usize = 40;
 const PARTITIONS: i32 = 4;
@@ -58,14 +54,6 @@ fn run_instance(args: &str) {
     let [app, input, output, dir, instance] = parts[..] else {
         panic!("bad child arguments {args}");
     };
-    let builder = StreamsBuilder::new();
-    builder
-        .stream::<String, String>(input)
-        .select_key(|_, v| format!("g{}", v.parse::<usize>().unwrap() % GROUPS))
-        .group_by_key()
-        .count_with(Materialized::with(BigEndian).named("counts"))
-        .to_stream()
-        .to_with(output, Produced::with(Utf8, BigEndian));
     let restored = Restored::default();
     let config = StreamsConfig::new(app, &bootstrap_servers())
         .state_dir(dir)
@@ -79,7 +67,7 @@ fn run_instance(args: &str) {
         .transaction_timeout(Duration::from_secs(10))
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "1000");
-    let streams = KafkaStreams::new(builder.build().unwrap(), config).unwrap();
+    let streams = KafkaStreams::new(counting_app::topology(input, output, GROUPS), config).unwrap();
     let r = restored.clone();
     streams.set_state_listener(move |_, new| {
         println!(
@@ -91,12 +79,6 @@ fn run_instance(args: &str) {
     wait_for_stop_request();
     let closed = streams.close(LONG);
     println!("KSTREAMS-CLOSED clean={closed}");
-}
-
-fn committed(bootstrap: &str, app: &str, topic: &str) -> Vec<i64> {
-    committed_offsets(bootstrap, app, topic)
-        .map(|v| v.into_iter().map(|o| o.unwrap_or(0)).collect())
-        .unwrap_or_default()
 }
 
 #[test]
@@ -123,39 +105,15 @@ fn instances_killed_over_and_over_keep_the_output_exactly_once() {
         )
     };
     let spawn = |i: usize| {
-        let mut c = ChildProcess::spawn(&format!("instance-{i}"), TEST, &args(i), &[]).unwrap();
+        // The children use this process's broker.
+        let env = [("KAFKA_BOOTSTRAP_SERVERS", bootstrap.as_str())];
+        let mut c = ChildProcess::spawn(&format!("instance-{i}"), TEST, &args(i), &env).unwrap();
         let line = c.wait_for_line("KSTREAMS-STATE Running", LONG).unwrap();
         (c, line)
     };
 
     // The continuous input: record number n, keyed by user, at `rate` records/s.
-    let stop = Arc::new(AtomicBool::new(false));
-    let produced = Arc::new(AtomicU64::new(0));
-    let feeder = {
-        let (bootstrap, input, stop, produced) = (
-            bootstrap.clone(),
-            input.clone(),
-            stop.clone(),
-            produced.clone(),
-        );
-        std::thread::spawn(move || {
-            let p = idempotent_producer(&bootstrap).unwrap();
-            let start = Instant::now();
-            let mut n = 0_u64;
-            while !stop.load(Ordering::Relaxed) {
-                for _ in 0..10 {
-                    let (key, value) = (format!("u{}", n % 1000), n.to_string());
-                    send_retrying(&p, BaseRecord::to(&input).key(&key).payload(&value)).unwrap();
-                    n += 1;
-                }
-                p.flush(Duration::from_secs(30)).unwrap();
-                produced.store(n, Ordering::Relaxed);
-                // Pacing the load, not waiting for a condition.
-                let due = start + Duration::from_secs_f64(n as f64 / rate as f64);
-                std::thread::sleep(due.saturating_duration_since(Instant::now()));
-            }
-        })
-    };
+    let feeder = counting_app::Feeder::start(&bootstrap, &input, rate, 1000);
 
     let mut instances = [spawn(0).0, spawn(1).0];
     let mut rng = rand::rng();
@@ -165,7 +123,7 @@ fn instances_killed_over_and_over_keep_the_output_exactly_once() {
         // A random point: 1 to 4 s of processing.
         std::thread::sleep(Duration::from_millis(rng.random_range(1000..4000)));
         let victim = rng.random_range(0..2);
-        let at_kill = committed(&bootstrap, &app, &input);
+        let at_kill = counting_app::committed(&bootstrap, &app, &input);
         let killed_at = Instant::now();
         instances[victim].kill().unwrap();
         let wipe = rng.random_bool(0.3);
@@ -178,7 +136,7 @@ fn instances_killed_over_and_over_keep_the_output_exactly_once() {
         let (child, line) = spawn(victim);
         instances[victim] = child;
         loop {
-            let now = committed(&bootstrap, &app, &input);
+            let now = counting_app::committed(&bootstrap, &app, &input);
             if now.len() == at_kill.len() && now.iter().zip(&at_kill).all(|(n, a)| n > a) {
                 break;
             }
@@ -198,60 +156,36 @@ fn instances_killed_over_and_over_keep_the_output_exactly_once() {
             if wipe { " (state directory deleted)" } else { "" }
         );
     }
-    stop.store(true, Ordering::Relaxed);
-    feeder.join().unwrap();
-    let total = produced.load(Ordering::Relaxed);
-    let deadline = Instant::now() + LONG;
-    while committed(&bootstrap, &app, &input).iter().sum::<i64>() < total as i64 {
-        assert!(Instant::now() < deadline, "input not consumed");
-        std::thread::sleep(Duration::from_millis(200)); // polling the group's offsets
-    }
+    let total = feeder.stop();
+    counting_app::wait_consumed(&bootstrap, &app, &input, total, LONG);
     for (i, c) in instances.iter_mut().enumerate() {
         assert!(
             c.stop(LONG).unwrap().success(),
             "instance {i} closes cleanly"
         );
     }
-
-    // The oracle: per group, counts 1..=n exactly once.
-    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
-    for n in 0..total {
-        *expected
-            .entry(format!("g{}", n as usize % GROUPS))
-            .or_default() += 1;
-    }
-    let out = read_to_end(&bootstrap, &output, Isolation::ReadCommitted, LONG).unwrap();
-    let mut got: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for r in &out {
-        let count = u64::from_be_bytes(r.value.as_deref().unwrap().try_into().unwrap());
-        got.entry(r.key_str()).or_default().push(count);
-    }
-    let (mut duplicates, mut missing, mut beyond) = (0, 0, vec![]);
-    for (k, n) in &expected {
-        let counts = got.remove(k).unwrap_or_default();
-        let seen: BTreeSet<u64> = counts.iter().copied().collect();
-        duplicates += counts.len() - seen.len();
-        missing += (1..=*n).filter(|c| !seen.contains(c)).count();
-        if let Some(max) = seen.iter().max().filter(|m| *m > n) {
-            beyond.push(format!("{k}: counts up to {max}, {n} records"));
-        }
-    }
+    let check = counting_app::check(&bootstrap, &output, total, GROUPS);
     let mut takeover_secs: Vec<f64> = takeovers.iter().map(Duration::as_secs_f64).collect();
     takeover_secs.sort_by(f64::total_cmp);
     eprintln!(
         "kill soak: {kills} kills ({wiped} with the state directory deleted) over {:?}, {total} \
-         records, {} output records, duplicates {duplicates}, missing {missing}, keys counted \
-         beyond their records {beyond:?}; restored per restart {restored_per_restart:?}; \
-         takeover median {:.1} s, max {:.1} s",
+         records, {} output records, duplicates {}, missing {}, keys counted beyond their \
+         records {:?}; restored per restart {restored_per_restart:?}; takeover median {:.1} s, \
+         max {:.1} s",
         started.elapsed(),
-        out.len(),
+        check.records,
+        check.duplicates,
+        check.missing,
+        check.beyond,
         takeover_secs[takeover_secs.len() / 2],
         takeover_secs[takeover_secs.len() - 1]
     );
-    assert!(got.is_empty(), "unexpected keys {:?}", got.keys());
-    assert_eq!((duplicates, missing), (0, 0));
     assert!(
-        beyond.is_empty(),
-        "counted beyond their records: {beyond:?}"
+        check.exact(),
+        "not exactly once: duplicates {}, missing {}, beyond {:?}, unexpected keys {:?}",
+        check.duplicates,
+        check.missing,
+        check.beyond,
+        check.unexpected
     );
 }
