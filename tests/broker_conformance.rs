@@ -543,3 +543,116 @@ fn a_commit_beside_another_open_transaction_takes_effect() {
         "read_committed sees the committed record and not the aborted one: {got:?}"
     );
 }
+
+/// A member of `group` on `input` (one partition), for offsets sent in transactions.
+fn member_of(bootstrap: &str, group: &str, input: &str) -> BaseConsumer {
+    let consumer = group_consumer(bootstrap, group);
+    consumer.subscribe(&[input]).unwrap();
+    poll_until_assigned(&[&consumer], |s| s[0].len() == 1);
+    consumer
+}
+
+/// Sends `offset` for `input`/0 in a transaction of `p` that also writes to `output`/0, and
+/// commits it.
+fn commit_offset_in_transaction(
+    p: &BaseProducer,
+    consumer: &BaseConsumer,
+    input: &str,
+    output: &str,
+    offset: i64,
+) {
+    p.begin_transaction().unwrap();
+    send(p, output, 0, "k", &format!("with offset {offset}"));
+    flush(p);
+    let mut offsets = TopicPartitionList::new();
+    offsets
+        .add_partition_offset(input, 0, Offset::Offset(offset))
+        .unwrap();
+    p.send_offsets_to_transaction(&offsets, &consumer.group_metadata().unwrap(), TIMEOUT)
+        .unwrap();
+    p.commit_transaction(TIMEOUT).unwrap();
+}
+
+/// Waits until the group's committed offset of `input`/0 is `expected` (Kafka makes a
+/// transaction's offsets visible once its markers are written, just after the commit returns).
+fn wait_committed(bootstrap: &str, group: &str, input: &str, expected: i64, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = committed_offsets(bootstrap, group, input).unwrap();
+        if now == [Some(expected)] {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: committed offset {now:?}, expected {expected}"
+        );
+        std::thread::sleep(Duration::from_millis(100)); // polling the group's offsets
+    }
+}
+
+/// Kafka: the offsets a committed transaction carries are the group's as soon as it commits,
+/// whatever other transactions are open, and an abort of the producer's next transaction does
+/// not take them back. nisshi 0.7.0 holds a transaction's offsets back while another producer's
+/// transaction that wrote to one of its partitions is open, carries them into the producer's
+/// next transaction, and drops them if that one aborts: the committed output then says the
+/// input was processed and the group's offsets say it was not. The proxy in front of it keeps
+/// the transactions' offsets itself and commits them to the group when their transaction
+/// commits (docs/BROKER.md).
+#[test]
+fn offsets_committed_beside_another_open_transaction_take_effect_and_stay() {
+    let bootstrap = bootstrap_servers();
+    let (input, output) = (unique("beside-in"), unique("beside-out"));
+    create_topic(&bootstrap, &input, 1, &[]).unwrap();
+    create_topic(&bootstrap, &output, 1, &[]).unwrap();
+    let group = unique("beside-group");
+    let consumer = member_of(&bootstrap, &group, &input);
+    let other = producer(&bootstrap, Some(&unique("beside-other")));
+    other.begin_transaction().unwrap();
+    send(&other, &output, 0, "o", "open");
+    flush(&other);
+
+    let txn_id = unique("beside-committer");
+    let p = producer(&bootstrap, Some(&txn_id));
+    commit_offset_in_transaction(&p, &consumer, &input, &output, 42);
+    wait_committed(&bootstrap, &group, &input, 42, "after the commit");
+
+    // The producer's next transaction is aborted by its successor's initialisation (a crash
+    // and restart), then the other transaction ends.
+    p.begin_transaction().unwrap();
+    send(&p, &output, 0, "k", "never committed");
+    flush(&p);
+    let _successor = producer(&bootstrap, Some(&txn_id));
+    other.abort_transaction(TIMEOUT).unwrap();
+    wait_committed(&bootstrap, &group, &input, 42, "after the next transaction's abort");
+}
+
+/// Kafka: of two transactions that commit offsets of the same partition, the later commit's
+/// offsets stay. nisshi 0.7.0 applies offsets it held back (see the test above) when the
+/// transaction that held them up ends, in the order of the transactional ids' names, so an
+/// earlier commit can take the group back to an older offset.
+#[test]
+fn a_later_transactional_offset_commit_is_never_undone_by_an_earlier_one() {
+    let bootstrap = bootstrap_servers();
+    let (input, output) = (unique("undone-in"), unique("undone-out"));
+    create_topic(&bootstrap, &input, 1, &[]).unwrap();
+    create_topic(&bootstrap, &output, 1, &[]).unwrap();
+    let group = unique("undone-group");
+    let consumer = member_of(&bootstrap, &group, &input);
+    let other = producer(&bootstrap, Some(&unique("undone-other")));
+    other.begin_transaction().unwrap();
+    send(&other, &output, 0, "o", "open");
+    flush(&other);
+    // Named so that the broker's name order puts the earlier commit last.
+    let earlier = producer(&bootstrap, Some(&unique("b-undone-earlier")));
+    let later = producer(&bootstrap, Some(&unique("a-undone-later")));
+    commit_offset_in_transaction(&earlier, &consumer, &input, &output, 42);
+    commit_offset_in_transaction(&later, &consumer, &input, &output, 60);
+    wait_committed(&bootstrap, &group, &input, 60, "after both commits");
+    // The broker applies what it held back while it ends this transaction.
+    other.abort_transaction(TIMEOUT).unwrap();
+    assert_eq!(
+        committed_offsets(&bootstrap, &group, &input).unwrap(),
+        [Some(60)],
+        "the earlier commit took the group's offset back"
+    );
+}

@@ -54,6 +54,22 @@ fn run_instance(args: &str) {
     let [app, input, output, dir, instance] = parts[..] else {
         panic!("bad child arguments {args}");
     };
+    if let Ok(dir) = std::env::var("KSTREAMS_SOAK_LOG_DIR") {
+        // Each instance's log, across its restarts, for a failure's post-mortem.
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(std::path::Path::new(&dir).join(format!("{instance}.log")))
+            .unwrap();
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(file))
+            .init();
+        tracing::info!(pid = std::process::id(), "instance started");
+    }
     let restored = Restored::default();
     let config = StreamsConfig::new(app, &bootstrap_servers())
         .state_dir(dir)
@@ -106,7 +122,11 @@ fn instances_killed_over_and_over_keep_the_output_exactly_once() {
     };
     let spawn = |i: usize| {
         // The children use this process's broker.
-        let env = [("KAFKA_BOOTSTRAP_SERVERS", bootstrap.as_str())];
+        let mut env = vec![("KAFKA_BOOTSTRAP_SERVERS", bootstrap.clone())];
+        if let Ok(dir) = std::env::var("KSTREAMS_SOAK_LOG_DIR") {
+            env.push(("KSTREAMS_SOAK_LOG_DIR", dir));
+        }
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let mut c = ChildProcess::spawn(&format!("instance-{i}"), TEST, &args(i), &env).unwrap();
         let line = c.wait_for_line("KSTREAMS-STATE Running", LONG).unwrap();
         (c, line)
@@ -180,6 +200,12 @@ fn instances_killed_over_and_over_keep_the_output_exactly_once() {
         takeover_secs[takeover_secs.len() / 2],
         takeover_secs[takeover_secs.len() - 1]
     );
+    if !check.exact() {
+        let (repeated, n) = counting_app::repeated_in_repartition(&bootstrap, &app, 20);
+        eprintln!(
+            "input records in the repartition topic more than once: {n}; the first: {repeated:#?}"
+        );
+    }
     assert!(
         check.exact(),
         "not exactly once: duplicates {}, missing {}, beyond {:?}, unexpected keys {:?}",

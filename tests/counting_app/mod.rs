@@ -162,3 +162,46 @@ pub fn check(bootstrap: &str, output: &str, total: u64, groups: usize) -> Check 
         unexpected: got.into_keys().collect(),
     }
 }
+
+/// What went twice through the application's repartition topics (read `read_committed`): each
+/// input record's value is written there once, so a value seen twice is an input record the
+/// first sub-topology processed again. Returns one line per repeated value (at most `limit`),
+/// with the partition and offset of each copy, and the number of repeated values.
+pub fn repeated_in_repartition(bootstrap: &str, app: &str, limit: usize) -> (Vec<String>, usize) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = streams_testkit::kafka::client_config(bootstrap)
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .unwrap();
+    let topics: Vec<String> = metadata
+        .topics()
+        .iter()
+        .map(|t| t.name().to_string())
+        .filter(|t| t.starts_with(app) && t.ends_with("-repartition"))
+        .collect();
+    let mut copies: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for topic in &topics {
+        let records = read_to_end(
+            bootstrap,
+            topic,
+            Isolation::ReadCommitted,
+            Duration::from_secs(180),
+        )
+        .unwrap();
+        for r in records {
+            copies
+                .entry(r.value_str())
+                .or_default()
+                .push(format!("{}@{}", r.partition, r.offset));
+        }
+    }
+    let repeated: Vec<String> = copies
+        .iter()
+        .filter(|(_, at)| at.len() > 1)
+        .map(|(value, at)| format!("{value} at {}", at.join(", ")))
+        .collect();
+    let n = repeated.len();
+    (repeated.into_iter().take(limit).collect(), n)
+}
