@@ -16,6 +16,11 @@
 //!   address is replaced by the proxy's own, so clients keep talking through it.
 //! - **ApiVersions**: versions are capped at what the protocol crate can decode, for the APIs the
 //!   proxy decodes.
+//! - **Transactions' consumed offsets** (TxnOffsetCommit, EndTxn, InitProducerId, JoinGroup):
+//!   nisshi 0.7.0 holds a committed transaction's offsets back while another producer's
+//!   transaction on one of its partitions is open, and can lose them or apply them out of order
+//!   later; the proxy keeps them itself and commits them to the group when the transaction
+//!   commits, and fences offsets from a generation that has passed ([`txns`]).
 //! - **Fetch past a partition's end**: nisshi 0.7.0 answers a fetch from an offset beyond the
 //!   high watermark with no records and no error, where Kafka answers `OFFSET_OUT_OF_RANGE`
 //!   (which is how a client learns that the log it reads is not the one it read before, say a
@@ -31,9 +36,11 @@
 
 mod batches;
 mod index;
+mod txns;
 
 pub use batches::{parse as parse_batches, BatchInfo, ControlType};
 pub use index::{AbortedTxn, PartitionIndex};
+pub use txns::held_group;
 
 use std::collections::HashMap;
 use std::io;
@@ -79,6 +86,14 @@ pub struct ProxyStats {
     pub held_back: AtomicU64,
     /// Partitions of Fetch responses answered `OFFSET_OUT_OF_RANGE` (fetched past their end).
     pub out_of_range: AtomicU64,
+    /// Committed transactions whose offsets the proxy committed to their group.
+    pub txn_offsets_committed: AtomicU64,
+    /// TxnOffsetCommit requests answered `ILLEGAL_GENERATION` (from a generation that passed).
+    pub txn_offsets_fenced: AtomicU64,
+    /// Committed transactions whose offsets the proxy could not commit (logged as errors).
+    pub txn_offset_commit_failures: AtomicU64,
+    /// Transactions the proxy aborted because they were open longer than their timeout.
+    pub txns_timed_out: AtomicU64,
 }
 
 /// A running proxy. Dropping it stops it and closes every connection.
@@ -115,6 +130,7 @@ impl TxnProxy {
             next_correlation: AtomicU64::new(1),
             faults: Mutex::new(Faults::default()),
             cut: tokio::sync::watch::channel(0).0,
+            txns: Mutex::new(txns::Transactions::default()),
         });
         let (tx, rx) = tokio::sync::oneshot::channel();
         let thread_shared = shared.clone();
@@ -131,7 +147,8 @@ impl TxnProxy {
                     let listener =
                         TcpListener::from_std(std_listener).expect("registering the listener");
                     tokio::select! {
-                        _ = accept_loop(listener, thread_shared) => {}
+                        _ = accept_loop(listener, thread_shared.clone()) => {}
+                        _ = txns::expire_transactions(thread_shared) => {}
                         _ = rx => {}
                     }
                 });
@@ -246,6 +263,8 @@ struct Shared {
     faults: Mutex<Faults>,
     /// Bumped to cut every open connection.
     cut: tokio::sync::watch::Sender<u64>,
+    /// Transactions' offsets and groups' generations ([`txns`]).
+    txns: Mutex<txns::Transactions>,
 }
 
 /// Faults injected by a test.
@@ -315,6 +334,8 @@ struct Pending {
     read_committed: bool,
     /// A Fetch's offset per partition.
     fetch_offsets: HashMap<PartitionKey, i64>,
+    /// A request of the transaction tracking ([`txns`]).
+    txn: Option<txns::TxnRequest>,
 }
 
 async fn serve(client: TcpStream, shared: Arc<Shared>) -> anyhow::Result<()> {
@@ -339,20 +360,27 @@ async fn forward(client: TcpStream, shared: Arc<Shared>) -> anyhow::Result<()> {
     let (pending_tx, mut pending_rx) = mpsc::unbounded_channel::<Pending>();
 
     // Aborted when this connection ends, also when it is cut (this future dropped).
+    let request_shared = shared.clone();
     let requests = AbortOnDrop(tokio::spawn(async move {
         let mut reader = BufReader::with_capacity(64 * 1024, client_read);
         while let Some(frame) = read_frame(&mut reader).await? {
-            if let Some(pending) = inspect_request(&frame) {
+            let (pending, replaced) = inspect_request(&request_shared, &frame);
+            if let Some(pending) = pending {
                 if pending_tx.send(pending).is_err() {
                     break;
                 }
             }
-            upstream_write.write_all(&frame).await?;
+            upstream_write
+                .write_all(replaced.as_ref().unwrap_or(&frame))
+                .await?;
         }
         anyhow::Ok(())
     }));
 
     let mut reader = BufReader::with_capacity(256 * 1024, upstream_read);
+    // Once the client is gone, the responses still coming are read and acted on (a
+    // transaction's end among them), not forwarded.
+    let mut client_gone: Option<io::Error> = None;
     let result = async {
         while let Some(frame) = read_frame(&mut reader).await? {
             let correlation_id = (&frame[4..8]).get_i32();
@@ -382,9 +410,16 @@ async fn forward(client: TcpStream, shared: Arc<Shared>) -> anyhow::Result<()> {
             if !latency.is_zero() {
                 tokio::time::sleep(latency).await;
             }
-            client_write.write_all(&out).await?;
+            if client_gone.is_none() {
+                if let Err(e) = client_write.write_all(&out).await {
+                    client_gone = Some(e);
+                }
+            }
         }
-        Ok(())
+        match client_gone {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
     }
     .await;
     drop(requests);
@@ -427,9 +462,9 @@ fn with_length(body: BytesMut) -> Bytes {
     out.freeze()
 }
 
-/// What the response to this request will need; `None` for a request that gets no response
-/// (Produce with acks=0).
-fn inspect_request(frame: &Bytes) -> Option<Pending> {
+/// What the response to this request will need (`None` for a request that gets no response:
+/// Produce with acks=0), and the frame to forward instead when the request must change.
+fn inspect_request(shared: &Shared, frame: &Bytes) -> (Option<Pending>, Option<Bytes>) {
     let mut raw = &frame[4..];
     let api_key = raw.get_i16();
     let api_version = raw.get_i16();
@@ -440,11 +475,27 @@ fn inspect_request(frame: &Bytes) -> Option<Pending> {
         api_version,
         read_committed: false,
         fetch_offsets: HashMap::new(),
+        txn: None,
     };
     let mut body = frame.slice(4..);
-    let Ok(_header) = decode_request_header_from_buffer(&mut body) else {
-        return Some(pending);
+    let Ok(header) = decode_request_header_from_buffer(&mut body) else {
+        return (Some(pending), None);
     };
+    match txns::inspect_request(shared, &header, &mut body) {
+        Ok(None) => {}
+        Ok(Some((txn, replaced))) => {
+            pending.txn = Some(txn);
+            return (Some(pending), replaced.map(with_length));
+        }
+        Err(e) => {
+            tracing::warn!(
+                api_key,
+                api_version,
+                "proxy cannot decode a transaction request: {e:#}"
+            );
+            return (Some(pending), None);
+        }
+    }
     if api_key == ApiKey::Fetch as i16 {
         if let Ok(req) = FetchRequest::decode(&mut body, api_version) {
             pending.read_committed = req.isolation_level == 1;
@@ -464,16 +515,16 @@ fn inspect_request(frame: &Bytes) -> Option<Pending> {
     } else if api_key == ApiKey::Produce as i16 {
         if let Ok(req) = ProduceRequest::decode(&mut body, api_version) {
             if req.acks == 0 {
-                return None;
+                return (None, None);
             }
         }
     }
-    Some(pending)
+    (Some(pending), None)
 }
 
 /// The new response body (header included), or `None` to forward the original.
 async fn transform_response(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     pending: &Pending,
     mut body: Bytes,
 ) -> anyhow::Result<Option<BytesMut>> {
@@ -484,6 +535,9 @@ async fn transform_response(
     let header_version = api_key.response_header_version(version);
     let decode_header =
         |body: &mut Bytes| ResponseHeader::decode(body, header_version).context("header");
+    if let Some(txn) = &pending.txn {
+        return txns::on_response(shared, txn, api_key, version, body).await;
+    }
     match api_key {
         ApiKey::Fetch => {
             let header = decode_header(&mut body)?;
@@ -547,6 +601,12 @@ async fn transform_response(
                     ApiKey::FindCoordinator,
                     ApiKey::DescribeCluster,
                     ApiKey::ApiVersions,
+                    ApiKey::TxnOffsetCommit,
+                    ApiKey::EndTxn,
+                    ApiKey::InitProducerId,
+                    ApiKey::JoinGroup,
+                    ApiKey::AddPartitionsToTxn,
+                    ApiKey::AddOffsetsToTxn,
                 ];
                 if let Some(key) = decoded.iter().find(|k| **k as i16 == v.api_key) {
                     let max = key.valid_versions().max;
@@ -821,8 +881,6 @@ async fn scan_fetch(
     version: i16,
 ) -> anyhow::Result<ScanResult> {
     shared.stats.index_fetches.fetch_add(1, Ordering::Relaxed);
-    let correlation_id =
-        (shared.next_correlation.fetch_add(1, Ordering::Relaxed) & 0x3fff_ffff) as i32;
     let mut fetch_topic = FetchTopic::default().with_partitions(vec![FetchPartition::default()
         .with_partition(partition)
         .with_current_leader_epoch(-1)
@@ -844,46 +902,10 @@ async fn scan_fetch(
         .with_session_id(0)
         .with_session_epoch(-1)
         .with_topics(vec![fetch_topic]);
-    let header = RequestHeader::default()
-        .with_request_api_key(ApiKey::Fetch as i16)
-        .with_request_api_version(version)
-        .with_correlation_id(correlation_id)
-        .with_client_id(Some(StrBytes::from_static_str("kstreams-txn-proxy")));
-    let mut body = BytesMut::new();
-    encode_request_header_into_buffer(&mut body, &header)?;
-    request.encode(&mut body, version)?;
-
-    let conn = shared
-        .scan_conns
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .pop();
-    let mut conn = match conn {
-        Some(c) => c,
-        None => {
-            let c = TcpStream::connect(shared.upstream).await?;
-            c.set_nodelay(true)?;
-            c
-        }
-    };
-    conn.write_all(&with_length(body)).await?;
-    let frame = read_frame(&mut conn)
-        .await?
-        .context("the broker closed the index connection")?;
-    shared
-        .scan_conns
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(conn);
-
-    let mut resp_body = frame.slice(4..);
-    let header = ResponseHeader::decode(
-        &mut resp_body,
-        ApiKey::Fetch.response_header_version(version),
-    )?;
-    if header.correlation_id != correlation_id {
-        bail!("index fetch: correlation id mismatch");
-    }
+    let mut resp_body = side_request(shared, ApiKey::Fetch, version, |out| {
+        request.encode(out, version)
+    })
+    .await?;
     let resp = FetchResponse::decode(&mut resp_body, version)?;
     if resp.error_code != 0 {
         bail!("index fetch: error code {}", resp.error_code);
@@ -910,4 +932,54 @@ async fn scan_fetch(
             .map(batches::parse)
             .unwrap_or_default(),
     })
+}
+
+/// A request of the proxy's own on one of its idle connections to the broker; returns the
+/// response body after its header.
+async fn side_request(
+    shared: &Shared,
+    api_key: ApiKey,
+    version: i16,
+    encode_body: impl FnOnce(&mut BytesMut) -> anyhow::Result<()>,
+) -> anyhow::Result<Bytes> {
+    let correlation_id =
+        (shared.next_correlation.fetch_add(1, Ordering::Relaxed) & 0x3fff_ffff) as i32;
+    let header = RequestHeader::default()
+        .with_request_api_key(api_key as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation_id)
+        .with_client_id(Some(StrBytes::from_static_str("kstreams-txn-proxy")));
+    let mut body = BytesMut::new();
+    encode_request_header_into_buffer(&mut body, &header)?;
+    encode_body(&mut body)?;
+
+    let conn = shared
+        .scan_conns
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .pop();
+    let mut conn = match conn {
+        Some(c) => c,
+        None => {
+            let c = TcpStream::connect(shared.upstream).await?;
+            c.set_nodelay(true)?;
+            c
+        }
+    };
+    conn.write_all(&with_length(body)).await?;
+    let frame = read_frame(&mut conn)
+        .await?
+        .context("the broker closed the index connection")?;
+    shared
+        .scan_conns
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(conn);
+
+    let mut resp_body = frame.slice(4..);
+    let header = ResponseHeader::decode(&mut resp_body, api_key.response_header_version(version))?;
+    if header.correlation_id != correlation_id {
+        bail!("{api_key:?} of the proxy: correlation id mismatch");
+    }
+    Ok(resp_body)
 }
