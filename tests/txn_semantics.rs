@@ -389,11 +389,10 @@ fn txn_stress_read_committed_sees_exactly_the_committed_records() {
     );
 }
 
-/// The same with one thread per producer, all calling the broker at once.
+/// The same with one thread per producer, all calling the broker at once. On nisshi 0.7.0
+/// alone its last stable offset sometimes stops for good here (a transaction it keeps
+/// prepared, docs/BROKER.md); the proxy decides read_committed from the log's markers instead.
 #[test]
-#[ignore = "known broker gap: under concurrent transactional producers nisshi 0.7.0 sometimes \
-            keeps a transaction open for ever: its last stable offset stops and read_committed \
-            readers wait (docs/BROKER.md, known broker gaps)"]
 fn txn_stress_concurrent_producers() {
     let seed = env_or("KSTREAMS_TEST_SEED", rand::random::<u64>());
     let txns = env_or("KSTREAMS_STRESS_TXNS", 200);

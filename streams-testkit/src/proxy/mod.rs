@@ -7,11 +7,13 @@
 //! themselves when the list is there. This proxy forwards every request and response unchanged
 //! except:
 //!
-//! - **Fetch, `read_committed`**: for each partition whose records include transactional data,
-//!   it fills in the aborted-transactions list (producer id, first offset) from a
-//!   [`PartitionIndex`](index::PartitionIndex) built by reading the partition's own log, control
-//!   markers included: from the responses that pass through, and by fetching ahead itself when a
-//!   transaction's marker lies beyond a response.
+//! - **Fetch, `read_committed`**: asked of the broker `read_uncommitted`; for each partition
+//!   the proxy decides the last stable offset itself and fills in the aborted-transactions list
+//!   (producer id, first offset) from a [`PartitionIndex`](index::PartitionIndex) built by
+//!   reading the partition's own log up to its high watermark, control markers included: from
+//!   the responses that pass through, and by fetching ahead itself. It cuts the records at that
+//!   last stable offset and reports it. (nisshi's own last stable offset can stop for good
+//!   behind a transaction whose COMMIT markers are in the log: see `docs/BROKER.md`.)
 //! - **Metadata, FindCoordinator, DescribeCluster** (and Fetch's node endpoints): every broker
 //!   address is replaced by the proxy's own, so clients keep talking through it.
 //! - **ApiVersions**: versions are capped at what the protocol crate can decode, for the APIs the
@@ -94,6 +96,8 @@ pub struct ProxyStats {
     pub txn_offset_commit_failures: AtomicU64,
     /// Transactions the proxy aborted because they were open longer than their timeout.
     pub txns_timed_out: AtomicU64,
+    /// Transactional Produce requests from a fenced epoch, answered `INVALID_PRODUCER_EPOCH`.
+    pub stale_produce_fenced: AtomicU64,
 }
 
 /// A running proxy. Dropping it stops it and closes every connection.
@@ -497,8 +501,20 @@ fn inspect_request(shared: &Shared, frame: &Bytes) -> (Option<Pending>, Option<B
         }
     }
     if api_key == ApiKey::Fetch as i16 {
-        if let Ok(req) = FetchRequest::decode(&mut body, api_version) {
+        if let Ok(mut req) = FetchRequest::decode(&mut body, api_version) {
             pending.read_committed = req.isolation_level == 1;
+            // Asked of the broker read_uncommitted: the proxy decides from the log itself
+            // where the last stable offset is (nisshi's own can stop for good, docs/BROKER.md).
+            let mut replaced = None;
+            if pending.read_committed {
+                req.isolation_level = 0;
+                let mut out = BytesMut::new();
+                if encode_request_header_into_buffer(&mut out, &header).is_ok()
+                    && req.encode(&mut out, api_version).is_ok()
+                {
+                    replaced = Some(with_length(out));
+                }
+            }
             for t in &req.topics {
                 let topic = if api_version >= 13 {
                     TopicKey::Id(t.topic_id)
@@ -511,11 +527,18 @@ fn inspect_request(shared: &Shared, frame: &Bytes) -> (Option<Pending>, Option<B
                         .insert((topic.clone(), p.partition), p.fetch_offset);
                 }
             }
+            return (Some(pending), replaced);
         }
     } else if api_key == ApiKey::Produce as i16 {
         if let Ok(req) = ProduceRequest::decode(&mut body, api_version) {
             if req.acks == 0 {
                 return (None, None);
+            }
+            if let Some(partitions) = txns::fenced_produce(shared, &req) {
+                if let Ok(placeholder) = txns::placeholder_request(correlation_id) {
+                    pending.txn = Some(txns::TxnRequest::FencedProduce(partitions));
+                    return (Some(pending), Some(with_length(placeholder)));
+                }
             }
         }
     }
@@ -726,13 +749,11 @@ async fn fix_partition(
     part: &mut kafka_protocol::messages::fetch_response::PartitionData,
     version: i16,
 ) -> anyhow::Result<bool> {
-    let Some(records) = part.records.clone() else {
-        return Ok(false);
-    };
-    let mut batches = batches::parse(&records);
-    if batches.is_empty() {
+    if part.error_code != 0 {
         return Ok(false);
     }
+    let records = part.records.clone().unwrap_or_default();
+    let mut batches = batches::parse(&records);
     let index = shared.partition((topic_key.clone(), part.partition_index));
     let mut index = index.lock().await;
     if part.high_watermark >= 0 && part.high_watermark < index.next() {
@@ -743,18 +764,16 @@ async fn fix_partition(
         index.reset();
     }
     index.apply_contiguous(&batches);
-    if !batches
-        .iter()
-        .any(|b| b.transactional && b.control.is_none())
-    {
-        return Ok(false); // nothing here can belong to a transaction
-    }
-    let mut range_last = batches[batches.len() - 1].last_offset;
-    while !index.decided_through(range_last) {
+    // The whole log up to the high watermark is indexed, so that the last stable offset comes
+    // from the log's markers, not from the broker.
+    let range_last = batches.last().map(|b| b.last_offset).unwrap_or(-1);
+    let end = if part.high_watermark >= 0 {
+        part.high_watermark
+    } else {
+        range_last + 1
+    };
+    while index.next() < end {
         let from = index.next();
-        if part.high_watermark >= 0 && from >= part.high_watermark {
-            break; // the end of the log: what is still open stays open for now
-        }
         let scan = scan_fetch(shared, topic_key, part.partition_index, from, version)
             .await
             .with_context(|| format!("index fetch at offset {from}"))?;
@@ -769,37 +788,37 @@ async fn fix_partition(
             );
         }
         if scan.batches.is_empty() {
-            // The end of the log: what is still open stays open for now.
-            break;
+            break; // the end of the log
         }
         tracing::trace!(from, batches = ?scan.batches, "index fetch");
         index.apply_from_next(&scan.batches);
     }
+    let lso = index.first_open_offset().unwrap_or(index.next()).min(end);
+    let mut changed = part.last_stable_offset != lso;
+    part.last_stable_offset = lso;
+    if batches.is_empty() {
+        return Ok(changed);
+    }
+    let mut range_last = range_last;
     if index.next() <= range_last {
         bail!(
             "the index reached offset {} only, short of the response's last offset {range_last}",
             index.next()
         );
     }
-    let mut changed = false;
-    // Records at or past the first open transaction are not stable yet (a broker that serves
-    // them to read_committed readers is wrong): hold them back.
-    if let Some(lso) = index.first_open_offset().filter(|lso| *lso <= range_last) {
+    // Records at or past the first open transaction are not stable yet: hold them back.
+    if lso <= range_last {
         let keep = batches.iter().take_while(|b| b.last_offset < lso).count();
         tracing::trace!(
             partition = part.partition_index,
             lso,
             high_watermark = part.high_watermark,
-            broker_lso = part.last_stable_offset,
             keep,
             of = batches.len(),
             ?batches,
             "read_committed fetch cut at the last stable offset; index {index:?}"
         );
         keep_batches(part, &records, &mut batches, keep);
-        if part.last_stable_offset < 0 || part.last_stable_offset > lso {
-            part.last_stable_offset = lso;
-        }
         changed = true;
         shared.stats.held_back.fetch_add(1, Ordering::Relaxed);
         let Some(last) = batches.last() else {

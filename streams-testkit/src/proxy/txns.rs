@@ -28,6 +28,11 @@
 //!   over (aborted); its held offsets are dropped.
 //! - **JoinGroup**: the newest generation of each group, and a member of it.
 //!
+//! A transactional Produce request whose batches carry an epoch older than the newest one the
+//! proxy has seen its producer id get (InitProducerId responses) is answered
+//! `INVALID_PRODUCER_EPOCH` without reaching the broker: Kafka fences such a zombie's late
+//! writes, nisshi 0.7.0 accepts them and opens a transaction that nothing ends.
+//!
 //! It also ends transactions left open longer than their `transaction.timeout.ms`, as Kafka's
 //! transaction coordinator does (nisshi's memory engine never does): a transaction is open from
 //! its first `AddPartitionsToTxn` or `AddOffsetsToTxn` until its `EndTxn` or the next
@@ -42,7 +47,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
@@ -102,6 +107,8 @@ pub(super) struct Transactions {
     timeouts: HashMap<String, Duration>,
     /// Since when each open transaction is open.
     open_since: HashMap<String, Instant>,
+    /// The newest epoch of each transactional producer id.
+    epochs: HashMap<i64, i16>,
 }
 
 /// The timeout of a transaction whose producer's InitProducerId the proxy did not see (Kafka's
@@ -117,6 +124,102 @@ pub(super) enum TxnRequest {
     End(EndTxnRequest),
     Init(InitProducerIdRequest),
     Join(JoinGroupRequest),
+    /// A Produce request from a fenced epoch, not forwarded (an ApiVersions request went in its
+    /// place): every partition is answered `INVALID_PRODUCER_EPOCH`.
+    FencedProduce(Vec<(TopicName, Vec<i32>)>),
+}
+
+const INVALID_PRODUCER_EPOCH: i16 = 47;
+
+/// The partitions of a transactional Produce request whose batches come from an epoch older
+/// than their producer's newest, if any does.
+pub(super) fn fenced_produce(
+    shared: &Shared,
+    req: &kafka_protocol::messages::ProduceRequest,
+) -> Option<Vec<(TopicName, Vec<i32>)>> {
+    req.transactional_id.as_ref()?;
+    let txns = lock(shared);
+    let stale = req.topic_data.iter().any(|t| {
+        t.partition_data.iter().any(|p| {
+            p.records.as_deref().is_some_and(|r| {
+                super::batches::parse(r).iter().any(|b| {
+                    txns.epochs
+                        .get(&b.producer_id)
+                        .is_some_and(|newest| b.producer_epoch < *newest)
+                })
+            })
+        })
+    });
+    if !stale {
+        return None;
+    }
+    shared
+        .stats
+        .stale_produce_fenced
+        .fetch_add(1, Ordering::Relaxed);
+    Some(
+        req.topic_data
+            .iter()
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    t.partition_data.iter().map(|p| p.index).collect(),
+                )
+            })
+            .collect(),
+    )
+}
+
+/// The answer to a fenced Produce request (see [`fenced_produce`]).
+pub(super) fn fenced_produce_response(
+    correlation_id: i32,
+    version: i16,
+    partitions: &[(TopicName, Vec<i32>)],
+) -> anyhow::Result<BytesMut> {
+    use kafka_protocol::messages::produce_response::{
+        PartitionProduceResponse, TopicProduceResponse,
+    };
+    use kafka_protocol::messages::ProduceResponse;
+    let resp = ProduceResponse::default().with_responses(
+        partitions
+            .iter()
+            .map(|(name, parts)| {
+                TopicProduceResponse::default()
+                    .with_name(name.clone())
+                    .with_partition_responses(
+                        parts
+                            .iter()
+                            .map(|p| {
+                                PartitionProduceResponse::default()
+                                    .with_index(*p)
+                                    .with_error_code(INVALID_PRODUCER_EPOCH)
+                                    .with_base_offset(-1)
+                                    .with_log_append_time_ms(-1)
+                                    .with_log_start_offset(-1)
+                            })
+                            .collect(),
+                    )
+            })
+            .collect(),
+    );
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    let mut out = BytesMut::new();
+    header.encode(&mut out, ApiKey::Produce.response_header_version(version))?;
+    resp.encode(&mut out, version)?;
+    Ok(out)
+}
+
+/// An ApiVersions request (version 0) with `correlation_id`: what goes to the broker in place
+/// of a request the proxy answers itself, so that responses keep their order.
+pub(super) fn placeholder_request(correlation_id: i32) -> anyhow::Result<BytesMut> {
+    let header = RequestHeader::default()
+        .with_request_api_key(ApiKey::ApiVersions as i16)
+        .with_request_api_version(0)
+        .with_correlation_id(correlation_id)
+        .with_client_id(Some(StrBytes::from_static_str("kstreams-txn-proxy")));
+    let mut out = BytesMut::new();
+    encode_request_header_into_buffer(&mut out, &header)?;
+    Ok(out)
 }
 
 /// Looks at a request; returns what its response needs, and the request to forward instead
@@ -193,9 +296,14 @@ pub(super) async fn on_response(
     version: i16,
     mut body: Bytes,
 ) -> anyhow::Result<Option<BytesMut>> {
+    if let TxnRequest::FencedProduce(partitions) = request {
+        let correlation_id = (&body[..4]).get_i32();
+        return fenced_produce_response(correlation_id, version, partitions).map(Some);
+    }
     let header_version = api_key.response_header_version(version);
     let header = ResponseHeader::decode(&mut body, header_version).context("header")?;
     match request {
+        TxnRequest::FencedProduce(_) => unreachable!("answered above"),
         TxnRequest::Offsets(req) => {
             let mut resp = TxnOffsetCommitResponse::decode(&mut body, version)?;
             let member = Member {
@@ -294,6 +402,7 @@ pub(super) async fn on_response(
             if resp.error_code == 0 {
                 if let Some(id) = &req.transactional_id {
                     let mut txns = lock(shared);
+                    txns.epochs.insert(resp.producer_id.0, resp.producer_epoch);
                     txns.held.remove(id.as_str());
                     txns.open_since.remove(id.as_str());
                 }
@@ -481,5 +590,8 @@ async fn abort_by_init(
     if resp.error_code != 0 {
         anyhow::bail!("InitProducerId: error code {}", resp.error_code);
     }
+    lock(shared)
+        .epochs
+        .insert(resp.producer_id.0, resp.producer_epoch);
     Ok(())
 }
