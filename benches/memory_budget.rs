@@ -20,7 +20,9 @@
 //! (the consumer prefetches up to `queued.max.messages.kbytes`, 64 MiB by default) and
 //! producer buffers, the record cache (`cache_max_bytes`, 10 MiB by default), the threads'
 //! stacks, RocksDB's table readers outside the cache, and the allocator's retained pages.
-//! The margin printed is that growth minus the budget.
+//! The margin printed is that growth minus the budget. With `KSTREAMS_MEMORY_BUDGET_PREFETCH_KB`
+//! set, the application's consumers prefetch at most that many KiB, which shows that part's
+//! share.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -34,6 +36,8 @@ use streams_testkit::kafka::{client_config, committed_offsets, create_topic, sen
 use streams_testkit::{bootstrap_servers, unique};
 
 const CHILD: &str = "KSTREAMS_MEMORY_BUDGET_CHILD";
+/// When set, the consumers' prefetch bound (librdkafka's `queued.max.messages.kbytes`).
+const PREFETCH_KB: &str = "KSTREAMS_MEMORY_BUDGET_PREFETCH_KB";
 const PARTITIONS: i32 = 4;
 const MIB: u64 = 1 << 20;
 
@@ -83,9 +87,12 @@ fn child(args: &str) {
         .to_stream()
         .to_with(&output, Produced::with(Utf8, BigEndian));
     let dir = std::env::temp_dir().join(&app);
-    let config = StreamsConfig::new(&app, &bootstrap)
+    let mut config = StreamsConfig::new(&app, &bootstrap)
         .state_dir(&dir)
         .rocksdb_memory(budget as usize, (budget / 2) as usize);
+    if let Ok(kb) = std::env::var(PREFETCH_KB) {
+        config = config.set("queued.max.messages.kbytes", &kb);
+    }
     let streams = KafkaStreams::new(builder.build().unwrap(), config).unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -121,9 +128,12 @@ fn child(args: &str) {
     let peak = peak.load(Ordering::Relaxed);
     let growth = peak.saturating_sub(start_rss);
     println!(
-        "RESULT budget {} MiB: {keys} keys in {elapsed:.1?}; RSS before start {} MiB, peak {} MiB, \
+        "RESULT budget {} MiB{}: {keys} keys in {elapsed:.1?}; RSS before start {} MiB, peak {} MiB, \
          growth {} MiB = budget + {} MiB",
         budget / MIB,
+        std::env::var(PREFETCH_KB)
+            .map(|kb| format!(" (prefetch {kb} KiB)"))
+            .unwrap_or_default(),
         start_rss / MIB,
         peak / MIB,
         growth / MIB,
