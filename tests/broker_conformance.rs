@@ -677,10 +677,11 @@ fn a_transaction_open_longer_than_its_timeout_is_aborted() {
         .set("message.timeout.ms", "2000");
     let stuck: BaseProducer = cfg.create().unwrap();
     stuck.init_transactions(TIMEOUT).unwrap();
+    // Before the transaction opens on the broker (its first send adds the partition).
+    let started = std::time::Instant::now();
     stuck.begin_transaction().unwrap();
     send(&stuck, &topic, 0, "s", "left open");
     flush(&stuck);
-    let started = std::time::Instant::now();
     // A committed record after it: read_committed readers get it once the open transaction
     // is over.
     let p = producer(&bootstrap, Some(&unique("txn-timeout-after")));

@@ -4,13 +4,16 @@
 //! (6 s) and the transaction timeout (10 s), so that its member is thrown out of the group and
 //! its transaction cannot commit. After each outage it is `Running` again and processing,
 //! without a restart by the test; at the end its output, read `read_committed`, equals the
-//! oracle: every key's counts 1..n, each exactly once.
+//! oracle: every key's counts 1..n, each exactly once. The same application also goes through
+//! a network that drops everything (a black hole: connections cut, new ones accepted and never
+//! answered) and through added latency.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kstreams::core::{KafkaStreams, State, StreamsConfig};
 use streams_testkit::kafka::create_topic;
+use streams_testkit::proxy::TxnProxy;
 use streams_testkit::{unique, BrokerOptions, ManagedBroker};
 
 mod counting_app;
@@ -18,14 +21,52 @@ mod counting_app;
 const GROUPS: usize = 20;
 const LONG: Duration = Duration::from_secs(240);
 
-#[test]
-fn exactly_once_holds_through_broker_outages_longer_than_the_session_and_transaction_timeouts() {
+/// A fault the proxy injects, and for how long.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// Every connection cut, new ones refused.
+    Outage(u64),
+    /// Every connection cut, new ones accepted and never answered.
+    BlackHole(u64),
+    /// Every response delayed by the given milliseconds.
+    Latency { millis: u64, secs: u64 },
+}
+
+impl Fault {
+    fn secs(self) -> u64 {
+        match self {
+            Fault::Outage(s) | Fault::BlackHole(s) | Fault::Latency { secs: s, .. } => s,
+        }
+    }
+
+    /// Injects it, lasts it out, and ends it.
+    fn inject(self, proxy: &TxnProxy) {
+        let d = Duration::from_secs(self.secs());
+        match self {
+            Fault::Outage(_) => proxy.outage(d),
+            Fault::BlackHole(_) => {
+                proxy.black_hole_for(d);
+                proxy.cut_connections();
+            }
+            Fault::Latency { millis, .. } => proxy.set_latency(Duration::from_millis(millis)),
+        }
+        std::thread::sleep(d); // the fault itself is the condition under test
+        if let Fault::Latency { .. } = self {
+            proxy.set_latency(Duration::ZERO);
+        }
+    }
+}
+
+/// Runs the counting application through the proxy while `faults` are injected one after the
+/// other, each after some processing; after each it must be `Running` and every input
+/// partition's committed offset must move; at the end the output must equal the oracle.
+fn exactly_once_through(faults: &[Fault]) {
     let broker = ManagedBroker::start(BrokerOptions::default()).unwrap();
     let proxy = broker
         .proxy()
         .expect("the test broker runs behind the proxy");
     // The application talks through the proxy; the feeder and the checks go straight to the
-    // broker, so that input keeps coming during the outages.
+    // broker, so that input keeps coming during the faults.
     let (through_proxy, direct) = (broker.bootstrap_servers(), broker.nisshi_address());
     let (input, output, app) = (unique("out-in"), unique("out-out"), unique("out-app"));
     create_topic(&direct, &input, 2, &[]).unwrap();
@@ -48,7 +89,7 @@ fn exactly_once_holds_through_broker_outages_longer_than_the_session_and_transac
     // 200 records/s, straight to the broker.
     let feeder = counting_app::Feeder::start(&direct, &input, 200, 100);
 
-    for (i, secs) in [2_u64, 12, 5, 35, 20].into_iter().enumerate() {
+    for (i, fault) in faults.iter().enumerate() {
         // Some processing first.
         let before = counting_app::committed(&direct, &app, &input);
         let deadline = Instant::now() + LONG;
@@ -59,37 +100,35 @@ fn exactly_once_holds_through_broker_outages_longer_than_the_session_and_transac
         {
             assert!(
                 Instant::now() < deadline,
-                "no progress before outage {}",
+                "no progress before fault {}",
                 i + 1
             );
             std::thread::sleep(Duration::from_millis(100)); // polling the group's offsets
         }
-        let outage = Duration::from_secs(secs);
-        proxy.outage(outage);
         let started = Instant::now();
-        let at_outage = counting_app::committed(&direct, &app, &input);
-        std::thread::sleep(outage); // the outage itself is the condition under test
-                                    // Running again, and every partition's committed offset moves past where it was.
+        let at_fault = counting_app::committed(&direct, &app, &input);
+        fault.inject(proxy);
+        // Running again, and every partition's committed offset moves past where it was.
         let deadline = Instant::now() + LONG;
         loop {
             let now = counting_app::committed(&direct, &app, &input);
             if streams.state() == State::Running
-                && now.len() == at_outage.len()
-                && now.iter().zip(&at_outage).all(|(n, a)| n > a)
+                && now.len() == at_fault.len()
+                && now.iter().zip(&at_fault).all(|(n, a)| n > a)
             {
                 break;
             }
             assert_ne!(streams.state(), State::Error, "{:?}", streams.error());
             assert!(
                 Instant::now() < deadline,
-                "not processing again after outage {} ({secs} s): state {:?}",
+                "not processing again after fault {} ({fault:?}): state {:?}",
                 i + 1,
                 streams.state()
             );
             std::thread::sleep(Duration::from_millis(200)); // polling state and offsets
         }
         eprintln!(
-            "outage {} of {secs} s: processing again {:?} after it began",
+            "fault {} ({fault:?}): processing again {:?} after it began",
             i + 1,
             started.elapsed()
         );
@@ -101,13 +140,36 @@ fn exactly_once_holds_through_broker_outages_longer_than_the_session_and_transac
     let check = counting_app::check(&through_proxy, &output, total, GROUPS);
     let states = states.lock().unwrap().clone();
     eprintln!(
-        "outages: {total} records, {} output records, duplicates {}, missing {}, beyond {:?}; \
-         state changes {states:?}",
+        "faults {faults:?}: {total} records, {} output records, duplicates {}, missing {}, \
+         beyond {:?}; state changes {states:?}",
         check.records, check.duplicates, check.missing, check.beyond
     );
     assert!(
         check.exact(),
-        "not exactly once: unexpected keys {:?}",
+        "not exactly once: duplicates {}, missing {}, beyond {:?}, unexpected keys {:?}",
+        check.duplicates,
+        check.missing,
+        check.beyond,
         check.unexpected
     );
+}
+
+#[test]
+fn exactly_once_holds_through_broker_outages_longer_than_the_session_and_transaction_timeouts() {
+    let outages = [2, 12, 5, 35, 20].map(Fault::Outage);
+    exactly_once_through(&outages);
+}
+
+/// A black hole longer than the session and transaction timeouts (clients wait for their own
+/// timeouts instead of seeing connections refused), then 10 s with 300 ms added to every
+/// response (longer than the commit interval).
+#[test]
+fn exactly_once_holds_through_a_black_hole_and_added_latency() {
+    exactly_once_through(&[
+        Fault::BlackHole(15),
+        Fault::Latency {
+            millis: 300,
+            secs: 10,
+        },
+    ]);
 }
