@@ -611,6 +611,74 @@ fn restoration_ends_when_the_stored_offset_is_past_an_open_transaction() {
     assert_eq!(store, Some(oracle(N)));
 }
 
+/// Issue 15, item 6: an exactly-once application keeps committing while another producer's
+/// transaction is open on its output partition and its changelog partition (on nisshi 0.7.0
+/// alone, such commits' offsets were held back: the instance "completed no commit after its
+/// first"), and its output reaches read_committed readers once that transaction is aborted on
+/// its timeout (the coordinator's job, which the test broker's proxy does for nisshi).
+#[test]
+fn an_application_keeps_committing_beside_a_foreign_open_transaction() {
+    let bootstrap = bootstrap_servers();
+    let (input, output, app) = one_partition_app("beside", true);
+    let changelog = format!("{app}-counts-changelog");
+    let zombie: BaseProducer = streams_testkit::kafka::client_config(&bootstrap)
+        .set("transactional.id", unique("beside-zombie"))
+        .set("transaction.timeout.ms", "5000")
+        .set("socket.timeout.ms", "5000")
+        .set("message.timeout.ms", "5000")
+        .create()
+        .unwrap();
+    zombie.init_transactions(LONG).unwrap();
+    zombie.begin_transaction().unwrap();
+    for topic in [&output, &changelog] {
+        send_retrying(
+            &zombie,
+            BaseRecord::to(topic)
+                .partition(0)
+                .key("zombie")
+                .payload(&7u64.to_be_bytes()[..]),
+        )
+        .unwrap();
+    }
+    zombie.flush(LONG).unwrap();
+
+    let dir = std::env::temp_dir().join(unique("beside-state"));
+    let restores = Restores::default();
+    let eos = config(&app, &dir, &restores)
+        .processing_guarantee(kstreams::core::ProcessingGuarantee::ExactlyOnce);
+    let streams = KafkaStreams::new(counting_topology(&input, &output), eos).unwrap();
+    streams.start().unwrap();
+    assert!(streams.wait_for(|s| s == State::Running, LONG));
+    const N: usize = 40;
+    let p = producer(&bootstrap);
+    for i in 0..N {
+        // One at a time, so that there are many commits.
+        produce_range(&p, &input, i, i + 1);
+    }
+    wait_until(|| {
+        streams_testkit::kafka::committed_offsets(&bootstrap, &app, &input)
+            .is_ok_and(|o| o == [Some(N as i64)])
+    });
+    let out = consume_until(&bootstrap, &output, Isolation::ReadCommitted, LONG, |g| {
+        g.len() >= N
+    })
+    .unwrap();
+    assert!(streams.close(LONG));
+    let keys: Vec<String> = out.iter().map(Received::key_str).collect();
+    assert!(
+        !keys.contains(&"zombie".to_string()),
+        "the timed-out transaction's record is hidden"
+    );
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for r in &out {
+        let n = u64::from_be_bytes(r.value.as_deref().unwrap().try_into().unwrap());
+        let c = counts.entry(r.key_str()).or_default();
+        *c = (*c).max(n);
+    }
+    assert_eq!(out.len(), N, "one output record per input");
+    assert_eq!(counts, oracle(N));
+}
+
 /// Child of the restore-crash test: restores with a small memtable budget (so RocksDB
 /// flushes while restoring) and SIGKILLs itself in the middle of the restoration, right after
 /// a flush wrote a small table file (the offset's column family alone is the danger).
