@@ -468,7 +468,7 @@ fn with_length(body: BytesMut) -> Bytes {
 
 /// What the response to this request will need (`None` for a request that gets no response:
 /// Produce with acks=0), and the frame to forward instead when the request must change.
-fn inspect_request(shared: &Shared, frame: &Bytes) -> (Option<Pending>, Option<Bytes>) {
+fn inspect_request(shared: &Arc<Shared>, frame: &Bytes) -> (Option<Pending>, Option<Bytes>) {
     let mut raw = &frame[4..];
     let api_key = raw.get_i16();
     let api_version = raw.get_i16();

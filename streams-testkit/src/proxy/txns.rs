@@ -96,11 +96,19 @@ struct GroupOffsets {
     offsets: BTreeMap<(StrBytes, i32), HeldOffset>,
 }
 
+/// The offsets one producer (id, epoch) sent to its open transaction, per group.
+#[derive(Debug)]
+struct Held {
+    producer: (i64, i16),
+    groups: BTreeMap<String, GroupOffsets>,
+}
+
 /// What the proxy knows of transactions and groups.
 #[derive(Debug, Default)]
 pub(super) struct Transactions {
-    /// Offsets held per transactional id, then per group.
-    held: HashMap<String, BTreeMap<String, GroupOffsets>>,
+    /// Offsets held per transactional id: the producer id and epoch that sent them, then per
+    /// group.
+    held: HashMap<String, Held>,
     /// The newest generation each group formed, and a member of it.
     newest: HashMap<String, Member>,
     /// Each transactional id's transaction timeout, from its producer's InitProducerId.
@@ -118,10 +126,16 @@ const DEFAULT_TXN_TIMEOUT: Duration = Duration::from_secs(60);
 const INIT_PRODUCER_ID_VERSION: i16 = 3;
 
 /// A request whose response the transaction tracking needs.
-#[derive(Debug, Clone)]
+/// The broker's answer to an EndTxn the proxy sent itself.
+type EndOutcome = tokio::sync::oneshot::Receiver<anyhow::Result<EndTxnResponse>>;
+
+#[derive(Debug)]
 pub(super) enum TxnRequest {
     Offsets(TxnOffsetCommitRequest),
-    End(EndTxnRequest),
+    /// An EndTxn, sent to the broker by the proxy on a connection of its own (an ApiVersions
+    /// request went in its place): its outcome is acted on even when the client's connection
+    /// is cut meanwhile, and the client gets the broker's answer when it is there.
+    End(tokio::sync::Mutex<Option<EndOutcome>>),
     Init(InitProducerIdRequest),
     Join(JoinGroupRequest),
     /// A Produce request from a fenced epoch, not forwarded (an ApiVersions request went in its
@@ -130,6 +144,7 @@ pub(super) enum TxnRequest {
 }
 
 const INVALID_PRODUCER_EPOCH: i16 = 47;
+const COORDINATOR_NOT_AVAILABLE: i16 = 15;
 
 /// The partitions of a transactional Produce request whose batches come from an epoch older
 /// than their producer's newest, if any does.
@@ -225,7 +240,7 @@ pub(super) fn placeholder_request(correlation_id: i32) -> anyhow::Result<BytesMu
 /// Looks at a request; returns what its response needs, and the request to forward instead
 /// (header and body, no length prefix) when it must change.
 pub(super) fn inspect_request(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     header: &RequestHeader,
     body: &mut Bytes,
 ) -> anyhow::Result<Option<(TxnRequest, Option<BytesMut>)>> {
@@ -243,7 +258,19 @@ pub(super) fn inspect_request(
             forwarded.encode(&mut out, version)?;
             (TxnRequest::Offsets(req), Some(out))
         }
-        ApiKey::EndTxn => (TxnRequest::End(EndTxnRequest::decode(body, version)?), None),
+        ApiKey::EndTxn => {
+            let req = EndTxnRequest::decode(body, version)?;
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(end_transaction(&shared, req, version).await);
+            });
+            let placeholder = placeholder_request(header.correlation_id)?;
+            (
+                TxnRequest::End(tokio::sync::Mutex::new(Some(rx))),
+                Some(placeholder),
+            )
+        }
         ApiKey::InitProducerId => {
             let req = InitProducerIdRequest::decode(body, version)?;
             let Some(id) = &req.transactional_id else {
@@ -300,10 +327,32 @@ pub(super) async fn on_response(
         let correlation_id = (&body[..4]).get_i32();
         return fenced_produce_response(correlation_id, version, partitions).map(Some);
     }
+    if let TxnRequest::End(outcome) = request {
+        // The body is the placeholder's answer; the client gets the broker's answer to its
+        // EndTxn, or a retriable error when the proxy could not learn it.
+        let correlation_id = (&body[..4]).get_i32();
+        let outcome = outcome.lock().await.take();
+        let resp = match outcome {
+            Some(rx) => match rx.await {
+                Ok(Ok(resp)) => resp,
+                Ok(Err(e)) => {
+                    tracing::warn!("the proxy's EndTxn failed: {e:#}");
+                    EndTxnResponse::default().with_error_code(COORDINATOR_NOT_AVAILABLE)
+                }
+                Err(_) => EndTxnResponse::default().with_error_code(COORDINATOR_NOT_AVAILABLE),
+            },
+            None => EndTxnResponse::default().with_error_code(COORDINATOR_NOT_AVAILABLE),
+        };
+        let header = ResponseHeader::default().with_correlation_id(correlation_id);
+        let mut out = BytesMut::new();
+        header.encode(&mut out, ApiKey::EndTxn.response_header_version(version))?;
+        resp.encode(&mut out, version)?;
+        return Ok(Some(out));
+    }
     let header_version = api_key.response_header_version(version);
     let header = ResponseHeader::decode(&mut body, header_version).context("header")?;
     match request {
-        TxnRequest::FencedProduce(_) => unreachable!("answered above"),
+        TxnRequest::FencedProduce(_) | TxnRequest::End(_) => unreachable!("answered above"),
         TxnRequest::Offsets(req) => {
             let mut resp = TxnOffsetCommitResponse::decode(&mut body, version)?;
             let member = Member {
@@ -334,10 +383,23 @@ pub(super) async fn on_response(
                 resp.encode(&mut out, version)?;
                 return Ok(Some(out));
             }
-            let held = txns
+            let producer = (req.producer_id.0, req.producer_epoch);
+            let entry = txns
                 .held
                 .entry(req.transactional_id.to_string())
-                .or_default()
+                .or_insert_with(|| Held {
+                    producer,
+                    groups: BTreeMap::new(),
+                });
+            if entry.producer != producer {
+                // Another producer's (an older epoch's) offsets: their transaction is over.
+                *entry = Held {
+                    producer,
+                    groups: BTreeMap::new(),
+                };
+            }
+            let held = entry
+                .groups
                 .entry(req.group_id.to_string())
                 .or_insert_with(|| GroupOffsets {
                     member: member.clone(),
@@ -365,35 +427,6 @@ pub(super) async fn on_response(
                         );
                     }
                 }
-            }
-            Ok(None)
-        }
-        TxnRequest::End(req) => {
-            let resp = EndTxnResponse::decode(&mut body, version)?;
-            if resp.error_code != 0 {
-                return Ok(None); // the transaction is still open: the client retries or aborts
-            }
-            let held = {
-                let mut txns = lock(shared);
-                txns.open_since.remove(req.transactional_id.as_str());
-                txns.held.remove(req.transactional_id.as_str())
-            };
-            if let (true, Some(groups)) = (req.committed, held) {
-                // Committed even when this connection is cut meanwhile.
-                let shared = shared.clone();
-                let txn = req.transactional_id.to_string();
-                tokio::spawn(async move {
-                    for (group, offsets) in groups {
-                        if let Err(e) = commit_to_group(&shared, &group, offsets).await {
-                            shared
-                                .stats
-                                .txn_offset_commit_failures
-                                .fetch_add(1, Ordering::Relaxed);
-                            tracing::error!(transactional_id = %txn, group, "the proxy could not commit a committed transaction's offsets: {e:#}");
-                        }
-                    }
-                })
-                .await?;
             }
             Ok(None)
         }
@@ -433,6 +466,42 @@ pub(super) async fn on_response(
             Ok(None)
         }
     }
+}
+
+/// Sends the client's EndTxn to the broker on a connection of the proxy's own and acts on the
+/// answer: a commit's held offsets (of the same producer id and epoch) are committed to their
+/// groups, an abort's dropped. Runs to its end whatever happens to the client's connection.
+async fn end_transaction(
+    shared: &Arc<Shared>,
+    req: EndTxnRequest,
+    version: i16,
+) -> anyhow::Result<EndTxnResponse> {
+    let mut body = super::side_request(shared, ApiKey::EndTxn, version, |out| {
+        req.encode(out, version)
+    })
+    .await?;
+    let resp = EndTxnResponse::decode(&mut body, version)?;
+    if resp.error_code != 0 {
+        return Ok(resp); // the transaction is still open: the client retries or aborts
+    }
+    let held = {
+        let mut txns = lock(shared);
+        txns.open_since.remove(req.transactional_id.as_str());
+        txns.held.remove(req.transactional_id.as_str())
+    };
+    let producer = (req.producer_id.0, req.producer_epoch);
+    if let Some(held) = held.filter(|h| req.committed && h.producer == producer) {
+        for (group, offsets) in held.groups {
+            if let Err(e) = commit_to_group(shared, &group, offsets).await {
+                shared
+                    .stats
+                    .txn_offset_commit_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::error!(transactional_id = %req.transactional_id.as_str(), group, "the proxy could not commit a committed transaction's offsets: {e:#}");
+            }
+        }
+    }
+    Ok(resp)
 }
 
 /// Commits a committed transaction's offsets to `group`: as the member that sent them, or as
