@@ -260,6 +260,11 @@ pub(super) fn inspect_request(
         }
         ApiKey::EndTxn => {
             let req = EndTxnRequest::decode(body, version)?;
+            // Ending: the transaction timeout no longer applies (Kafka's coordinator does not
+            // abort a transaction whose end it has received).
+            lock(shared)
+                .open_since
+                .remove(req.transactional_id.as_str());
             let (tx, rx) = tokio::sync::oneshot::channel();
             let shared = shared.clone();
             tokio::spawn(async move {
@@ -504,10 +509,11 @@ async fn end_transaction(
     Ok(resp)
 }
 
-/// Commits a committed transaction's offsets to `group`: as the member that sent them, or as
-/// the newest member the proxy knows when that member's generation has passed (Kafka applies
-/// a transaction's offsets whatever happened to the group since they were accepted). Tries
-/// again for a few seconds while the group is rebalancing or the broker is away.
+/// Commits a committed transaction's offsets to `group`: as the member that sent them, or, when
+/// that member's generation has passed, as the newest member the proxy knows or as nobody (a
+/// group without members) (Kafka applies a transaction's offsets whatever happened to the group
+/// since they were accepted). Tries again for a few seconds while the group is rebalancing or
+/// the broker is away.
 async fn commit_to_group(
     shared: &Shared,
     group: &str,
@@ -569,14 +575,24 @@ async fn commit_to_group(
                 return Ok(());
             }
             Some(ILLEGAL_GENERATION | UNKNOWN_MEMBER_ID | FENCED_INSTANCE_ID) => {
+                // The member's generation has passed (it may have been thrown out while the
+                // broker was away): commit as the group's newest member, or, when the group
+                // has no members (then only a commit without a member is accepted), as nobody.
+                last_error = format!("error code {}", error.unwrap_or_default());
+                let anonymous = Member {
+                    generation_id: -1,
+                    member_id: StrBytes::from_static_str(""),
+                    group_instance_id: None,
+                };
                 let newest = lock(shared).newest.get(group).cloned();
-                match newest {
-                    Some(newest) if newest != member => member = newest,
-                    _ => anyhow::bail!(
-                        "the group refuses the commit (error code {}) and knows no newer member",
-                        error.unwrap_or_default()
-                    ),
-                }
+                member = match newest {
+                    Some(newest) if newest != member && member != anonymous => newest,
+                    _ if member != anonymous => anonymous,
+                    _ => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        offsets.member.clone()
+                    }
+                };
             }
             Some(REBALANCE_IN_PROGRESS) | Some(_) => {
                 last_error = format!("error code {}", error.unwrap_or_default());
