@@ -41,35 +41,21 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
-use streams_testkit::kafka::{client_config, committed_offsets, create_topic, send_retrying};
+use streams_testkit::kafka::{client_config, create_topic, send_retrying};
 use streams_testkit::{bootstrap_servers, unique};
+
+mod support;
+use support::{committed_total, fill};
 
 const PARTITIONS: i32 = 3;
 const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Fills `topic` with `n` records; keys are the record numbers, modulo `keys` when it is not 0.
-fn fill(bootstrap: &str, topic: &str, n: usize, keys: usize) {
-    let p: BaseProducer = client_config(bootstrap)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create()
-        .unwrap();
-    let payload = [b'x'; 100];
-    for i in 0..n {
-        let key = if keys == 0 { i } else { i % keys }.to_string();
-        send_retrying(&p, BaseRecord::to(topic).key(&key).payload(&payload[..])).unwrap();
-    }
-    p.flush(TIMEOUT).unwrap();
-}
-
 /// Waits until `group` has committed offsets covering `n` records of `topic`; returns how
 /// many it covers then.
 fn wait_committed(bootstrap: &str, group: &str, topic: &str, n: usize) -> usize {
     loop {
-        let done: i64 = committed_offsets(bootstrap, group, topic)
-            .map(|v| v.into_iter().map(|o| o.unwrap_or(0)).sum())
-            .unwrap_or(0);
+        let done = committed_total(bootstrap, group, topic);
         if done >= n as i64 {
             return done as usize;
         }
@@ -429,12 +415,14 @@ fn main() {
         let table = unique("bench-table");
         if kind == Kind::DslStreamTableJoin {
             create_topic(&bootstrap, &table, PARTITIONS, &[]).unwrap();
-            fill(&bootstrap, &table, TABLE_ROWS, 0);
+            fill(&bootstrap, &table, TABLE_ROWS, |i| i.to_string());
         }
         if kind == Kind::WindowedMetrics {
             fill_metrics(&bootstrap, &input, n);
         } else {
-            fill(&bootstrap, &input, n, keys);
+            fill(&bootstrap, &input, n, |i| {
+                if keys == 0 { i } else { i % keys }.to_string()
+            });
         }
         let (out_a, out_b) = (unique("bench-out-raw"), unique("bench-out-topology"));
         create_topic(&bootstrap, &out_a, PARTITIONS, &[]).unwrap();

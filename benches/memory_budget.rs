@@ -31,9 +31,11 @@ use std::time::{Duration, Instant};
 use kstreams::core::serde::{BigEndian, Utf8};
 use kstreams::core::{KafkaStreams, StreamsConfig};
 use kstreams::dsl::{Materialized, Produced, StreamsBuilder};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use streams_testkit::kafka::{client_config, committed_offsets, create_topic, send_retrying};
+use streams_testkit::kafka::create_topic;
 use streams_testkit::{bootstrap_servers, unique};
+
+mod support;
+use support::{committed_total, fill};
 
 const CHILD: &str = "KSTREAMS_MEMORY_BUDGET_CHILD";
 /// When set, the consumers' prefetch bound (librdkafka's `queued.max.messages.kbytes`).
@@ -51,20 +53,6 @@ fn rss() -> u64 {
         .and_then(|kb| kb.parse::<u64>().ok())
         .map(|kb| kb * 1024)
         .unwrap_or(0)
-}
-
-fn fill(bootstrap: &str, topic: &str, n: usize) {
-    let p: BaseProducer = client_config(bootstrap)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create()
-        .unwrap();
-    let payload = [b'x'; 100];
-    for i in 0..n {
-        let key = format!("key-{i}");
-        send_retrying(&p, BaseRecord::to(topic).key(&key).payload(&payload[..])).unwrap();
-    }
-    p.flush(Duration::from_secs(120)).unwrap();
 }
 
 /// The child: one application with a budget of `budget_mib`, until the input is consumed.
@@ -110,9 +98,7 @@ fn child(args: &str) {
     let started = Instant::now();
     streams.start().unwrap();
     loop {
-        let done: i64 = committed_offsets(&bootstrap, &app, input)
-            .map(|v| v.into_iter().map(|o| o.unwrap_or(0)).sum())
-            .unwrap_or(0);
+        let done = committed_total(&bootstrap, &app, input);
         if done >= keys {
             break;
         }
@@ -163,7 +149,7 @@ fn main() {
     let input = unique("memory-budget-in");
     create_topic(&bootstrap, &input, PARTITIONS, &[]).unwrap();
     let t = Instant::now();
-    fill(&bootstrap, &input, keys);
+    fill(&bootstrap, &input, keys, |i| format!("key-{i}"));
     println!(
         "filled {input} with {keys} records of distinct keys in {:.1?}",
         t.elapsed()

@@ -144,14 +144,7 @@ fn exactly_once_through(faults: &[Fault]) {
          beyond {:?}; state changes {states:?}",
         check.records, check.duplicates, check.missing, check.beyond
     );
-    assert!(
-        check.exact(),
-        "not exactly once: duplicates {}, missing {}, beyond {:?}, unexpected keys {:?}",
-        check.duplicates,
-        check.missing,
-        check.beyond,
-        check.unexpected
-    );
+    check.assert_exact();
 }
 
 #[test]

@@ -203,12 +203,5 @@ fn instances_killed_over_and_over_keep_the_output_exactly_once() {
             "input records in the repartition topic more than once: {n}; the first: {repeated:#?}"
         );
     }
-    assert!(
-        check.exact(),
-        "not exactly once: duplicates {}, missing {}, beyond {:?}, unexpected keys {:?}",
-        check.duplicates,
-        check.missing,
-        check.beyond,
-        check.unexpected
-    );
+    check.assert_exact();
 }

@@ -18,8 +18,8 @@ use rand::Rng;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use streams_testkit::child::{child_mode, wait_for_stop_request, ChildProcess};
 use streams_testkit::kafka::{
-    client_config, committed_offsets, consume_until, create_topic, idempotent_producer,
-    read_to_end, send_retrying, Isolation, Received,
+    committed_offsets, consume_until, create_topic, idempotent_producer, read_to_end,
+    send_retrying, Isolation, Received,
 };
 use streams_testkit::{bootstrap_servers, unique};
 
@@ -414,11 +414,16 @@ fn spawn_app(
     dir: &str,
 ) -> ChildProcess {
     let bootstrap = bootstrap_servers();
+    // The runtime's own log lines (to the child's stdout), for a failing test's report.
+    let log = std::env::var("RUST_LOG").unwrap_or_else(|_| "streams_core=info".into());
     ChildProcess::spawn(
         label,
         test,
         &format!("{app}|{input}|{output}|{dir}|{label}|1"),
-        &[("KAFKA_BOOTSTRAP_SERVERS", bootstrap.as_str())],
+        &[
+            ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.as_str()),
+            ("RUST_LOG", log.as_str()),
+        ],
     )
     .unwrap()
 }
@@ -559,32 +564,6 @@ fn two_instances_split_partitions_and_take_over() {
     let (ta, tb) = (tasks_of(b"A"), tasks_of(b"B"));
     assert!(ta.is_disjoint(&tb), "A {ta:?} and B {tb:?} share no task");
 
-    let feeder = produce_in_background(&input, FIRST, N, 400);
-    let mut rng = rand::rng();
-    std::thread::sleep(Duration::from_millis(rng.random_range(300..1500))); // the kill point
-    a.kill().unwrap();
-    // A's last transaction (output and consumed offsets) was left open by the SIGKILL, and A
-    // is not restarted. Kafka's transaction coordinator aborts it after transaction.timeout.ms
-    // (10 s here); the test broker's proxy emulates that timeout, but a CI run with only the
-    // emulation stalled (B's output stopped short, not diagnosed yet: docs/BROKER.md), so the
-    // test still does the coordinator's part at once: it bumps the epoch of A's transactional
-    // id, which aborts the transaction.
-    let instance_a = std::fs::read_to_string(dir_a.join(&app).join("instance.id")).unwrap();
-    let fencer: BaseProducer = client_config(&bootstrap)
-        .set("transactional.id", format!("{app}-{}-1", instance_a.trim()))
-        .create()
-        .unwrap();
-    fencer.init_transactions(Duration::from_secs(30)).unwrap();
-    drop(fencer);
-    feeder.join().unwrap();
-    consume_until(&bootstrap, &output, Isolation::ReadCommitted, LONG, |g| {
-        census(g).len() >= N
-    })
-    .unwrap();
-    let status = b.stop(Duration::from_secs(90)).unwrap();
-    assert!(status.success(), "B exit: {status}");
-    let out = read_to_end(&bootstrap, &output, Isolation::ReadCommitted, LONG).unwrap();
-    let verdict = check_exactly_once(&out, N);
     let index = |r: &Received| -> usize {
         r.value_str()
             .strip_prefix('v')
@@ -593,6 +572,50 @@ fn two_instances_split_partitions_and_take_over() {
             .parse()
             .unwrap()
     };
+    let feeder = produce_in_background(&input, FIRST, N, 400);
+    // The kill point: once A has written (not necessarily committed) a random number of the
+    // second batch's records, so that A is killed mid-stream, most often with a transaction
+    // open on its output partitions.
+    let written_by_a = rand::rng().random_range(1..200);
+    consume_until(&bootstrap, &output, Isolation::ReadUncommitted, LONG, |g| {
+        g.iter()
+            .filter(|r| header(r, "instance") == Some(&b"A"[..]) && index(r) >= FIRST)
+            .count()
+            >= written_by_a
+    })
+    .unwrap();
+    a.kill().unwrap();
+    // A's last transaction (output and consumed offsets) was left open by the SIGKILL, and A
+    // is not restarted: the transaction coordinator aborts it after transaction.timeout.ms
+    // (10 s here; on the test broker its proxy does, docs/BROKER.md). Until then its records
+    // hold read_committed readers of its partitions back.
+    feeder.join().unwrap();
+    if let Err(e) = consume_until(&bootstrap, &output, Isolation::ReadCommitted, LONG, |g| {
+        census(g).len() >= N
+    }) {
+        // Where it stands: per output partition, how far read_committed and read_uncommitted
+        // readers get, and what B logged.
+        let per_partition = |isolation| {
+            let mut ends = BTreeMap::new();
+            for r in read_to_end(&bootstrap, &output, isolation, LONG).unwrap_or_default() {
+                let e = ends.entry(r.partition).or_insert((0, -1));
+                e.0 += 1;
+                e.1 = r.offset.max(e.1);
+            }
+            ends
+        };
+        panic!(
+            "{e:#}\n(records, last offset) per output partition: read_committed {:?}, \
+             read_uncommitted {:?}\nB's last log lines:\n{}",
+            per_partition(Isolation::ReadCommitted),
+            per_partition(Isolation::ReadUncommitted),
+            b.unread_lines(60).join("\n")
+        );
+    }
+    let status = b.stop(Duration::from_secs(90)).unwrap();
+    assert!(status.success(), "B exit: {status}");
+    let out = read_to_end(&bootstrap, &output, Isolation::ReadCommitted, LONG).unwrap();
+    let verdict = check_exactly_once(&out, N);
     let second: Vec<&Received> = out.iter().filter(|r| index(r) >= FIRST).collect();
     let second_by: BTreeSet<Vec<u8>> = second
         .iter()

@@ -104,6 +104,15 @@ impl ChildProcess {
         }
     }
 
+    /// The lines the child printed that no [`wait_for_line`](Self::wait_for_line) has read
+    /// yet, at most the last `limit` of them (for a failing test's report).
+    pub fn unread_lines(&mut self, limit: usize) -> Vec<String> {
+        let mut lines: Vec<String> = self.lines.try_iter().collect();
+        let skip = lines.len().saturating_sub(limit);
+        lines.drain(..skip);
+        lines
+    }
+
     /// Kills the child with SIGKILL and reaps it.
     pub fn kill(&mut self) -> anyhow::Result<()> {
         self.child.kill()?;

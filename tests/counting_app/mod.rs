@@ -121,6 +121,18 @@ impl Check {
             && self.beyond.is_empty()
             && self.unexpected.is_empty()
     }
+
+    /// Panics, saying what is wrong, unless the output is exactly once.
+    pub fn assert_exact(&self) {
+        assert!(
+            self.exact(),
+            "not exactly once: duplicates {}, missing {}, beyond {:?}, unexpected keys {:?}",
+            self.duplicates,
+            self.missing,
+            self.beyond,
+            self.unexpected
+        );
+    }
 }
 
 /// Reads `output` (`read_committed`, through `bootstrap`) and compares it with the oracle for
