@@ -3,8 +3,12 @@
 //!
 //! ```text
 //! scripts/broker.sh start     # the broker and its proxy in processes of their own
-//! KAFKA_BOOTSTRAP_SERVERS=<printed address> cargo bench --bench eos_pipeline [-- RECORDS ROUNDS [TOPOLOGY]]
+//! KAFKA_BOOTSTRAP_SERVERS=<printed address> cargo bench --bench eos_pipeline [-- RECORDS ROUNDS [TOPOLOGY] [--metrics-cost]]
 //! ```
+//!
+//! With `--metrics-cost`, (a) is not the raw pipe but the same topology as (b) with metrics
+//! recording off (`StreamsConfig::metrics_recording(false)`): the ratios are then the cost of
+//! metrics (docs/BENCHMARKS.md).
 //!
 //! TOPOLOGY is what (b) runs: `processor` (default: one Processor API node appending "!"),
 //! `dsl-chain` (the DSL's filter → map_values → to doing the same), or `dsl-window-count` (the
@@ -313,19 +317,22 @@ fn build(kind: Kind, input: &str, output: &str, table: &str) -> kstreams::core::
     }
 }
 
-/// (b) The topology on the runtime, exactly-once, one stream thread.
+/// (b) The topology on the runtime, exactly-once, one stream thread; `metrics`: whether it
+/// records metrics.
 fn topology(
     kind: Kind,
     bootstrap: &str,
     (input, table): (&str, &str),
     output: &str,
     n: usize,
+    metrics: bool,
 ) -> Steady {
     let app = unique("bench-app");
     let topology = build(kind, input, output, table);
     let config = StreamsConfig::new(&app, bootstrap)
         .commit_interval(COMMIT_INTERVAL)
         .state_dir(std::env::temp_dir().join(unique("bench-state")))
+        .metrics_recording(metrics)
         .set("linger.ms", "5");
     let streams = KafkaStreams::new(topology, config).unwrap();
     streams.start().unwrap();
@@ -392,7 +399,14 @@ fn main() {
              dsl-stream-table-join or windowed-metrics"
         ),
     };
-    println!("topology (b): {kind:?}");
+    // --metrics-cost: (a) is the same topology with metrics off instead of the raw pipe.
+    let metrics_cost = std::env::args().any(|a| a == "--metrics-cost");
+    let baseline = if metrics_cost {
+        "metrics off"
+    } else {
+        "raw pipe"
+    };
+    println!("topology (b): {kind:?}; (a): {baseline}");
     if streams_testkit::broker::external_bootstrap_servers().is_none() {
         println!(
             "note: the broker and its proxy run inside this process; CPU figures include the \
@@ -428,22 +442,34 @@ fn main() {
         create_topic(&bootstrap, &out_a, PARTITIONS, &[]).unwrap();
         create_topic(&bootstrap, &out_b, PARTITIONS, &[]).unwrap();
         if kind == Kind::WindowedMetrics {
-            for suffix in ["-5m", "-dlq"] {
-                create_topic(&bootstrap, &format!("{out_b}{suffix}"), PARTITIONS, &[]).unwrap();
+            for out in [&out_a, &out_b] {
+                for suffix in ["-5m", "-dlq"] {
+                    create_topic(&bootstrap, &format!("{out}{suffix}"), PARTITIONS, &[]).unwrap();
+                }
             }
         }
+        let run_a = || {
+            if metrics_cost {
+                topology(kind, &bootstrap, (&input, &table), &out_a, n, false)
+            } else {
+                raw_pipe(&bootstrap, &input, &out_a, n)
+            }
+        };
         // Alternate the order: the machine is shared and its load drifts.
         let (a, b) = if round % 2 == 1 {
-            let a = raw_pipe(&bootstrap, &input, &out_a, n);
-            (a, topology(kind, &bootstrap, (&input, &table), &out_b, n))
+            let a = run_a();
+            (
+                a,
+                topology(kind, &bootstrap, (&input, &table), &out_b, n, true),
+            )
         } else {
-            let b = topology(kind, &bootstrap, (&input, &table), &out_b, n);
-            (raw_pipe(&bootstrap, &input, &out_a, n), b)
+            let b = topology(kind, &bootstrap, (&input, &table), &out_b, n, true);
+            (run_a(), b)
         };
         let (ratio, cpu_ratio) = (b.rate / a.rate, b.cpu_us / a.cpu_us);
         println!(
-            "round {round}: raw pipe {:.0} rec/s, {:.2} µs CPU/record; topology {:.0} rec/s, {:.2} µs CPU/record; \
-             throughput topology/raw {ratio:.3}, CPU per record topology/raw {cpu_ratio:.3}",
+            "round {round}: {baseline} {:.0} rec/s, {:.2} µs CPU/record; topology {:.0} rec/s, {:.2} µs CPU/record; \
+             throughput topology/({baseline}) {ratio:.3}, CPU per record topology/({baseline}) {cpu_ratio:.3}",
             a.rate, a.cpu_us, b.rate, b.cpu_us
         );
         ratios.push(ratio);
@@ -452,7 +478,7 @@ fn main() {
     ratios.sort_by(f64::total_cmp);
     cpu_ratios.sort_by(f64::total_cmp);
     println!(
-        "medians over {rounds} rounds of {n} records: throughput topology/raw {:.3}, CPU per record topology/raw {:.3}",
+        "medians over {rounds} rounds of {n} records: throughput topology/({baseline}) {:.3}, CPU per record topology/({baseline}) {:.3}",
         ratios[ratios.len() / 2],
         cpu_ratios[cpu_ratios.len() / 2]
     );

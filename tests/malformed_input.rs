@@ -183,6 +183,19 @@ fn malformed_records_at_volume_are_skipped_dead_lettered_or_stop_the_application
         },
     );
     wait_consumed(&bootstrap, &app, &input, total, &streams);
+    // The runtime's own metrics count the same (issue 14).
+    let m = streams.metrics();
+    assert_eq!(
+        m.sum(
+            "kstreams_task_dropped_records_total",
+            &[("reason", "deserialization")]
+        ),
+        BAD as f64
+    );
+    assert_eq!(
+        m.sum("kstreams_task_process_records_total", &[]),
+        GOOD as f64
+    );
     assert!(streams.close(Duration::from_secs(60)));
     let out = read_to_end(&bootstrap, &output, Isolation::ReadCommitted, LONG).unwrap();
     eprintln!(

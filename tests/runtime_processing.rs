@@ -154,10 +154,22 @@ fn run_multi_partition(guarantee: ProcessingGuarantee) {
         ProcessingGuarantee::AtLeastOnce => Isolation::ReadUncommitted,
     };
     produce_range(&producer(&bootstrap), &input, 0, N);
-    consume_until(&bootstrap, &output, isolation, LONG, |got| {
+    if let Err(e) = consume_until(&bootstrap, &output, isolation, LONG, |got| {
         census(got).len() >= N
-    })
-    .unwrap();
+    }) {
+        // Who missed what (docs/BROKER.md, records skipped with idempotent producers): the
+        // application (its committed input offsets) or the reader (a fresh one's view).
+        let mut fresh = BTreeMap::new();
+        for r in read_to_end(&bootstrap, &output, isolation, LONG).unwrap_or_default() {
+            *fresh.entry(r.partition).or_insert(0) += 1;
+        }
+        panic!(
+            "{e:#}\ncommitted input offsets {:?}; a fresh reader gets records per output \
+             partition {fresh:?}; state {:?}",
+            committed_offsets(&bootstrap, &app, &input),
+            streams.state()
+        );
+    }
     assert!(streams.close(Duration::from_secs(60)), "close timed out");
     assert_eq!(streams.state(), State::NotRunning);
 

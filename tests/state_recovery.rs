@@ -495,6 +495,14 @@ fn a_migrated_task_restores_from_the_changelog_and_keeps_counting() {
         rb.total() > 0,
         "B restored the moved tasks from the changelog"
     );
+    // The restoration metrics count what the restore listener saw end (and, were a
+    // restoration interrupted by another rebalance, what it restored before; issue 14).
+    assert!(b.wait_for(|s| s == State::Running, LONG));
+    let m = b.metrics();
+    let restored = m.sum("kstreams_restore_records_total", &[]);
+    eprintln!("B's restoration metrics: {restored} records restored");
+    assert!(restored >= rb.total() as f64, "{m:#?}");
+    assert_eq!(m.sum("kstreams_restore_remaining_records", &[]), 0.0);
     produce_range(&producer(&bootstrap), &input, FIRST, N);
     consume_until(&bootstrap, &output, Isolation::ReadCommitted, LONG, |g| {
         g.len() >= N

@@ -61,6 +61,7 @@ pub struct StreamsConfig {
     pub(crate) rocks_setter: Option<RocksConfigSetter>,
     pub(crate) cache_max_bytes: usize,
     pub(crate) max_task_idle: Option<Duration>,
+    pub(crate) metrics_recording: bool,
 }
 
 /// Whether a client property holds a secret (its value is never printed).
@@ -161,6 +162,7 @@ impl StreamsConfig {
             rocks_setter: None,
             cache_max_bytes: 10 << 20,
             max_task_idle: Some(Duration::ZERO),
+            metrics_recording: true,
         }
     }
 
@@ -189,6 +191,14 @@ impl StreamsConfig {
     /// forwarded at once (what tests usually want).
     pub fn cache_max_bytes(mut self, bytes: usize) -> Self {
         self.cache_max_bytes = bytes;
+        self
+    }
+
+    /// Whether the runtime records metrics (default true; see [`crate::metrics`]). Off, the
+    /// stream threads and tasks record nothing and the metrics show only the instance's state
+    /// (Kafka Streams' `metrics.recording.level` has levels; we have on and off).
+    pub fn metrics_recording(mut self, on: bool) -> Self {
+        self.metrics_recording = on;
         self
     }
 

@@ -7,7 +7,8 @@
 //!
 //! The modules form layers, each using only those below it:
 //!
-//! 1. [`record`], [`serde`], [`error`], [`TaskId`], [`handlers`]: what flows and what fails;
+//! 1. [`record`], [`serde`], [`error`], [`TaskId`], [`handlers`], [`metrics`]: what flows, what
+//!    fails, and what is counted;
 //! 2. [`store`]: state stores and their changelog write path;
 //! 3. `node` (internal): the type-erased boundary between typed user code and the runtime;
 //! 4. [`processor`]: the Processor API, typed, on top of it;
@@ -20,6 +21,7 @@ pub mod config;
 pub mod driver;
 pub mod error;
 pub mod handlers;
+pub mod metrics;
 mod node;
 pub mod prelude;
 pub mod processor;

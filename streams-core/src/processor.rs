@@ -160,6 +160,12 @@ impl<'a, K: 'static, V: 'static> ProcessorContext<'a, K, V> {
         self.inner.task_id()
     }
 
+    /// Counts a record this processor dropped in the task's
+    /// `kstreams_task_dropped_records_total` metric (see [`crate::metrics`]).
+    pub fn record_dropped(&self, reason: crate::metrics::DropReason) {
+        self.inner.record_dropped(reason);
+    }
+
     /// The application id.
     pub fn application_id(&self) -> &str {
         self.inner.application_id()
@@ -297,6 +303,11 @@ impl<'a, K: Clone + 'static, V: Clone + 'static> FixedKeyProcessorContext<'a, K,
     /// See [`ProcessorContext::task_id`].
     pub fn task_id(&self) -> TaskId {
         self.0.task_id()
+    }
+
+    /// See [`ProcessorContext::record_dropped`].
+    pub fn record_dropped(&self, reason: crate::metrics::DropReason) {
+        self.0.record_dropped(reason);
     }
 
     /// See [`ProcessorContext::application_id`].

@@ -8,6 +8,7 @@
 //! that removes it from those stores.
 
 use std::sync::Arc;
+use streams_core::metrics::DropReason;
 
 use streams_core::processor::ProcessorContext;
 use streams_core::serde::{Serde, SerdeError};
@@ -161,6 +162,7 @@ where
         let this_side = matches!(r.value(), Side::This(_));
         if self.keys.serialize("join", r.key())?.is_none() {
             self.dropped.add(ctx.task_id());
+            ctx.record_dropped(DropReason::NullKey);
             tracing::debug!(task = %ctx.task_id(), "join: dropping a record with a null key");
             return Ok(());
         }
@@ -169,6 +171,7 @@ where
         let reach = if this_side { w.after } else { w.before };
         if ts.saturating_add(reach).saturating_add(w.grace) < self.stream_time {
             self.dropped.add(ctx.task_id());
+            ctx.record_dropped(DropReason::Late);
             tracing::debug!(task = %ctx.task_id(), ts, stream_time = self.stream_time, "join: dropping a late record");
             return Ok(());
         }

@@ -4,6 +4,7 @@
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
+use streams_core::metrics::DropReason;
 
 use streams_core::processor::{Processor, ProcessorContext};
 use streams_core::serde::{BigEndian, Serde, SerdeError};
@@ -254,6 +255,7 @@ where
         }
         if end < stream_time.saturating_sub(grace) {
             self.late.add(task);
+            ctx.record_dropped(DropReason::Late);
             tracing::warn!(%task, session_start = start, session_end = end, record_timestamp = ts, stream_time, "dropping a record for a closed session");
         } else {
             let agg = (self.add)(&key, value, agg);

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
+use streams_core::metrics::DropReason;
 
 use streams_core::processor::{Processor, ProcessorContext};
 use streams_core::serde::{BigEndian, Serde, SerdeError};
@@ -236,6 +237,7 @@ where
         }
         if ts.saturating_add(d).saturating_add(1) <= close {
             self.late.add(task);
+            ctx.record_dropped(DropReason::Late);
             tracing::warn!(%task, record_timestamp = ts, stream_time = ctx.stream_time(), "dropping a record whose sliding windows are all closed");
             return Ok(());
         }

@@ -392,6 +392,7 @@ fn null_key<K: 'static, VR: 'static>(
         return Ok(false);
     }
     dropped.add(ctx.task_id());
+    ctx.record_dropped(streams_core::metrics::DropReason::NullKey);
     tracing::debug!(task = %ctx.task_id(), "join: dropping a record with a null key");
     Ok(true)
 }

@@ -3,6 +3,7 @@
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
+use streams_core::metrics::DropReason;
 
 use streams_core::processor::{Processor, ProcessorContext, PunctuationType, PunctuatorId};
 use streams_core::serde::{BigEndian, Serde};
@@ -371,6 +372,7 @@ where
         for (start, end) in windows.windows_for(ts) {
             if end <= close {
                 self.late.add(task);
+                ctx.record_dropped(DropReason::Late);
                 tracing::warn!(%task, window_start = start, window_end = end, record_timestamp = ts, stream_time = ctx.stream_time(), "dropping a record for a closed window");
                 continue;
             }

@@ -32,6 +32,8 @@ pub(crate) struct TaskEnv {
     stores: Vec<Option<Box<dyn StateStore>>>,
     /// The instance's global stores, readable by every node.
     globals: GlobalStores,
+    /// The task's metrics, unless metrics are off.
+    pub(crate) metrics: Option<crate::metrics::TaskMetrics>,
 }
 
 impl TaskEnv {
@@ -54,6 +56,7 @@ impl TaskEnv {
             cache_budget: 0,
             stores,
             globals,
+            metrics: None,
         }
     }
 
@@ -269,6 +272,12 @@ impl<'a> NodeCtx<'a> {
 
     pub(crate) fn task_id(&self) -> TaskId {
         self.env.task_id
+    }
+
+    pub(crate) fn record_dropped(&self, reason: crate::metrics::DropReason) {
+        if let Some(m) = &self.env.metrics {
+            m.dropped(reason);
+        }
     }
 
     pub(crate) fn application_id(&self) -> &str {

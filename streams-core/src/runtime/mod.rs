@@ -26,6 +26,7 @@ mod clients;
 mod collector;
 mod commit;
 mod global;
+mod lag;
 mod rebalance;
 mod restore;
 mod thread;
@@ -83,7 +84,19 @@ pub(crate) struct Shared {
     listener: Mutex<Option<Listener>>,
     pub(crate) shutdown: AtomicBool,
     error: Mutex<Option<Arc<Error>>>,
+    pub(crate) metrics: crate::metrics::StreamsMetrics,
 }
+
+/// Every state's name, as the `state` metric labels it.
+const STATE_NAMES: [&str; 7] = [
+    "Created",
+    "Rebalancing",
+    "Running",
+    "PendingShutdown",
+    "NotRunning",
+    "PendingError",
+    "Error",
+];
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -108,6 +121,7 @@ impl Shared {
             from
         };
         tracing::info!(from = ?from, to = ?to, "state changed");
+        self.metrics.set_state(&format!("{to:?}"), &STATE_NAMES);
         self.changed.notify_all();
         let listener = lock(&self.listener).clone();
         if let Some(l) = listener {
@@ -218,6 +232,11 @@ impl KafkaStreams {
                 listener: Mutex::new(None),
                 shutdown: AtomicBool::new(false),
                 error: Mutex::new(None),
+                metrics: {
+                    let m = crate::metrics::StreamsMetrics::new();
+                    m.set_state("Created", &STATE_NAMES);
+                    m
+                },
             }),
             config,
             handles: Mutex::new(vec![]),
@@ -234,6 +253,17 @@ impl KafkaStreams {
     /// The current state.
     pub fn state(&self) -> State {
         *lock(&self.shared.state)
+    }
+
+    /// Every metric of this instance now (names and meanings: [`crate::metrics`]).
+    pub fn metrics(&self) -> crate::metrics::Metrics {
+        self.shared.metrics.snapshot()
+    }
+
+    /// Every metric of this instance now, in the Prometheus text format (the OpenMetrics
+    /// flavour, ending in `# EOF`).
+    pub fn metrics_text(&self) -> String {
+        self.shared.metrics.text()
     }
 
     /// The error that stopped the instance, once it is in [`State::PendingError`] or

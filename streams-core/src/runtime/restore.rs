@@ -86,6 +86,10 @@ pub(crate) struct RestoreEnv<'a> {
     /// The group's committed offset of a source partition (where a store built from a source
     /// topic stops restoring: processing goes on from there).
     pub(crate) committed: &'a dyn Fn(&str, i32) -> Result<Option<i64>>,
+    /// Where restored and remaining records are counted, unless metrics are off.
+    pub(crate) metrics: Option<&'a crate::metrics::StreamsMetrics>,
+    /// The thread's name (the metrics' `thread_id`).
+    pub(crate) thread: &'a str,
 }
 
 impl Restorer {
@@ -221,6 +225,10 @@ fn open(
     if let Some(l) = env.listener {
         l.on_restore_start(&store, target.partition, start);
     }
+    if let Some(m) = env.metrics {
+        let (_, remaining) = m.restoration(env.thread, task.id);
+        remaining.set((limit.unwrap_or(end) - start).max(0));
+    }
     Ok(Cursor {
         store,
         topic: target.topic,
@@ -351,6 +359,11 @@ fn write(task: &mut Task, c: &mut Cursor, env: &RestoreEnv<'_>) -> Result<()> {
     let n = c.batch.len() as u64;
     store_of(task, &c.store)?.restore_batch(std::mem::take(&mut c.batch), last)?;
     c.total += n;
+    if let Some(m) = env.metrics {
+        let (restored, remaining) = m.restoration(env.thread, task.id);
+        restored.inc_by(n);
+        remaining.set((c.limit.unwrap_or(c.end) - last - 1).max(0));
+    }
     if let Some(l) = env.listener {
         l.on_batch_restored(&c.store, c.partition, last, n);
     }
@@ -366,6 +379,9 @@ fn finish(task: &mut Task, mut c: Cursor, env: &RestoreEnv<'_>) -> Result<()> {
         write(task, &mut c, env)?;
     }
     store_of(task, &c.store)?.restored()?;
+    if let Some(m) = env.metrics {
+        m.restoration(env.thread, task.id).1.set(0);
+    }
     let secs = c.started.elapsed().as_secs_f64();
     tracing::info!(task = %task.id, store = %c.store, partition = c.partition, from = c.start, restored = c.total, seconds = secs, rate = c.total as f64 / secs.max(1e-9), "restored");
     if let Some(l) = env.listener {

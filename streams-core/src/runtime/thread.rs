@@ -19,6 +19,7 @@ use super::rebalance::ThreadContext;
 use super::restore::{RestoreEnv, Restorer};
 use super::{Shared, ThreadState};
 use crate::config::{ProcessingGuarantee, StreamsConfig};
+use crate::metrics::ThreadMetrics;
 use crate::node::RawRecord;
 use crate::store::RocksResources;
 use crate::task::{SourceTopics, Task, Tasks};
@@ -50,6 +51,9 @@ pub(crate) struct Inner {
     /// Set once the thread failed: nothing may be committed any more (the rebalance
     /// callbacks that run while the consumer closes must not commit half-done work).
     pub(super) failed: bool,
+    /// The thread's metrics, unless metrics are off (poll and commit latency are recorded by
+    /// the loop's copy).
+    metrics: Option<ThreadMetrics>,
 }
 
 impl Inner {
@@ -126,6 +130,9 @@ impl Inner {
                 &self.rocks,
             )?;
             let mut task = task;
+            if self.config.metrics_recording {
+                task.set_metrics(self.shared.metrics.task(&self.name, id));
+            }
             task.set_cache_budget(
                 self.config.cache_max_bytes / self.config.num_stream_threads.max(1),
             );
@@ -193,6 +200,11 @@ impl Inner {
             listener: self.config.restore_listener.as_ref(),
             client_timeout: timeout,
             committed: &committed,
+            metrics: self
+                .config
+                .metrics_recording
+                .then_some(&self.shared.metrics),
+            thread: &self.name,
         };
         let done = restoring.step(&env, Duration::from_millis(100));
         self.restoring = restoring;
@@ -220,7 +232,10 @@ impl Inner {
 
     fn publish_tasks(&self) {
         let handles = self.tasks.query_handles();
-        let owned = self.tasks.ids().chain(self.restoring.task_ids()).collect();
+        let owned: Vec<TaskId> = self.tasks.ids().chain(self.restoring.task_ids()).collect();
+        if let Some(m) = &self.metrics {
+            m.tasks.set(owned.len() as i64);
+        }
         self.shared.set_thread_tasks(self.index, owned, handles);
     }
 
@@ -312,6 +327,9 @@ impl StreamThread {
             config.client_timeout,
         );
         let eos = config.guarantee == ProcessingGuarantee::ExactlyOnce;
+        let metrics = config
+            .metrics_recording
+            .then(|| shared.metrics.thread(&name));
         StreamThread {
             inner: Inner {
                 name,
@@ -327,6 +345,7 @@ impl StreamThread {
                 restoring: Restorer::default(),
                 pending_error: None,
                 failed: false,
+                metrics,
             },
         }
     }
@@ -434,6 +453,9 @@ fn run_loop(
     let mut last_clean = Instant::now();
     let mut topic_names = TopicNames::default();
     let mut restoring = false;
+    let mut metrics = ctx.lock().metrics.clone();
+    let thread_name = ctx.lock().name.clone();
+    let mut lag = super::lag::LagGauges::default();
     while !shared.shutdown.load(Ordering::SeqCst) {
         let wait = commit_interval
             .saturating_sub(last_commit.elapsed())
@@ -445,6 +467,7 @@ fn run_loop(
             (false, true) => wait.min(Duration::from_millis(5)),
             (false, false) => wait,
         };
+        let poll_started = Instant::now();
         while raws.len() < batch {
             match consumer.poll(timeout) {
                 None => break,
@@ -467,6 +490,9 @@ fn run_loop(
                 }
             }
             timeout = Duration::ZERO;
+        }
+        if let Some(m) = metrics.as_mut() {
+            m.poll.observe(poll_started.elapsed());
         }
         let mut inner = ctx.lock();
         if let Some(e) = inner.pending_error.take() {
@@ -512,7 +538,13 @@ fn run_loop(
         inner.protocol.poll();
         let retry_due = failing_since.is_some() && last_commit.elapsed() >= RETRY_COMMIT;
         if requested || retry_due || last_commit.elapsed() >= commit_interval {
-            match inner.commit(consumer) {
+            let commit_started = Instant::now();
+            let committed = inner.commit(consumer);
+            if let Some(m) = metrics.as_mut() {
+                m.commit.observe(commit_started.elapsed());
+                lag.update(consumer, &inner.shared.metrics, &thread_name);
+            }
+            match committed {
                 Ok(()) => {
                     if let Some(since) = failing_since.take() {
                         tracing::info!(failed_for = ?since.elapsed(), "committing again; fetching resumes");

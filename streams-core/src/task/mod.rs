@@ -14,6 +14,7 @@ pub(crate) use self::tasks::{CommitOffset, SourceTopics, Tasks};
 use crate::handlers::{
     headers, DeserializationErrorHandler, DeserializationResponse, ErrorContext,
 };
+use crate::metrics::DropReason;
 use crate::node::{
     NoOutput, Node, NodeCtx, OutRecord, PunctuationType, RawRecord, RecordCollector, TaskEnv,
 };
@@ -150,6 +151,11 @@ impl Task {
     }
 
     /// Sets the bytes a record cache of a node of this task may hold (0: no caching).
+    /// Attaches the task's metrics (without, it records none).
+    pub(crate) fn set_metrics(&mut self, metrics: crate::metrics::TaskMetrics) {
+        self.env.metrics = Some(metrics);
+    }
+
     pub(crate) fn set_cache_budget(&mut self, bytes: usize) {
         self.env.set_cache_budget(bytes);
     }
@@ -289,6 +295,9 @@ impl Task {
                 let result = self.with_ctx(source, collector, |_, ctx| (decoded.forward)(ctx));
                 self.env.set_current(None);
                 result.map_err(|e| Error::task(id, e))?;
+                if let Some(m) = &self.env.metrics {
+                    m.processed();
+                }
                 self.send_changelog(collector, false)?;
                 let now = self.env.stream_time();
                 self.punctuate(PunctuationType::StreamTime, now, collector)?;
@@ -313,7 +322,13 @@ impl Task {
             key: raw.key.as_deref(),
             value: raw.value.as_deref(),
         };
-        match handler.handle(&context, error) {
+        let response = handler.handle(&context, error);
+        if let Some(m) = &self.env.metrics {
+            if !matches!(response, DeserializationResponse::Fail) {
+                m.dropped(DropReason::Deserialization);
+            }
+        }
+        match response {
             DeserializationResponse::Continue => Ok(()),
             DeserializationResponse::Fail => Err(Error::Deserialization {
                 task: self.id.to_string(),

@@ -1,0 +1,264 @@
+//! Metrics against the real broker (issue 14, item 1): after a known workload the counters
+//! equal it, the consumer lag reaches 0 once the input is consumed, and the Prometheus text
+//! parses (with a parser library).
+
+use std::time::{Duration, Instant};
+
+use kstreams::core::handlers::LogAndContinue;
+use kstreams::core::metrics::Metrics;
+use kstreams::core::serde::{BigEndian, Utf8};
+use kstreams::core::{KafkaStreams, State, StreamsConfig};
+use kstreams::dsl::{Consumed, Materialized, Produced, StreamsBuilder, TimeWindows};
+use rdkafka::producer::{BaseRecord, Producer};
+use streams_testkit::kafka::{
+    consume_until, create_topic, idempotent_producer, send_retrying, Isolation,
+};
+use streams_testkit::{bootstrap_servers, unique};
+
+const LONG: Duration = Duration::from_secs(120);
+const PARTITIONS: i32 = 2;
+
+/// Waits until `done` holds for the instance's metrics; panics with the last metrics after
+/// `timeout`.
+fn wait_for_metrics(streams: &KafkaStreams, timeout: Duration, done: impl Fn(&Metrics) -> bool) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let m = streams.metrics();
+        if done(&m) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics condition not met within {timeout:?}: {m:#?}"
+        );
+        // Polling the instance's metrics: there is no notification of a metric's change.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_counters_equal_a_known_workload_and_lag_reaches_zero() {
+    const GOOD: u64 = 300;
+    const BAD: u64 = 25;
+    let bootstrap = bootstrap_servers();
+    let (input, output, app) = (unique("m-in"), unique("m-out"), unique("m-app"));
+    create_topic(&bootstrap, &input, PARTITIONS, &[]).unwrap();
+    create_topic(&bootstrap, &output, PARTITIONS, &[]).unwrap();
+    // Good records carry an 8-byte number; bad ones 3 bytes, which the value serde refuses.
+    let p = idempotent_producer(&bootstrap).unwrap();
+    let (mut good, mut bad) = (0, 0);
+    for i in 0..GOOD + BAD {
+        let key = format!("k{}", i % 17);
+        let value: Vec<u8> = if i % 13 == 5 && bad < BAD {
+            bad += 1;
+            vec![1, 2, 3]
+        } else {
+            good += 1;
+            i.to_be_bytes().to_vec()
+        };
+        send_retrying(&p, BaseRecord::to(&input).key(&key).payload(&value)).unwrap();
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    assert_eq!((good, bad), (GOOD, BAD), "the workload as written");
+
+    let builder = StreamsBuilder::new();
+    builder
+        .stream_with::<String, u64>(&input, Consumed::with(Utf8, BigEndian))
+        .map_values(|v| v + 1)
+        .to_with(&output, Produced::with(Utf8, BigEndian));
+    let config = StreamsConfig::new(&app, &bootstrap)
+        .state_dir(std::env::temp_dir().join(unique("m-state")))
+        .deserialization_error_handler(LogAndContinue);
+    let streams = KafkaStreams::new(builder.build().unwrap(), config).unwrap();
+    let before = streams.metrics();
+    assert_eq!(
+        before.sum("kstreams_state", &[("state", "Created")]),
+        1.0,
+        "{before:#?}"
+    );
+    streams.start().unwrap();
+    consume_until(&bootstrap, &output, Isolation::ReadCommitted, LONG, |got| {
+        got.len() as u64 >= GOOD
+    })
+    .unwrap();
+    // Consumed to the end: every input partition's lag is 0 (it is updated each commit).
+    wait_for_metrics(&streams, LONG, |m| {
+        let lags: Vec<f64> = m
+            .named("kstreams_consumer_lag_records")
+            .map(|l| l.value)
+            .collect();
+        lags.len() == PARTITIONS as usize && lags.iter().all(|l| *l == 0.0)
+    });
+    let m = streams.metrics();
+    let text = streams.metrics_text();
+    eprintln!("metrics after the workload:\n{text}");
+
+    assert_eq!(
+        m.sum("kstreams_task_process_records_total", &[]),
+        GOOD as f64
+    );
+    assert_eq!(
+        m.sum("kstreams_thread_process_records_total", &[]),
+        GOOD as f64
+    );
+    assert_eq!(
+        m.sum(
+            "kstreams_task_dropped_records_total",
+            &[("reason", "deserialization")]
+        ),
+        BAD as f64
+    );
+    assert_eq!(
+        m.sum("kstreams_task_dropped_records_total", &[("reason", "late")]),
+        0.0
+    );
+    assert_eq!(m.sum("kstreams_thread_tasks", &[]), PARTITIONS as f64);
+    assert_eq!(m.sum("kstreams_state", &[("state", "Running")]), 1.0);
+    assert_eq!(m.sum("kstreams_state", &[]), 1.0, "one current state");
+    assert!(m.sum("kstreams_thread_commit_latency_seconds_count", &[]) >= 1.0);
+    assert!(m.sum("kstreams_thread_poll_latency_seconds_count", &[]) >= 1.0);
+    let commit_avg = m.sum("kstreams_thread_commit_latency_seconds_avg", &[]);
+    let commit_max = m.sum("kstreams_thread_commit_latency_max_seconds", &[]);
+    assert!(
+        commit_avg > 0.0 && commit_max > 0.0,
+        "commit latency avg {commit_avg}, max {commit_max}"
+    );
+
+    // The text format, read by a Prometheus text parser: the same values.
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("the metrics text parses");
+    let sample_sum = |name: &str, label: Option<(&str, &str)>| -> f64 {
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .filter(|s| label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => 0.0,
+            })
+            .sum()
+    };
+    assert_eq!(
+        sample_sum("kstreams_task_process_records_total", None),
+        GOOD as f64
+    );
+    assert_eq!(
+        sample_sum(
+            "kstreams_task_dropped_records_total",
+            Some(("reason", "deserialization"))
+        ),
+        BAD as f64
+    );
+    assert_eq!(
+        sample_sum("kstreams_consumer_lag_records", None),
+        0.0,
+        "lag in the text"
+    );
+    assert!(scrape
+        .samples
+        .iter()
+        .any(|s| s.metric == "kstreams_thread_poll_latency_seconds"
+            && matches!(s.value, prometheus_parse::Value::Histogram(_))));
+
+    assert!(streams.close(Duration::from_secs(60)));
+    let after = streams.metrics();
+    assert_eq!(after.sum("kstreams_state", &[("state", "NotRunning")]), 1.0);
+}
+
+#[test]
+fn records_after_their_windows_grace_are_counted_as_dropped_late() {
+    const ON_TIME: u64 = 40;
+    const LATE: u64 = 15;
+    let bootstrap = bootstrap_servers();
+    let (input, output, app) = (unique("ml-in"), unique("ml-out"), unique("ml-app"));
+    // One partition: stream time moves in the order the records are written.
+    create_topic(&bootstrap, &input, 1, &[]).unwrap();
+    create_topic(&bootstrap, &output, 1, &[]).unwrap();
+    let p = idempotent_producer(&bootstrap).unwrap();
+    let t0 = 1_000_000_i64;
+    // On time: one record a second for 40 s; then 15 records 20 s behind stream time, whose
+    // 1-second windows closed (no grace) long before.
+    for i in 0..ON_TIME {
+        let r = BaseRecord::to(&input)
+            .key("k")
+            .payload("x")
+            .timestamp(t0 + i as i64 * 1000);
+        send_retrying(&p, r).unwrap();
+    }
+    for i in 0..LATE {
+        let r = BaseRecord::to(&input)
+            .key("k")
+            .payload("late")
+            .timestamp(t0 + i as i64 * 1000);
+        send_retrying(&p, r).unwrap();
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+
+    let builder = StreamsBuilder::new();
+    builder
+        .stream::<String, String>(&input)
+        .group_by_key()
+        .windowed_by(TimeWindows::of_size_with_no_grace(Duration::from_secs(1)))
+        .count_with(Materialized::with(BigEndian).named("per-second"))
+        .to(&output);
+    let config = StreamsConfig::new(&app, &bootstrap)
+        .state_dir(std::env::temp_dir().join(unique("ml-state")));
+    let streams = KafkaStreams::new(builder.build().unwrap(), config).unwrap();
+    streams.start().unwrap();
+    assert!(streams.wait_for(|s| s == State::Running, LONG));
+    wait_for_metrics(&streams, LONG, |m| {
+        m.sum("kstreams_task_process_records_total", &[]) >= (ON_TIME + LATE) as f64
+    });
+    let m = streams.metrics();
+    assert_eq!(
+        m.sum("kstreams_task_dropped_records_total", &[("reason", "late")]),
+        LATE as f64,
+        "{m:#?}"
+    );
+    assert_eq!(
+        m.sum(
+            "kstreams_task_dropped_records_total",
+            &[("reason", "deserialization")]
+        ),
+        0.0
+    );
+    assert!(streams.close(Duration::from_secs(60)));
+}
+
+#[test]
+fn with_metrics_recording_off_only_the_state_is_reported() {
+    const N: usize = 50;
+    let bootstrap = bootstrap_servers();
+    let (input, output, app) = (unique("mo-in"), unique("mo-out"), unique("mo-app"));
+    create_topic(&bootstrap, &input, 1, &[]).unwrap();
+    create_topic(&bootstrap, &output, 1, &[]).unwrap();
+    let p = idempotent_producer(&bootstrap).unwrap();
+    for i in 0..N {
+        let key = format!("k{i}");
+        send_retrying(&p, BaseRecord::to(&input).key(&key).payload("v")).unwrap();
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    let builder = StreamsBuilder::new();
+    builder.stream::<String, String>(&input).to(&output);
+    let config = StreamsConfig::new(&app, &bootstrap)
+        .state_dir(std::env::temp_dir().join(unique("mo-state")))
+        .metrics_recording(false);
+    let streams = KafkaStreams::new(builder.build().unwrap(), config).unwrap();
+    streams.start().unwrap();
+    consume_until(&bootstrap, &output, Isolation::ReadCommitted, LONG, |got| {
+        got.len() >= N
+    })
+    .unwrap();
+    let m = streams.metrics();
+    let names: std::collections::BTreeSet<&str> = m.0.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(
+        names,
+        std::collections::BTreeSet::from(["kstreams_state"]),
+        "{m:#?}"
+    );
+    assert_eq!(m.sum("kstreams_state", &[("state", "Running")]), 1.0);
+    assert!(streams.close(Duration::from_secs(60)));
+}
