@@ -162,6 +162,21 @@ fn the_counters_equal_a_known_workload_and_lag_reaches_zero() {
         .iter()
         .any(|s| s.metric == "kstreams_thread_poll_latency_seconds"
             && matches!(s.value, prometheus_parse::Value::Histogram(_))));
+    // The parser passes over lines it cannot read: every sample line must have been read.
+    assert!(
+        text.ends_with("# EOF\n"),
+        "OpenMetrics text ends with # EOF"
+    );
+    let parsed: std::collections::BTreeSet<&str> =
+        scrape.samples.iter().map(|s| s.metric.as_str()).collect();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let name = line.split(['{', ' ']).next().unwrap();
+        let histogram_part = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix));
+        let name = histogram_part.unwrap_or(name);
+        assert!(parsed.contains(name), "line not parsed: {line}");
+    }
 
     assert!(streams.close(Duration::from_secs(60)));
     let after = streams.metrics();
@@ -260,5 +275,68 @@ fn with_metrics_recording_off_only_the_state_is_reported() {
         "{m:#?}"
     );
     assert_eq!(m.sum("kstreams_state", &[("state", "Running")]), 1.0);
+    assert!(streams.close(Duration::from_secs(60)));
+}
+
+/// Under exactly-once the consumer reads read_committed: a partition whose end holds another
+/// producer's open transaction is read up to its last stable offset, and the lag is 0 there
+/// (Kafka's `records-lag`), not the open transaction's records.
+#[test]
+fn lag_under_exactly_once_is_measured_to_the_last_stable_offset() {
+    const COMMITTED: usize = 60;
+    const OPEN: usize = 20;
+    let bootstrap = bootstrap_servers();
+    let (input, output, app) = (unique("mt-in"), unique("mt-out"), unique("mt-app"));
+    create_topic(&bootstrap, &input, 1, &[]).unwrap();
+    create_topic(&bootstrap, &output, 1, &[]).unwrap();
+    let transactional = |id: &str| -> rdkafka::producer::BaseProducer {
+        let p: rdkafka::producer::BaseProducer = streams_testkit::kafka::client_config(&bootstrap)
+            .set("transactional.id", id)
+            .create()
+            .unwrap();
+        p.init_transactions(Duration::from_secs(30)).unwrap();
+        p.begin_transaction().unwrap();
+        p
+    };
+    let committed = transactional(&unique("mt-committed"));
+    for i in 0..COMMITTED {
+        let key = format!("k{i}");
+        send_retrying(&committed, BaseRecord::to(&input).key(&key).payload("v")).unwrap();
+    }
+    committed
+        .commit_transaction(Duration::from_secs(30))
+        .unwrap();
+    // Left open while the application runs.
+    let open = transactional(&unique("mt-open"));
+    for i in 0..OPEN {
+        let key = format!("open{i}");
+        send_retrying(&open, BaseRecord::to(&input).key(&key).payload("v")).unwrap();
+    }
+    open.flush(Duration::from_secs(30)).unwrap();
+
+    let builder = StreamsBuilder::new();
+    builder.stream::<String, String>(&input).to(&output);
+    let config = StreamsConfig::new(&app, &bootstrap)
+        .state_dir(std::env::temp_dir().join(unique("mt-state")));
+    let streams = KafkaStreams::new(builder.build().unwrap(), config).unwrap();
+    streams.start().unwrap();
+    consume_until(&bootstrap, &output, Isolation::ReadCommitted, LONG, |got| {
+        got.len() >= COMMITTED
+    })
+    .unwrap();
+    wait_for_metrics(&streams, LONG, |m| {
+        let lags: Vec<f64> = m
+            .named("kstreams_consumer_lag_records")
+            .map(|l| l.value)
+            .collect();
+        lags == [0.0]
+    });
+    let m = streams.metrics();
+    assert_eq!(
+        m.sum("kstreams_task_process_records_total", &[]),
+        COMMITTED as f64,
+        "the open transaction's records are not read"
+    );
+    open.abort_transaction(Duration::from_secs(30)).unwrap();
     assert!(streams.close(Duration::from_secs(60)));
 }

@@ -14,12 +14,12 @@
 //! | `kstreams_thread_poll_latency_max_seconds` | `thread_id` | `poll-latency-max` (over the last 30 s window) |
 //! | `kstreams_thread_commit_latency_seconds` (histogram) | `thread_id` | `commit-latency-avg`, `commit-total` (its count) |
 //! | `kstreams_thread_commit_latency_max_seconds` | `thread_id` | `commit-latency-max` (over the last 30 s window) |
-//! | `kstreams_thread_tasks` | `thread_id` | the thread's active tasks |
+//! | `kstreams_thread_tasks` | `thread_id` | the thread's tasks, running or restoring |
 //! | `kstreams_task_process_records_total` | `thread_id`, `task_id` | `process-total` (stream-task-metrics) |
 //! | `kstreams_task_dropped_records_total` | `thread_id`, `task_id`, `reason` | `dropped-records-total`; `reason` is `deserialization` (skipped or dead-lettered by the handler), `late` (past a window's grace) or `null_key` |
-//! | `kstreams_consumer_lag_records` | `thread_id`, `topic`, `partition` | the consumer's `records-lag` per input partition (high watermark minus position, each commit interval) |
-//! | `kstreams_restore_records_total` | `thread_id`, `task_id` | `restore-total` (state-store metrics) |
-//! | `kstreams_restore_remaining_records` | `thread_id`, `task_id` | `restore-remaining-records-total` |
+//! | `kstreams_consumer_lag_records` | `thread_id`, `topic`, `partition` | the consumer's `records-lag` per input partition: its end (the last stable offset under exactly-once, else the high watermark) minus the position, each commit interval |
+//! | `kstreams_restore_records_total` | `thread_id`, `task_id` | `restore-total`: changelog records restored into the task's stores (a restoration that starts over from the changelog's start counts its records again) |
+//! | `kstreams_restore_remaining_records` | `thread_id`, `task_id` | `restore-remaining-records-total`, but of the store being restored (a task's stores restore one after another); 0 once restored or interrupted |
 //! | `kstreams_state` | `state` | `state` (client metrics): 1 for the current state, 0 for the others |
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -240,7 +240,7 @@ impl StreamsMetrics {
             thread_tasks: Tracked::new(
                 &mut r,
                 "thread_tasks",
-                "Active tasks of the thread",
+                "Tasks of the thread, running or restoring",
                 Gauge::default,
             ),
             task_process: Tracked::new(

@@ -52,6 +52,11 @@ pub(crate) fn consumer_config(config: &StreamsConfig, thread: &str) -> ClientCon
     let mut c = base(config, format!("{thread}-consumer"));
     c.set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_uncommitted");
+    if config.metrics_recording && config.guarantee == ProcessingGuarantee::ExactlyOnce {
+        // The last stable offsets for the consumer lag (librdkafka reports them only in its
+        // statistics); a user's own interval wins.
+        c.set("statistics.interval.ms", "1000");
+    }
     let mut pinned = vec![
         ("group.id", config.application_id.clone()),
         ("enable.auto.commit", "false".to_string()),
@@ -380,9 +385,11 @@ pub(crate) fn copy_headers(h: Option<&rdkafka::message::BorrowedHeaders>) -> Hea
 /// How often a partition holding up a task is looked at.
 const CAUGHT_UP_EVERY: Duration = Duration::from_millis(20);
 
-/// The end offset of a partition as the consumer's last fetch response reported it (the last
-/// stable offset under `read_committed`, else the high watermark), cached by librdkafka: no
-/// request. `None` before the first fetch response. Fetch responses are right on the test
+/// The end offset of a partition as the consumer's last fetch response reported it, cached by
+/// librdkafka: no request. It is the high watermark, also under `read_committed` (librdkafka
+/// keeps the last stable offset apart and reports it only in its statistics), so a partition
+/// with an open transaction at its end is not read to this offset until that transaction ends.
+/// `None` before the first fetch response. Fetch responses are right on the test
 /// broker where its ListOffsets(latest) is not (docs/BROKER.md).
 pub(crate) fn cached_end_offset<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,

@@ -1,13 +1,16 @@
-//! Consumer lag per input partition (`kstreams_consumer_lag_records`): the end offset of the
-//! consumer's last fetch response minus its position, updated every commit interval from
-//! librdkafka's caches (no request to the broker).
+//! Consumer lag per input partition (`kstreams_consumer_lag_records`): the partition's end minus
+//! the consumer's position, updated every commit interval from librdkafka's caches (no request
+//! to the broker). The end is, as Kafka's `records-lag` takes it, the last stable offset under
+//! read_committed (exactly-once; from librdkafka's statistics, every second) and the high
+//! watermark of the last fetch response otherwise.
 
 use std::collections::HashMap;
 
 use prometheus_client::metrics::gauge::Gauge;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::Offset;
 
+use super::rebalance::ThreadContext;
 use crate::metrics::StreamsMetrics;
 
 /// The lag gauges of one thread's assigned partitions.
@@ -19,11 +22,12 @@ pub(super) struct LagGauges {
 impl LagGauges {
     /// Sets the lag of every assigned partition the consumer has a position and an end offset
     /// for; drops the gauges of partitions no longer assigned.
-    pub(super) fn update<C: ConsumerContext>(
+    pub(super) fn update(
         &mut self,
-        consumer: &BaseConsumer<C>,
+        consumer: &BaseConsumer<ThreadContext>,
         metrics: &StreamsMetrics,
         thread: &str,
+        read_committed: bool,
     ) {
         let Ok(positions) = consumer.position() else {
             return;
@@ -44,8 +48,12 @@ impl LagGauges {
             let Offset::Offset(position) = e.offset() else {
                 continue; // nothing consumed yet
             };
-            let Some(end) = super::clients::cached_end_offset(consumer, e.topic(), e.partition())
-            else {
+            let end = if read_committed {
+                consumer.context().stable_end(e.topic(), e.partition())
+            } else {
+                super::clients::cached_end_offset(consumer, e.topic(), e.partition())
+            };
+            let Some(end) = end else {
                 continue;
             };
             self.gauges

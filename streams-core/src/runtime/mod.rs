@@ -118,10 +118,11 @@ impl Shared {
                 return;
             }
             *s = to;
+            // Under the state lock: two transitions at once cannot leave the gauge behind.
+            self.metrics.set_state(&format!("{to:?}"), &STATE_NAMES);
             from
         };
         tracing::info!(from = ?from, to = ?to, "state changed");
-        self.metrics.set_state(&format!("{to:?}"), &STATE_NAMES);
         self.changed.notify_all();
         let listener = lock(&self.listener).clone();
         if let Some(l) = listener {

@@ -13,13 +13,26 @@ use crate::Error;
 /// The consumer's context: the thread's state, reached from the callbacks and the loop.
 pub(crate) struct ThreadContext {
     inner: Mutex<Inner>,
+    /// The last stable offset of each assigned partition, from librdkafka's statistics (only
+    /// collected while metrics are recorded, for the consumer lag under read_committed).
+    stable_ends: Mutex<std::collections::HashMap<(String, i32), i64>>,
 }
 
 impl ThreadContext {
     pub(crate) fn new(inner: Inner) -> Self {
         ThreadContext {
             inner: Mutex::new(inner),
+            stable_ends: Mutex::new(Default::default()),
         }
+    }
+
+    /// The last stable offset of `topic`-`partition` in the consumer's latest statistics.
+    pub(crate) fn stable_end(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.stable_ends
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(topic.to_string(), partition))
+            .copied()
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -97,6 +110,19 @@ impl ThreadContext {
 impl ClientContext for ThreadContext {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         super::clients::log_client_error(error, reason);
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut ends = self.stable_ends.lock().unwrap_or_else(|e| e.into_inner());
+        ends.clear();
+        for (topic, t) in statistics.topics {
+            for (partition, p) in t.partitions {
+                // -1: librdkafka's internal unassigned partition; a negative offset: unknown.
+                if partition >= 0 && p.ls_offset >= 0 {
+                    ends.insert((topic.clone(), partition), p.ls_offset);
+                }
+            }
+        }
     }
 }
 

@@ -241,6 +241,12 @@ impl Inner {
 
     pub(super) fn close_all_tasks(&mut self, clean: bool) {
         let app_dir = self.config.state_dir.join(&*self.app_id);
+        if self.metrics.is_some() {
+            // An interrupted restoration has nothing left to restore here.
+            for id in self.restoring.task_ids() {
+                self.shared.metrics.restoration(&self.name, id).1.set(0);
+            }
+        }
         let restoring = self
             .restoring
             .take_all()
@@ -539,10 +545,20 @@ fn run_loop(
         let retry_due = failing_since.is_some() && last_commit.elapsed() >= RETRY_COMMIT;
         if requested || retry_due || last_commit.elapsed() >= commit_interval {
             let commit_started = Instant::now();
+            let anything = inner.tasks.needs_commit();
             let committed = inner.commit(consumer);
             if let Some(m) = metrics.as_mut() {
-                m.commit.observe(commit_started.elapsed());
-                lag.update(consumer, &inner.shared.metrics, &thread_name);
+                // As Kafka Streams, commits that had nothing to do are not timed.
+                if anything {
+                    m.commit.observe(commit_started.elapsed());
+                }
+                let read_committed = inner.config.guarantee == ProcessingGuarantee::ExactlyOnce;
+                lag.update(
+                    consumer,
+                    &inner.shared.metrics,
+                    &thread_name,
+                    read_committed,
+                );
             }
             match committed {
                 Ok(()) => {
