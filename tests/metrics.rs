@@ -36,16 +36,58 @@ fn wait_for_metrics(streams: &KafkaStreams, timeout: Duration, done: impl Fn(&Me
     }
 }
 
+/// A test's topics (created, `partitions` each) and application id.
+struct Setup {
+    bootstrap: String,
+    input: String,
+    output: String,
+    app: String,
+}
+
+fn setup(prefix: &str, partitions: i32) -> Setup {
+    let bootstrap = bootstrap_servers();
+    let (input, output, app) = (
+        unique(&format!("{prefix}-in")),
+        unique(&format!("{prefix}-out")),
+        unique(&format!("{prefix}-app")),
+    );
+    create_topic(&bootstrap, &input, partitions, &[]).unwrap();
+    create_topic(&bootstrap, &output, partitions, &[]).unwrap();
+    Setup {
+        bootstrap,
+        input,
+        output,
+        app,
+    }
+}
+
+impl Setup {
+    /// The application's configuration: its own state directory.
+    fn config(&self) -> StreamsConfig {
+        StreamsConfig::new(&self.app, &self.bootstrap)
+            .state_dir(std::env::temp_dir().join(unique(&format!("{}-state", self.app))))
+    }
+}
+
+/// Waits until every one of `partitions` input partitions has a lag of 0.
+fn wait_for_zero_lag(streams: &KafkaStreams, partitions: usize) {
+    wait_for_metrics(streams, LONG, |m| {
+        let lags: Vec<f64> = m
+            .named("kstreams_consumer_lag_records")
+            .map(|l| l.value)
+            .collect();
+        lags.len() == partitions && lags.iter().all(|l| *l == 0.0)
+    });
+}
+
 #[test]
 fn the_counters_equal_a_known_workload_and_lag_reaches_zero() {
     const GOOD: u64 = 300;
     const BAD: u64 = 25;
-    let bootstrap = bootstrap_servers();
-    let (input, output, app) = (unique("m-in"), unique("m-out"), unique("m-app"));
-    create_topic(&bootstrap, &input, PARTITIONS, &[]).unwrap();
-    create_topic(&bootstrap, &output, PARTITIONS, &[]).unwrap();
+    let t = setup("m", PARTITIONS);
+    let (bootstrap, input, output) = (&t.bootstrap, &t.input, &t.output);
     // Good records carry an 8-byte number; bad ones 3 bytes, which the value serde refuses.
-    let p = idempotent_producer(&bootstrap).unwrap();
+    let p = idempotent_producer(bootstrap).unwrap();
     let (mut good, mut bad) = (0, 0);
     for i in 0..GOOD + BAD {
         let key = format!("k{}", i % 17);
@@ -56,19 +98,17 @@ fn the_counters_equal_a_known_workload_and_lag_reaches_zero() {
             good += 1;
             i.to_be_bytes().to_vec()
         };
-        send_retrying(&p, BaseRecord::to(&input).key(&key).payload(&value)).unwrap();
+        send_retrying(&p, BaseRecord::to(input).key(&key).payload(&value)).unwrap();
     }
     p.flush(Duration::from_secs(30)).unwrap();
     assert_eq!((good, bad), (GOOD, BAD), "the workload as written");
 
     let builder = StreamsBuilder::new();
     builder
-        .stream_with::<String, u64>(&input, Consumed::with(Utf8, BigEndian))
+        .stream_with::<String, u64>(input, Consumed::with(Utf8, BigEndian))
         .map_values(|v| v + 1)
-        .to_with(&output, Produced::with(Utf8, BigEndian));
-    let config = StreamsConfig::new(&app, &bootstrap)
-        .state_dir(std::env::temp_dir().join(unique("m-state")))
-        .deserialization_error_handler(LogAndContinue);
+        .to_with(output, Produced::with(Utf8, BigEndian));
+    let config = t.config().deserialization_error_handler(LogAndContinue);
     let streams = KafkaStreams::new(builder.build().unwrap(), config).unwrap();
     let before = streams.metrics();
     assert_eq!(
@@ -77,18 +117,12 @@ fn the_counters_equal_a_known_workload_and_lag_reaches_zero() {
         "{before:#?}"
     );
     streams.start().unwrap();
-    consume_until(&bootstrap, &output, Isolation::ReadCommitted, LONG, |got| {
+    consume_until(bootstrap, output, Isolation::ReadCommitted, LONG, |got| {
         got.len() as u64 >= GOOD
     })
     .unwrap();
     // Consumed to the end: every input partition's lag is 0 (it is updated each commit).
-    wait_for_metrics(&streams, LONG, |m| {
-        let lags: Vec<f64> = m
-            .named("kstreams_consumer_lag_records")
-            .map(|l| l.value)
-            .collect();
-        lags.len() == PARTITIONS as usize && lags.iter().all(|l| *l == 0.0)
-    });
+    wait_for_zero_lag(&streams, PARTITIONS as usize);
     let m = streams.metrics();
     let text = streams.metrics_text();
     eprintln!("metrics after the workload:\n{text}");
@@ -187,24 +221,22 @@ fn the_counters_equal_a_known_workload_and_lag_reaches_zero() {
 fn records_after_their_windows_grace_are_counted_as_dropped_late() {
     const ON_TIME: u64 = 40;
     const LATE: u64 = 15;
-    let bootstrap = bootstrap_servers();
-    let (input, output, app) = (unique("ml-in"), unique("ml-out"), unique("ml-app"));
     // One partition: stream time moves in the order the records are written.
-    create_topic(&bootstrap, &input, 1, &[]).unwrap();
-    create_topic(&bootstrap, &output, 1, &[]).unwrap();
-    let p = idempotent_producer(&bootstrap).unwrap();
+    let t = setup("ml", 1);
+    let (bootstrap, input, output) = (&t.bootstrap, &t.input, &t.output);
+    let p = idempotent_producer(bootstrap).unwrap();
     let t0 = 1_000_000_i64;
     // On time: one record a second for 40 s; then 15 records 20 s behind stream time, whose
     // 1-second windows closed (no grace) long before.
     for i in 0..ON_TIME {
-        let r = BaseRecord::to(&input)
+        let r = BaseRecord::to(input)
             .key("k")
             .payload("x")
             .timestamp(t0 + i as i64 * 1000);
         send_retrying(&p, r).unwrap();
     }
     for i in 0..LATE {
-        let r = BaseRecord::to(&input)
+        let r = BaseRecord::to(input)
             .key("k")
             .payload("late")
             .timestamp(t0 + i as i64 * 1000);
@@ -214,14 +246,12 @@ fn records_after_their_windows_grace_are_counted_as_dropped_late() {
 
     let builder = StreamsBuilder::new();
     builder
-        .stream::<String, String>(&input)
+        .stream::<String, String>(input)
         .group_by_key()
         .windowed_by(TimeWindows::of_size_with_no_grace(Duration::from_secs(1)))
         .count_with(Materialized::with(BigEndian).named("per-second"))
-        .to(&output);
-    let config = StreamsConfig::new(&app, &bootstrap)
-        .state_dir(std::env::temp_dir().join(unique("ml-state")));
-    let streams = KafkaStreams::new(builder.build().unwrap(), config).unwrap();
+        .to(output);
+    let streams = KafkaStreams::new(builder.build().unwrap(), t.config()).unwrap();
     streams.start().unwrap();
     assert!(streams.wait_for(|s| s == State::Running, LONG));
     wait_for_metrics(&streams, LONG, |m| {
@@ -246,24 +276,20 @@ fn records_after_their_windows_grace_are_counted_as_dropped_late() {
 #[test]
 fn with_metrics_recording_off_only_the_state_is_reported() {
     const N: usize = 50;
-    let bootstrap = bootstrap_servers();
-    let (input, output, app) = (unique("mo-in"), unique("mo-out"), unique("mo-app"));
-    create_topic(&bootstrap, &input, 1, &[]).unwrap();
-    create_topic(&bootstrap, &output, 1, &[]).unwrap();
-    let p = idempotent_producer(&bootstrap).unwrap();
+    let t = setup("mo", 1);
+    let (bootstrap, input, output) = (&t.bootstrap, &t.input, &t.output);
+    let p = idempotent_producer(bootstrap).unwrap();
     for i in 0..N {
         let key = format!("k{i}");
-        send_retrying(&p, BaseRecord::to(&input).key(&key).payload("v")).unwrap();
+        send_retrying(&p, BaseRecord::to(input).key(&key).payload("v")).unwrap();
     }
     p.flush(Duration::from_secs(30)).unwrap();
     let builder = StreamsBuilder::new();
-    builder.stream::<String, String>(&input).to(&output);
-    let config = StreamsConfig::new(&app, &bootstrap)
-        .state_dir(std::env::temp_dir().join(unique("mo-state")))
-        .metrics_recording(false);
+    builder.stream::<String, String>(input).to(output);
+    let config = t.config().metrics_recording(false);
     let streams = KafkaStreams::new(builder.build().unwrap(), config).unwrap();
     streams.start().unwrap();
-    consume_until(&bootstrap, &output, Isolation::ReadCommitted, LONG, |got| {
+    consume_until(bootstrap, output, Isolation::ReadCommitted, LONG, |got| {
         got.len() >= N
     })
     .unwrap();
@@ -285,12 +311,10 @@ fn with_metrics_recording_off_only_the_state_is_reported() {
 fn lag_under_exactly_once_is_measured_to_the_last_stable_offset() {
     const COMMITTED: usize = 60;
     const OPEN: usize = 20;
-    let bootstrap = bootstrap_servers();
-    let (input, output, app) = (unique("mt-in"), unique("mt-out"), unique("mt-app"));
-    create_topic(&bootstrap, &input, 1, &[]).unwrap();
-    create_topic(&bootstrap, &output, 1, &[]).unwrap();
+    let t = setup("mt", 1);
+    let (bootstrap, input, output) = (&t.bootstrap, &t.input, &t.output);
     let transactional = |id: &str| -> rdkafka::producer::BaseProducer {
-        let p: rdkafka::producer::BaseProducer = streams_testkit::kafka::client_config(&bootstrap)
+        let p: rdkafka::producer::BaseProducer = streams_testkit::kafka::client_config(bootstrap)
             .set("transactional.id", id)
             .create()
             .unwrap();
@@ -301,7 +325,7 @@ fn lag_under_exactly_once_is_measured_to_the_last_stable_offset() {
     let committed = transactional(&unique("mt-committed"));
     for i in 0..COMMITTED {
         let key = format!("k{i}");
-        send_retrying(&committed, BaseRecord::to(&input).key(&key).payload("v")).unwrap();
+        send_retrying(&committed, BaseRecord::to(input).key(&key).payload("v")).unwrap();
     }
     committed
         .commit_transaction(Duration::from_secs(30))
@@ -310,27 +334,19 @@ fn lag_under_exactly_once_is_measured_to_the_last_stable_offset() {
     let open = transactional(&unique("mt-open"));
     for i in 0..OPEN {
         let key = format!("open{i}");
-        send_retrying(&open, BaseRecord::to(&input).key(&key).payload("v")).unwrap();
+        send_retrying(&open, BaseRecord::to(input).key(&key).payload("v")).unwrap();
     }
     open.flush(Duration::from_secs(30)).unwrap();
 
     let builder = StreamsBuilder::new();
-    builder.stream::<String, String>(&input).to(&output);
-    let config = StreamsConfig::new(&app, &bootstrap)
-        .state_dir(std::env::temp_dir().join(unique("mt-state")));
-    let streams = KafkaStreams::new(builder.build().unwrap(), config).unwrap();
+    builder.stream::<String, String>(input).to(output);
+    let streams = KafkaStreams::new(builder.build().unwrap(), t.config()).unwrap();
     streams.start().unwrap();
-    consume_until(&bootstrap, &output, Isolation::ReadCommitted, LONG, |got| {
+    consume_until(bootstrap, output, Isolation::ReadCommitted, LONG, |got| {
         got.len() >= COMMITTED
     })
     .unwrap();
-    wait_for_metrics(&streams, LONG, |m| {
-        let lags: Vec<f64> = m
-            .named("kstreams_consumer_lag_records")
-            .map(|l| l.value)
-            .collect();
-        lags == [0.0]
-    });
+    wait_for_zero_lag(&streams, 1);
     let m = streams.metrics();
     assert_eq!(
         m.sum("kstreams_task_process_records_total", &[]),
