@@ -251,7 +251,8 @@ fn records_after_their_windows_grace_are_counted_as_dropped_late() {
         .windowed_by(TimeWindows::of_size_with_no_grace(Duration::from_secs(1)))
         .count_with(Materialized::with(BigEndian).named("per-second"))
         .to(output);
-    let streams = KafkaStreams::new(builder.build().unwrap(), t.config()).unwrap();
+    let config = t.config().rocksdb_memory(32 << 20, 16 << 20);
+    let streams = KafkaStreams::new(builder.build().unwrap(), config).unwrap();
     streams.start().unwrap();
     assert!(streams.wait_for(|s| s == State::Running, LONG));
     wait_for_metrics(&streams, LONG, |m| {
@@ -270,6 +271,17 @@ fn records_after_their_windows_grace_are_counted_as_dropped_late() {
         ),
         0.0
     );
+    // The window store is in RocksDB: its shared memory against the configured budget.
+    let rocks = |name: &str| m.sum(&format!("kstreams_rocksdb_{name}"), &[]);
+    assert_eq!(rocks("block_cache_capacity_bytes"), (32 << 20) as f64);
+    assert_eq!(rocks("memtable_limit_bytes"), (16 << 20) as f64);
+    let (usage, memtables) = (
+        rocks("block_cache_usage_bytes"),
+        rocks("memtable_usage_bytes"),
+    );
+    eprintln!("RocksDB: block cache {usage} bytes of 32 MiB, memtables {memtables} bytes");
+    assert!(memtables > 0.0, "the store wrote to its memtable");
+    assert!(usage >= memtables && usage <= (32 << 20) as f64);
     assert!(streams.close(Duration::from_secs(60)));
 }
 

@@ -21,6 +21,8 @@
 //! | `kstreams_restore_records_total` | `thread_id`, `task_id` | `restore-total`: changelog records restored into the task's stores (a restoration that starts over from the changelog's start counts its records again) |
 //! | `kstreams_restore_remaining_records` | `thread_id`, `task_id` | `restore-remaining-records-total`, but of the store being restored (a task's stores restore one after another); 0 once restored or interrupted |
 //! | `kstreams_state` | `state` | `state` (client metrics): 1 for the current state, 0 for the others |
+//! | `kstreams_rocksdb_block_cache_usage_bytes`, `_capacity_bytes` | | RocksDB's `block-cache-usage` and `block-cache-capacity`, of the instance's one shared cache (the memtables are charged to it, so usage against capacity is the whole budget) |
+//! | `kstreams_rocksdb_memtable_usage_bytes`, `_limit_bytes` | | the shared write buffer manager's usage and limit (`size-all-mem-tables` over all stores) |
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -194,7 +196,33 @@ pub(crate) struct StreamsMetrics {
     state: Tracked<Gauge>,
     /// Count and sum of each latency histogram (the client library does not read them back).
     latency_totals: Mutex<Vec<(&'static str, Labels, Arc<LatencyTotals>)>>,
+    /// RocksDB's shared memory, read when the metrics are (block cache usage and capacity,
+    /// memtable usage and limit, in bytes).
+    rocks: Mutex<Option<RocksProbe>>,
+    rocks_gauges: [Gauge; 4],
 }
+
+/// Reads RocksDB's memory use: (block cache usage, capacity, memtable usage, limit).
+pub(crate) type RocksProbe = Box<dyn Fn() -> [usize; 4] + Send + Sync>;
+
+const ROCKS_GAUGES: [(&str, &str); 4] = [
+    (
+        "rocksdb_block_cache_usage_bytes",
+        "Bytes in RocksDB's shared block cache, the memtables' charge included",
+    ),
+    (
+        "rocksdb_block_cache_capacity_bytes",
+        "Capacity of RocksDB's shared block cache: the instance's RocksDB budget",
+    ),
+    (
+        "rocksdb_memtable_usage_bytes",
+        "Bytes of the RocksDB stores' memtables",
+    ),
+    (
+        "rocksdb_memtable_limit_bytes",
+        "Limit of the RocksDB stores' memtables",
+    ),
+];
 
 /// Observations of one latency histogram, for snapshots.
 #[derive(Default)]
@@ -279,8 +307,14 @@ impl StreamsMetrics {
                 "1 for the instance's current state",
                 Gauge::default,
             ),
+            rocks_gauges: ROCKS_GAUGES.map(|(name, help)| {
+                let g = Gauge::default();
+                r.register(name, help, g.clone());
+                g
+            }),
             registry: r,
             latency_totals: Mutex::new(Vec::new()),
+            rocks: Mutex::new(None),
         }
     }
 
@@ -351,8 +385,22 @@ impl StreamsMetrics {
         self.lag.remove(&partition_labels(thread, topic, partition));
     }
 
+    /// Where the RocksDB gauges are read from (once the instance has started).
+    pub(crate) fn set_rocks_probe(&self, probe: RocksProbe) {
+        *self.rocks.lock().unwrap_or_else(|e| e.into_inner()) = Some(probe);
+    }
+
+    fn refresh_rocks(&self) {
+        if let Some(probe) = &*self.rocks.lock().unwrap_or_else(|e| e.into_inner()) {
+            for (gauge, value) in self.rocks_gauges.iter().zip(probe()) {
+                gauge.set(value as i64);
+            }
+        }
+    }
+
     /// The Prometheus text format (OpenMetrics flavour, ending in `# EOF`).
     pub(crate) fn text(&self) -> String {
+        self.refresh_rocks();
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
@@ -360,6 +408,7 @@ impl StreamsMetrics {
     }
 
     pub(crate) fn snapshot(&self) -> Metrics {
+        self.refresh_rocks();
         let mut all = Vec::new();
         let mut push = |name: &str, labels: &Labels, value: f64| {
             all.push(Metric {
@@ -407,6 +456,20 @@ impl StreamsMetrics {
             push(&format!("{name}_sum"), &l, sum);
             let avg = if count == 0 { 0.0 } else { sum / count as f64 };
             push(&format!("{name}_avg"), &l, avg);
+        }
+        if self
+            .rocks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+        {
+            for ((name, _), gauge) in ROCKS_GAUGES.iter().zip(&self.rocks_gauges) {
+                all.push(Metric {
+                    name: format!("kstreams_{name}"),
+                    labels: vec![],
+                    value: gauge.get() as f64,
+                });
+            }
         }
         Metrics(all)
     }

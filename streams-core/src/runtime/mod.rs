@@ -341,6 +341,18 @@ impl KafkaStreams {
         let mut handles = lock(&self.handles);
         handles.extend(global);
         let rocks = self.config.rocks_resources();
+        if self.config.metrics_recording {
+            let probe = rocks.clone();
+            self.shared.metrics.set_rocks_probe(Box::new(move || {
+                let u = probe.usage();
+                [
+                    u.block_cache_usage,
+                    u.block_cache_capacity,
+                    u.memtable_usage,
+                    u.memtable_limit,
+                ]
+            }));
+        }
         for i in 0..self.config.num_stream_threads {
             let thread = thread::StreamThread::new(
                 i,

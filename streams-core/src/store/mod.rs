@@ -41,7 +41,7 @@ pub(crate) use self::core::{ChangelogTarget, StoreCore};
 pub use self::global::GlobalStore;
 pub(crate) use self::global::GlobalStores;
 pub use self::kv::{KeyValueIter, KeyValueStore, KeyValueStoreBuilder, ReadOnlyKeyValueStore};
-pub use self::rocks::{RocksConfigSetter, RocksResources};
+pub use self::rocks::{RocksConfigSetter, RocksResources, RocksUsage};
 pub use self::session::{EndedSession, SessionStore, SessionStoreBuilder};
 pub use self::window::{WindowStore, WindowStoreBuilder};
 use crate::TaskId;

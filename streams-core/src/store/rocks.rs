@@ -12,8 +12,22 @@ pub type RocksConfigSetter = Arc<dyn Fn(&str, &mut Options) + Send + Sync>;
 #[derive(Clone)]
 pub struct RocksResources {
     cache: Cache,
+    cache_capacity: usize,
     write_buffers: WriteBufferManager,
     setter: Option<RocksConfigSetter>,
+}
+
+/// What the shared RocksDB block cache and memtables use, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RocksUsage {
+    /// Bytes in the block cache, the memtables' charge included (they are counted against it).
+    pub block_cache_usage: usize,
+    /// The block cache's capacity: the budget of the whole.
+    pub block_cache_capacity: usize,
+    /// Bytes of the memtables.
+    pub memtable_usage: usize,
+    /// The memtables' limit.
+    pub memtable_limit: usize,
 }
 
 impl RocksResources {
@@ -32,8 +46,19 @@ impl RocksResources {
         );
         RocksResources {
             cache,
+            cache_capacity: block_cache_bytes,
             write_buffers,
             setter,
+        }
+    }
+
+    /// What the block cache and the memtables use now.
+    pub fn usage(&self) -> RocksUsage {
+        RocksUsage {
+            block_cache_usage: self.cache.get_usage(),
+            block_cache_capacity: self.cache_capacity,
+            memtable_usage: self.write_buffers.get_usage(),
+            memtable_limit: self.write_buffers.get_buffer_size(),
         }
     }
 
