@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use kstreams::core::handlers::LogAndContinue;
 use kstreams::core::metrics::Metrics;
 use kstreams::core::serde::{BigEndian, Utf8};
-use kstreams::core::{KafkaStreams, State, StreamsConfig};
+use kstreams::core::store::KeyValueStore;
+use kstreams::core::{KafkaStreams, Sink, Source, State, StreamsConfig, TopologyBuilder};
 use kstreams::dsl::{Consumed, Materialized, Produced, StreamsBuilder, TimeWindows};
 use rdkafka::producer::{BaseRecord, Producer};
 use streams_testkit::kafka::{
@@ -366,5 +367,71 @@ fn lag_under_exactly_once_is_measured_to_the_last_stable_offset() {
         "the open transaction's records are not read"
     );
     open.abort_transaction(Duration::from_secs(30)).unwrap();
+    assert!(streams.close(Duration::from_secs(60)));
+}
+
+/// Per record one get and one put; every tenth record a scan of the whole store.
+struct CountAndScan;
+
+impl kstreams::core::Processor for CountAndScan {
+    type KeyIn = String;
+    type ValueIn = String;
+    type KeyOut = String;
+    type ValueOut = u64;
+
+    fn process(
+        &mut self,
+        record: kstreams::core::Record<String, String>,
+        ctx: &mut kstreams::core::ProcessorContext<'_, String, u64>,
+    ) -> kstreams::core::Result<()> {
+        let store = ctx.state_store::<KeyValueStore<String, u64>>("counts")?;
+        let n = store.get(record.key())?.unwrap_or(0) + 1;
+        store.put(record.key(), &n)?;
+        if record.value().ends_with('0') {
+            let _ = store.all()?.count();
+        }
+        ctx.forward(record.with_value(n))
+    }
+}
+
+#[test]
+fn store_calls_are_counted_per_store() {
+    const N: usize = 100;
+    let t = setup("ms", 1);
+    let (bootstrap, input, output) = (&t.bootstrap, &t.input, &t.output);
+    let p = idempotent_producer(bootstrap).unwrap();
+    for i in 0..N {
+        let (key, value) = (format!("k{}", i % 7), format!("v{i}"));
+        send_retrying(&p, BaseRecord::to(input).key(&key).payload(&value)).unwrap();
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    let topology = TopologyBuilder::new()
+        .add_source("in", Source::new([input.as_str()], Utf8, Utf8))
+        .add_processor("count", || CountAndScan, ["in"])
+        .add_state_store(
+            KeyValueStore::<String, u64>::builder("counts", Utf8, BigEndian),
+            ["count"],
+        )
+        .add_sink(
+            "out",
+            Sink::<String, u64>::new(output.as_str(), Utf8, BigEndian),
+            ["count"],
+        )
+        .build()
+        .unwrap();
+    let streams = KafkaStreams::new(topology, t.config()).unwrap();
+    streams.start().unwrap();
+    wait_for_metrics(&streams, LONG, |m| {
+        m.sum("kstreams_task_process_records_total", &[]) >= N as f64
+    });
+    let m = streams.metrics();
+    let store = [("store", "counts")];
+    assert_eq!(
+        m.sum("kstreams_store_get_total", &store),
+        N as f64,
+        "{m:#?}"
+    );
+    assert_eq!(m.sum("kstreams_store_put_total", &store), N as f64);
+    assert_eq!(m.sum("kstreams_store_range_total", &store), (N / 10) as f64);
     assert!(streams.close(Duration::from_secs(60)));
 }

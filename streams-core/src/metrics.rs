@@ -20,6 +20,7 @@
 //! | `kstreams_consumer_lag_records` | `thread_id`, `topic`, `partition` | the consumer's `records-lag` per input partition: its end (the last stable offset under exactly-once, else the high watermark) minus the position, each commit interval |
 //! | `kstreams_restore_records_total` | `thread_id`, `task_id` | `restore-total`: changelog records restored into the task's stores (a restoration that starts over from the changelog's start counts its records again) |
 //! | `kstreams_restore_remaining_records` | `thread_id`, `task_id` | `restore-remaining-records-total`, but of the store being restored (a task's stores restore one after another); 0 once restored or interrupted |
+//! | `kstreams_store_get_total`, `_put_total`, `_range_total` | `thread_id`, `task_id`, `store` | the calls counted by `get-rate`, `put-rate`, `range-rate` (state-store metrics; a delete is a get and a put, window and session fetches are ranges) |
 //! | `kstreams_state` | `state` | `state` (client metrics): 1 for the current state, 0 for the others |
 //! | `kstreams_rocksdb_block_cache_usage_bytes`, `_capacity_bytes` | | RocksDB's `block-cache-usage` and `block-cache-capacity`, of the instance's one shared cache (the memtables are charged to it, so usage against capacity is the whole budget) |
 //! | `kstreams_rocksdb_memtable_usage_bytes`, `_limit_bytes` | | the shared write buffer manager's usage and limit (`size-all-mem-tables` over all stores) |
@@ -194,6 +195,9 @@ pub(crate) struct StreamsMetrics {
     restored: Tracked<Counter>,
     restore_remaining: Tracked<Gauge>,
     state: Tracked<Gauge>,
+    store_gets: Tracked<Counter>,
+    store_puts: Tracked<Counter>,
+    store_ranges: Tracked<Counter>,
     /// Count and sum of each latency histogram (the client library does not read them back).
     latency_totals: Mutex<Vec<(&'static str, Labels, Arc<LatencyTotals>)>>,
     /// RocksDB's shared memory, read when the metrics are (block cache usage and capacity,
@@ -307,6 +311,24 @@ impl StreamsMetrics {
                 "1 for the instance's current state",
                 Gauge::default,
             ),
+            store_gets: Tracked::new(
+                &mut r,
+                "store_get",
+                "Point reads of the store",
+                Counter::default,
+            ),
+            store_puts: Tracked::new(
+                &mut r,
+                "store_put",
+                "Writes and deletes of the store",
+                Counter::default,
+            ),
+            store_ranges: Tracked::new(
+                &mut r,
+                "store_range",
+                "Range reads of the store (ranges, prefix scans, full scans, window fetches)",
+                Counter::default,
+            ),
             rocks_gauges: ROCKS_GAUGES.map(|(name, help)| {
                 let g = Gauge::default();
                 r.register(name, help, g.clone());
@@ -372,6 +394,16 @@ impl StreamsMetrics {
         }
     }
 
+    pub(crate) fn store(&self, thread: &str, task: TaskId, store: &str) -> StoreMetrics {
+        let mut l = task_labels(thread, task);
+        l.push(("store".into(), store.into()));
+        StoreMetrics {
+            gets: self.store_gets.get(l.clone()),
+            puts: self.store_puts.get(l.clone()),
+            ranges: self.store_ranges.get(l),
+        }
+    }
+
     pub(crate) fn restoration(&self, thread: &str, task: TaskId) -> (Counter, Gauge) {
         let l = task_labels(thread, task);
         (self.restored.get(l.clone()), self.restore_remaining.get(l))
@@ -422,6 +454,9 @@ impl StreamsMetrics {
             ("task_process_records_total", &self.task_process),
             ("task_dropped_records_total", &self.dropped),
             ("restore_records_total", &self.restored),
+            ("store_get_total", &self.store_gets),
+            ("store_put_total", &self.store_puts),
+            ("store_range_total", &self.store_ranges),
         ];
         for (name, family) in counters {
             family.each(|l, c| push(name, l, c.get() as f64));
@@ -518,8 +553,16 @@ pub(crate) struct ThreadMetrics {
     pub(crate) tasks: Gauge,
 }
 
-/// What a task records; unregistered counters until the thread attaches registered ones.
-#[derive(Clone, Default)]
+/// What a state store records: calls on its read and write path (a delete is a get and a put).
+#[derive(Clone)]
+pub(crate) struct StoreMetrics {
+    pub(crate) gets: Counter,
+    pub(crate) puts: Counter,
+    pub(crate) ranges: Counter,
+}
+
+/// What a task records.
+#[derive(Clone)]
 pub(crate) struct TaskMetrics {
     /// The thread's counter, counted with the task's.
     pub(crate) thread_process: Counter,

@@ -193,6 +193,7 @@ impl StreamsBuilder {
                         // no row: skipped, as Kafka Streams' table sources do.
                         if keys.serialize("table", r.key())?.is_none() {
                             tracing::warn!(task = %ctx.task_id(), "table: skipping a record with a null key");
+                            ctx.record_dropped(streams_core::metrics::DropReason::NullKey);
                             return Ok(());
                         }
                         let s = ctx.state_store::<KeyValueStore<K, V>>(&store)?;

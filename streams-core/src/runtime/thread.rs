@@ -131,7 +131,10 @@ impl Inner {
             )?;
             let mut task = task;
             if self.config.metrics_recording {
-                task.set_metrics(self.shared.metrics.task(&self.name, id));
+                let metrics = &self.shared.metrics;
+                task.set_metrics(metrics.task(&self.name, id), |store| {
+                    metrics.store(&self.name, id, store)
+                });
             }
             task.set_cache_budget(
                 self.config.cache_max_bytes / self.config.num_stream_threads.max(1),

@@ -76,6 +76,7 @@ pub struct StoreCore {
     generation: u64,
     pub(crate) changelog: Option<ChangelogTarget>,
     caching: bool,
+    metrics: Option<crate::metrics::StoreMetrics>,
 }
 
 impl StoreCore {
@@ -96,12 +97,21 @@ impl StoreCore {
             generation: 0,
             changelog,
             caching,
+            metrics: None,
         }
+    }
+
+    /// Counts this store's calls in `metrics`.
+    pub(crate) fn set_metrics(&mut self, metrics: crate::metrics::StoreMetrics) {
+        self.metrics = Some(metrics);
     }
 
     /// The value of `key`, uncommitted writes included.
     #[cfg_attr(feature = "internals", visibility::make(pub))]
     pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if let Some(m) = &self.metrics {
+            m.gets.inc();
+        }
         if self.is_expired(key) {
             return Ok(None);
         }
@@ -114,6 +124,9 @@ impl StoreCore {
     /// Writes (`Some`) or deletes (`None`) `key`.
     #[cfg_attr(feature = "internals", visibility::make(pub))]
     pub(crate) fn put(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
+        if let Some(m) = &self.metrics {
+            m.puts.inc();
+        }
         if self
             .changelog
             .as_ref()
@@ -138,6 +151,9 @@ impl StoreCore {
     /// committed entries in chunks, merged with the held-back writes.
     #[cfg_attr(feature = "internals", visibility::make(pub))]
     pub(crate) fn iter(&self, from: Bound<&[u8]>, to: Bound<&[u8]>) -> RangeIter<'_> {
+        if let Some(m) = &self.metrics {
+            m.ranges.inc();
+        }
         let from = match (&self.expired_below, from) {
             (Some(bound), Bound::Unbounded) => Bound::Included(bound.as_slice()),
             (Some(bound), Bound::Included(k) | Bound::Excluded(k)) if k < bound.as_slice() => {

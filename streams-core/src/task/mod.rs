@@ -151,9 +151,18 @@ impl Task {
     }
 
     /// Sets the bytes a record cache of a node of this task may hold (0: no caching).
-    /// Attaches the task's metrics (without, it records none).
-    pub(crate) fn set_metrics(&mut self, metrics: crate::metrics::TaskMetrics) {
+    /// Attaches the task's metrics, and each store's (`store(name)`); without, it records
+    /// none.
+    pub(crate) fn set_metrics(
+        &mut self,
+        metrics: crate::metrics::TaskMetrics,
+        store: impl Fn(&str) -> crate::metrics::StoreMetrics,
+    ) {
         self.env.metrics = Some(metrics);
+        for core in self.env.stores_mut().filter_map(|s| s.core_mut()) {
+            let m = store(core.name());
+            core.set_metrics(m);
+        }
     }
 
     pub(crate) fn set_cache_budget(&mut self, bytes: usize) {
