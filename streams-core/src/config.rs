@@ -62,6 +62,7 @@ pub struct StreamsConfig {
     pub(crate) cache_max_bytes: usize,
     pub(crate) max_task_idle: Option<Duration>,
     pub(crate) metrics_recording: bool,
+    pub(crate) http_endpoint: Option<std::net::SocketAddr>,
 }
 
 /// Whether a client property holds a secret (its value is never printed).
@@ -163,6 +164,7 @@ impl StreamsConfig {
             cache_max_bytes: 10 << 20,
             max_task_idle: Some(Duration::ZERO),
             metrics_recording: true,
+            http_endpoint: None,
         }
     }
 
@@ -199,6 +201,15 @@ impl StreamsConfig {
     /// (Kafka Streams' `metrics.recording.level` has levels; we have on and off).
     pub fn metrics_recording(mut self, on: bool) -> Self {
         self.metrics_recording = on;
+        self
+    }
+
+    /// Serves the instance's HTTP endpoint on `address` (off by default; port 0 picks a free
+    /// one, see `KafkaStreams::http_address`): `GET /metrics` (the Prometheus text format),
+    /// `/health` (200 when running with every task restored, else 503 and the state) and
+    /// `/topology` (the description and its Mermaid form).
+    pub fn http_endpoint(mut self, address: std::net::SocketAddr) -> Self {
+        self.http_endpoint = Some(address);
         self
     }
 

@@ -26,6 +26,7 @@ mod clients;
 mod collector;
 mod commit;
 mod global;
+mod http;
 mod lag;
 mod rebalance;
 mod restore;
@@ -216,6 +217,7 @@ pub struct KafkaStreams {
     handles: Mutex<Vec<std::thread::JoinHandle<()>>>,
     lock_file: Mutex<Option<File>>,
     instance_id: Mutex<Option<String>>,
+    endpoint: Mutex<Option<http::Endpoint>>,
 }
 
 impl KafkaStreams {
@@ -243,6 +245,7 @@ impl KafkaStreams {
             handles: Mutex::new(vec![]),
             lock_file: Mutex::new(None),
             instance_id: Mutex::new(None),
+            endpoint: Mutex::new(None),
         })
     }
 
@@ -330,6 +333,11 @@ impl KafkaStreams {
             None => instance_id(&app_dir)?,
         };
         topics::prepare(&self.topology, &self.config)?;
+        if let Some(address) = self.config.http_endpoint {
+            let d = self.topology.describe();
+            let page = format!("{d}\n{}\n", d.to_mermaid());
+            *lock(&self.endpoint) = Some(http::start(address, self.shared.clone(), page)?);
+        }
         // Global tables are read whole before any stream thread starts.
         let global = global::start(&self.topology, &self.config, self.shared.clone())?;
         *lock(&self.lock_file) = Some(lock_file);
@@ -405,6 +413,7 @@ impl KafkaStreams {
                 let _ = h.join();
             }
             lock(&self.lock_file).take();
+            lock(&self.endpoint).take();
         } else {
             tracing::warn!(?timeout, "stream threads did not stop in time");
         }
@@ -415,6 +424,11 @@ impl KafkaStreams {
     /// instance has read it.
     pub fn global_store(&self, name: &str) -> Option<crate::store::GlobalStore> {
         self.topology.global_store(name)
+    }
+
+    /// The address the HTTP endpoint listens on, once started (`StreamsConfig::http_endpoint`).
+    pub fn http_address(&self) -> Option<std::net::SocketAddr> {
+        lock(&self.endpoint).as_ref().map(http::Endpoint::address)
     }
 
     /// The tasks this instance runs now, over all its stream threads.

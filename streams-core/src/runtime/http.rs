@@ -1,0 +1,158 @@
+//! The optional HTTP endpoint (`StreamsConfig::http_endpoint`): HTTP/1.1 (hyper) on a tokio
+//! runtime of its own, on a thread beside the stream threads.
+//!
+//! - `GET /metrics`: every metric in the Prometheus text format (OpenMetrics flavour);
+//! - `GET /health`: 200 `Running` when the instance runs with every task restored, else 503 and
+//!   the state's name;
+//! - `GET /topology`: the topology's description, then its Mermaid form.
+//!
+//! Anything else is answered 404 (an unknown path) or 405 (a method other than GET).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::header::CONTENT_TYPE;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+
+use super::{Shared, State};
+use crate::{Error, Result};
+
+/// A running endpoint; dropping it stops it.
+pub(super) struct Endpoint {
+    address: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Endpoint {
+    /// The address it listens on.
+    pub(super) fn address(&self) -> SocketAddr {
+        self.address
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What the endpoint serves besides the shared state.
+struct Pages {
+    shared: Arc<Shared>,
+    topology: String,
+}
+
+/// Binds `address` and serves the endpoint until the returned value is dropped.
+pub(super) fn start(
+    address: SocketAddr,
+    shared: Arc<Shared>,
+    topology: String,
+) -> Result<Endpoint> {
+    let io = |context: String| move |source| Error::Io { context, source };
+    let listener = std::net::TcpListener::bind(address)
+        .map_err(io(format!("bind the HTTP endpoint to {address}")))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(io("set the HTTP listener non-blocking".into()))?;
+    let bound = listener
+        .local_addr()
+        .map_err(io("the HTTP listener's address".into()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(io("start the HTTP endpoint's runtime".into()))?;
+    let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+    let pages = Arc::new(Pages { shared, topology });
+    let thread = std::thread::Builder::new()
+        .name("kstreams-http".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "the HTTP endpoint cannot listen");
+                        return;
+                    }
+                };
+                tracing::info!(address = %bound, "HTTP endpoint listening");
+                loop {
+                    tokio::select! {
+                        _ = &mut rx => break,
+                        accepted = listener.accept() => {
+                            let Ok((stream, _)) = accepted else { continue };
+                            let pages = pages.clone();
+                            tokio::spawn(async move {
+                                let service = service_fn(move |req| {
+                                    let response = respond(&pages, &req);
+                                    async move { Ok::<_, Infallible>(response) }
+                                });
+                                let _ = hyper::server::conn::http1::Builder::new()
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await;
+                            });
+                        }
+                    }
+                }
+            });
+        })
+        .map_err(io("start the HTTP endpoint's thread".into()))?;
+    Ok(Endpoint {
+        address: bound,
+        shutdown: Some(tx),
+        thread: Some(thread),
+    })
+}
+
+fn text(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        r.headers_mut().insert(CONTENT_TYPE, v);
+    }
+    r
+}
+
+const PLAIN: &str = "text/plain; charset=utf-8";
+
+fn respond<B>(pages: &Pages, req: &Request<B>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            PLAIN,
+            format!("{} is not served; use GET\n", req.method()),
+        );
+    }
+    match req.uri().path() {
+        "/metrics" => text(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            pages.shared.metrics.text(),
+        ),
+        "/health" => {
+            let state = *super::lock(&pages.shared.state);
+            let status = if state == State::Running {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            text(status, PLAIN, format!("{state:?}\n"))
+        }
+        "/topology" => text(StatusCode::OK, PLAIN, pages.topology.clone()),
+        other => text(
+            StatusCode::NOT_FOUND,
+            PLAIN,
+            format!("no page {other}; the endpoint serves /metrics, /health and /topology\n"),
+        ),
+    }
+}
