@@ -548,7 +548,8 @@ fn run_loop(
         let retry_due = failing_since.is_some() && last_commit.elapsed() >= RETRY_COMMIT;
         if requested || retry_due || last_commit.elapsed() >= commit_interval {
             let commit_started = Instant::now();
-            let anything = inner.tasks.needs_commit();
+            // Only to time commits that do something (asked only while metrics are on).
+            let anything = metrics.is_some() && inner.tasks.needs_commit();
             let committed = inner.commit(consumer);
             if let Some(m) = metrics.as_mut() {
                 // As Kafka Streams, commits that had nothing to do are not timed.
