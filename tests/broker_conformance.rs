@@ -379,6 +379,107 @@ fn consumer_group_shares_partitions_and_rebalances() {
     assert_eq!(alone[0], all);
 }
 
+/// Interactive queries find a key's instance in the coordinator's description of the group:
+/// its state and members, whose member ids begin with the client ids that carry the instances'
+/// addresses. The test broker returns no member assignments (and no client ids), so the runtime
+/// computes the range assignor's placement from the sorted member ids: checked here against the
+/// partitions the members were really given, before and after a member leaves.
+#[test]
+fn a_described_group_gives_members_whose_range_placement_is_the_real_one() {
+    use streams_core::runtime::{describe_group, GroupView};
+    let bootstrap = bootstrap_servers();
+    let topic = unique("conf-describe");
+    create_topic(&bootstrap, &topic, 5, &[]).unwrap();
+    let group = unique("conf-describe");
+    let member = |address: &str| -> BaseConsumer {
+        let mut c = client_config(&bootstrap);
+        c.set("group.id", &group)
+            .set(
+                "client.id",
+                format!("app-StreamThread-1-consumer@{address}"),
+            )
+            .set("enable.auto.commit", "false")
+            .set("partition.assignment.strategy", "range")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "500");
+        c.create().expect("creating a consumer")
+    };
+    let consumers = [
+        member("127.0.0.1:7001"),
+        member("127.0.0.1:7002"),
+        member("127.0.0.1:7003"),
+    ];
+    for c in &consumers {
+        c.subscribe(&[&topic]).unwrap();
+    }
+    let all: BTreeSet<i32> = (0..5).collect();
+    let refs: Vec<&BaseConsumer> = consumers.iter().collect();
+    let split = poll_until_assigned(&refs, |s| {
+        s.iter().all(|a| !a.is_empty())
+            && s.iter().flatten().copied().collect::<BTreeSet<_>>() == all
+    });
+    // The test broker lists a group (librdkafka sends ListGroups before DescribeGroups) once
+    // it has committed offsets.
+    let mut tpl = TopicPartitionList::new();
+    let first = *split[0].iter().next().unwrap();
+    tpl.add_partition_offset(&topic, first, Offset::Offset(0))
+        .unwrap();
+    consumers[0]
+        .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+        .unwrap();
+    let observer: BaseConsumer = client_config(&bootstrap).create().unwrap();
+    let placement = |v: &GroupView| -> BTreeMap<String, BTreeSet<i32>> {
+        let mut out: BTreeMap<String, BTreeSet<i32>> = BTreeMap::new();
+        for p in 0..5 {
+            let owner = v
+                .range_owner(5, p)
+                .and_then(|m| m.address())
+                .unwrap_or("none");
+            out.entry(owner.to_string()).or_default().insert(p);
+        }
+        out
+    };
+    let addresses = ["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"];
+    let wanted: BTreeMap<String, BTreeSet<i32>> = addresses
+        .iter()
+        .zip(&split)
+        .map(|(a, s)| (a.to_string(), s.clone()))
+        .collect();
+    let settle = |consumers: &[&BaseConsumer], wanted: &BTreeMap<String, BTreeSet<i32>>| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            for c in consumers {
+                let _ = c.poll(Duration::from_millis(50));
+            }
+            let view = describe_group(&observer, &group, TIMEOUT).unwrap();
+            if view.is_stable() && placement(&view) == *wanted {
+                return view;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the placement computed from the description never matched the real one {wanted:?}: {view:?}"
+            );
+        }
+    };
+    let view = settle(&refs, &wanted);
+    assert_eq!(view.members.len(), 3, "{view:?}");
+
+    // One leaves: the others' new assignments match the placement computed for two.
+    let [a, b, c] = consumers;
+    drop(b);
+    let split = poll_until_assigned(&[&a, &c], |s| {
+        !s[0].is_empty()
+            && !s[1].is_empty()
+            && s[0].union(&s[1]).copied().collect::<BTreeSet<_>>() == all
+    });
+    let wanted = BTreeMap::from([
+        (addresses[0].to_string(), split[0].clone()),
+        (addresses[2].to_string(), split[1].clone()),
+    ]);
+    let view = settle(&[&a, &c], &wanted);
+    assert_eq!(view.members.len(), 2, "{view:?}");
+}
+
 #[test]
 fn consume_transform_produce_moves_offsets_on_commit_only() {
     let bootstrap = bootstrap_servers();

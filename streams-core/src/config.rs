@@ -63,6 +63,7 @@ pub struct StreamsConfig {
     pub(crate) max_task_idle: Option<Duration>,
     pub(crate) metrics_recording: bool,
     pub(crate) http_endpoint: Option<std::net::SocketAddr>,
+    pub(crate) application_server: Option<String>,
 }
 
 /// Whether a client property holds a secret (its value is never printed).
@@ -165,6 +166,7 @@ impl StreamsConfig {
             max_task_idle: Some(Duration::ZERO),
             metrics_recording: true,
             http_endpoint: None,
+            application_server: None,
         }
     }
 
@@ -210,6 +212,16 @@ impl StreamsConfig {
     /// `/topology` (the description and its Mermaid form).
     pub fn http_endpoint(mut self, address: std::net::SocketAddr) -> Self {
         self.http_endpoint = Some(address);
+        self
+    }
+
+    /// The `host:port` other instances reach this instance's HTTP endpoint at, for interactive
+    /// queries of keys it holds (Kafka Streams' `application.server`). Default: the endpoint's
+    /// bound address, with `127.0.0.1` for an unspecified IP (enough on one machine; set it when
+    /// instances run on several). It travels in the consumers' client ids, so the group
+    /// coordinator's view of the group tells every instance who holds which partition.
+    pub fn application_server(mut self, host_port: &str) -> Self {
+        self.application_server = Some(host_port.to_string());
         self
     }
 
@@ -376,6 +388,21 @@ impl StreamsConfig {
         }
         if self.effective_commit_interval().is_zero() {
             return bad("the commit interval must be positive");
+        }
+        if let Some(server) = &self.application_server {
+            if self.http_endpoint.is_none() {
+                return bad(
+                    "application_server is set but the HTTP endpoint is off; set http_endpoint too",
+                );
+            }
+            let port = server.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>()));
+            if !matches!(port, Some((h, Ok(_))) if !h.is_empty())
+                || server.contains(['/', '@', ' '])
+            {
+                return Err(Error::Config(format!(
+                    "application_server {server:?} is not host:port"
+                )));
+            }
         }
         Ok(())
     }

@@ -67,6 +67,13 @@ pub(crate) fn consumer_config(config: &StreamsConfig, thread: &str) -> ClientCon
     if config.guarantee == ProcessingGuarantee::ExactlyOnce {
         pinned.push(("isolation.level", "read_committed".to_string()));
     }
+    if let Some(server) = &config.application_server {
+        // Other instances find this one's HTTP endpoint in the group's member list.
+        pinned.push((
+            "client.id",
+            super::discovery::consumer_client_id(thread, Some(server)),
+        ));
+    }
     with_pinned(c, &config.client_properties, &pinned)
 }
 

@@ -25,6 +25,7 @@ mod cleanup;
 mod clients;
 mod collector;
 mod commit;
+mod discovery;
 mod global;
 mod http;
 mod lag;
@@ -39,6 +40,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub use self::discovery::{describe_group, GroupMember, GroupView};
 use crate::config::StreamsConfig;
 use crate::store::{QueryHandle, ReadOnlyKeyValueStore};
 use crate::topology::Topology;
