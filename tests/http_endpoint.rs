@@ -1,16 +1,26 @@
-//! The optional HTTP endpoint (issue 14, item 2, without interactive queries yet), against the
-//! real broker: `/health` says 503 and the state until the instance runs, then 200; `/metrics`
-//! parses as Prometheus text and counts the records processed; `/topology` gives the
-//! description and its Mermaid form; unknown paths and other methods get 4xx; the endpoint
-//! stops with the instance.
+//! The optional HTTP endpoint, against the real broker: `/health` says 503 and the state until
+//! the instance runs, then 200; `/metrics` parses as Prometheus text and counts the records
+//! processed; `/topology` gives the description and its Mermaid form; unknown paths and other
+//! methods get 4xx; the endpoint stops with the instance. Interactive queries: keys, ranges and
+//! a key's windows equal what the input makes them; bad requests get 4xx with a message; with
+//! two instances, every key answers the same through either, and after one is killed the
+//! survivor answers every key right again once it has taken over, and never wrong before.
 
+// The feeder is the soak's; this file writes its input at once.
+#[allow(dead_code)]
+mod counting_app;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use kstreams::core::{KafkaStreams, StreamsConfig};
-use kstreams::dsl::StreamsBuilder;
+use kstreams::core::serde::BigEndian;
+use kstreams::core::{KafkaStreams, State, StreamsConfig};
+use kstreams::dsl::{Materialized, StreamsBuilder, TimeWindows};
 use rdkafka::producer::{BaseRecord, Producer};
+use serde_json::Value;
+use streams_testkit::child::{child_mode, wait_for_stop_request, ChildProcess};
 use streams_testkit::kafka::{
     consume_until, create_topic, idempotent_producer, send_retrying, Isolation,
 };
@@ -18,10 +28,29 @@ use streams_testkit::{bootstrap_servers, unique};
 
 const LONG: Duration = Duration::from_secs(120);
 
-/// One HTTP/1.1 request; returns the status code and the body.
-fn http(address: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+/// An HTTP answer: status, headers (lower-case names), body.
+struct Answer {
+    status: u16,
+    headers: BTreeMap<String, String>,
+    body: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.body))
+    }
+    fn answered_by(&self) -> Option<&str> {
+        self.headers
+            .get("x-kstreams-answered-by")
+            .map(String::as_str)
+    }
+}
+
+/// One HTTP/1.1 request.
+fn request(address: SocketAddr, method: &str, path: &str) -> std::io::Result<Answer> {
     let mut s = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
     write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
@@ -31,12 +60,30 @@ fn http(address: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, 
     let (head, body) = response
         .split_once("\r\n\r\n")
         .unwrap_or((response.as_str(), ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    Ok((status, body.to_string()))
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Ok(Answer {
+        status,
+        headers,
+        body: body.to_string(),
+    })
+}
+
+/// One HTTP/1.1 request; returns the status code and the body.
+fn http(address: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    request(address, method, path).map(|a| (a.status, a.body))
+}
+
+fn get(address: SocketAddr, path: &str) -> Answer {
+    request(address, "GET", path).unwrap_or_else(|e| panic!("GET {path} from {address}: {e}"))
 }
 
 #[test]
@@ -117,4 +164,401 @@ fn the_endpoint_serves_health_metrics_and_topology() {
         http(address, "GET", "/health").is_err(),
         "the endpoint stops with the instance"
     );
+}
+
+/// A minute-aligned time, so that the test's windows are known.
+const T0: i64 = 28_000_000 * 60_000;
+
+/// One instance: counts per key (`counts`), per key and minute (`per-minute`, a window store)
+/// and per key length (`lengths`, a `u32` key, behind a repartition topic). 100 records, keys
+/// `k0`..`k9`, record i at `T0 + i` seconds: every key counts 10, 6 in the first minute and 4
+/// in the second, and every key has length 2.
+#[test]
+fn queries_read_keys_ranges_and_windows_and_refuse_bad_requests() {
+    const N: i64 = 100;
+    let bootstrap = bootstrap_servers();
+    let (input, app) = (unique("q-in"), unique("q-app"));
+    create_topic(&bootstrap, &input, 2, &[]).unwrap();
+    let builder = StreamsBuilder::new();
+    let stream = builder.stream::<String, String>(&input);
+    let by_key = stream.group_by_key();
+    by_key.count_with(Materialized::with(BigEndian).named("counts"));
+    by_key
+        .windowed_by(TimeWindows::of_size_and_grace(
+            Duration::from_secs(60),
+            Duration::from_secs(0),
+        ))
+        .count_with(
+            Materialized::with(BigEndian)
+                .named("per-minute")
+                .with_retention(Duration::from_secs(3600)),
+        );
+    stream
+        .group_by(|k: &String, _| k.len() as u32)
+        .count_with(Materialized::with(BigEndian).named("lengths"));
+    let config = StreamsConfig::new(&app, &bootstrap)
+        .state_dir(std::env::temp_dir().join(unique("q-state")))
+        .http_endpoint("127.0.0.1:0".parse().unwrap());
+    let streams = KafkaStreams::new(builder.build().unwrap(), config).unwrap();
+    streams.start().unwrap();
+    let address = streams.http_address().unwrap();
+    assert!(streams.wait_for(|s| s == State::Running, LONG));
+
+    let p = idempotent_producer(&bootstrap).unwrap();
+    for i in 0..N {
+        let key = format!("k{}", i % 10);
+        let record = BaseRecord::to(&input)
+            .key(&key)
+            .payload("v")
+            .timestamp(T0 + i * 1000);
+        send_retrying(&p, record).unwrap();
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+
+    // Until every count is in (the store commits with the task's transaction).
+    let deadline = Instant::now() + LONG;
+    loop {
+        let counts: Vec<Option<u64>> = (0..10)
+            .map(|k| {
+                let a = get(address, &format!("/stores/counts/keys/k{k}"));
+                (a.status == 200).then(|| a.json()["value"].as_u64().unwrap())
+            })
+            .collect();
+        let lengths = get(address, "/stores/lengths/keys/2");
+        if counts.iter().all(|c| *c == Some(10))
+            && lengths.status == 200
+            && lengths.json()["value"] == 100
+        {
+            break;
+        }
+        assert!(
+            counts.iter().flatten().all(|c| *c <= 10),
+            "a count beyond its records: {counts:?}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "counts never complete: {counts:?}"
+        );
+        // Polling the endpoint, as a client would.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let k3 = get(address, "/stores/counts/keys/k3");
+    assert_eq!(k3.json()["key"], "k3");
+    assert_eq!(k3.headers["content-type"], "application/json");
+    assert_eq!(k3.answered_by(), Some(address.to_string().as_str()));
+
+    let list = get(address, "/stores").json();
+    let names: BTreeSet<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["store"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        BTreeSet::from(["counts", "lengths", "per-minute"]),
+        "{list}"
+    );
+
+    // Ranges: every partition, in key order within each.
+    let all = get(address, "/stores/counts/range").json();
+    let all = all.as_array().unwrap();
+    let keys: BTreeSet<&str> = all.iter().map(|e| e["key"].as_str().unwrap()).collect();
+    assert_eq!(keys.len(), 10, "{all:?}");
+    assert!(all.iter().all(|e| e["value"] == 10), "{all:?}");
+    let some = get(address, "/stores/counts/range?from=k2&to=k4").json();
+    let mut keys: Vec<&str> = some
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["key"].as_str().unwrap())
+        .collect();
+    keys.sort();
+    assert_eq!(keys, ["k2", "k3", "k4"]);
+
+    // A key's windows in a time range.
+    let minute = 60_000;
+    let windows = get(
+        address,
+        &format!(
+            "/stores/per-minute/keys/k7/windows?from={T0}&to={}",
+            T0 + minute
+        ),
+    );
+    assert_eq!(windows.status, 200, "{}", windows.body);
+    assert_eq!(
+        windows.json(),
+        serde_json::json!([{"start": T0, "value": 6}, {"start": T0 + minute, "value": 4}])
+    );
+    let later = get(
+        address,
+        &format!("/stores/per-minute/keys/k7/windows?from={}", T0 + 1),
+    );
+    assert_eq!(
+        later.json(),
+        serde_json::json!([{"start": T0 + minute, "value": 4}])
+    );
+
+    // Bad requests: 4xx, and the message says what is wrong.
+    let cases: [(&str, u16, &str); 7] = [
+        (
+            "/stores/nothing/keys/a",
+            404,
+            "queryable stores are: counts, lengths, per-minute",
+        ),
+        ("/stores/counts/keys/k99", 404, "no value for key"),
+        ("/stores/lengths/keys/two", 400, "does not decode"),
+        (
+            "/stores/per-minute/keys/k1/windows?from=noon",
+            400,
+            "not a time",
+        ),
+        ("/stores/counts/keys/k1/windows", 404, "ask /keys/{key}"),
+        ("/stores/per-minute/keys/k1", 404, "windows?from="),
+        (
+            "/stores/counts/range?partitions=7",
+            400,
+            "not a list of partitions",
+        ),
+    ];
+    for (path, status, says) in cases {
+        let a = get(address, path);
+        assert_eq!(a.status, status, "{path}: {}", a.body);
+        assert!(a.body.contains(says), "{path}: {}", a.body);
+    }
+    assert!(streams.close(Duration::from_secs(60)));
+}
+
+/// A child instance of the counting application with the endpoint on.
+fn run_child(args: &str) {
+    streams_testkit::init_tracing();
+    let [app, input, output, dir, label] = args.split('|').collect::<Vec<_>>()[..] else {
+        panic!("bad child arguments {args}");
+    };
+    let config = StreamsConfig::new(app, &bootstrap_servers())
+        .state_dir(dir)
+        .http_endpoint("127.0.0.1:0".parse().unwrap())
+        // Every count is an output record, for the exactly-once check.
+        .cache_max_bytes(0)
+        .transaction_timeout(Duration::from_secs(10))
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "1000");
+    let topology = counting_app::topology(input, output, GROUPS);
+    let streams = KafkaStreams::new(topology, config).unwrap();
+    streams.start().unwrap();
+    assert!(streams.wait_for(|s| s == State::Running, LONG));
+    println!(
+        "KSTREAMS-APP-RUNNING {label} http={}",
+        streams.http_address().unwrap()
+    );
+    wait_for_stop_request();
+    streams.close(Duration::from_secs(60));
+}
+
+const GROUPS: usize = 60;
+
+fn spawn_instance(label: &str, app: &str, input: &str, output: &str) -> (ChildProcess, SocketAddr) {
+    let dir = std::env::temp_dir().join(unique("q2-state"));
+    let log = std::env::var("RUST_LOG").unwrap_or_else(|_| "streams_core=info".into());
+    let mut child = ChildProcess::spawn(
+        label,
+        "two_instances_answer_every_key_and_the_survivor_answers_after_a_kill",
+        &format!("{app}|{input}|{output}|{}|{label}", dir.display()),
+        &[
+            ("KAFKA_BOOTSTRAP_SERVERS", bootstrap_servers().as_str()),
+            ("RUST_LOG", log.as_str()),
+        ],
+    )
+    .unwrap();
+    let line = child.wait_for_line("KSTREAMS-APP-RUNNING", LONG).unwrap();
+    let address = line.rsplit_once("http=").unwrap().1.trim().parse().unwrap();
+    (child, address)
+}
+
+/// Every group's count through `address`, until each equals the oracle. Any other answer
+/// than a retriable 503 or the oracle's value fails the test, except, while the input is still
+/// being counted (`settled` false), a smaller count or no count yet. Returns who answered
+/// each key.
+fn query_until_right(
+    address: SocketAddr,
+    oracle: &BTreeMap<String, u64>,
+    settled: bool,
+    deadline: Instant,
+) -> BTreeMap<String, String> {
+    let mut answered_by = BTreeMap::new();
+    let (mut retriable, mut early) = (0, 0);
+    loop {
+        for (key, want) in oracle {
+            if answered_by.contains_key(key) {
+                continue;
+            }
+            let a = get(address, &format!("/stores/counts/keys/{key}"));
+            match a.status {
+                200 => {
+                    let got = a.json()["value"].as_u64().unwrap();
+                    if got == *want {
+                        answered_by.insert(key.clone(), a.answered_by().unwrap().to_string());
+                    } else {
+                        assert!(
+                            !settled && got < *want,
+                            "a wrong count of {key} through {address}: {got}, not {want}"
+                        );
+                        early += 1;
+                    }
+                }
+                404 if !settled => early += 1,
+                503 => {
+                    assert_eq!(a.headers.get("retry-after").map(String::as_str), Some("1"));
+                    retriable += 1;
+                }
+                _ => panic!("{key} through {address}: {} {}", a.status, a.body),
+            }
+        }
+        if answered_by.len() == oracle.len() {
+            eprintln!(
+                "{address}: every key right ({retriable} retriable answers and {early} before the count was complete)"
+            );
+            return answered_by;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "through {address} only {} of {} keys answered",
+            answered_by.len(),
+            oracle.len()
+        );
+        // Retrying after a 503, as a client honouring Retry-After would (shorter here).
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The issue's test: two instances with the endpoint; every key of the counted store, asked of
+/// either, answers the oracle's count (the other instance's keys by forwarding); a range
+/// through one covers both; after one instance is SIGKILLed, queries through the survivor
+/// answer the oracle again once it has taken over, and are never wrong before.
+#[test]
+fn two_instances_answer_every_key_and_the_survivor_answers_after_a_kill() {
+    if let Some(args) = child_mode() {
+        return run_child(&args);
+    }
+    const N: u64 = 3000;
+    let bootstrap = bootstrap_servers();
+    let (input, output, app) = (unique("q2-in"), unique("q2-out"), unique("q2-app"));
+    create_topic(&bootstrap, &input, 4, &[]).unwrap();
+    create_topic(&bootstrap, &output, 4, &[]).unwrap();
+    let (mut a, address_a) = spawn_instance("A", &app, &input, &output);
+    let (mut b, address_b) = spawn_instance("B", &app, &input, &output);
+
+    let p = idempotent_producer(&bootstrap).unwrap();
+    for n in 0..N {
+        let (key, value) = (format!("u{}", n % 7), n.to_string());
+        send_retrying(&p, BaseRecord::to(&input).key(&key).payload(&value)).unwrap();
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    let mut oracle: BTreeMap<String, u64> = BTreeMap::new();
+    for n in 0..N {
+        *oracle
+            .entry(format!("g{}", n as usize % GROUPS))
+            .or_default() += 1;
+    }
+    counting_app::wait_consumed(&bootstrap, &app, &input, N, LONG);
+
+    let deadline = Instant::now() + LONG;
+    let via_a = query_until_right(address_a, &oracle, false, deadline);
+    let via_b = query_until_right(address_b, &oracle, true, deadline);
+    let holders: BTreeSet<&String> = via_a.values().collect();
+    assert_eq!(
+        holders,
+        BTreeSet::from([&address_a.to_string(), &address_b.to_string()]),
+        "each instance holds part of the keys, and asked of A, B's keys were answered by B"
+    );
+    assert_eq!(
+        via_a, via_b,
+        "either instance finds the same holder for every key"
+    );
+    let range = get(address_a, "/stores/counts/range");
+    assert_eq!(range.status, 200, "{}", range.body);
+    let got: BTreeMap<String, u64> = range
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["key"].as_str().unwrap().to_string(),
+                e["value"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got, oracle,
+        "a range through A covers both instances' partitions"
+    );
+    // A range over one partition A holds and one B holds.
+    let partition_of = |key: &str| -> i64 {
+        get(address_a, &format!("/stores/counts/keys/{key}")).json()["partition"]
+            .as_i64()
+            .unwrap()
+    };
+    let of_a = via_a.iter().find(|(_, by)| **by == address_a.to_string());
+    let of_b = via_a.iter().find(|(_, by)| **by == address_b.to_string());
+    let (pa, pb) = (partition_of(of_a.unwrap().0), partition_of(of_b.unwrap().0));
+    let mixed = get(
+        address_a,
+        &format!("/stores/counts/range?partitions={pa},{pb}"),
+    );
+    assert_eq!(mixed.status, 200, "{}", mixed.body);
+    let rows = mixed.json();
+    let rows = rows.as_array().unwrap();
+    let parts: BTreeSet<i64> = rows
+        .iter()
+        .map(|e| e["partition"].as_i64().unwrap())
+        .collect();
+    assert_eq!(parts, BTreeSet::from([pa, pb]), "{rows:?}");
+    assert!(
+        rows.iter()
+            .all(|e| oracle[e["key"].as_str().unwrap()] == e["value"].as_u64().unwrap()),
+        "{rows:?}"
+    );
+
+    a.kill().unwrap();
+    let killed = Instant::now();
+    let after = query_until_right(address_b, &oracle, true, Instant::now() + LONG);
+    assert!(
+        after.values().all(|by| *by == address_b.to_string()),
+        "the survivor answers every key itself: {after:?}"
+    );
+    eprintln!(
+        "after the kill: every key answered right by the survivor within {:.1} s",
+        killed.elapsed().as_secs_f64()
+    );
+    // Ready, by its health check; and then every key answers right at once.
+    let deadline = Instant::now() + LONG;
+    loop {
+        let (status, body) = http(address_b, "GET", "/health").unwrap();
+        if status == 200 {
+            break;
+        }
+        eprintln!(
+            "{:.1} s after the kill: health {status} {}",
+            killed.elapsed().as_secs_f64(),
+            body.trim()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the survivor never reported ready: {body}"
+        );
+        // Polling the endpoint, as a load balancer's health check does.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for (key, want) in &oracle {
+        let a = get(address_b, &format!("/stores/counts/keys/{key}"));
+        assert_eq!(
+            a.status, 200,
+            "{key} once the survivor is ready: {}",
+            a.body
+        );
+        assert_eq!(a.json()["value"].as_u64(), Some(*want), "{key}");
+    }
+    counting_app::check(&bootstrap, &output, N, GROUPS).assert_exact();
+    b.stop(Duration::from_secs(60)).unwrap();
 }

@@ -172,3 +172,30 @@ fn an_invalid_application_id_is_refused() {
         );
     }
 }
+
+#[test]
+fn an_application_server_that_is_not_host_port_or_lacks_the_endpoint_is_refused() {
+    let endpoint: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let cases = [
+        (Some(endpoint), "localhost", "is not host:port"),
+        (Some(endpoint), "host:port", "is not host:port"),
+        (Some(endpoint), "http://h:80", "is not host:port"),
+        (Some(endpoint), ":7070", "is not host:port"),
+        (None, "10.0.0.7:7070", "the HTTP endpoint is off"),
+    ];
+    for (http, server, says) in cases {
+        let mut config = StreamsConfig::new("app", "x:9092").application_server(server);
+        if let Some(a) = http {
+            config = config.http_endpoint(a);
+        }
+        let Err(e) = KafkaStreams::new(topology("in", "out"), config) else {
+            panic!("application server {server:?} accepted");
+        };
+        let m = error_chain(&e);
+        assert!(m.contains(says), "{server:?}: {m}");
+    }
+    let fine = StreamsConfig::new("app", "x:9092")
+        .http_endpoint(endpoint)
+        .application_server("streams-1.internal:7070");
+    assert!(KafkaStreams::new(topology("in", "out"), fine).is_ok());
+}

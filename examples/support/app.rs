@@ -5,7 +5,8 @@
 //! broker is started), `--application-id`, `--state-dir`, `--generate N`, `--at-least-once`,
 //! `--describe`, `--run-for SECONDS` (default: until Ctrl-C or SIGTERM), `--set key=value` (a
 //! librdkafka client property, repeatable: `--set session.timeout.ms=6000` for a faster
-//! takeover after a crash than the default 45 s); and one flag per topic of the example.
+//! takeover after a crash than the default 45 s), `--http HOST:PORT` (the HTTP endpoint:
+//! metrics, health, interactive queries); and one flag per topic of the example.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -32,6 +33,8 @@ pub struct Args {
     pub run_for: Option<Duration>,
     /// `--set key=value`: librdkafka client properties.
     pub properties: Vec<(String, String)>,
+    /// `--http ADDRESS`: serve the HTTP endpoint (metrics, health, interactive queries).
+    pub http: Option<std::net::SocketAddr>,
 }
 
 impl Args {
@@ -52,6 +55,7 @@ impl Args {
             describe: false,
             run_for: None,
             properties: vec![],
+            http: None,
         };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
@@ -70,6 +74,7 @@ impl Args {
                     let (k, v) = kv.split_once('=').context("--set key=value")?;
                     a.properties.push((k.to_string(), v.to_string()));
                 }
+                "--http" => a.http = Some(value()?.parse().context("--http HOST:PORT")?),
                 "--at-least-once" => a.at_least_once = true,
                 "--describe" => a.describe = true,
                 other => match topics.iter_mut().find(|(f, _)| *f == other) {
@@ -111,6 +116,9 @@ impl Args {
         }
         for (k, v) in &self.properties {
             config = config.set(k, v);
+        }
+        if let Some(address) = self.http {
+            config = config.http_endpoint(address);
         }
         config
     }
@@ -167,6 +175,9 @@ pub fn run(
     }
     let streams = KafkaStreams::new(topology, config)?;
     streams.start()?;
+    if let Some(address) = streams.http_address() {
+        println!("HTTP endpoint on {address}: curl {address}/stores lists the stores to query");
+    }
     println!("running; Ctrl-C stops");
     let started = Instant::now();
     let mut last = (Instant::now(), 0_u64);

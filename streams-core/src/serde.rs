@@ -51,6 +51,38 @@ pub trait Serde<T>: Send + Sync + 'static {
     fn serialize(&self, topic: &str, value: &T) -> Result<Option<Vec<u8>>, SerdeError>;
     /// The value for `data` (`None` when the key or value is absent).
     fn deserialize(&self, topic: &str, data: Option<&[u8]>) -> Result<T, SerdeError>;
+
+    /// Interactive queries over HTTP: the bytes of a key written as `text` in a URL, or `None`
+    /// when this serde does not read keys from text (the endpoint then answers 400). The
+    /// built-in serdes do: `Utf8` as is, numbers in decimal, `Json` as JSON (a bare word is
+    /// taken as a JSON string).
+    fn text_to_bytes(&self, topic: &str, text: &str) -> Option<Result<Vec<u8>, SerdeError>> {
+        let _ = (topic, text);
+        None
+    }
+
+    /// Interactive queries over HTTP: `data`, as this serde wrote it, as JSON, or `None` when
+    /// this serde cannot say (the built-in serdes can).
+    fn bytes_to_json(
+        &self,
+        topic: &str,
+        data: &[u8],
+    ) -> Option<Result<serde_json::Value, SerdeError>> {
+        let _ = (topic, data);
+        None
+    }
+}
+
+/// `value` serialized by `serde`, which must give bytes (a key).
+fn some_bytes<T: 'static>(
+    serde: &dyn Serde<T>,
+    name: &'static str,
+    topic: &str,
+    value: &T,
+) -> Result<Vec<u8>, SerdeError> {
+    serde
+        .serialize(topic, value)?
+        .ok_or_else(|| SerdeError::new(name, topic, "serialized to no bytes"))
 }
 
 fn present<'a>(
@@ -79,6 +111,19 @@ impl Serde<String> for Utf8 {
         String::from_utf8(present("Utf8", topic, data)?.to_vec())
             .map_err(|e| SerdeError::new("Utf8", topic, e.to_string()))
     }
+    fn text_to_bytes(&self, _topic: &str, text: &str) -> Option<Result<Vec<u8>, SerdeError>> {
+        Some(Ok(text.as_bytes().to_vec()))
+    }
+    fn bytes_to_json(
+        &self,
+        topic: &str,
+        data: &[u8],
+    ) -> Option<Result<serde_json::Value, SerdeError>> {
+        Some(
+            self.deserialize(topic, Some(data))
+                .map(serde_json::Value::String),
+        )
+    }
 }
 
 /// Bytes as they are.
@@ -104,6 +149,13 @@ impl Serde<()> for Unit {
     }
     fn deserialize(&self, _topic: &str, _data: Option<&[u8]>) -> Result<(), SerdeError> {
         Ok(())
+    }
+    fn bytes_to_json(
+        &self,
+        _topic: &str,
+        _data: &[u8],
+    ) -> Option<Result<serde_json::Value, SerdeError>> {
+        Some(Ok(serde_json::Value::Null))
     }
 }
 
@@ -133,6 +185,23 @@ macro_rules! big_endian {
                 })?;
                 Ok(<$t>::from_be_bytes(bytes))
             }
+            fn text_to_bytes(&self, topic: &str, text: &str) -> Option<Result<Vec<u8>, SerdeError>> {
+                Some(match text.parse::<$t>() {
+                    Ok(v) => Ok(v.to_be_bytes().to_vec()),
+                    Err(e) => Err(SerdeError::new(
+                        "BigEndian",
+                        topic,
+                        format!("{text:?} is not a {}: {e}", stringify!($t)),
+                    )),
+                })
+            }
+            fn bytes_to_json(
+                &self,
+                topic: &str,
+                data: &[u8],
+            ) -> Option<Result<serde_json::Value, SerdeError>> {
+                Some(Serde::<$t>::deserialize(self, topic, Some(data)).map(|v| serde_json::json!(v)))
+            }
         }
     )*};
 }
@@ -152,6 +221,16 @@ impl<T, S: Serde<T>> Serde<Option<T>> for Nullable<S> {
     }
     fn deserialize(&self, topic: &str, data: Option<&[u8]>) -> Result<Option<T>, SerdeError> {
         data.map(|d| self.0.deserialize(topic, Some(d))).transpose()
+    }
+    fn text_to_bytes(&self, topic: &str, text: &str) -> Option<Result<Vec<u8>, SerdeError>> {
+        self.0.text_to_bytes(topic, text)
+    }
+    fn bytes_to_json(
+        &self,
+        topic: &str,
+        data: &[u8],
+    ) -> Option<Result<serde_json::Value, SerdeError>> {
+        self.0.bytes_to_json(topic, data)
     }
 }
 
@@ -189,6 +268,28 @@ where
         serde_json::from_slice(present("Json", topic, data)?)
             .map_err(|e| SerdeError::new("Json", topic, e.to_string()))
     }
+    fn text_to_bytes(&self, topic: &str, text: &str) -> Option<Result<Vec<u8>, SerdeError>> {
+        // JSON first (`42`, `"a b"`, `{"id":1}`), else the text as a JSON string (`alice`).
+        let value = serde_json::from_str::<T>(text)
+            .or_else(|_| serde_json::from_value::<T>(serde_json::Value::String(text.into())))
+            .map_err(|e| {
+                SerdeError::new(
+                    "Json",
+                    topic,
+                    format!("{text:?} is not a {}: {e}", std::any::type_name::<T>()),
+                )
+            });
+        Some(value.and_then(|v| some_bytes(self, "Json", topic, &v)))
+    }
+    fn bytes_to_json(
+        &self,
+        topic: &str,
+        data: &[u8],
+    ) -> Option<Result<serde_json::Value, SerdeError>> {
+        Some(self.deserialize(topic, Some(data)).and_then(|v| {
+            serde_json::to_value(v).map_err(|e| SerdeError::new("Json", topic, e.to_string()))
+        }))
+    }
 }
 
 /// A shared serde is a serde.
@@ -198,6 +299,16 @@ impl<T: 'static> Serde<T> for std::sync::Arc<dyn Serde<T>> {
     }
     fn deserialize(&self, topic: &str, data: Option<&[u8]>) -> Result<T, SerdeError> {
         (**self).deserialize(topic, data)
+    }
+    fn text_to_bytes(&self, topic: &str, text: &str) -> Option<Result<Vec<u8>, SerdeError>> {
+        (**self).text_to_bytes(topic, text)
+    }
+    fn bytes_to_json(
+        &self,
+        topic: &str,
+        data: &[u8],
+    ) -> Option<Result<serde_json::Value, SerdeError>> {
+        (**self).bytes_to_json(topic, data)
     }
 }
 
@@ -308,5 +419,48 @@ mod tests {
             .unwrap_err()
             .message
             .contains("Nullable"));
+    }
+
+    #[test]
+    fn keys_read_from_text_and_values_written_as_json() {
+        let text = |serde: &dyn Serde<u64>, t: &str| serde.text_to_bytes("t", t).unwrap();
+        assert_eq!(text(&BigEndian, "7").unwrap(), 7_u64.to_be_bytes());
+        assert!(text(&BigEndian, "seven")
+            .unwrap_err()
+            .message
+            .contains("is not a u64"));
+        assert_eq!(Utf8.text_to_bytes("t", "a b").unwrap().unwrap(), b"a b");
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct Id {
+            id: u32,
+        }
+        let json = Json::<Id>::default();
+        assert_eq!(
+            json.text_to_bytes("t", r#"{"id":4}"#).unwrap().unwrap(),
+            br#"{"id":4}"#
+        );
+        assert!(json.text_to_bytes("t", "4").unwrap().is_err());
+        // A bare word is a JSON string.
+        let words = Json::<String>::default();
+        assert_eq!(
+            words.text_to_bytes("t", "alice").unwrap().unwrap(),
+            br#""alice""#
+        );
+        assert_eq!(
+            json.bytes_to_json("t", br#"{"id":4}"#).unwrap().unwrap(),
+            serde_json::json!({"id": 4})
+        );
+        assert_eq!(
+            Serde::<i64>::bytes_to_json(&BigEndian, "t", &(-2_i64).to_be_bytes())
+                .unwrap()
+                .unwrap(),
+            serde_json::json!(-2)
+        );
+        let shared: std::sync::Arc<dyn Serde<String>> = std::sync::Arc::new(Utf8);
+        assert_eq!(
+            shared.bytes_to_json("t", b"x").unwrap().unwrap(),
+            serde_json::json!("x")
+        );
+        assert!(RawBytes.text_to_bytes("t", "x").is_none());
     }
 }

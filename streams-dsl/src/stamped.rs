@@ -40,4 +40,20 @@ impl<V: 'static> Serde<Stamped<V>> for StampedSerde<V> {
             timestamp,
         })
     }
+
+    /// The value alone (interactive queries show what the aggregation computed).
+    fn bytes_to_json(
+        &self,
+        topic: &str,
+        data: &[u8],
+    ) -> Option<Result<serde_json::Value, SerdeError>> {
+        match data.get(8..) {
+            Some(rest) => self.0.bytes_to_json(topic, rest),
+            None => Some(Err(SerdeError::new(
+                "Stamped",
+                topic,
+                format!("{} bytes, fewer than the 8 of the timestamp", data.len()),
+            ))),
+        }
+    }
 }

@@ -77,6 +77,17 @@ pub(crate) fn consumer_config(config: &StreamsConfig, thread: &str) -> ClientCon
     with_pinned(c, &config.client_properties, &pinned)
 }
 
+/// The client the HTTP endpoint asks the group coordinator with (no group of its own).
+pub(crate) fn query_client(config: &StreamsConfig) -> Result<BaseConsumer> {
+    with_pinned(
+        base(config, format!("{}-query-client", config.application_id)),
+        &config.client_properties,
+        &[],
+    )
+    .create()
+    .map_err(|e| Error::kafka("create the HTTP endpoint's Kafka client", e))
+}
+
 /// The consumer that reads changelogs, `read_committed`, assigned by hand.
 pub(crate) fn restore_consumer(config: &StreamsConfig, thread: &str) -> Result<PlainConsumer> {
     let c = with_pinned(

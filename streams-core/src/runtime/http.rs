@@ -4,7 +4,9 @@
 //! - `GET /metrics`: every metric in the Prometheus text format (OpenMetrics flavour);
 //! - `GET /health`: 200 `Running` when the instance runs with every task restored, else 503 and
 //!   the state's name;
-//! - `GET /topology`: the topology's description, then its Mermaid form.
+//! - `GET /topology`: the topology's description, then its Mermaid form;
+//! - `GET /stores/...`: interactive queries of the key-value and window stores, answered by
+//!   whichever instance holds the key (see `queries`); `GET /stores` lists the stores.
 //!
 //! Anything else is answered 404 (an unknown path) or 405 (a method other than GET).
 
@@ -19,6 +21,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
+use super::queries::Queries;
 use super::{Shared, State};
 use crate::{Error, Result};
 
@@ -51,6 +54,7 @@ impl Drop for Endpoint {
 struct Pages {
     shared: Arc<Shared>,
     topology: String,
+    queries: Arc<Queries>,
 }
 
 /// Binds `address` and serves the endpoint until the returned value is dropped.
@@ -58,6 +62,7 @@ pub(super) fn start(
     address: SocketAddr,
     shared: Arc<Shared>,
     topology: String,
+    queries: impl FnOnce(SocketAddr) -> Queries,
 ) -> Result<Endpoint> {
     let io = |context: String| move |source| Error::Io { context, source };
     let listener = std::net::TcpListener::bind(address)
@@ -73,7 +78,11 @@ pub(super) fn start(
         .build()
         .map_err(io("start the HTTP endpoint's runtime".into()))?;
     let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
-    let pages = Arc::new(Pages { shared, topology });
+    let pages = Arc::new(Pages {
+        shared,
+        topology,
+        queries: Arc::new(queries(bound)),
+    });
     let thread = std::thread::Builder::new()
         .name("kstreams-http".into())
         .spawn(move || {
@@ -94,8 +103,8 @@ pub(super) fn start(
                             let pages = pages.clone();
                             tokio::spawn(async move {
                                 let service = service_fn(move |req| {
-                                    let response = respond(&pages, &req);
-                                    async move { Ok::<_, Infallible>(response) }
+                                    let pages = pages.clone();
+                                    async move { Ok::<_, Infallible>(respond(&pages, &req).await) }
                                 });
                                 let _ = hyper::server::conn::http1::Builder::new()
                                     .serve_connection(TokioIo::new(stream), service)
@@ -125,7 +134,7 @@ fn text(status: StatusCode, content_type: &str, body: String) -> Response<Full<B
 
 const PLAIN: &str = "text/plain; charset=utf-8";
 
-fn respond<B>(pages: &Pages, req: &Request<B>) -> Response<Full<Bytes>> {
+async fn respond<B>(pages: &Pages, req: &Request<B>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET {
         return text(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -133,7 +142,11 @@ fn respond<B>(pages: &Pages, req: &Request<B>) -> Response<Full<Bytes>> {
             format!("{} is not served; use GET\n", req.method()),
         );
     }
-    match req.uri().path() {
+    let path = req.uri().path();
+    if path == "/stores" || path.starts_with("/stores/") {
+        return pages.queries.clone().answer(req).await;
+    }
+    match path {
         "/metrics" => text(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -152,7 +165,9 @@ fn respond<B>(pages: &Pages, req: &Request<B>) -> Response<Full<Bytes>> {
         other => text(
             StatusCode::NOT_FOUND,
             PLAIN,
-            format!("no page {other}; the endpoint serves /metrics, /health and /topology\n"),
+            format!(
+                "no page {other}; the endpoint serves /metrics, /health, /topology and /stores\n"
+            ),
         ),
     }
 }

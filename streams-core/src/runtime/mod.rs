@@ -29,6 +29,7 @@ mod discovery;
 mod global;
 mod http;
 mod lag;
+mod queries;
 mod rebalance;
 mod restore;
 mod thread;
@@ -336,11 +337,34 @@ impl KafkaStreams {
             Some(id) => id.clone(),
             None => instance_id(&app_dir)?,
         };
-        topics::prepare(&self.topology, &self.config)?;
+        let partitions = topics::prepare(&self.topology, &self.config)?;
+        // The stream threads' consumers advertise the endpoint's address in their client ids.
+        let mut thread_config = self.config.clone();
         if let Some(address) = self.config.http_endpoint {
             let d = self.topology.describe();
             let page = format!("{d}\n{}\n", d.to_mermaid());
-            *lock(&self.endpoint) = Some(http::start(address, self.shared.clone(), page)?);
+            let client = clients::query_client(&self.config)?;
+            let endpoint = http::start(address, self.shared.clone(), page, |bound| {
+                let advertised = self.config.application_server.clone().unwrap_or_else(|| {
+                    let ip = if bound.ip().is_unspecified() {
+                        std::net::IpAddr::from([127, 0, 0, 1])
+                    } else {
+                        bound.ip()
+                    };
+                    std::net::SocketAddr::new(ip, bound.port()).to_string()
+                });
+                thread_config.application_server = Some(advertised.clone());
+                queries::Queries::new(
+                    self.shared.clone(),
+                    &self.topology,
+                    &self.config.application_id,
+                    &partitions,
+                    Some(advertised),
+                    client,
+                    self.config.client_timeout,
+                )
+            })?;
+            *lock(&self.endpoint) = Some(endpoint);
         }
         // Global tables are read whole before any stream thread starts.
         let global = global::start(&self.topology, &self.config, self.shared.clone())?;
@@ -369,7 +393,7 @@ impl KafkaStreams {
             let thread = thread::StreamThread::new(
                 i,
                 self.topology.clone(),
-                self.config.clone(),
+                thread_config.clone(),
                 self.shared.clone(),
                 &instance_id,
                 rocks.clone(),

@@ -257,6 +257,13 @@ impl<K: 'static, V: 'static> StoreBuilder for KeyValueStoreBuilder<K, V> {
             values: self.values.clone(),
         }))
     }
+    fn queries(&self) -> Option<super::StoreQueries> {
+        Some(super::StoreQueries::new(
+            super::QueryKind::KeyValue,
+            self.keys.clone(),
+            self.values.clone(),
+        ))
+    }
 }
 
 /// A read-only view of the committed state of a key-value store, over the instances of every

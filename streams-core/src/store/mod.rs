@@ -18,6 +18,7 @@ mod bytes;
 mod core;
 mod global;
 mod kv;
+mod query;
 mod rocks;
 mod session;
 mod window;
@@ -41,6 +42,8 @@ pub(crate) use self::core::{ChangelogTarget, StoreCore};
 pub use self::global::GlobalStore;
 pub(crate) use self::global::GlobalStores;
 pub use self::kv::{KeyValueIter, KeyValueStore, KeyValueStoreBuilder, ReadOnlyKeyValueStore};
+pub use self::query::StoreQueries;
+pub(crate) use self::query::{committed_windows, QueryKind};
 pub use self::rocks::{RocksConfigSetter, RocksResources, RocksUsage};
 pub use self::session::{EndedSession, SessionStore, SessionStoreBuilder};
 pub use self::window::{WindowStore, WindowStoreBuilder};
@@ -104,6 +107,12 @@ pub trait StoreBuilder: Send + Sync + 'static {
     }
     /// Opens the instance of a task.
     fn build(&self, ctx: &StoreContext<'_>) -> Result<Box<dyn StateStore>>;
+    /// What the HTTP endpoint's interactive queries may ask of the store (the built-in
+    /// key-value and window stores answer; other stores are not queryable over HTTP).
+    #[doc(hidden)]
+    fn queries(&self) -> Option<StoreQueries> {
+        None
+    }
 }
 
 /// The changelog topic of `store`.

@@ -137,4 +137,8 @@ impl<K: 'static, V: 'static> SessionStore<K, V> {
     }
 }
 
-segmented_store!(SessionStore, SessionStoreBuilder);
+segmented_store!(
+    SessionStore,
+    SessionStoreBuilder,
+    |_: &SessionStoreBuilder<K, V>| None
+);

@@ -257,13 +257,24 @@ impl<K: 'static, V: 'static> WindowStore<K, V> {
     }
 }
 
-segmented_store!(WindowStore, WindowStoreBuilder);
+segmented_store!(WindowStore, WindowStoreBuilder, |b: &WindowStoreBuilder<
+    K,
+    V,
+>| {
+    Some(super::StoreQueries::new(
+        super::QueryKind::Window {
+            segment_interval: Segments::new(b.retention).interval,
+        },
+        b.keys.clone(),
+        b.values.clone(),
+    ))
+});
 
 /// The parts window and session stores share: `core_mut`, the `StateStore` impl (flush expires
 /// old segments), and the builder (RocksDB or memory, a `compact,delete` changelog kept for the
 /// retention plus a day, as Kafka Streams does).
 macro_rules! segmented_store {
-    ($store:ident, $builder:ident) => {
+    ($store:ident, $builder:ident, $queries:expr) => {
         impl<K: 'static, V: 'static> $store<K, V> {
             /// The write path (commit, drop uncommitted writes: what the runtime does).
             #[cfg(feature = "internals")]
@@ -287,6 +298,12 @@ macro_rules! segmented_store {
             }
             fn core_mut(&mut self) -> Option<&mut StoreCore> {
                 Some(&mut self.core)
+            }
+            fn query_handle(&self) -> Option<super::QueryHandle> {
+                Some(super::QueryHandle {
+                    bytes: self.core.bytes.clone(),
+                    serdes: Arc::new((self.keys.clone(), self.values.clone())),
+                })
             }
         }
 
@@ -322,6 +339,10 @@ macro_rules! segmented_store {
                     keys: self.keys.clone(),
                     values: self.values.clone(),
                 }))
+            }
+            fn queries(&self) -> Option<super::StoreQueries> {
+                let queries: fn(&Self) -> Option<super::StoreQueries> = $queries;
+                queries(self)
             }
         }
     };

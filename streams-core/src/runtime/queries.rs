@@ -1,0 +1,852 @@
+//! Interactive queries through the HTTP endpoint, across instances.
+//!
+//! - `GET /stores/{store}/keys/{key}`: a key of a key-value store, `{"key": .., "value": ..}`;
+//! - `GET /stores/{store}/keys/{key}/windows?from=<ms>&to=<ms>`: a key's windows starting in
+//!   `[from, to]` of a window store, `[{"start": .., "value": ..}]`;
+//! - `GET /stores/{store}/range?from=<key>&to=<key>`: the entries of a key-value store with keys
+//!   in `[from, to]` (both optional), over every partition: `[{"key": .., "value": ..,
+//!   "partition": ..}]`, partition by partition, in key-byte order within.
+//!
+//! A key's partition is the one Kafka's default partitioner gives its bytes (murmur2, as the
+//! runtime's producers and the Java client use). An instance answers from a store partition
+//! only while it runs that task, restored; any other partition is asked of the instance the
+//! group's placement names (`discovery`), once: a forwarded request that finds the partition
+//! gone answers 503 rather than ask again. During a rebalance, or when the owner is restoring
+//! or does not answer, the answer is 503 with `Retry-After`: never a value from a task this
+//! instance does not run.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Bytes;
+use hyper::header::{CONTENT_TYPE, HOST, RETRY_AFTER};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use rdkafka::consumer::BaseConsumer;
+
+use super::discovery::{describe_group, GroupView};
+use super::{lock, Shared, State};
+use crate::store::{committed_windows, BytesStore, QueryKind, StoreQueries};
+use crate::topology::Topology;
+
+/// Marks a request one instance forwarded to another: it is answered locally or not at all.
+pub(super) const FORWARDED: &str = "x-kstreams-forwarded";
+
+/// Names the instance that answered from its own store (its advertised address).
+pub(super) const ANSWERED_BY: &str = "x-kstreams-answered-by";
+
+/// How long a description of the group is reused before the coordinator is asked again.
+const VIEW_TTL: Duration = Duration::from_secs(1);
+
+/// How long a forwarded request may take.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A queryable store: what it answers, and the topic whose partitions its tasks follow.
+struct Route {
+    queries: StoreQueries,
+    topic: String,
+    partitions: i32,
+}
+
+/// What the endpoint needs to answer queries.
+pub(super) struct Queries {
+    shared: Arc<Shared>,
+    group: String,
+    advertised: Option<String>,
+    routes: BTreeMap<String, Route>,
+    /// Stores of the topology that the endpoint cannot query (custom or session stores).
+    others: BTreeSet<String>,
+    client: Arc<BaseConsumer>,
+    timeout: Duration,
+    view: Mutex<Option<(Instant, Arc<GroupView>)>>,
+}
+
+type Answer = Response<Full<Bytes>>;
+
+/// Where a key's query is answered.
+enum Located {
+    /// Here: the key's bytes, its partition, the store's committed bytes.
+    Here(Vec<u8>, i32, Arc<dyn BytesStore>),
+    /// Elsewhere, or not at all: the answer.
+    Answered(Box<Answer>),
+}
+
+impl Queries {
+    /// The queryable stores of `topology`; `partitions` gives the partition count of each of
+    /// its source topics (logical names, as topic preparation found them).
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        topology: &Topology,
+        application_id: &str,
+        partitions: &BTreeMap<String, i32>,
+        advertised: Option<String>,
+        client: BaseConsumer,
+        timeout: Duration,
+    ) -> Self {
+        let builders: BTreeMap<&str, _> = topology
+            .store_builders()
+            .iter()
+            .map(|b| (b.name(), b.queries()))
+            .collect();
+        let mut routes = BTreeMap::new();
+        let mut others = BTreeSet::new();
+        for st in topology.subtopologies() {
+            let Some(source) = st.source_topics.first() else {
+                continue;
+            };
+            for store in &st.stores {
+                match (builders.get(store.as_str()), partitions.get(source)) {
+                    (Some(Some(queries)), Some(n)) => {
+                        routes.insert(
+                            store.clone(),
+                            Route {
+                                queries: queries.clone(),
+                                topic: topology.resolve_topic(application_id, source),
+                                partitions: *n,
+                            },
+                        );
+                    }
+                    _ => {
+                        others.insert(store.clone());
+                    }
+                }
+            }
+        }
+        Queries {
+            shared,
+            group: application_id.to_string(),
+            advertised,
+            routes,
+            others,
+            client: Arc::new(client),
+            timeout,
+            view: Mutex::new(None),
+        }
+    }
+
+    /// Answers `GET /stores/...`.
+    pub(super) async fn answer<B>(self: Arc<Self>, req: &Request<B>) -> Answer {
+        let forwarded = req.headers().contains_key(FORWARDED);
+        let path = req.uri().path();
+        let params = params(req.uri().query().unwrap_or(""));
+        let segments: Vec<String> = path
+            .trim_start_matches("/stores")
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(percent_decode)
+            .collect();
+        let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+        let state = *lock(&self.shared.state);
+        if !matches!(state, State::Running | State::Rebalancing) {
+            return retry(format!("the instance is {state:?}"));
+        }
+        let Some(store) = segments.first() else {
+            return self.store_list();
+        };
+        let route = match self.route(store) {
+            Ok(r) => r,
+            Err(a) => return a.answer(),
+        };
+        let path_and_query = req
+            .uri()
+            .path_and_query()
+            .map_or(path.to_string(), |p| p.to_string());
+        match (&segments[1..], route.queries.kind) {
+            (["keys", key], QueryKind::KeyValue) => {
+                self.key(store, route, key, &path_and_query, forwarded)
+                    .await
+            }
+            (["keys", key, "windows"], QueryKind::Window { segment_interval }) => {
+                let (from, to) = match (time(&params, "from", 0), time(&params, "to", i64::MAX)) {
+                    (Ok(f), Ok(t)) => (f, t),
+                    (Err(a), _) | (_, Err(a)) => return a.answer(),
+                };
+                self.windows(
+                    store,
+                    route,
+                    key,
+                    (segment_interval, from, to),
+                    &path_and_query,
+                    forwarded,
+                )
+                .await
+            }
+            (["range"], QueryKind::KeyValue) => {
+                self.range(store, route, &params, &path_and_query, forwarded)
+                    .await
+            }
+            (rest, kind) => text(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no query /{}{} for {} store {store}; {}",
+                    rest.join("/"),
+                    if rest.is_empty() { "" } else { " " },
+                    kind_name(kind),
+                    usage(kind)
+                ),
+            ),
+        }
+    }
+
+    /// An answer from this instance's own store, marked with its address.
+    fn mine(&self, mut answer: Answer) -> Answer {
+        if let Some(v) = self
+            .advertised
+            .as_deref()
+            .and_then(|a| hyper::header::HeaderValue::from_str(a).ok())
+        {
+            answer.headers_mut().insert(ANSWERED_BY, v);
+        }
+        answer
+    }
+
+    fn store_list(&self) -> Answer {
+        let stores: Vec<serde_json::Value> = self
+            .routes
+            .iter()
+            .map(|(name, r)| {
+                serde_json::json!({
+                    "store": name,
+                    "kind": kind_name(r.queries.kind),
+                    "partitions": r.partitions,
+                    "queries": usage(r.queries.kind),
+                })
+            })
+            .collect();
+        json(StatusCode::OK, &serde_json::Value::Array(stores))
+    }
+
+    fn route(&self, store: &str) -> Result<&Route, Refusal> {
+        if let Some(r) = self.routes.get(store) {
+            return Ok(r);
+        }
+        if self.others.contains(store) {
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                format!("store {store} cannot be queried over HTTP: only the built-in key-value and window stores can"),
+            ));
+        }
+        let known: Vec<&str> = self.routes.keys().map(String::as_str).collect();
+        Err(refuse(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no store {store}; the queryable stores are: {}",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        ))
+    }
+
+    /// The committed bytes of partition `partition` of `store`, if this instance runs its
+    /// task, restored, now.
+    fn local(&self, store: &str, partition: i32) -> Option<Arc<dyn BytesStore>> {
+        lock(&self.shared.stores)
+            .iter()
+            .flatten()
+            .find(|(n, p, _)| n == store && *p == partition)
+            .map(|(_, _, h)| h.bytes.clone())
+    }
+
+    fn key_bytes(&self, store: &str, route: &Route, key: &str) -> Result<Vec<u8>, Refusal> {
+        match route.queries.codec.key_from_text(store, key) {
+            None => Err(refuse(
+                StatusCode::BAD_REQUEST,
+                format!("the key serde of store {store} does not read keys from text"),
+            )),
+            Some(Err(e)) => Err(refuse(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "key {key:?} does not decode for store {store}: {}",
+                    e.message
+                ),
+            )),
+            Some(Ok(b)) => Ok(b),
+        }
+    }
+
+    /// A key's bytes, its partition and this instance's store of it; or the answer when the key
+    /// does not decode or its partition is held elsewhere (then the holder's answer).
+    async fn locate(
+        &self,
+        store: &str,
+        route: &Route,
+        key: &str,
+        path_and_query: &str,
+        forwarded: bool,
+    ) -> Located {
+        let kb = match self.key_bytes(store, route, key) {
+            Ok(b) => b,
+            Err(a) => return Located::Answered(Box::new(a.answer())),
+        };
+        let p = default_partition(&kb, route.partitions);
+        match self.local(store, p) {
+            Some(bytes) => Located::Here(kb, p, bytes),
+            None => Located::Answered(Box::new(
+                self.forward(store, route, &[p], true, path_and_query, forwarded)
+                    .await,
+            )),
+        }
+    }
+
+    async fn key(
+        &self,
+        store: &str,
+        route: &Route,
+        key: &str,
+        path_and_query: &str,
+        forwarded: bool,
+    ) -> Answer {
+        let (kb, p, bytes) = match self
+            .locate(store, route, key, path_and_query, forwarded)
+            .await
+        {
+            Located::Here(kb, p, bytes) => (kb, p, bytes),
+            Located::Answered(a) => return *a,
+        };
+        let value = match bytes.get(&kb) {
+            Ok(Some(v)) => v,
+            Ok(None) => {
+                return self.mine(text(
+                    StatusCode::NOT_FOUND,
+                    format!("store {store} has no value for key {key:?}"),
+                ))
+            }
+            Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        };
+        let codec = &route.queries.codec;
+        match (
+            json_of(codec.key_to_json(store, &kb), "key", store),
+            json_of(codec.value_to_json(store, &value), "value", store),
+        ) {
+            (Ok(k), Ok(v)) => self.mine(json(
+                StatusCode::OK,
+                &serde_json::json!({"key": k, "value": v, "partition": p}),
+            )),
+            (Err(a), _) | (_, Err(a)) => a.answer(),
+        }
+    }
+
+    async fn windows(
+        &self,
+        store: &str,
+        route: &Route,
+        key: &str,
+        (interval, from, to): (i64, i64, i64),
+        path_and_query: &str,
+        forwarded: bool,
+    ) -> Answer {
+        let (kb, bytes) = match self
+            .locate(store, route, key, path_and_query, forwarded)
+            .await
+        {
+            Located::Here(kb, _, bytes) => (kb, bytes),
+            Located::Answered(a) => return *a,
+        };
+        let found = match committed_windows(&*bytes, interval, &kb, from, to) {
+            Ok(f) => f,
+            Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        };
+        let mut out = Vec::with_capacity(found.len());
+        for (start, v) in found {
+            match json_of(route.queries.codec.value_to_json(store, &v), "value", store) {
+                Ok(v) => out.push(serde_json::json!({"start": start, "value": v})),
+                Err(a) => return a.answer(),
+            }
+        }
+        self.mine(json(StatusCode::OK, &serde_json::Value::Array(out)))
+    }
+
+    async fn range(
+        &self,
+        store: &str,
+        route: &Route,
+        params: &BTreeMap<String, String>,
+        path_and_query: &str,
+        forwarded: bool,
+    ) -> Answer {
+        let bound = |name: &str| -> Result<Option<Vec<u8>>, Refusal> {
+            params
+                .get(name)
+                .map(|t| self.key_bytes(store, route, t))
+                .transpose()
+        };
+        let (from, to) = match (bound("from"), bound("to")) {
+            (Ok(f), Ok(t)) => (f, t),
+            (Err(a), _) | (_, Err(a)) => return a.answer(),
+        };
+        let wanted: Vec<i32> = match params.get("partitions") {
+            Some(list) => match list
+                .split(',')
+                .map(|p| {
+                    p.parse::<i32>()
+                        .ok()
+                        .filter(|p| (0..route.partitions).contains(p))
+                })
+                .collect::<Option<Vec<i32>>>()
+            {
+                Some(ps) => ps,
+                None => {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        format!(
+                        "partitions={list} is not a list of partitions of store {store} (0 to {})",
+                        route.partitions - 1
+                    ),
+                    )
+                }
+            },
+            None => (0..route.partitions).collect(),
+        };
+        let mut rows: Vec<(i32, serde_json::Value)> = vec![];
+        let mut remote = vec![];
+        for p in wanted {
+            match self.local(store, p) {
+                Some(bytes) => match self.scan(store, route, &*bytes, p, &from, &to) {
+                    Ok(mut r) => rows.extend(r.drain(..).map(|v| (p, v))),
+                    Err(a) => return a.answer(),
+                },
+                None => remote.push(p),
+            }
+        }
+        if !remote.is_empty() {
+            let answer = self
+                .forward(store, route, &remote, false, path_and_query, forwarded)
+                .await;
+            if answer.status() != StatusCode::OK {
+                return answer;
+            }
+            let body = match answer.into_body().collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(never) => match never {},
+            };
+            let Ok(serde_json::Value::Array(more)) = serde_json::from_slice(&body) else {
+                return text(
+                    StatusCode::BAD_GATEWAY,
+                    "another instance's range answer is not a JSON array".into(),
+                );
+            };
+            for v in more {
+                let p = v["partition"].as_i64().unwrap_or(-1) as i32;
+                rows.push((p, v));
+            }
+        }
+        // Partition by partition; each part is in key order already.
+        rows.sort_by_key(|(p, _)| *p);
+        json(
+            StatusCode::OK,
+            &serde_json::Value::Array(rows.into_iter().map(|(_, v)| v).collect()),
+        )
+    }
+
+    fn scan(
+        &self,
+        store: &str,
+        route: &Route,
+        bytes: &dyn BytesStore,
+        partition: i32,
+        from: &Option<Vec<u8>>,
+        to: &Option<Vec<u8>>,
+    ) -> Result<Vec<serde_json::Value>, Refusal> {
+        use std::ops::Bound;
+        let lower = from.as_deref().map_or(Bound::Unbounded, Bound::Included);
+        let upper = to.as_deref().map_or(Bound::Unbounded, Bound::Included);
+        let entries = bytes
+            .range(lower, upper)
+            .map_err(|e| refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        let codec = &route.queries.codec;
+        entries
+            .into_iter()
+            .map(|(k, v)| {
+                let key = json_of(codec.key_to_json(store, &k), "key", store)?;
+                let value = json_of(codec.value_to_json(store, &v), "value", store)?;
+                Ok(serde_json::json!({"key": key, "value": value, "partition": partition}))
+            })
+            .collect()
+    }
+
+    /// Asks the instances that hold `partitions` of `store` (the group's placement); a
+    /// request that was forwarded already is not forwarded again. A key's query goes as it is
+    /// (its key names the partition); a range goes to each holder with the partitions it is
+    /// to answer for (`partitions=`), and the answers are joined.
+    async fn forward(
+        &self,
+        store: &str,
+        route: &Route,
+        partitions: &[i32],
+        one_key: bool,
+        path_and_query: &str,
+        forwarded: bool,
+    ) -> Answer {
+        if forwarded {
+            return retry(format!(
+                "this instance does not hold partition(s) {partitions:?} of store {store} now (a rebalance moved them)"
+            ));
+        }
+        let view = match self.view().await {
+            Ok(v) => v,
+            Err(message) => return retry(message),
+        };
+        if !view.is_stable() {
+            return retry(format!(
+                "the application's group is rebalancing (state {})",
+                view.state
+            ));
+        }
+        let mut by_address: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+        for &p in partitions {
+            let Some(owner) = view.range_owner(route.partitions, p) else {
+                return retry(format!(
+                    "no instance holds partition {p} of store {store} (topic {})",
+                    route.topic
+                ));
+            };
+            let Some(address) = owner.address() else {
+                return text(
+                    StatusCode::BAD_GATEWAY,
+                    format!(
+                        "partition {p} of store {store} is held by member {} which advertises no HTTP endpoint; turn the endpoint on in every instance",
+                        owner.member_id
+                    ),
+                );
+            };
+            if Some(address) == self.advertised.as_deref() {
+                return retry(format!(
+                    "partition {p} of store {store} is assigned to this instance and not restored yet"
+                ));
+            }
+            by_address.entry(address.to_string()).or_default().push(p);
+        }
+        if one_key {
+            let (address, _) = by_address
+                .into_iter()
+                .next()
+                .expect("a key has one partition");
+            return self.relay(&address, path_and_query).await;
+        }
+        // A range: each holder answers for its partitions.
+        let mut rows: Vec<serde_json::Value> = vec![];
+        for (address, ps) in by_address {
+            let list: Vec<String> = ps.iter().map(ToString::to_string).collect();
+            let sep = if path_and_query.contains('?') {
+                '&'
+            } else {
+                '?'
+            };
+            let target = format!("{path_and_query}{sep}partitions={}", list.join(","));
+            let answer = self.relay(&address, &target).await;
+            if answer.status() != StatusCode::OK {
+                return answer;
+            }
+            let body = match answer.into_body().collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(never) => match never {},
+            };
+            match serde_json::from_slice::<serde_json::Value>(&body) {
+                Ok(serde_json::Value::Array(more)) => rows.extend(more),
+                _ => {
+                    return text(
+                        StatusCode::BAD_GATEWAY,
+                        format!("the range answer of {address} is not a JSON array"),
+                    )
+                }
+            }
+        }
+        json(StatusCode::OK, &serde_json::Value::Array(rows))
+    }
+
+    /// Sends the request to `address` and passes its answer on (a failure is retriable).
+    async fn relay(&self, address: &str, path_and_query: &str) -> Answer {
+        match tokio::time::timeout(FORWARD_TIMEOUT, get(address, path_and_query)).await {
+            Ok(Ok((status, headers, body))) => {
+                if status == StatusCode::SERVICE_UNAVAILABLE {
+                    // The owner's view differs from ours: ask the coordinator again next time.
+                    lock(&self.view).take();
+                }
+                let mut r = Response::new(Full::new(body));
+                *r.status_mut() = status;
+                for name in [CONTENT_TYPE.as_str(), ANSWERED_BY] {
+                    if let Some(v) = headers.get(name) {
+                        r.headers_mut().insert(name, v.clone());
+                    }
+                }
+                if status == StatusCode::SERVICE_UNAVAILABLE {
+                    r.headers_mut()
+                        .insert(RETRY_AFTER, hyper::header::HeaderValue::from_static("1"));
+                }
+                r
+            }
+            Ok(Err(e)) => {
+                lock(&self.view).take();
+                retry(format!("the instance at {address} did not answer: {e}"))
+            }
+            Err(_) => {
+                lock(&self.view).take();
+                retry(format!(
+                    "the instance at {address} did not answer within {FORWARD_TIMEOUT:?}"
+                ))
+            }
+        }
+    }
+
+    /// The group's description, at most `VIEW_TTL` old.
+    async fn view(&self) -> Result<Arc<GroupView>, String> {
+        if let Some((at, v)) = lock(&self.view).as_ref() {
+            if at.elapsed() < VIEW_TTL {
+                return Ok(v.clone());
+            }
+        }
+        let (client, group, timeout) = (self.client.clone(), self.group.clone(), self.timeout);
+        let described =
+            tokio::task::spawn_blocking(move || describe_group(&client, &group, timeout))
+                .await
+                .map_err(|e| format!("describing the group failed: {e}"))?
+                .map_err(|e| e.to_string())?;
+        let view = Arc::new(described);
+        *lock(&self.view) = Some((Instant::now(), view.clone()));
+        Ok(view)
+    }
+}
+
+/// A GET to another instance's endpoint, marked as forwarded.
+async fn get(
+    address: &str,
+    path_and_query: &str,
+) -> Result<(StatusCode, hyper::HeaderMap, Bytes), String> {
+    let stream = tokio::net::TcpStream::connect(address)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let req = Request::get(path_and_query)
+        .header(HOST, address)
+        .header(FORWARDED, "1")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, headers, body))
+}
+
+/// The partition Kafka's default partitioner gives a key: murmur2 of its bytes, made
+/// non-negative, modulo the partition count (as the Java client and librdkafka's
+/// `murmur2_random`, which the runtime's producers use).
+pub(crate) fn default_partition(key: &[u8], partitions: i32) -> i32 {
+    ((murmur2(key) & 0x7fff_ffff) % partitions.max(1) as u32) as i32
+}
+
+/// Kafka's murmur2 (seed 0x9747b28c).
+fn murmur2(data: &[u8]) -> u32 {
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let mut h: u32 = 0x9747_b28c ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let rest = chunks.remainder();
+    if rest.len() >= 3 {
+        h ^= u32::from(rest[2]) << 16;
+    }
+    if rest.len() >= 2 {
+        h ^= u32::from(rest[1]) << 8;
+    }
+    if !rest.is_empty() {
+        h ^= u32::from(rest[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h
+}
+
+fn kind_name(kind: QueryKind) -> &'static str {
+    match kind {
+        QueryKind::KeyValue => "key-value",
+        QueryKind::Window { .. } => "window",
+    }
+}
+
+fn usage(kind: QueryKind) -> &'static str {
+    match kind {
+        QueryKind::KeyValue => "ask /keys/{key} or /range?from={key}&to={key}",
+        QueryKind::Window { .. } => "ask /keys/{key}/windows?from={ms}&to={ms}",
+    }
+}
+
+fn json_of(
+    converted: Option<Result<serde_json::Value, crate::serde::SerdeError>>,
+    what: &str,
+    store: &str,
+) -> Result<serde_json::Value, Refusal> {
+    match converted {
+        Some(Ok(v)) => Ok(v),
+        Some(Err(e)) => Err(refuse(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "a stored {what} of store {store} does not decode: {}",
+                e.message
+            ),
+        )),
+        None => Err(refuse(
+            StatusCode::NOT_IMPLEMENTED,
+            format!("the {what} serde of store {store} gives no JSON (Serde::bytes_to_json)"),
+        )),
+    }
+}
+
+fn time(params: &BTreeMap<String, String>, name: &str, default: i64) -> Result<i64, Refusal> {
+    match params.get(name) {
+        None => Ok(default),
+        Some(t) => t.parse().map_err(|_| {
+            refuse(
+                StatusCode::BAD_REQUEST,
+                format!("{name}={t} is not a time in milliseconds since the epoch"),
+            )
+        }),
+    }
+}
+
+/// The query string's parameters, percent-decoded.
+fn params(query: &str) -> BTreeMap<String, String> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k, true), decode(v, true))
+        })
+        .collect()
+}
+
+/// `%XX` escapes decoded (and `+` as a space, in a query string); invalid escapes are kept.
+fn decode(s: &str, plus_is_space: bool) -> String {
+    let b = s.as_bytes();
+    let hex = |c: u8| (c as char).to_digit(16);
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                out.push(b'%');
+            }
+            b'+' if plus_is_space => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A path segment, percent-decoded.
+fn percent_decode(s: &str) -> String {
+    decode(s, false)
+}
+
+/// A query that gets no data: the status and what to say.
+struct Refusal {
+    status: StatusCode,
+    message: String,
+}
+
+impl Refusal {
+    fn answer(self) -> Answer {
+        text(self.status, self.message)
+    }
+}
+
+fn refuse(status: StatusCode, message: String) -> Refusal {
+    Refusal { status, message }
+}
+
+fn text(status: StatusCode, message: String) -> Answer {
+    let mut r = Response::new(Full::new(Bytes::from(message + "\n")));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// 503 with `Retry-After`: the answer may come once a rebalance or restoration is over.
+fn retry(message: String) -> Answer {
+    let mut r = text(StatusCode::SERVICE_UNAVAILABLE, message);
+    r.headers_mut()
+        .insert(RETRY_AFTER, hyper::header::HeaderValue::from_static("1"));
+    r
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Answer {
+    let mut r = Response::new(Full::new(Bytes::from(value.to_string() + "\n")));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Kafka's own test vectors for its murmur2 (as signed 32-bit results).
+    #[test]
+    fn murmur2_matches_kafka() {
+        let cases: [(&[u8], i32); 6] = [
+            (b"21", -973932308),
+            (b"foobar", -790332482),
+            (b"a-little-bit-long-string", -985981536),
+            (b"a-little-bit-longer-string", -1486304829),
+            (
+                b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58897971,
+            ),
+            (b"abc", 479470107),
+        ];
+        for (data, want) in cases {
+            assert_eq!(
+                murmur2(data) as i32,
+                want,
+                "{:?}",
+                String::from_utf8_lossy(data)
+            );
+        }
+        assert_eq!(default_partition(b"abc", 4), 479470107 % 4);
+    }
+
+    #[test]
+    fn query_strings_are_percent_decoded() {
+        let p = params("from=a%20b&to=c+d&x=%zz&y=%4");
+        assert_eq!(p["from"], "a b");
+        assert_eq!(p["to"], "c d");
+        assert_eq!(p["x"], "%zz");
+        assert_eq!(p["y"], "%4");
+        assert_eq!(percent_decode("caf%C3%A9"), "café");
+    }
+}

@@ -1,0 +1,134 @@
+//! What the HTTP endpoint's interactive queries may ask of a store: its kind and its serdes,
+//! erased to bytes and JSON (`Serde::text_to_bytes`, `Serde::bytes_to_json`), read from the
+//! committed bytes of a store instance.
+
+use std::ops::Bound;
+use std::sync::Arc;
+
+use super::bytes::BytesStore;
+use super::window::{ts_bytes, ts_from};
+use crate::serde::{Serde, SerdeError};
+use crate::Result;
+
+/// The kind of a queryable store, as far as the endpoint's queries go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum QueryKind {
+    /// Keys to values: get a key, scan a range of keys.
+    KeyValue,
+    /// `(key, window start)` to values, in time segments of this width (ms).
+    Window {
+        /// The width of a time segment.
+        segment_interval: i64,
+    },
+}
+
+/// A store's kind and its serdes erased to bytes and JSON (from its builder).
+#[derive(Clone)]
+pub struct StoreQueries {
+    pub(crate) kind: QueryKind,
+    pub(crate) codec: Arc<dyn Codec>,
+}
+
+impl std::fmt::Debug for StoreQueries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StoreQueries({:?})", self.kind)
+    }
+}
+
+impl StoreQueries {
+    pub(crate) fn new<K: 'static, V: 'static>(
+        kind: QueryKind,
+        keys: Arc<dyn Serde<K>>,
+        values: Arc<dyn Serde<V>>,
+    ) -> Self {
+        StoreQueries {
+            kind,
+            codec: Arc::new(Typed { keys, values }),
+        }
+    }
+}
+
+/// The store's serdes, without their types.
+pub(crate) trait Codec: Send + Sync {
+    /// A key from its text (`None`: the key serde does not read text).
+    fn key_from_text(&self, store: &str, text: &str) -> Option<Result<Vec<u8>, SerdeError>>;
+    /// A stored key as JSON.
+    fn key_to_json(
+        &self,
+        store: &str,
+        bytes: &[u8],
+    ) -> Option<Result<serde_json::Value, SerdeError>>;
+    /// A stored value as JSON.
+    fn value_to_json(
+        &self,
+        store: &str,
+        bytes: &[u8],
+    ) -> Option<Result<serde_json::Value, SerdeError>>;
+}
+
+struct Typed<K, V> {
+    keys: Arc<dyn Serde<K>>,
+    values: Arc<dyn Serde<V>>,
+}
+
+impl<K: 'static, V: 'static> Codec for Typed<K, V> {
+    fn key_from_text(&self, store: &str, text: &str) -> Option<Result<Vec<u8>, SerdeError>> {
+        self.keys.text_to_bytes(store, text)
+    }
+    fn key_to_json(
+        &self,
+        store: &str,
+        bytes: &[u8],
+    ) -> Option<Result<serde_json::Value, SerdeError>> {
+        self.keys.bytes_to_json(store, bytes)
+    }
+    fn value_to_json(
+        &self,
+        store: &str,
+        bytes: &[u8],
+    ) -> Option<Result<serde_json::Value, SerdeError>> {
+        self.values.bytes_to_json(store, bytes)
+    }
+}
+
+/// The committed windows of `key` (its bytes) starting in `[from, to]`, by start time, from a
+/// window store's bytes (`segment id || key || start`).
+pub(crate) fn committed_windows(
+    bytes: &dyn BytesStore,
+    segment_interval: i64,
+    key: &[u8],
+    from: i64,
+    to: i64,
+) -> Result<Vec<(i64, Vec<u8>)>> {
+    let mut out = vec![];
+    if from > to {
+        return Ok(out);
+    }
+    let last = to.div_euclid(segment_interval);
+    let mut next = from.div_euclid(segment_interval);
+    let upper = ts_bytes(last.saturating_add(1));
+    // Each segment that holds data is found with one seek past the previous one.
+    while next <= last {
+        let lower = ts_bytes(next);
+        let Some((k, _)) = bytes
+            .range_limited(Bound::Included(&lower[..]), Bound::Excluded(&upper[..]), 1)?
+            .into_iter()
+            .next()
+        else {
+            break;
+        };
+        let segment = ts_from(&k[..8]);
+        let mut lo = ts_bytes(segment).to_vec();
+        lo.extend_from_slice(key);
+        let mut hi = lo.clone();
+        lo.extend_from_slice(&ts_bytes(from));
+        hi.extend_from_slice(&ts_bytes(to));
+        for (k, v) in bytes.range(Bound::Included(&lo), Bound::Included(&hi))? {
+            if k.len() == 16 + key.len() {
+                out.push((ts_from(&k[k.len() - 8..]), v));
+            }
+        }
+        next = segment.saturating_add(1);
+    }
+    Ok(out)
+}
