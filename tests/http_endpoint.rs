@@ -49,11 +49,21 @@ impl Answer {
 
 /// One HTTP/1.1 request.
 fn request(address: SocketAddr, method: &str, path: &str) -> std::io::Result<Answer> {
+    request_with(address, method, path, "")
+}
+
+/// One HTTP/1.1 request with extra header lines (each ending in CRLF).
+fn request_with(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+) -> std::io::Result<Answer> {
     let mut s = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(20)))?;
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\n{headers}Connection: close\r\n\r\n"
     )?;
     let mut response = String::new();
     s.read_to_string(&mut response)?;
@@ -170,9 +180,9 @@ fn the_endpoint_serves_health_metrics_and_topology() {
 const T0: i64 = 28_000_000 * 60_000;
 
 /// One instance: counts per key (`counts`), per key and minute (`per-minute`, a window store)
-/// and per key length (`lengths`, a `u32` key, behind a repartition topic). 100 records, keys
-/// `k0`..`k9`, record i at `T0 + i` seconds: every key counts 10, 6 in the first minute and 4
-/// in the second, and every key has length 2.
+/// and per key length (`stores-lengths`, a `u32` key, behind a repartition topic; its name
+/// begins like the query path). 100 records, keys `k0`..`k9`, record i at `T0 + i` seconds:
+/// every key counts 10, 6 in the first minute and 4 in the second, and every key has length 2.
 #[test]
 fn queries_read_keys_ranges_and_windows_and_refuse_bad_requests() {
     const N: i64 = 100;
@@ -195,7 +205,7 @@ fn queries_read_keys_ranges_and_windows_and_refuse_bad_requests() {
         );
     stream
         .group_by(|k: &String, _| k.len() as u32)
-        .count_with(Materialized::with(BigEndian).named("lengths"));
+        .count_with(Materialized::with(BigEndian).named("stores-lengths"));
     let config = StreamsConfig::new(&app, &bootstrap)
         .state_dir(std::env::temp_dir().join(unique("q-state")))
         .http_endpoint("127.0.0.1:0".parse().unwrap());
@@ -224,7 +234,7 @@ fn queries_read_keys_ranges_and_windows_and_refuse_bad_requests() {
                 (a.status == 200).then(|| a.json()["value"].as_u64().unwrap())
             })
             .collect();
-        let lengths = get(address, "/stores/lengths/keys/2");
+        let lengths = get(address, "/stores/stores-lengths/keys/2");
         if counts.iter().all(|c| *c == Some(10))
             && lengths.status == 200
             && lengths.json()["value"] == 100
@@ -256,7 +266,7 @@ fn queries_read_keys_ranges_and_windows_and_refuse_bad_requests() {
         .collect();
     assert_eq!(
         names,
-        BTreeSet::from(["counts", "lengths", "per-minute"]),
+        BTreeSet::from(["counts", "per-minute", "stores-lengths"]),
         "{list}"
     );
 
@@ -266,6 +276,12 @@ fn queries_read_keys_ranges_and_windows_and_refuse_bad_requests() {
     let keys: BTreeSet<&str> = all.iter().map(|e| e["key"].as_str().unwrap()).collect();
     assert_eq!(keys.len(), 10, "{all:?}");
     assert!(all.iter().all(|e| e["value"] == 10), "{all:?}");
+    let limited = get(address, "/stores/counts/range?limit=1").json();
+    assert_eq!(
+        limited.as_array().unwrap().len(),
+        2,
+        "one per partition: {limited}"
+    );
     let some = get(address, "/stores/counts/range?from=k2&to=k4").json();
     let mut keys: Vec<&str> = some
         .as_array()
@@ -278,18 +294,29 @@ fn queries_read_keys_ranges_and_windows_and_refuse_bad_requests() {
 
     // A key's windows in a time range.
     let minute = 60_000;
-    let windows = get(
-        address,
-        &format!(
-            "/stores/per-minute/keys/k7/windows?from={T0}&to={}",
-            T0 + minute
-        ),
-    );
-    assert_eq!(windows.status, 200, "{}", windows.body);
-    assert_eq!(
-        windows.json(),
-        serde_json::json!([{"start": T0, "value": 6}, {"start": T0 + minute, "value": 4}])
-    );
+    let both = serde_json::json!([{"start": T0, "value": 6}, {"start": T0 + minute, "value": 4}]);
+    let deadline = Instant::now() + LONG;
+    loop {
+        // The task's stores commit one after the other: the windows may land just after.
+        let windows = get(
+            address,
+            &format!(
+                "/stores/per-minute/keys/k7/windows?from={T0}&to={}",
+                T0 + minute
+            ),
+        );
+        assert_eq!(windows.status, 200, "{}", windows.body);
+        if windows.json() == both {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "windows never complete: {}",
+            windows.body
+        );
+        // Polling the endpoint, as a client would.
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let later = get(
         address,
         &format!("/stores/per-minute/keys/k7/windows?from={}", T0 + 1),
@@ -300,14 +327,15 @@ fn queries_read_keys_ranges_and_windows_and_refuse_bad_requests() {
     );
 
     // Bad requests: 4xx, and the message says what is wrong.
-    let cases: [(&str, u16, &str); 7] = [
+    let cases: [(&str, u16, &str); 8] = [
+        ("/stores/counts/range?limit=0", 400, "limit must be"),
         (
             "/stores/nothing/keys/a",
             404,
-            "queryable stores are: counts, lengths, per-minute",
+            "queryable stores are: counts, per-minute, stores-lengths",
         ),
         ("/stores/counts/keys/k99", 404, "no value for key"),
-        ("/stores/lengths/keys/two", 400, "does not decode"),
+        ("/stores/stores-lengths/keys/two", 400, "does not decode"),
         (
             "/stores/per-minute/keys/k1/windows?from=noon",
             400,
@@ -495,13 +523,28 @@ fn two_instances_answer_every_key_and_the_survivor_answers_after_a_kill() {
     );
     // A range over one partition A holds and one B holds.
     let partition_of = |key: &str| -> i64 {
-        get(address_a, &format!("/stores/counts/keys/{key}")).json()["partition"]
-            .as_i64()
-            .unwrap()
+        let a = get(address_a, &format!("/stores/counts/keys/{key}"));
+        assert_eq!(a.status, 200, "{key}: {}", a.body);
+        a.json()["partition"].as_i64().unwrap()
     };
     let of_a = via_a.iter().find(|(_, by)| **by == address_a.to_string());
     let of_b = via_a.iter().find(|(_, by)| **by == address_b.to_string());
     let (pa, pb) = (partition_of(of_a.unwrap().0), partition_of(of_b.unwrap().0));
+    // A request another instance forwarded is answered locally or not at all (never forwarded
+    // again): asked of A as forwarded, a key B holds gets 503.
+    let forwarded = request_with(
+        address_a,
+        "GET",
+        &format!("/stores/counts/keys/{}", of_b.unwrap().0),
+        "x-kstreams-forwarded: 1\r\n",
+    )
+    .unwrap();
+    assert_eq!(forwarded.status, 503, "{}", forwarded.body);
+    assert!(
+        forwarded.body.contains("does not hold"),
+        "{}",
+        forwarded.body
+    );
     let mixed = get(
         address_a,
         &format!("/stores/counts/range?partitions={pa},{pb}"),

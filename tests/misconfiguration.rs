@@ -199,3 +199,22 @@ fn an_application_server_that_is_not_host_port_or_lacks_the_endpoint_is_refused(
         .application_server("streams-1.internal:7070");
     assert!(KafkaStreams::new(topology("in", "out"), fine).is_ok());
 }
+
+#[test]
+fn an_instance_id_with_other_characters_or_too_many_standbys_is_refused() {
+    for id in ["", "a:b", "a@b", "host/1"] {
+        let config = StreamsConfig::new("app", "x:9092").instance_id(id);
+        let Err(e) = KafkaStreams::new(topology("in", "out"), config) else {
+            panic!("instance id {id:?} accepted");
+        };
+        assert!(
+            error_chain(&e).contains("must be non-empty and use only letters"),
+            "{id:?}"
+        );
+    }
+    let config = StreamsConfig::new("app", "x:9092").num_standby_replicas(9);
+    let Err(e) = KafkaStreams::new(topology("in", "out"), config) else {
+        panic!("9 standbys accepted");
+    };
+    assert!(error_chain(&e).contains("num_standby_replicas"));
+}

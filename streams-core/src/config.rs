@@ -64,6 +64,7 @@ pub struct StreamsConfig {
     pub(crate) metrics_recording: bool,
     pub(crate) http_endpoint: Option<std::net::SocketAddr>,
     pub(crate) application_server: Option<String>,
+    pub(crate) num_standby_replicas: usize,
 }
 
 /// Whether a client property holds a secret (its value is never printed).
@@ -117,6 +118,10 @@ impl std::fmt::Debug for StreamsConfig {
             .field("rocksdb_config_setter", &self.rocks_setter.is_some())
             .field("cache_max_bytes", &self.cache_max_bytes)
             .field("max_task_idle", &self.max_task_idle)
+            .field("metrics_recording", &self.metrics_recording)
+            .field("http_endpoint", &self.http_endpoint)
+            .field("application_server", &self.application_server)
+            .field("num_standby_replicas", &self.num_standby_replicas)
             .finish_non_exhaustive()
     }
 }
@@ -167,6 +172,7 @@ impl StreamsConfig {
             metrics_recording: true,
             http_endpoint: None,
             application_server: None,
+            num_standby_replicas: 0,
         }
     }
 
@@ -212,6 +218,16 @@ impl StreamsConfig {
     /// `/topology` (the description and its Mermaid form).
     pub fn http_endpoint(mut self, address: std::net::SocketAddr) -> Self {
         self.http_endpoint = Some(address);
+        self
+    }
+
+    /// How many other instances keep a warm copy of each task's stores (default 0; Kafka
+    /// Streams' `num.standby.replicas`). A standby follows the task's changelogs
+    /// (`read_committed`) into its own stores, so that when the task moves to it restoration
+    /// replays only the changelogs' tail. Standbys are placed on other instances than the
+    /// task's active one (`docs/adr/0011-instance-discovery-for-queries-and-standbys.md`).
+    pub fn num_standby_replicas(mut self, n: usize) -> Self {
+        self.num_standby_replicas = n;
         self
     }
 
@@ -388,6 +404,20 @@ impl StreamsConfig {
         }
         if self.effective_commit_interval().is_zero() {
             return bad("the commit interval must be positive");
+        }
+        if let Some(id) = &self.instance_id {
+            if id.is_empty()
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            {
+                return Err(Error::Config(format!(
+                    "instance id {id:?} must be non-empty and use only letters, digits, '.', '_' and '-'"
+                )));
+            }
+        }
+        if self.num_standby_replicas > 8 {
+            return bad("num_standby_replicas above 8 is not supported");
         }
         if let Some(server) = &self.application_server {
             if self.http_endpoint.is_none() {

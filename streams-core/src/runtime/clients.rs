@@ -67,25 +67,36 @@ pub(crate) fn consumer_config(config: &StreamsConfig, thread: &str) -> ClientCon
     if config.guarantee == ProcessingGuarantee::ExactlyOnce {
         pinned.push(("isolation.level", "read_committed".to_string()));
     }
-    if let Some(server) = &config.application_server {
-        // Other instances find this one's HTTP endpoint in the group's member list.
+    if let Some(instance) = &config.instance_id {
+        // Other instances find this one (its id, its HTTP endpoint) in the group's member list.
         pinned.push((
             "client.id",
-            super::discovery::consumer_client_id(thread, Some(server)),
+            super::discovery::consumer_client_id(
+                thread,
+                instance,
+                config.application_server.as_deref(),
+            ),
         ));
     }
     with_pinned(c, &config.client_properties, &pinned)
 }
 
-/// The client the HTTP endpoint asks the group coordinator with (no group of its own).
-pub(crate) fn query_client(config: &StreamsConfig) -> Result<BaseConsumer> {
-    with_pinned(
-        base(config, format!("{}-query-client", config.application_id)),
+/// A client of the application's group that never joins it (it never subscribes): it
+/// describes the group and reads its committed offsets (the HTTP endpoint's and the standby
+/// thread's). `role` names it in its client id.
+pub(crate) fn group_reader(config: &StreamsConfig, role: &str) -> Result<BaseConsumer> {
+    let mut c = with_pinned(
+        base(config, format!("{}-{role}", config.application_id)),
         &config.client_properties,
-        &[],
-    )
-    .create()
-    .map_err(|e| Error::kafka("create the HTTP endpoint's Kafka client", e))
+        &[
+            ("group.id", config.application_id.clone()),
+            ("enable.auto.commit", "false".into()),
+        ],
+    );
+    // Nobody reads its statistics; they would only pile up.
+    c.set("statistics.interval.ms", "0");
+    c.create()
+        .map_err(|e| Error::kafka(format!("create the {role} Kafka client"), e))
 }
 
 /// The consumer that reads changelogs, `read_committed`, assigned by hand.

@@ -15,14 +15,17 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 
 use crate::{Error, Result};
 
-/// The separator between a consumer's own client id and the advertised address.
+/// The separator before the advertised address in a consumer's client id.
 const ADDRESS_MARK: char = '@';
+/// What stands between a thread's consumer name and its instance id in the client id.
+const INSTANCE_MARK: &str = "-consumer:";
 
-/// The client id of a stream thread's consumer, with the advertised address when there is one.
-pub(crate) fn consumer_client_id(thread: &str, advertised: Option<&str>) -> String {
+/// The client id of a stream thread's consumer: `<thread>-consumer:<instance id>`, then
+/// `@<host:port>` when the instance advertises an HTTP address.
+pub(crate) fn consumer_client_id(thread: &str, instance: &str, advertised: Option<&str>) -> String {
     match advertised {
-        Some(a) => format!("{thread}-consumer{ADDRESS_MARK}{a}"),
-        None => format!("{thread}-consumer"),
+        Some(a) => format!("{thread}{INSTANCE_MARK}{instance}{ADDRESS_MARK}{a}"),
+        None => format!("{thread}{INSTANCE_MARK}{instance}"),
     }
 }
 
@@ -41,16 +44,33 @@ impl GroupMember {
     /// id, or from the member id, which begins with the client id.
     #[cfg_attr(feature = "internals", visibility::make(pub))]
     pub(crate) fn address(&self) -> Option<&str> {
-        let id = if self.client_id.is_empty() {
-            // `<client id>-` and a 36-character UUID.
-            let cut = self.member_id.len().checked_sub(37)?;
-            self.member_id.get(..cut)?
-        } else {
-            &self.client_id
-        };
-        id.rsplit_once(ADDRESS_MARK)
+        self.id()?
+            .rsplit_once(ADDRESS_MARK)
             .map(|(_, a)| a)
             .filter(|a| !a.is_empty())
+    }
+
+    /// The id of the member's instance (one per `KafkaStreams`, however many threads).
+    #[cfg_attr(feature = "internals", visibility::make(pub))]
+    pub(crate) fn instance(&self) -> Option<&str> {
+        let id = self.id()?;
+        let id = id
+            .rsplit_once(ADDRESS_MARK)
+            .map_or(id, |(before, _)| before);
+        id.rsplit_once(INSTANCE_MARK)
+            .map(|(_, i)| i)
+            .filter(|i| !i.is_empty())
+    }
+
+    /// The client id, or, when the coordinator leaves it out, the member id without its
+    /// `-<uuid>` suffix (a member id begins with the client id).
+    fn id(&self) -> Option<&str> {
+        if self.client_id.is_empty() {
+            let cut = self.member_id.len().checked_sub(37)?;
+            self.member_id.get(..cut)
+        } else {
+            Some(&self.client_id)
+        }
     }
 }
 
@@ -69,6 +89,40 @@ impl GroupView {
     #[cfg_attr(feature = "internals", visibility::make(pub))]
     pub(crate) fn is_stable(&self) -> bool {
         self.state == "Stable"
+    }
+
+    /// The group's instances, by id (one per `KafkaStreams`, however many threads it runs).
+    pub(crate) fn instances(&self) -> Vec<&str> {
+        let mut ids: Vec<&str> = self.members.iter().filter_map(|m| m.instance()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// The instances that keep standbys of the task on partition `partition` (of a topic of
+    /// `partitions` partitions): the `replicas` instances after its active instance in the
+    /// ring of instance ids, never the active one. Every instance computes the same from the
+    /// same member list.
+    pub(crate) fn standby_instances(
+        &self,
+        partitions: i32,
+        partition: i32,
+        replicas: usize,
+    ) -> Vec<&str> {
+        let Some(active) = self
+            .range_owner(partitions, partition)
+            .and_then(GroupMember::instance)
+        else {
+            return vec![];
+        };
+        let ring = self.instances();
+        let Some(at) = ring.iter().position(|i| *i == active) else {
+            return vec![];
+        };
+        (1..ring.len())
+            .take(replicas)
+            .map(|step| ring[(at + step) % ring.len()])
+            .collect()
     }
 
     /// The member the range assignor gives partition `partition` of a topic of `partitions`
@@ -140,6 +194,34 @@ mod tests {
         }
     }
 
+    /// Standbys go to the next instances in the ring, never to the active one.
+    #[test]
+    fn standbys_follow_the_ring_of_instances() {
+        let member = |id: &str, instance: &str| GroupMember {
+            member_id: format!("{id}-057772c4-2772-42e4-8754-eeb3cfd08f73"),
+            client_id: consumer_client_id(id, instance, None),
+        };
+        // Two threads of instance b, one of a, one of c: members sorted by member id.
+        let v = GroupView {
+            state: "Stable".into(),
+            members: vec![
+                member("x-StreamThread-1", "b"),
+                member("x-StreamThread-2", "b"),
+                member("y-StreamThread-1", "a"),
+                member("z-StreamThread-1", "c"),
+            ],
+        };
+        assert_eq!(v.instances(), ["a", "b", "c"]);
+        // 4 partitions, 4 members: partition p to member p.
+        assert_eq!(v.standby_instances(4, 0, 1), ["c"]);
+        assert_eq!(v.standby_instances(4, 2, 1), ["b"]);
+        assert_eq!(v.standby_instances(4, 3, 1), ["a"]);
+        assert_eq!(v.standby_instances(4, 3, 2), ["a", "b"]);
+        // Never more than the other instances.
+        assert_eq!(v.standby_instances(4, 3, 5), ["a", "b"]);
+        assert!(v.standby_instances(4, 3, 0).is_empty());
+    }
+
     /// librdkafka's range assignor: `n / m` each, the first `n % m` members one more.
     #[test]
     fn range_owners_follow_the_range_assignor() {
@@ -167,17 +249,18 @@ mod tests {
             member_id: "m".into(),
             client_id: client_id.into(),
         };
-        let id = consumer_client_id("app-StreamThread-1", Some("10.0.0.7:7070"));
+        let id = consumer_client_id("app-StreamThread-1", "i-1", Some("10.0.0.7:7070"));
         assert_eq!(member(&id).address(), Some("10.0.0.7:7070"));
-        assert_eq!(
-            member(&consumer_client_id("app-StreamThread-1", None)).address(),
-            None
-        );
+        assert_eq!(member(&id).instance(), Some("i-1"));
+        let without = member(&consumer_client_id("app-StreamThread-1", "i-2", None));
+        assert_eq!(without.address(), None);
+        assert_eq!(without.instance(), Some("i-2"));
         // The test broker leaves the client id out; the member id begins with it.
         let from_member_id = GroupMember {
             member_id: format!("{id}-057772c4-2772-42e4-8754-eeb3cfd08f73"),
             client_id: String::new(),
         };
         assert_eq!(from_member_id.address(), Some("10.0.0.7:7070"));
+        assert_eq!(from_member_id.instance(), Some("i-1"));
     }
 }

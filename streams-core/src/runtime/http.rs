@@ -114,6 +114,8 @@ pub(super) fn start(
                     }
                 }
             });
+            // A question to the coordinator still under way is not waited for long.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
         })
         .map_err(io("start the HTTP endpoint's thread".into()))?;
     Ok(Endpoint {

@@ -32,6 +32,7 @@ mod lag;
 mod queries;
 mod rebalance;
 mod restore;
+mod standby;
 mod thread;
 mod topics;
 
@@ -340,12 +341,16 @@ impl KafkaStreams {
         let partitions = topics::prepare(&self.topology, &self.config)?;
         // The stream threads' consumers advertise the endpoint's address in their client ids.
         let mut thread_config = self.config.clone();
+        thread_config.instance_id = Some(instance_id.clone());
         if let Some(address) = self.config.http_endpoint {
             let d = self.topology.describe();
             let page = format!("{d}\n{}\n", d.to_mermaid());
-            let client = clients::query_client(&self.config)?;
+            let client = clients::group_reader(&self.config, "query-client")?;
             let endpoint = http::start(address, self.shared.clone(), page, |bound| {
                 let advertised = self.config.application_server.clone().unwrap_or_else(|| {
+                    if bound.ip().is_unspecified() {
+                        tracing::warn!(address = %bound, "the HTTP endpoint listens on every interface but no application_server is set: other instances are told 127.0.0.1, which reaches this one only from the same machine");
+                    }
                     let ip = if bound.ip().is_unspecified() {
                         std::net::IpAddr::from([127, 0, 0, 1])
                     } else {
@@ -423,6 +428,13 @@ impl KafkaStreams {
                 })?;
             handles.push(handle);
         }
+        handles.extend(standby::start(
+            &self.topology,
+            &thread_config,
+            &partitions,
+            self.shared.clone(),
+            rocks,
+        )?);
         Ok(())
     }
 

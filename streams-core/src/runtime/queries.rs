@@ -3,9 +3,10 @@
 //! - `GET /stores/{store}/keys/{key}`: a key of a key-value store, `{"key": .., "value": ..}`;
 //! - `GET /stores/{store}/keys/{key}/windows?from=<ms>&to=<ms>`: a key's windows starting in
 //!   `[from, to]` of a window store, `[{"start": .., "value": ..}]`;
-//! - `GET /stores/{store}/range?from=<key>&to=<key>`: the entries of a key-value store with keys
-//!   in `[from, to]` (both optional), over every partition: `[{"key": .., "value": ..,
-//!   "partition": ..}]`, partition by partition, in key-byte order within.
+//! - `GET /stores/{store}/range?from=<key>&to=<key>&limit=<n>`: the entries of a key-value
+//!   store with keys in `[from, to]` (both optional), over every partition: `[{"key": ..,
+//!   "value": .., "partition": ..}]`, partition by partition, in key-byte order within, at most
+//!   `limit` per partition (default 1,000, at most 100,000).
 //!
 //! A key's partition is the one Kafka's default partitioner gives its bytes (murmur2, as the
 //! runtime's producers and the Java client use). An instance answers from a store partition
@@ -40,6 +41,13 @@ pub(super) const ANSWERED_BY: &str = "x-kstreams-answered-by";
 /// How long a description of the group is reused before the coordinator is asked again.
 const VIEW_TTL: Duration = Duration::from_secs(1);
 
+/// The entries a range answers per partition, unless `limit=` says otherwise, and at most.
+const DEFAULT_RANGE_LIMIT: usize = 1_000;
+const MAX_RANGE_LIMIT: usize = 100_000;
+
+/// How long the coordinator may take to describe the group.
+const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long a forwarded request may take.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -60,10 +68,14 @@ pub(super) struct Queries {
     others: BTreeSet<String>,
     client: Arc<BaseConsumer>,
     timeout: Duration,
-    view: Mutex<Option<(Instant, Arc<GroupView>)>>,
+    view: Mutex<Option<(Instant, Described)>>,
+    refresh: tokio::sync::Mutex<()>,
 }
 
 type Answer = Response<Full<Bytes>>;
+
+/// The coordinator's description of the group, or why there is none.
+type Described = Result<Arc<GroupView>, String>;
 
 /// Where a key's query is answered.
 enum Located {
@@ -123,6 +135,7 @@ impl Queries {
             client: Arc::new(client),
             timeout,
             view: Mutex::new(None),
+            refresh: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -132,7 +145,8 @@ impl Queries {
         let path = req.uri().path();
         let params = params(req.uri().query().unwrap_or(""));
         let segments: Vec<String> = path
-            .trim_start_matches("/stores")
+            .strip_prefix("/stores")
+            .unwrap_or(path)
             .split('/')
             .filter(|s| !s.is_empty())
             .map(percent_decode)
@@ -159,7 +173,10 @@ impl Queries {
                     .await
             }
             (["keys", key, "windows"], QueryKind::Window { segment_interval }) => {
-                let (from, to) = match (time(&params, "from", 0), time(&params, "to", i64::MAX)) {
+                let (from, to) = match (
+                    time(&params, "from", i64::MIN),
+                    time(&params, "to", i64::MAX),
+                ) {
                     (Ok(f), Ok(t)) => (f, t),
                     (Err(a), _) | (_, Err(a)) => return a.answer(),
                 };
@@ -379,6 +396,16 @@ impl Queries {
             (Ok(f), Ok(t)) => (f, t),
             (Err(a), _) | (_, Err(a)) => return a.answer(),
         };
+        let limit = match params.get("limit").map(|l| l.parse::<usize>()) {
+            None => DEFAULT_RANGE_LIMIT,
+            Some(Ok(l)) if (1..=MAX_RANGE_LIMIT).contains(&l) => l,
+            Some(_) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("limit must be a number from 1 to {MAX_RANGE_LIMIT}"),
+                )
+            }
+        };
         let wanted: Vec<i32> = match params.get("partitions") {
             Some(list) => match list
                 .split(',')
@@ -406,7 +433,7 @@ impl Queries {
         let mut remote = vec![];
         for p in wanted {
             match self.local(store, p) {
-                Some(bytes) => match self.scan(store, route, &*bytes, p, &from, &to) {
+                Some(bytes) => match self.scan(store, route, &*bytes, p, (&from, &to), limit) {
                     Ok(mut r) => rows.extend(r.drain(..).map(|v| (p, v))),
                     Err(a) => return a.answer(),
                 },
@@ -449,14 +476,14 @@ impl Queries {
         route: &Route,
         bytes: &dyn BytesStore,
         partition: i32,
-        from: &Option<Vec<u8>>,
-        to: &Option<Vec<u8>>,
+        (from, to): (&Option<Vec<u8>>, &Option<Vec<u8>>),
+        limit: usize,
     ) -> Result<Vec<serde_json::Value>, Refusal> {
         use std::ops::Bound;
         let lower = from.as_deref().map_or(Bound::Unbounded, Bound::Included);
         let upper = to.as_deref().map_or(Bound::Unbounded, Bound::Included);
         let entries = bytes
-            .range(lower, upper)
+            .range_limited(lower, upper, limit)
             .map_err(|e| refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
         let codec = &route.queries.codec;
         entries
@@ -491,6 +518,12 @@ impl Queries {
             Ok(v) => v,
             Err(message) => return retry(message),
         };
+        if view.members.is_empty() {
+            return retry(format!(
+                "the group coordinator knows no members of group {} yet (state {:?})",
+                self.group, view.state
+            ));
+        }
         if !view.is_stable() {
             return retry(format!(
                 "the application's group is rebalancing (state {})",
@@ -594,21 +627,36 @@ impl Queries {
     }
 
     /// The group's description, at most `VIEW_TTL` old.
-    async fn view(&self) -> Result<Arc<GroupView>, String> {
-        if let Some((at, v)) = lock(&self.view).as_ref() {
-            if at.elapsed() < VIEW_TTL {
-                return Ok(v.clone());
-            }
+    async fn view(&self) -> Described {
+        let fresh = || -> Option<Described> {
+            lock(&self.view)
+                .as_ref()
+                .filter(|(at, _)| at.elapsed() < VIEW_TTL)
+                .map(|(_, v)| v.clone())
+        };
+        if let Some(v) = fresh() {
+            return v;
         }
-        let (client, group, timeout) = (self.client.clone(), self.group.clone(), self.timeout);
-        let described =
-            tokio::task::spawn_blocking(move || describe_group(&client, &group, timeout))
-                .await
-                .map_err(|e| format!("describing the group failed: {e}"))?
-                .map_err(|e| e.to_string())?;
-        let view = Arc::new(described);
-        *lock(&self.view) = Some((Instant::now(), view.clone()));
-        Ok(view)
+        // One question to the coordinator at a time; the others take its answer.
+        let _refreshing = self.refresh.lock().await;
+        if let Some(v) = fresh() {
+            return v;
+        }
+        let (client, group) = (self.client.clone(), self.group.clone());
+        let timeout = self.timeout.min(DESCRIBE_TIMEOUT);
+        let described = tokio::task::spawn_blocking(move || {
+            let described = describe_group(&client, &group, timeout);
+            // Serves the client's queued events (logs, errors): nothing else polls it.
+            let _ = client.poll(Duration::ZERO);
+            described
+        })
+        .await
+        .map_err(|e| format!("describing the group failed: {e}"))
+        .and_then(|d| d.map_err(|e| e.to_string()))
+        .map(Arc::new);
+        // Failures are kept for a while too: a coordinator in trouble is not asked per query.
+        *lock(&self.view) = Some((Instant::now(), described.clone()));
+        described
     }
 }
 

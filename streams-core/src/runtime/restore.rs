@@ -90,6 +90,8 @@ pub(crate) struct RestoreEnv<'a> {
     pub(crate) metrics: Option<&'a crate::metrics::StreamsMetrics>,
     /// The thread's name (the metrics' `thread_id`).
     pub(crate) thread: &'a str,
+    /// Standby tasks catch up again and again: their passes are logged at debug level only.
+    pub(crate) standby: bool,
 }
 
 impl Restorer {
@@ -367,7 +369,7 @@ fn write(task: &mut Task, c: &mut Cursor, env: &RestoreEnv<'_>) -> Result<()> {
     if let Some(l) = env.listener {
         l.on_batch_restored(&c.store, c.partition, last, n);
     }
-    if c.last_report.elapsed() > Duration::from_secs(5) {
+    if !env.standby && c.last_report.elapsed() > Duration::from_secs(5) {
         c.last_report = Instant::now();
         tracing::info!(store = %c.store, partition = c.partition, restored = c.total, rate = c.total as f64 / c.started.elapsed().as_secs_f64(), "restoring");
     }
@@ -383,7 +385,11 @@ fn finish(task: &mut Task, mut c: Cursor, env: &RestoreEnv<'_>) -> Result<()> {
         m.restoration(env.thread, task.id).1.set(0);
     }
     let secs = c.started.elapsed().as_secs_f64();
-    tracing::info!(task = %task.id, store = %c.store, partition = c.partition, from = c.start, restored = c.total, seconds = secs, rate = c.total as f64 / secs.max(1e-9), "restored");
+    if env.standby {
+        tracing::debug!(task = %task.id, store = %c.store, partition = c.partition, from = c.start, read = c.total, "standby caught up");
+    } else {
+        tracing::info!(task = %task.id, store = %c.store, partition = c.partition, from = c.start, restored = c.total, seconds = secs, rate = c.total as f64 / secs.max(1e-9), "restored");
+    }
     if let Some(l) = env.listener {
         l.on_restore_end(&c.store, c.partition, c.total);
     }

@@ -208,6 +208,7 @@ impl Inner {
                 .metrics_recording
                 .then_some(&self.shared.metrics),
             thread: &self.name,
+            standby: false,
         };
         let done = restoring.step(&env, Duration::from_millis(100));
         self.restoring = restoring;

@@ -132,3 +132,48 @@ pub(crate) fn committed_windows(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::serde::{BigEndian, Utf8};
+    use crate::store::{
+        KeyValueStore, ReadOnlyKeyValueStore, RocksResources, StoreBuilder, StoreContext,
+        WindowStore,
+    };
+    use crate::TaskId;
+
+    fn open(builder: &dyn StoreBuilder) -> Box<dyn crate::store::StateStore> {
+        let rocks = RocksResources::default();
+        let ctx = StoreContext {
+            task: TaskId {
+                subtopology: 0,
+                partition: 0,
+            },
+            application_id: "app",
+            dir: None,
+            rocks: &rocks,
+        };
+        builder.build(&ctx).unwrap()
+    }
+
+    /// A window store's bytes are laid out by time segment: a typed key-value view of them
+    /// would answer wrong, so the handle refuses to become one.
+    #[test]
+    fn a_window_store_never_opens_as_a_key_value_view() {
+        let window = open(
+            &WindowStore::<String, u64>::builder("w", Duration::from_secs(60), Utf8, BigEndian)
+                .in_memory(),
+        );
+        let handle = window.query_handle().expect("window stores are queryable");
+        assert!(
+            ReadOnlyKeyValueStore::<String, u64>::from_handles("w", vec![(0, handle)]).is_err()
+        );
+        let kv = open(&KeyValueStore::<String, u64>::builder("kv", Utf8, BigEndian).in_memory());
+        let handle = kv.query_handle().unwrap();
+        assert!(
+            ReadOnlyKeyValueStore::<String, u64>::from_handles("kv", vec![(0, handle)]).is_ok()
+        );
+    }
+}

@@ -1,0 +1,298 @@
+//! Standby replicas (`StreamsConfig::num_standby_replicas`): warm copies of other instances'
+//! tasks, so that a task that moves here restores only its changelogs' tail.
+//!
+//! One thread per instance. Every second it reads the group's member list from the coordinator
+//! and computes, as every instance does, which tasks it keeps standbys of: the ring of instance
+//! ids places a task's standbys on the instances after its active one
+//! (`docs/adr/0011-instance-discovery-for-queries-and-standbys.md`). A standby task is a task
+//! whose stores are opened in its directory and never processed: the thread restores them from
+//! their changelogs (`read_committed`, the restoration's own code, `restore.rs`) again and again,
+//! each pass from the offset its stores reached, so they stay close behind the active task.
+//!
+//! A standby is dropped as soon as one of this instance's stream threads owns the task. A
+//! stream thread that opens the task's stores while the standby still has them open shares the
+//! open database and is the only one allowed to write from then on; it restores from the offset
+//! the standby stored.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::BaseConsumer;
+
+use super::clients::{self, PlainConsumer};
+use super::discovery::describe_group;
+use super::restore::{RestoreEnv, Restorer};
+use super::{lock, Shared};
+use crate::config::StreamsConfig;
+use crate::store::RocksResources;
+use crate::task::Task;
+use crate::topology::Topology;
+use crate::{Result, TaskId};
+
+/// How often the placement is computed again.
+const PLACEMENT_EVERY: Duration = Duration::from_secs(1);
+/// How long a caught-up standby waits before it reads its changelogs again.
+const CATCH_UP_EVERY: Duration = Duration::from_millis(500);
+
+/// A sub-topology with change-logged stores: its id, the topic whose partitions number its
+/// tasks, and that topic's partition count.
+struct Logged {
+    subtopology: u32,
+    partitions: i32,
+}
+
+/// Starts the standby thread, when standbys are configured and the topology has change-logged
+/// stores.
+pub(super) fn start(
+    topology: &Topology,
+    config: &StreamsConfig,
+    partitions: &BTreeMap<String, i32>,
+    shared: Arc<Shared>,
+    rocks: RocksResources,
+) -> Result<Option<std::thread::JoinHandle<()>>> {
+    if config.num_standby_replicas == 0 {
+        return Ok(None);
+    }
+    let logged_stores: BTreeSet<&str> = topology
+        .store_builders()
+        .iter()
+        .filter(|b| b.changelog_configs().is_some())
+        .map(|b| b.name())
+        .collect();
+    let logged: Vec<Logged> = topology
+        .subtopologies()
+        .iter()
+        .filter(|st| st.stores.iter().any(|s| logged_stores.contains(s.as_str())))
+        .filter_map(|st| {
+            let n = partitions.get(st.source_topics.first()?)?;
+            Some(Logged {
+                subtopology: st.id,
+                partitions: *n,
+            })
+        })
+        .collect();
+    if logged.is_empty() {
+        return Ok(None);
+    }
+    let group = clients::group_reader(config, "standby-client")?;
+    let standby = Standby {
+        topology: topology.clone(),
+        config: config.clone(),
+        app_id: Arc::from(config.application_id.as_str()),
+        instance: config.instance_id.clone().unwrap_or_default(),
+        name: format!("{}-StandbyThread", config.application_id),
+        logged,
+        shared,
+        rocks,
+        group,
+        restorer: Restorer::default(),
+        idle: vec![],
+        placed: BTreeSet::new(),
+    };
+    let handle = std::thread::Builder::new()
+        .name(standby.name.clone())
+        .spawn(move || standby.run())
+        .map_err(|e| crate::Error::Io {
+            context: "spawn the standby thread".into(),
+            source: e,
+        })?;
+    Ok(Some(handle))
+}
+
+struct Standby {
+    topology: Topology,
+    config: StreamsConfig,
+    app_id: Arc<str>,
+    instance: String,
+    name: String,
+    logged: Vec<Logged>,
+    shared: Arc<Shared>,
+    rocks: RocksResources,
+    /// Describes the group and reads its committed offsets (never joins it).
+    group: BaseConsumer,
+    /// Standby tasks reading their changelogs.
+    restorer: Restorer,
+    /// Standby tasks that caught up, and when.
+    idle: Vec<(Task, PathBuf, Instant)>,
+    /// The standby tasks the placement gives this instance.
+    placed: BTreeSet<TaskId>,
+}
+
+impl Standby {
+    fn run(mut self) {
+        let span = tracing::info_span!("standby_thread", name = %self.name);
+        let _guard = span.enter();
+        let mut placed_at: Option<Instant> = None;
+        while !self.shared.shutdown.load(Ordering::SeqCst) {
+            if placed_at.is_none_or(|at| at.elapsed() >= PLACEMENT_EVERY) {
+                placed_at = Some(Instant::now());
+                self.place();
+            }
+            self.reconcile();
+            if let Err(e) = self.step() {
+                // A standby's failure never stops the instance: start its tasks again.
+                tracing::warn!(error = %e, "a standby task failed; reopening the standbys");
+                self.close_all();
+            }
+        }
+        self.close_all();
+    }
+
+    /// The tasks this instance's stream threads own now (running or restoring).
+    fn active(&self) -> BTreeSet<TaskId> {
+        lock(&self.shared.tasks).iter().flatten().copied().collect()
+    }
+
+    /// Computes the standby tasks of this instance from the group's member list.
+    fn place(&mut self) {
+        // Serves the client's queued events (logs, errors): nothing else polls it.
+        let _ = self.group.poll(Duration::ZERO);
+        let timeout = self.config.client_timeout.min(Duration::from_secs(5));
+        let view = match describe_group(&self.group, &self.app_id, timeout) {
+            Ok(v) if v.is_stable() => v,
+            // Between rebalances the placement is not known: keep the standbys as they are.
+            Ok(_) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "describing the group failed; standbys unchanged");
+                return;
+            }
+        };
+        let mut placed = BTreeSet::new();
+        for l in &self.logged {
+            for p in 0..l.partitions {
+                if view
+                    .standby_instances(l.partitions, p, self.config.num_standby_replicas)
+                    .contains(&self.instance.as_str())
+                {
+                    placed.insert(TaskId {
+                        subtopology: l.subtopology,
+                        partition: p,
+                    });
+                }
+            }
+        }
+        if placed != self.placed {
+            let ids: Vec<String> = placed.iter().map(ToString::to_string).collect();
+            tracing::info!(standbys = ?ids, "standby tasks placed");
+            self.placed = placed;
+        }
+    }
+
+    /// Drops standbys that are no longer placed here or that a stream thread now owns, and
+    /// opens the placed ones that are missing.
+    fn reconcile(&mut self) {
+        let active = self.active();
+        let wanted: BTreeSet<TaskId> = self.placed.difference(&active).copied().collect();
+        let have: BTreeSet<TaskId> = self
+            .restorer
+            .task_ids()
+            .chain(self.idle.iter().map(|(t, _, _)| t.id))
+            .collect();
+        if have.iter().any(|id| !wanted.contains(id)) {
+            // Restoration has no way to drop one task: take them all and queue the kept ones.
+            let mut keep = vec![];
+            for p in self.restorer.take_all() {
+                keep.push((p.task, p.dir));
+            }
+            keep.extend(self.idle.drain(..).map(|(t, d, _)| (t, d)));
+            for (mut task, dir) in keep {
+                if wanted.contains(&task.id) {
+                    self.restorer.add(task, dir);
+                } else {
+                    tracing::info!(task = %task.id, "standby task closed");
+                    let _ = task.close(false);
+                }
+            }
+        }
+        let have: BTreeSet<TaskId> = self
+            .restorer
+            .task_ids()
+            .chain(self.idle.iter().map(|(t, _, _)| t.id))
+            .collect();
+        let missing: Vec<TaskId> = wanted.difference(&have).copied().collect();
+        if missing.is_empty() {
+            return;
+        }
+        let app_dir = self.config.state_dir.join(&*self.app_id);
+        let dirs = super::cleanup::dir_lock(&app_dir);
+        let _dirs = dirs.lock().unwrap_or_else(|e| e.into_inner());
+        // Checked again under the directory lock: a stream thread takes it to open tasks.
+        let active = self.active();
+        for id in missing.into_iter().filter(|id| !active.contains(id)) {
+            let dir = app_dir.join(id.to_string());
+            match Task::new(
+                &self.topology,
+                id,
+                &self.app_id,
+                Some(&dir),
+                super::now_ms(),
+                &self.rocks,
+            ) {
+                Ok(task) => {
+                    super::cleanup::mark_owned(&dir);
+                    tracing::info!(task = %id, "standby task opened");
+                    self.restorer.add(task, dir);
+                }
+                Err(e) => tracing::warn!(task = %id, error = %e, "cannot open a standby task"),
+            }
+        }
+    }
+
+    /// Reads changelogs for a while; caught-up tasks rest, rested ones read again.
+    fn step(&mut self) -> Result<()> {
+        let now = Instant::now();
+        let mut rested = vec![];
+        let idle = std::mem::take(&mut self.idle);
+        for (task, dir, since) in idle {
+            if now.duration_since(since) >= CATCH_UP_EVERY {
+                rested.push((task, dir));
+            } else {
+                self.idle.push((task, dir, since));
+            }
+        }
+        for (task, dir) in rested {
+            super::cleanup::mark_owned(&dir);
+            self.restorer.add(task, dir);
+        }
+        if self.restorer.is_empty() {
+            // Nothing to read: wait a little (for a task to rest, or the next placement).
+            std::thread::sleep(Duration::from_millis(100));
+            return Ok(());
+        }
+        let (config, name) = (&self.config, &self.name);
+        let make_consumer = || -> Result<PlainConsumer> { clients::restore_consumer(config, name) };
+        let committed = |topic: &str, partition: i32| {
+            clients::committed_offset(&self.group, topic, partition, config.client_timeout)
+        };
+        let env = RestoreEnv {
+            make_consumer: &make_consumer,
+            // The user's restore listener hears about active tasks' restorations only.
+            listener: None,
+            client_timeout: config.client_timeout,
+            committed: &committed,
+            metrics: None,
+            thread: name,
+            standby: true,
+        };
+        let done = self.restorer.step(&env, Duration::from_millis(200))?;
+        let now = Instant::now();
+        self.idle
+            .extend(done.into_iter().map(|p| (p.task, p.dir, now)));
+        Ok(())
+    }
+
+    fn close_all(&mut self) {
+        let tasks = self
+            .restorer
+            .take_all()
+            .into_iter()
+            .map(|p| p.task)
+            .chain(self.idle.drain(..).map(|(t, _, _)| t));
+        for mut task in tasks {
+            let _ = task.close(false);
+        }
+    }
+}
