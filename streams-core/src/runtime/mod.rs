@@ -394,6 +394,14 @@ impl KafkaStreams {
                 ]
             }));
         }
+        // Before the stream threads: a failure here leaves none running.
+        handles.extend(standby::start(
+            &self.topology,
+            &thread_config,
+            &partitions,
+            self.shared.clone(),
+            rocks.clone(),
+        )?);
         for i in 0..self.config.num_stream_threads {
             let thread = thread::StreamThread::new(
                 i,
@@ -428,13 +436,6 @@ impl KafkaStreams {
                 })?;
             handles.push(handle);
         }
-        handles.extend(standby::start(
-            &self.topology,
-            &thread_config,
-            &partitions,
-            self.shared.clone(),
-            rocks,
-        )?);
         Ok(())
     }
 

@@ -380,7 +380,12 @@ fn finish(task: &mut Task, mut c: Cursor, env: &RestoreEnv<'_>) -> Result<()> {
     if !c.batch.is_empty() {
         write(task, &mut c, env)?;
     }
-    store_of(task, &c.store)?.restored()?;
+    if !env.standby {
+        // A standby's passes are not flushed each time (a flush per pass would make small
+        // files for compaction): data and offset are written together, and the task's next
+        // instance, or the standby's close, flushes.
+        store_of(task, &c.store)?.restored()?;
+    }
     if let Some(m) = env.metrics {
         m.restoration(env.thread, task.id).1.set(0);
     }

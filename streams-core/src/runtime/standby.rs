@@ -36,6 +36,10 @@ use crate::{Result, TaskId};
 const PLACEMENT_EVERY: Duration = Duration::from_secs(1);
 /// How long a caught-up standby waits before it reads its changelogs again.
 const CATCH_UP_EVERY: Duration = Duration::from_millis(500);
+/// How long a standby task that failed waits before it is opened again.
+const FAILED_REST: Duration = Duration::from_secs(10);
+/// The longest the standby thread waits on the cluster (it never holds up a shutdown long).
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A sub-topology with change-logged stores: its id, the topic whose partitions number its
 /// tasks, and that topic's partition count.
@@ -80,7 +84,11 @@ pub(super) fn start(
     let group = clients::group_reader(config, "standby-client")?;
     let standby = Standby {
         topology: topology.clone(),
-        config: config.clone(),
+        config: {
+            let mut c = config.clone();
+            c.client_timeout = c.client_timeout.min(CLIENT_TIMEOUT);
+            c
+        },
         app_id: Arc::from(config.application_id.as_str()),
         instance: config.instance_id.clone().unwrap_or_default(),
         name: format!("{}-StandbyThread", config.application_id),
@@ -91,6 +99,7 @@ pub(super) fn start(
         restorer: Restorer::default(),
         idle: vec![],
         placed: BTreeSet::new(),
+        resting: BTreeMap::new(),
     };
     let handle = std::thread::Builder::new()
         .name(standby.name.clone())
@@ -119,12 +128,22 @@ struct Standby {
     idle: Vec<(Task, PathBuf, Instant)>,
     /// The standby tasks the placement gives this instance.
     placed: BTreeSet<TaskId>,
+    /// Tasks that failed (or cannot be standbys), not opened again before the time given.
+    resting: BTreeMap<TaskId, Instant>,
 }
 
 impl Standby {
     fn run(mut self) {
         let span = tracing::info_span!("standby_thread", name = %self.name);
         let _guard = span.enter();
+        let run = std::panic::AssertUnwindSafe(|| self.run_loop());
+        if let Err(panic) = std::panic::catch_unwind(run) {
+            // Standbys are an optimisation: their loss never stops the instance.
+            tracing::error!(panic = %super::panic_message(&*panic), "the standby thread panicked; no standbys until restart");
+        }
+    }
+
+    fn run_loop(&mut self) {
         let mut placed_at: Option<Instant> = None;
         while !self.shared.shutdown.load(Ordering::SeqCst) {
             if placed_at.is_none_or(|at| at.elapsed() >= PLACEMENT_EVERY) {
@@ -133,12 +152,30 @@ impl Standby {
             }
             self.reconcile();
             if let Err(e) = self.step() {
-                // A standby's failure never stops the instance: start its tasks again.
-                tracing::warn!(error = %e, "a standby task failed; reopening the standbys");
-                self.close_all();
+                self.failed(&e);
             }
         }
         self.close_all();
+    }
+
+    /// A pass failed on the task at the front of the queue (restoration reads one task at a
+    /// time): that one is closed and rests; the others go on.
+    fn failed(&mut self, e: &crate::Error) {
+        let mut tasks = self.restorer.take_all().into_iter();
+        // A fresh restorer: its consumer is created again.
+        self.restorer = Restorer::default();
+        if let Some(p) = tasks.next() {
+            if e.to_string().contains("newer instance") {
+                tracing::debug!(task = %p.task.id, "a stream thread of this instance took the standby task over");
+            } else {
+                tracing::warn!(task = %p.task.id, error = %e, "a standby task failed; it rests a while");
+            }
+            self.resting.insert(p.task.id, Instant::now() + FAILED_REST);
+            self.close(p.task, &p.dir);
+        }
+        for p in tasks {
+            self.restorer.add(p.task, p.dir);
+        }
     }
 
     /// The tasks this instance's stream threads own now (running or restoring).
@@ -150,8 +187,7 @@ impl Standby {
     fn place(&mut self) {
         // Serves the client's queued events (logs, errors): nothing else polls it.
         let _ = self.group.poll(Duration::ZERO);
-        let timeout = self.config.client_timeout.min(Duration::from_secs(5));
-        let view = match describe_group(&self.group, &self.app_id, timeout) {
+        let view = match describe_group(&self.group, &self.app_id, self.config.client_timeout) {
             Ok(v) if v.is_stable() => v,
             // Between rebalances the placement is not known: keep the standbys as they are.
             Ok(_) => return,
@@ -181,11 +217,18 @@ impl Standby {
         }
     }
 
-    /// Drops standbys that are no longer placed here or that a stream thread now owns, and
-    /// opens the placed ones that are missing.
+    /// Closes standbys that are no longer placed here or that a stream thread now owns, and
+    /// opens a placed one that is missing.
     fn reconcile(&mut self) {
+        let now = Instant::now();
+        self.resting.retain(|_, until| *until > now);
         let active = self.active();
-        let wanted: BTreeSet<TaskId> = self.placed.difference(&active).copied().collect();
+        let wanted: BTreeSet<TaskId> = self
+            .placed
+            .iter()
+            .filter(|id| !active.contains(id) && !self.resting.contains_key(id))
+            .copied()
+            .collect();
         let have: BTreeSet<TaskId> = self
             .restorer
             .task_ids()
@@ -193,17 +236,27 @@ impl Standby {
             .collect();
         if have.iter().any(|id| !wanted.contains(id)) {
             // Restoration has no way to drop one task: take them all and queue the kept ones.
-            let mut keep = vec![];
-            for p in self.restorer.take_all() {
-                keep.push((p.task, p.dir));
+            let mut keep: Vec<(Task, PathBuf)> = self
+                .restorer
+                .take_all()
+                .into_iter()
+                .map(|p| (p.task, p.dir))
+                .collect();
+            let mut idle = vec![];
+            for (task, dir, since) in self.idle.drain(..) {
+                if wanted.contains(&task.id) {
+                    idle.push((task, dir, since));
+                } else {
+                    keep.push((task, dir));
+                }
             }
-            keep.extend(self.idle.drain(..).map(|(t, d, _)| (t, d)));
-            for (mut task, dir) in keep {
+            self.idle = idle;
+            for (task, dir) in keep {
                 if wanted.contains(&task.id) {
                     self.restorer.add(task, dir);
                 } else {
                     tracing::info!(task = %task.id, "standby task closed");
-                    let _ = task.close(false);
+                    self.close(task, &dir);
                 }
             }
         }
@@ -212,50 +265,76 @@ impl Standby {
             .task_ids()
             .chain(self.idle.iter().map(|(t, _, _)| t.id))
             .collect();
-        let missing: Vec<TaskId> = wanted.difference(&have).copied().collect();
-        if missing.is_empty() {
-            return;
+        // One task per round: the directory lock is held while it opens, and stream threads
+        // take it to open theirs.
+        if let Some(id) = wanted.difference(&have).next().copied() {
+            self.open(id);
         }
+    }
+
+    fn open(&mut self, id: TaskId) {
         let app_dir = self.config.state_dir.join(&*self.app_id);
         let dirs = super::cleanup::dir_lock(&app_dir);
         let _dirs = dirs.lock().unwrap_or_else(|e| e.into_inner());
         // Checked again under the directory lock: a stream thread takes it to open tasks.
-        let active = self.active();
-        for id in missing.into_iter().filter(|id| !active.contains(id)) {
-            let dir = app_dir.join(id.to_string());
-            match Task::new(
-                &self.topology,
-                id,
-                &self.app_id,
-                Some(&dir),
-                super::now_ms(),
-                &self.rocks,
-            ) {
-                Ok(task) => {
-                    super::cleanup::mark_owned(&dir);
-                    tracing::info!(task = %id, "standby task opened");
-                    self.restorer.add(task, dir);
-                }
-                Err(e) => tracing::warn!(task = %id, error = %e, "cannot open a standby task"),
-            }
+        if self.active().contains(&id) {
+            return;
         }
+        let dir = app_dir.join(id.to_string());
+        let mut task = match Task::new(
+            &self.topology,
+            id,
+            &self.app_id,
+            Some(&dir),
+            super::now_ms(),
+            &self.rocks,
+        ) {
+            Ok(task) => task,
+            Err(e) => {
+                tracing::warn!(task = %id, error = %e, "cannot open a standby task; it rests a while");
+                self.resting.insert(id, Instant::now() + FAILED_REST);
+                return;
+            }
+        };
+        // A store kept in memory is restored whole by the task's next instance whatever a
+        // standby holds: no standby for it.
+        if task.logged_stores().any(|c| !c.bytes.persistent()) {
+            tracing::info!(task = %id, "no standby for a task with in-memory stores");
+            self.resting
+                .insert(id, Instant::now() + Duration::from_secs(3600));
+            let _ = task.close(false);
+            return;
+        }
+        super::cleanup::mark_owned(&dir);
+        tracing::info!(task = %id, "standby task opened");
+        self.restorer.add(task, dir);
+    }
+
+    /// Closes a standby task under the directory lock (no stream thread opens it meanwhile),
+    /// its stores flushed.
+    fn close(&self, mut task: Task, dir: &std::path::Path) {
+        let app_dir = self.config.state_dir.join(&*self.app_id);
+        let dirs = super::cleanup::dir_lock(&app_dir);
+        let _dirs = dirs.lock().unwrap_or_else(|e| e.into_inner());
+        for core in task.logged_stores() {
+            // Refused when a stream thread has the store now: it writes from here on.
+            let _ = core.bytes.flush();
+        }
+        let _ = task.close(false);
+        drop(task);
+        super::cleanup::mark_owned(dir);
     }
 
     /// Reads changelogs for a while; caught-up tasks rest, rested ones read again.
     fn step(&mut self) -> Result<()> {
         let now = Instant::now();
-        let mut rested = vec![];
         let idle = std::mem::take(&mut self.idle);
         for (task, dir, since) in idle {
             if now.duration_since(since) >= CATCH_UP_EVERY {
-                rested.push((task, dir));
+                self.restorer.add(task, dir);
             } else {
                 self.idle.push((task, dir, since));
             }
-        }
-        for (task, dir) in rested {
-            super::cleanup::mark_owned(&dir);
-            self.restorer.add(task, dir);
         }
         if self.restorer.is_empty() {
             // Nothing to read: wait a little (for a task to rest, or the next placement).
@@ -285,14 +364,15 @@ impl Standby {
     }
 
     fn close_all(&mut self) {
-        let tasks = self
+        let tasks: Vec<(Task, PathBuf)> = self
             .restorer
             .take_all()
             .into_iter()
-            .map(|p| p.task)
-            .chain(self.idle.drain(..).map(|(t, _, _)| t));
-        for mut task in tasks {
-            let _ = task.close(false);
+            .map(|p| (p.task, p.dir))
+            .chain(self.idle.drain(..).map(|(t, d, _)| (t, d)))
+            .collect();
+        for (task, dir) in tasks {
+            self.close(task, &dir);
         }
     }
 }

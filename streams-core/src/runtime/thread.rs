@@ -271,8 +271,11 @@ impl Inner {
     fn clean_state_dirs(&self) {
         let app_dir = self.config.state_dir.join(&*self.app_id);
         let dirs = super::cleanup::dir_lock(&app_dir);
-        let Ok(_dirs) = dirs.try_lock() else {
-            return;
+        // A poisoned lock (a panic while opening tasks) guards nothing broken: go on.
+        let _dirs = match dirs.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
         };
         super::cleanup::clean(
             &app_dir,

@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use rocksdb::{
@@ -251,7 +250,16 @@ const META_CF: &str = "kstreams-meta";
 
 /// The RocksDB databases open in this process, by directory, with the number of the newest
 /// store instance opened on each.
-type OpenDbs = std::collections::HashMap<std::path::PathBuf, (std::sync::Weak<DB>, Arc<AtomicU64>)>;
+type OpenDbs = std::collections::HashMap<std::path::PathBuf, (std::sync::Weak<DB>, Newest)>;
+
+/// The number of the newest instance opened on a database. A write holds it from its check
+/// to its end, and an open takes it to count itself: once an open returns, no write of an
+/// older instance is under way or can start.
+type Newest = Arc<std::sync::Mutex<u64>>;
+
+fn newest_of(n: &Newest) -> std::sync::MutexGuard<'_, u64> {
+    n.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// The RocksDB databases open in this process (see [`OpenDbs`]).
 static OPEN_DBS: std::sync::LazyLock<std::sync::Mutex<OpenDbs>> =
@@ -274,9 +282,21 @@ pub(crate) fn is_open_under(dir: &Path) -> bool {
 /// opened it) gets an error instead of writing into its successor's state.
 pub struct RocksBytes {
     name: String,
-    db: Arc<DB>,
+    /// Dropped in `Drop`, under the registry's lock.
+    db: std::mem::ManuallyDrop<Arc<DB>>,
     instance: u64,
-    newest: Arc<AtomicU64>,
+    newest: Newest,
+}
+
+impl Drop for RocksBytes {
+    fn drop(&mut self) {
+        // RocksDB releases the directory's lock only at the end of closing (after flushing
+        // what the write-ahead log does not hold): an open of the same directory waits for
+        // the close to finish rather than find the database gone and its lock still held.
+        let _open = OPEN_DBS.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: `db` is not used after this; it is dropped exactly once, here.
+        unsafe { std::mem::ManuallyDrop::drop(&mut self.db) };
+    }
 }
 
 impl RocksBytes {
@@ -310,10 +330,16 @@ impl RocksBytes {
             .get(&key)
             .and_then(|(db, newest)| Some((db.upgrade()?, newest.clone())))
         {
+            let instance = {
+                // Waits for a write of an older instance under way.
+                let mut n = newest_of(&newest);
+                *n += 1;
+                *n
+            };
             return Ok(RocksBytes {
                 name: name.to_string(),
-                db,
-                instance: newest.fetch_add(1, Ordering::SeqCst) + 1,
+                db: std::mem::ManuallyDrop::new(db),
+                instance,
                 newest,
             });
         }
@@ -321,11 +347,11 @@ impl RocksBytes {
             DB::open_cf_descriptors(&opts, dir, cfs)
                 .map_err(|e| state_error(name, format!("open {}: {e}", dir.display())))?,
         );
-        let newest = Arc::new(AtomicU64::new(1));
+        let newest: Newest = Arc::new(std::sync::Mutex::new(1));
         open.insert(key, (Arc::downgrade(&db), newest.clone()));
         Ok(RocksBytes {
             name: name.to_string(),
-            db,
+            db: std::mem::ManuallyDrop::new(db),
             instance: 1,
             newest,
         })
@@ -335,9 +361,12 @@ impl RocksBytes {
         state_error(&self.name, e)
     }
 
-    fn check_writer(&self) -> Result<()> {
-        if self.instance == self.newest.load(Ordering::SeqCst) {
-            return Ok(());
+    /// Holds the right to write until the guard drops; an error when a newer instance opened
+    /// the database.
+    fn check_writer(&self) -> Result<std::sync::MutexGuard<'_, u64>> {
+        let newest = newest_of(&self.newest);
+        if self.instance == *newest {
+            return Ok(newest);
         }
         Err(state_error(
             &self.name,
@@ -388,7 +417,7 @@ impl BytesStore for RocksBytes {
         offset: Option<i64>,
         durable: bool,
     ) -> Result<()> {
-        self.check_writer()?;
+        let _writing = self.check_writer()?;
         let mut wb = WriteBatch::default();
         if let Some(bound) = delete_below {
             // Before the puts: a later write below the bound (a late session) survives.
@@ -439,7 +468,7 @@ impl BytesStore for RocksBytes {
         true
     }
     fn wipe(&self) -> Result<()> {
-        self.check_writer()?;
+        let writing = self.check_writer()?;
         let mut wb = WriteBatch::default();
         if let Some((first, last)) = self.key_span()? {
             wb.delete_range(&first, &last);
@@ -451,6 +480,7 @@ impl BytesStore for RocksBytes {
             .ok_or_else(|| state_error(&self.name, "no meta column family"))?;
         wb.delete_cf(cf, OFFSET_KEY);
         self.db.write(wb).map_err(|e| self.err(e))?;
+        drop(writing);
         self.flush()
     }
     fn key_span(&self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
@@ -469,5 +499,105 @@ impl BytesStore for RocksBytes {
         Ok(first
             .zip(last)
             .map(|((a, _), (b, _))| (a.into_vec(), b.into_vec())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+
+    fn dir(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "kstreams-bytes-{name}-{}-{}",
+            std::process::id(),
+            now_nanos()
+        ));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    fn now_nanos() -> u128 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    }
+
+    fn batch(n: usize, tag: u64) -> Batch {
+        (0..n)
+            .map(|i| {
+                (
+                    format!("k{i:05}").into_bytes(),
+                    Some(tag.to_be_bytes().to_vec()),
+                )
+            })
+            .collect()
+    }
+
+    /// Once a newer instance has opened the directory, no write of an older one lands: an
+    /// older instance that was past its check when the newer one opened must not write after.
+    #[test]
+    fn no_write_of_an_older_instance_lands_after_a_newer_one_opened() {
+        let resources = RocksResources::default();
+        for round in 0..30 {
+            let d = dir("newest");
+            let old = RocksBytes::open("s", &d, &resources).unwrap();
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let writer = {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut tag = 1;
+                    while !stop.load(Ordering::SeqCst) {
+                        if old
+                            .write(batch(5_000, tag), Some(tag as i64), false)
+                            .is_err()
+                        {
+                            break;
+                        }
+                        tag += 1;
+                    }
+                    old
+                })
+            };
+            std::thread::sleep(std::time::Duration::from_millis(2 + round % 5));
+            let new = RocksBytes::open("s", &d, &resources).unwrap();
+            new.write(batch(5_000, 1_000_000), Some(1_000_000), false)
+                .unwrap();
+            stop.store(true, Ordering::SeqCst);
+            let old = writer.join().unwrap();
+            assert_eq!(
+                new.committed_offset().unwrap(),
+                Some(1_000_000),
+                "round {round}: an older instance's write landed after the newer one's"
+            );
+            assert_eq!(
+                new.get(b"k04999").unwrap(),
+                Some(1_000_000_u64.to_be_bytes().to_vec())
+            );
+            drop((old, new));
+            let _ = std::fs::remove_dir_all(&d);
+        }
+    }
+
+    /// Closing the last instance of a database while another opens the directory never fails
+    /// the open (RocksDB releases its lock only at the end of closing).
+    #[test]
+    fn opening_while_the_last_instance_closes_succeeds() {
+        let resources = RocksResources::default();
+        for round in 0..40 {
+            let d = dir("close");
+            let old = RocksBytes::open("s", &d, &resources).unwrap();
+            // Unflushed data makes the close flush, which takes a while.
+            old.write(batch(20_000, 1), Some(1), false).unwrap();
+            let closer = std::thread::spawn(move || drop(old));
+            let opened = RocksBytes::open("s", &d, &resources);
+            closer.join().unwrap();
+            let new = opened.unwrap_or_else(|e| panic!("round {round}: {e}"));
+            assert_eq!(new.committed_offset().unwrap(), Some(1), "round {round}");
+            drop(new);
+            let _ = std::fs::remove_dir_all(&d);
+        }
     }
 }
