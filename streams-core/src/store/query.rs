@@ -2,11 +2,10 @@
 //! erased to bytes and JSON (`Serde::text_to_bytes`, `Serde::bytes_to_json`), read from the
 //! committed bytes of a store instance.
 
-use std::ops::Bound;
 use std::sync::Arc;
 
 use super::bytes::BytesStore;
-use super::window::{ts_bytes, ts_from};
+use super::window::{key_windows, segments_between};
 use crate::serde::{Serde, SerdeError};
 use crate::Result;
 
@@ -100,37 +99,15 @@ pub(crate) fn committed_windows(
     from: i64,
     to: i64,
 ) -> Result<Vec<(i64, Vec<u8>)>> {
-    let mut out = vec![];
     if from > to {
-        return Ok(out);
+        return Ok(vec![]);
     }
-    let last = to.div_euclid(segment_interval);
-    let mut next = from.div_euclid(segment_interval);
-    let upper = ts_bytes(last.saturating_add(1));
-    // Each segment that holds data is found with one seek past the previous one.
-    while next <= last {
-        let lower = ts_bytes(next);
-        let Some((k, _)) = bytes
-            .range_limited(Bound::Included(&lower[..]), Bound::Excluded(&upper[..]), 1)?
-            .into_iter()
-            .next()
-        else {
-            break;
-        };
-        let segment = ts_from(&k[..8]);
-        let mut lo = ts_bytes(segment).to_vec();
-        lo.extend_from_slice(key);
-        let mut hi = lo.clone();
-        lo.extend_from_slice(&ts_bytes(from));
-        hi.extend_from_slice(&ts_bytes(to));
-        for (k, v) in bytes.range(Bound::Included(&lo), Bound::Included(&hi))? {
-            if k.len() == 16 + key.len() {
-                out.push((ts_from(&k[k.len() - 8..]), v));
-            }
-        }
-        next = segment.saturating_add(1);
-    }
-    Ok(out)
+    let segments = segments_between(
+        from.div_euclid(segment_interval),
+        to.div_euclid(segment_interval),
+        |lower, upper| Ok(bytes.range_limited(lower, upper, 1)?.pop().map(|(k, _)| k)),
+    )?;
+    key_windows(&segments, key, from, to, |lo, hi| bytes.range(lo, hi))
 }
 
 #[cfg(test)]

@@ -118,33 +118,76 @@ impl Segments {
         Ok(())
     }
 
-    /// The ids of the segments that hold data for times `[from, to]`, in order: each found
-    /// with one seek past the previous, so the cost follows the segments that exist, not the
-    /// width of the range (windows at the epoch and at today's time are millions of segment
-    /// ids apart).
+    /// The ids of the segments that hold data for times `[from, to]`, in order (see
+    /// [`segments_between`]), within the span of segments this instance knows hold data.
     pub(crate) fn visit(&self, core: &StoreCore, from: i64, to: i64) -> Result<Vec<i64>> {
         let Some((lo, hi)) = self.known(core)?.span else {
             return Ok(vec![]);
         };
-        let (first, last) = (self.id(from).max(lo), self.id(to).min(hi));
-        let mut found = vec![];
-        let mut next = first;
-        while next <= last {
-            let lower = ts_bytes(next);
-            let upper = ts_bytes(last.saturating_add(1));
-            let Some(entry) = core
-                .iter(Bound::Included(&lower[..]), Bound::Excluded(&upper[..]))
-                .next()
-            else {
-                break;
-            };
-            let (key, _) = entry?;
-            let id = ts_from(&key[..8]);
-            found.push(id);
-            next = id.saturating_add(1);
-        }
-        Ok(found)
+        segments_between(
+            self.id(from).max(lo),
+            self.id(to).min(hi),
+            |lower, upper| {
+                core.iter(lower, upper)
+                    .next()
+                    .transpose()
+                    .map(|e| e.map(|(k, _)| k))
+            },
+        )
     }
+}
+
+/// The ids of the segments from `first` to `last` that hold data, in order, over a store laid
+/// out as `segment id || rest`: each found with one seek (`first_key`, the first key in a
+/// range) past the previous, so the
+/// cost follows the segments that exist, not the width of the range (windows at the epoch and
+/// at today's time are millions of segment ids apart).
+pub(crate) fn segments_between(
+    first: i64,
+    last: i64,
+    mut first_key: impl FnMut(Bound<&[u8]>, Bound<&[u8]>) -> Result<Option<Vec<u8>>>,
+) -> Result<Vec<i64>> {
+    let upper = ts_bytes(last.saturating_add(1));
+    let mut found = vec![];
+    let mut next = first;
+    while next <= last {
+        let lower = ts_bytes(next);
+        let Some(key) = first_key(Bound::Included(&lower[..]), Bound::Excluded(&upper[..]))? else {
+            break;
+        };
+        let id = ts_from(&key[..8]);
+        found.push(id);
+        next = id.saturating_add(1);
+    }
+    Ok(found)
+}
+
+/// The windows of `key` (its bytes) starting in `[from, to]` in the given segments, by segment
+/// and start, as `(start, value bytes)`, over a store laid out as `segment id || key || start`
+/// (`range` reads it). The one scan behind [`WindowStore::fetch`] and the endpoint's window
+/// queries over committed bytes.
+pub(crate) fn key_windows(
+    segments: &[i64],
+    key: &[u8],
+    from: i64,
+    to: i64,
+    mut range: impl FnMut(Bound<&[u8]>, Bound<&[u8]>) -> Result<Vec<(Vec<u8>, Vec<u8>)>>,
+) -> Result<Vec<(i64, Vec<u8>)>> {
+    let mut out = vec![];
+    for &segment in segments {
+        let mut lo = ts_bytes(segment).to_vec();
+        lo.extend_from_slice(key);
+        let mut hi = lo.clone();
+        lo.extend_from_slice(&ts_bytes(from));
+        hi.extend_from_slice(&ts_bytes(to));
+        for (k, v) in range(Bound::Included(&lo), Bound::Included(&hi))? {
+            // Longer keys with this key as their prefix fall in the range too.
+            if k.len() == 16 + key.len() {
+                out.push((ts_from(&k[k.len() - 8..]), v));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// A typed window store: `(key, window start) -> value`.
@@ -208,26 +251,11 @@ impl<K: 'static, V: 'static> WindowStore<K, V> {
     /// The windows of `key` starting in `[from, to]`, by start time.
     pub fn fetch(&self, key: &K, from: i64, to: i64) -> Result<Vec<(i64, V)>> {
         let kb = key_bytes(&self.core.name, &*self.keys, key)?;
-        let mut out = vec![];
-        for seg in self.segments.visit(&self.core, from, to)? {
-            let mut lo = ts_bytes(seg).to_vec();
-            lo.extend_from_slice(&kb);
-            let mut hi = lo.clone();
-            lo.extend_from_slice(&ts_bytes(from));
-            hi.extend_from_slice(&ts_bytes(to));
-            for (k, v) in self
-                .core
-                .range(Bound::Included(&lo), Bound::Included(&hi))?
-            {
-                if k.len() == 16 + kb.len() {
-                    out.push((
-                        ts_from(&k[k.len() - 8..]),
-                        self.values.deserialize(&self.core.name, Some(&v))?,
-                    ));
-                }
-            }
-        }
-        Ok(out)
+        let segments = self.segments.visit(&self.core, from, to)?;
+        key_windows(&segments, &kb, from, to, |lo, hi| self.core.range(lo, hi))?
+            .into_iter()
+            .map(|(start, v)| Ok((start, self.values.deserialize(&self.core.name, Some(&v))?)))
+            .collect()
     }
 
     /// Every window starting in `[from, to]`: `((key, start), value)`, by time segment, then
