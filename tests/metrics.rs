@@ -12,7 +12,7 @@ use kstreams::core::{KafkaStreams, Sink, Source, State, StreamsConfig, TopologyB
 use kstreams::dsl::{Consumed, Materialized, Produced, StreamsBuilder, TimeWindows};
 use rdkafka::producer::{BaseRecord, Producer};
 use streams_testkit::kafka::{
-    consume_until, create_topic, idempotent_producer, send_retrying, Isolation,
+    consume_until, create_topic, idempotent_producer, partition_census, send_retrying, Isolation,
 };
 use streams_testkit::{bootstrap_servers, unique};
 
@@ -118,10 +118,20 @@ fn the_counters_equal_a_known_workload_and_lag_reaches_zero() {
         "{before:#?}"
     );
     streams.start().unwrap();
-    consume_until(bootstrap, output, Isolation::ReadCommitted, LONG, |got| {
+    if let Err(e) = consume_until(bootstrap, output, Isolation::ReadCommitted, LONG, |got| {
         got.len() as u64 >= GOOD
-    })
-    .unwrap();
+    }) {
+        // Where it stands: the output per partition under both isolation levels, the input,
+        // and what the application counted (records per task, lag per input partition).
+        panic!(
+            "{e:#}\n(records, last offset) per output partition: read_committed {}, \
+             read_uncommitted {}; per input partition: {}\nmetrics:\n{}",
+            partition_census(bootstrap, output, Isolation::ReadCommitted),
+            partition_census(bootstrap, output, Isolation::ReadUncommitted),
+            partition_census(bootstrap, input, Isolation::ReadUncommitted),
+            streams.metrics_text()
+        );
+    }
     // Consumed to the end: every input partition's lag is 0 (it is updated each commit).
     wait_for_zero_lag(&streams, PARTITIONS as usize);
     let m = streams.metrics();

@@ -18,8 +18,8 @@ use rand::Rng;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use streams_testkit::child::{child_mode, wait_for_stop_request, ChildProcess};
 use streams_testkit::kafka::{
-    committed_offsets, consume_until, create_topic, idempotent_producer, read_to_end,
-    send_retrying, Isolation, Received,
+    committed_offsets, consume_until, create_topic, idempotent_producer, partition_census,
+    read_to_end, send_retrying, Isolation, Received,
 };
 use streams_testkit::{bootstrap_servers, unique};
 
@@ -159,14 +159,11 @@ fn run_multi_partition(guarantee: ProcessingGuarantee) {
     }) {
         // Who missed what (docs/BROKER.md, records skipped with idempotent producers): the
         // application (its committed input offsets) or the reader (a fresh one's view).
-        let mut fresh = BTreeMap::new();
-        for r in read_to_end(&bootstrap, &output, isolation, LONG).unwrap_or_default() {
-            *fresh.entry(r.partition).or_insert(0) += 1;
-        }
         panic!(
-            "{e:#}\ncommitted input offsets {:?}; a fresh reader gets records per output \
-             partition {fresh:?}; state {:?}",
+            "{e:#}\ncommitted input offsets {:?}; a fresh reader gets (records, last offset) \
+             per output partition {}; state {:?}",
             committed_offsets(&bootstrap, &app, &input),
+            partition_census(&bootstrap, &output, isolation),
             streams.state()
         );
     }
@@ -607,20 +604,11 @@ fn two_instances_split_partitions_and_take_over() {
     }) {
         // Where it stands: per output partition, how far read_committed and read_uncommitted
         // readers get, and what B logged.
-        let per_partition = |isolation| {
-            let mut ends = BTreeMap::new();
-            for r in read_to_end(&bootstrap, &output, isolation, LONG).unwrap_or_default() {
-                let e = ends.entry(r.partition).or_insert((0, -1));
-                e.0 += 1;
-                e.1 = r.offset.max(e.1);
-            }
-            ends
-        };
         panic!(
-            "{e:#}\n(records, last offset) per output partition: read_committed {:?}, \
-             read_uncommitted {:?}\nB's last log lines:\n{}",
-            per_partition(Isolation::ReadCommitted),
-            per_partition(Isolation::ReadUncommitted),
+            "{e:#}\n(records, last offset) per output partition: read_committed {}, \
+             read_uncommitted {}\nB's last log lines:\n{}",
+            partition_census(&bootstrap, &output, Isolation::ReadCommitted),
+            partition_census(&bootstrap, &output, Isolation::ReadUncommitted),
             b.unread_lines(60).join("\n")
         );
     }

@@ -390,6 +390,24 @@ pub fn read_to_end(
     Ok(got)
 }
 
+/// Where a topic stands, for a failing test's message: per partition, how many records a
+/// reader with `isolation` gets to the partition's end and the last offset among them (`-1`
+/// for none), as `{partition: (records, last offset)}`; or why it could not read to the end.
+pub fn partition_census(bootstrap: &str, topic: &str, isolation: Isolation) -> String {
+    match read_to_end(bootstrap, topic, isolation, Duration::from_secs(60)) {
+        Ok(records) => {
+            let mut ends = std::collections::BTreeMap::new();
+            for r in records {
+                let e = ends.entry(r.partition).or_insert((0, -1));
+                e.0 += 1;
+                e.1 = r.offset.max(e.1);
+            }
+            format!("{ends:?}")
+        }
+        Err(e) => format!("(unreadable: {e:#})"),
+    }
+}
+
 /// An idempotent (not transactional) producer with a short linger: how tests write input.
 /// It partitions by the murmur2 hash of the key, as the Java client and the runtime's own
 /// producers do, so that input keyed alike lands in the partition the application writes
