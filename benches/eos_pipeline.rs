@@ -55,13 +55,27 @@ const PARTITIONS: i32 = 3;
 const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
 const TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a pipeline may commit nothing new before its round is given up.
+const STALL: Duration = Duration::from_secs(120);
+
 /// Waits until `group` has committed offsets covering `n` records of `topic`; returns how
-/// many it covers then.
-fn wait_committed(bootstrap: &str, group: &str, topic: &str, n: usize) -> usize {
+/// many it covers then, or `None` (with a line saying so) when the committed total did not
+/// grow for [`STALL`].
+fn wait_committed(bootstrap: &str, group: &str, topic: &str, n: usize) -> Option<usize> {
+    let (mut seen, mut since) = (-1, Instant::now());
     loop {
         let done = committed_total(bootstrap, group, topic);
         if done >= n as i64 {
-            return done as usize;
+            return Some(done as usize);
+        }
+        if done > seen {
+            (seen, since) = (done, Instant::now());
+        } else if since.elapsed() > STALL {
+            println!(
+                "stalled: group {group} committed {done} of {n} records of {topic} and nothing \
+                 more for {STALL:?}; the round is void"
+            );
+            return None;
         }
         std::thread::sleep(Duration::from_millis(20)); // the watcher's polling period
     }
@@ -86,24 +100,37 @@ struct Steady {
     rate: f64,
     /// CPU microseconds per record.
     cpu_us: f64,
+    /// With metrics on: how often the stream loop ran its metric operations, per record.
+    loop_counts: Option<LoopCounts>,
+}
+
+/// The stream loop's metric operations per record processed, over a whole run (from its
+/// metrics).
+#[derive(Clone, Copy, Debug)]
+struct LoopCounts {
+    /// Poll rounds (each timed).
+    polls: f64,
+    /// Commits (each timed when it had work, each followed by the lag update).
+    commits: f64,
 }
 
 /// Times the steady state of a pipeline consuming `n` records with consumer group `group`:
 /// from 10% of the input committed to all of it.
-fn steady_state(bootstrap: &str, group: &str, input: &str, n: usize) -> Steady {
-    let from = wait_committed(bootstrap, group, input, n / 10);
+fn steady_state(bootstrap: &str, group: &str, input: &str, n: usize) -> Option<Steady> {
+    let from = wait_committed(bootstrap, group, input, n / 10)?;
     let (t0, c0) = (Instant::now(), cpu_time());
-    let to = wait_committed(bootstrap, group, input, n);
+    let to = wait_committed(bootstrap, group, input, n)?;
     let (secs, cpu) = (t0.elapsed().as_secs_f64(), cpu_time() - c0);
     let records = (to - from).max(1) as f64;
-    Steady {
+    Some(Steady {
         rate: records / secs,
         cpu_us: cpu.as_secs_f64() * 1e6 / records,
-    }
+        loop_counts: None,
+    })
 }
 
 /// (a) The raw pipe: poll, transform, send; every 100 ms send the offsets and commit.
-fn raw_pipe(bootstrap: &str, input: &str, output: &str, n: usize) -> Steady {
+fn raw_pipe(bootstrap: &str, input: &str, output: &str, n: usize) -> Option<Steady> {
     let group = unique("bench-raw");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let worker = {
@@ -326,7 +353,7 @@ fn topology(
     output: &str,
     n: usize,
     metrics: bool,
-) -> Steady {
+) -> Option<Steady> {
     let app = unique("bench-app");
     let topology = build(kind, input, output, table);
     let config = StreamsConfig::new(&app, bootstrap)
@@ -337,6 +364,18 @@ fn topology(
     let streams = KafkaStreams::new(topology, config).unwrap();
     streams.start().unwrap();
     let steady = steady_state(bootstrap, &app, input, n);
+    let Some(mut steady) = steady else {
+        streams.close(TIMEOUT);
+        return None;
+    };
+    if metrics {
+        let m = streams.metrics();
+        let records = m.sum("kstreams_thread_process_records_total", &[]).max(1.0);
+        steady.loop_counts = Some(LoopCounts {
+            polls: m.sum("kstreams_thread_poll_latency_seconds_count", &[]) / records,
+            commits: m.sum("kstreams_thread_commit_latency_seconds_count", &[]) / records,
+        });
+    }
     assert!(streams.close(TIMEOUT));
     assert_eq!(streams.state(), State::NotRunning);
     if kind == Kind::DslStreamTableJoin {
@@ -374,7 +413,7 @@ fn topology(
         assert_eq!(written, 100 * 3 * closed, "1-minute window results");
         println!("window results checked: {written} 1-minute results ({closed} closed windows x 100 hosts x 3 metrics)");
     }
-    steady
+    Some(steady)
 }
 
 fn main() {
@@ -415,6 +454,9 @@ fn main() {
     }
     let bootstrap = bootstrap_servers();
     let (mut ratios, mut cpu_ratios) = (vec![], vec![]);
+    // --metrics-cost: what the decomposition below needs from the rounds.
+    let (mut off_cpu, mut on_rate, mut counts, mut last_input) =
+        (vec![], vec![], vec![], String::new());
     for round in 1..=rounds {
         let input = unique("bench-in");
         create_topic(&bootstrap, &input, PARTITIONS, &[]).unwrap();
@@ -466,6 +508,9 @@ fn main() {
             let b = topology(kind, &bootstrap, (&input, &table), &out_b, n, true);
             (run_a(), b)
         };
+        let (Some(a), Some(b)) = (a, b) else {
+            continue;
+        };
         let (ratio, cpu_ratio) = (b.rate / a.rate, b.cpu_us / a.cpu_us);
         println!(
             "round {round}: {baseline} {:.0} rec/s, {:.2} µs CPU/record; topology {:.0} rec/s, {:.2} µs CPU/record; \
@@ -474,6 +519,19 @@ fn main() {
         );
         ratios.push(ratio);
         cpu_ratios.push(cpu_ratio);
+        if metrics_cost {
+            off_cpu.push(a.cpu_us);
+            on_rate.push(b.rate);
+            counts.extend(b.loop_counts);
+            last_input = input.clone();
+        }
+    }
+    let (rate_mean, rate_ci) = geometric_mean_ci(&ratios);
+    let (cpu_mean, cpu_ci) = geometric_mean_ci(&cpu_ratios);
+    let rounds = ratios.len();
+    if rounds == 0 {
+        println!("no round completed");
+        return;
     }
     ratios.sort_by(f64::total_cmp);
     cpu_ratios.sort_by(f64::total_cmp);
@@ -482,4 +540,241 @@ fn main() {
         ratios[ratios.len() / 2],
         cpu_ratios[cpu_ratios.len() / 2]
     );
+    println!(
+        "geometric means over {rounds} rounds, with 95 % confidence intervals: throughput \
+         topology/({baseline}) {rate_mean:.3} [{:.3}, {:.3}], CPU per record topology/({baseline}) \
+         {cpu_mean:.3} [{:.3}, {:.3}]",
+        rate_ci.0, rate_ci.1, cpu_ci.0, cpu_ci.1
+    );
+    if metrics_cost {
+        decompose_metrics_cost(&bootstrap, &last_input, &off_cpu, &on_rate, &counts);
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The calling thread's CPU time so far.
+fn thread_cpu_time() -> Duration {
+    // SAFETY: clock_gettime fills the zeroed struct we own.
+    let t = unsafe {
+        let mut t: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t);
+        t
+    };
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// The calling thread's CPU time in `f` (what it runs is all on this thread), the median of 5
+/// runs.
+fn cpu_of(mut f: impl FnMut()) -> Duration {
+    let runs = (0..5)
+        .map(|_| {
+            let c0 = thread_cpu_time();
+            f();
+            (thread_cpu_time() - c0).as_secs_f64()
+        })
+        .collect();
+    Duration::from_secs_f64(median(runs))
+}
+
+/// The cost of metrics taken apart, each part measured here and now: the stream loop's metric
+/// operations (per record, per poll round, per commit, per statistics report) timed on their
+/// own, weighted by how often the metrics-on rounds ran them, against the CPU per record the
+/// metrics-off rounds took. The paired rounds' ratios above rest on differences smaller than
+/// this machine's noise; this does not.
+fn decompose_metrics_cost(
+    bootstrap: &str,
+    input: &str,
+    off_cpu: &[f64],
+    on_rate: &[f64],
+    counts: &[LoopCounts],
+) {
+    const N: u64 = 10_000_000;
+    // Per record: the task's and the thread's counter. Per poll round: the clock read twice and
+    // the latency recorded (histogram, totals, windowed maximum); a commit with work records
+    // its latency the same way.
+    let per_record_ns =
+        cpu_of(|| kstreams::core::metrics::exercise_hot_path(N, 0)).as_secs_f64() * 1e9 / N as f64;
+    let per_observe_ns =
+        cpu_of(|| kstreams::core::metrics::exercise_hot_path(0, N / 10)).as_secs_f64() * 1e9
+            / (N / 10) as f64;
+    // Per commit, the lag update: the consumer's positions (one librdkafka call, answered from
+    // its own state), then a map lookup and a gauge per partition; timed as the position call
+    // on a consumer assigned the input's partitions at their end (the lookups are as cheap as
+    // the counters above).
+    let consumer: BaseConsumer = client_config(bootstrap)
+        .set("group.id", unique("bench-lag"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(input, p, Offset::End).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let _ = consumer.poll(Duration::from_millis(500));
+    let position_us = cpu_of(|| {
+        for _ in 0..10_000 {
+            std::hint::black_box(consumer.position().unwrap());
+        }
+    })
+    .as_secs_f64()
+        * 1e6
+        / 10_000.0;
+    drop(consumer);
+    // Per second, librdkafka's statistics (metrics on turns them on, for the last stable
+    // offsets): generated by librdkafka, parsed by rdkafka, walked for the offsets. Amplified:
+    // an idle consumer reporting every 10 ms against the same consumer reporting never.
+    let stats_us = statistics_cost_us(bootstrap, input);
+
+    let pipeline_us = median(off_cpu.to_vec());
+    let rate = median(on_rate.to_vec());
+    let polls = median(counts.iter().map(|c| c.polls).collect());
+    let commits = median(counts.iter().map(|c| c.commits).collect());
+    let parts = [
+        ("2 counters per record", per_record_ns / 1e3),
+        ("poll rounds timed", polls * per_observe_ns / 1e3),
+        (
+            "commits timed and lag updated",
+            commits * (per_observe_ns / 1e3 + position_us),
+        ),
+        ("statistics every second", stats_us / rate),
+    ];
+    println!(
+        "metric operations measured alone: {per_record_ns:.1} ns per record (2 counters), \
+         {per_observe_ns:.1} ns per timed poll or commit, {position_us:.2} µs per lag update's \
+         position call, {stats_us:.1} µs per statistics report; the metrics-on rounds ran \
+         {polls:.5} poll rounds and {commits:.6} commits per record at {rate:.0} records/s \
+         (medians)"
+    );
+    let total: f64 = parts.iter().map(|(_, us)| us).sum();
+    for (what, us) in parts {
+        println!(
+            "  {what}: {:.2} ns per record, {:.3} % of the pipeline's CPU per record",
+            us * 1e3,
+            100.0 * us / pipeline_us
+        );
+    }
+    println!(
+        "the cost of metrics, taken apart: {:.1} ns per record against {pipeline_us:.2} µs CPU \
+         per record with metrics off (median): {:.3} % (ratio {:.4})",
+        total * 1e3,
+        100.0 * total / pipeline_us,
+        1.0 + total / pipeline_us
+    );
+}
+
+/// The CPU microseconds one statistics report costs a consumer reading `input`: librdkafka
+/// builds it, rdkafka parses it, and the context walks its partitions for their last stable
+/// offsets as the runtime's does. Measured as the difference between an idle consumer that
+/// reports every 10 ms and the same one that never reports, 5 s each, 3 times each, alternating.
+fn statistics_cost_us(bootstrap: &str, input: &str) -> f64 {
+    use rdkafka::client::ClientContext;
+    use rdkafka::consumer::ConsumerContext;
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Default)]
+    struct StatsContext {
+        reports: Arc<AtomicU64>,
+        ends: Mutex<HashMap<(String, i32), i64>>,
+    }
+    impl ClientContext for StatsContext {
+        fn stats(&self, statistics: rdkafka::Statistics) {
+            self.reports.fetch_add(1, Ordering::Relaxed);
+            let mut ends = self.ends.lock().unwrap();
+            ends.clear();
+            for (topic, t) in statistics.topics {
+                for (partition, p) in t.partitions {
+                    if partition >= 0 && p.ls_offset >= 0 {
+                        ends.insert((topic.clone(), partition), p.ls_offset);
+                    }
+                }
+            }
+        }
+    }
+    impl ConsumerContext for StatsContext {}
+
+    let run = |interval_ms: &str| -> (f64, u64) {
+        let context = StatsContext::default();
+        let reports = context.reports.clone();
+        let consumer: BaseConsumer<StatsContext> = client_config(bootstrap)
+            .set("group.id", unique("bench-stats"))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .set("statistics.interval.ms", interval_ms)
+            .create_with_context(context)
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..PARTITIONS {
+            tpl.add_partition_offset(input, p, Offset::End).unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        // Settled: connected, positions fetched.
+        let settle = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < settle {
+            let _ = consumer.poll(Duration::from_millis(100));
+        }
+        let (c0, r0) = (cpu_time(), reports.load(Ordering::Relaxed));
+        let until = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < until {
+            let _ = consumer.poll(Duration::from_millis(100));
+        }
+        (
+            (cpu_time() - c0).as_secs_f64() * 1e6,
+            reports.load(Ordering::Relaxed) - r0,
+        )
+    };
+    let (mut with, mut without, mut reports) = (vec![], vec![], 0);
+    for _ in 0..3 {
+        let (cpu, n) = run("10");
+        with.push(cpu);
+        reports += n;
+        without.push(run("0").0);
+    }
+    let per_run = reports as f64 / 3.0;
+    println!(
+        "statistics reports: {per_run:.0} per 5 s with a 10 ms interval; idle consumer CPU per 5 s \
+         {:.0} µs with them, {:.0} µs without (medians)",
+        median(with.clone()),
+        median(without.clone())
+    );
+    ((median(with) - median(without)) / per_run.max(1.0)).max(0.0)
+}
+
+/// The geometric mean of paired ratios and a 95 % confidence interval for it: Student's t
+/// interval on the ratios' logarithms (rounds are independent pairs; a ratio's logarithm is
+/// symmetric where the ratio is not). The interval is `(NaN, NaN)` for fewer than 2 rounds.
+fn geometric_mean_ci(ratios: &[f64]) -> (f64, (f64, f64)) {
+    let logs: Vec<f64> = ratios.iter().map(|r| r.ln()).collect();
+    let n = logs.len() as f64;
+    let mean = logs.iter().sum::<f64>() / n;
+    if logs.len() < 2 {
+        return (mean.exp(), (f64::NAN, f64::NAN));
+    }
+    let var = logs.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    let half = t_975(logs.len() - 1) * (var / n).sqrt();
+    (mean.exp(), ((mean - half).exp(), (mean + half).exp()))
+}
+
+/// Student's t distribution's 97.5th percentile for `df` degrees of freedom (table values up to
+/// 30; above, the value at the band's lowest `df`, so never smaller than the true one).
+fn t_975(df: usize) -> f64 {
+    const TABLE: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042,
+    ];
+    match df {
+        0 => f64::NAN,
+        1..=30 => TABLE[df - 1],
+        31..=40 => 2.040,
+        41..=60 => 2.021,
+        61..=120 => 2.000,
+        _ => 1.980,
+    }
 }

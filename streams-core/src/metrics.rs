@@ -510,6 +510,32 @@ impl StreamsMetrics {
     }
 }
 
+/// Runs the metric operations of the stream loop's hot path outside of it, for the benchmark of
+/// what metrics cost (`benches/eos_pipeline.rs --metrics-cost`): `records` records counted as a
+/// task counts each one it processed, and `polls` poll rounds timed as the stream loop times
+/// each one, on a fresh registry.
+#[cfg(feature = "internals")]
+pub fn exercise_hot_path(records: u64, polls: u64) {
+    let metrics = StreamsMetrics::new();
+    let task = metrics.task(
+        "bench",
+        TaskId {
+            subtopology: 0,
+            partition: 0,
+        },
+    );
+    for _ in 0..records {
+        std::hint::black_box(&task).processed();
+    }
+    let mut thread = metrics.thread("bench");
+    for _ in 0..polls {
+        let started = Instant::now();
+        std::hint::black_box(&mut thread)
+            .poll
+            .observe(started.elapsed());
+    }
+}
+
 impl std::fmt::Debug for StreamsMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StreamsMetrics").finish_non_exhaustive()
