@@ -73,7 +73,14 @@ fn wait_committed(bootstrap: &str, group: &str, topic: &str, n: usize) -> Option
         } else if since.elapsed() > STALL {
             println!(
                 "stalled: group {group} committed {done} of {n} records of {topic} and nothing \
-                 more for {STALL:?}; the round is void"
+                 more for {STALL:?}; the round is void; committed per partition {:?}, records \
+                 per input partition {}",
+                streams_testkit::kafka::committed_offsets(bootstrap, group, topic),
+                streams_testkit::kafka::partition_census(
+                    bootstrap,
+                    topic,
+                    streams_testkit::kafka::Isolation::ReadUncommitted
+                )
             );
             return None;
         }
@@ -365,6 +372,18 @@ fn topology(
     streams.start().unwrap();
     let steady = steady_state(bootstrap, &app, input, n);
     let Some(mut steady) = steady else {
+        // What the application saw of it: its state, its lag per input partition.
+        let m = streams.metrics();
+        let lags: Vec<String> = m
+            .named("kstreams_consumer_lag_records")
+            .map(|l| format!("{}:{}", l.label("partition").unwrap_or("?"), l.value))
+            .collect();
+        println!(
+            "the stalled application (metrics {}): state {:?}, lag per partition [{}]",
+            if metrics { "on" } else { "off" },
+            streams.state(),
+            lags.join(", ")
+        );
         streams.close(TIMEOUT);
         return None;
     };
