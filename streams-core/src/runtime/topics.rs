@@ -66,13 +66,36 @@ fn create(admin: &Admin<'_>, new: NewTopic<'_>, topic: &str, partitions: i32) ->
             }
         }
     }
-    let have = partition_count(admin, topic)?;
-    if have != Some(partitions) {
-        return Err(Error::Config(format!(
-            "internal topic {topic} has {have:?} partitions after creation, not {partitions}"
-        )));
+    await_partitions(topic, partitions, admin.config.client_timeout, || {
+        partition_count(admin, topic)
+    })
+}
+
+/// Waits until the metadata shows `topic` with `partitions` partitions. Kafka answers
+/// CreateTopics once its controller has the topic; the broker that answers Metadata learns of
+/// it a moment later, and meanwhile says it does not exist (Kafka Streams' internal topic
+/// manager waits the same way). A topic seen with another partition count is an error at once.
+fn await_partitions(
+    topic: &str,
+    partitions: i32,
+    timeout: Duration,
+    mut partition_count: impl FnMut() -> Result<Option<i32>>,
+) -> Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let have = partition_count()?;
+        if have == Some(partitions) {
+            return Ok(());
+        }
+        if have.is_some() || std::time::Instant::now() + backoff > deadline {
+            return Err(Error::Config(format!(
+                "internal topic {topic} has {have:?} partitions after creation, not {partitions}"
+            )));
+        }
+        std::thread::sleep(backoff); // the broker's metadata catching up: nothing to wait on
+        backoff = (backoff * 2).min(Duration::from_millis(500));
     }
-    Ok(())
 }
 
 /// Checks that source topics exist and co-partitioned topics agree, and creates the
@@ -260,4 +283,43 @@ pub(crate) fn prepare(
         }
     }
     Ok(counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_created_topic_is_awaited_until_the_metadata_shows_it() {
+        let mut answers = vec![None, None, Some(2)].into_iter();
+        let mut asked = 0;
+        await_partitions("t", 2, Duration::from_secs(5), || {
+            asked += 1;
+            Ok(answers.next().unwrap())
+        })
+        .unwrap();
+        assert_eq!(asked, 3);
+    }
+
+    #[test]
+    fn a_created_topic_that_never_shows_is_an_error_after_the_timeout() {
+        let e = await_partitions("t", 2, Duration::from_millis(100), || Ok(None)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("internal topic t has None partitions"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_created_topic_with_another_count_is_an_error_at_once() {
+        let mut asked = 0;
+        let e = await_partitions("t", 2, Duration::from_secs(60), || {
+            asked += 1;
+            Ok(Some(3))
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("has Some(3) partitions"), "{e}");
+        assert_eq!(asked, 1);
+    }
 }
