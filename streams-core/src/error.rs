@@ -151,6 +151,8 @@ impl Error {
                             | RDKafkaErrorCode::CoordinatorNotAvailable
                             | RDKafkaErrorCode::BrokerTransportFailure
                             | RDKafkaErrorCode::AllBrokersDown
+                            // A transaction holds the offsets asked for: stable once it ends.
+                            | RDKafkaErrorCode::UnstableOffsetCommit
                     )
                 ),
             },

@@ -392,12 +392,18 @@ pub(crate) fn committed_offset<C: ConsumerContext>(
     let got = consumer
         .committed_offsets(tpl, timeout)
         .map_err(|e| Error::kafka(format!("committed offset of {topic}"), e))?;
-    Ok(
-        match got.find_partition(topic, partition).map(|e| e.offset()) {
-            Some(Offset::Offset(o)) => Some(o),
-            _ => None,
-        },
-    )
+    let Some(entry) = got.find_partition(topic, partition) else {
+        return Ok(None);
+    };
+    // A partition's own error (UNSTABLE_OFFSET_COMMIT while a transaction holds offsets for
+    // it, once librdkafka stopped retrying) says nothing about what is committed: never `None`.
+    entry
+        .error()
+        .map_err(|e| Error::kafka(format!("committed offset of {topic} [{partition}]"), e))?;
+    Ok(match entry.offset() {
+        Offset::Offset(o) => Some(o),
+        _ => None,
+    })
 }
 
 /// Copies a Kafka headers list into ours.

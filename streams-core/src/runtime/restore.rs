@@ -75,7 +75,12 @@ pub(crate) struct Restorer {
     consumer: Option<PlainConsumer>,
     queue: VecDeque<Pending>,
     current: Option<Cursor>,
+    /// When a retriable failure to start a restoration was last logged.
+    retry_logged: Option<Instant>,
 }
+
+/// How often a restoration that cannot start yet says so.
+const RETRY_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// What restoration needs from the thread.
 pub(crate) struct RestoreEnv<'a> {
@@ -153,7 +158,22 @@ impl Restorer {
                     self.consumer = Some((env.make_consumer)()?);
                 }
                 let consumer = self.consumer.as_ref().unwrap();
-                self.current = Some(open(consumer, &mut pending.task, store, env)?);
+                match open(consumer, &mut pending.task, store.clone(), env) {
+                    Ok(cursor) => self.current = Some(cursor),
+                    // Say, the group's offsets of a source partition are unstable: a dead
+                    // instance's transaction holds them until the broker aborts it. The store
+                    // is opened again at the next step; meanwhile the thread goes on.
+                    Err(e) if e.is_retriable() => {
+                        pending.stores.push_front(store.clone());
+                        let now = Instant::now();
+                        if self.retry_logged.is_none_or(|t| now >= t + RETRY_LOG_EVERY) {
+                            self.retry_logged = Some(now);
+                            tracing::warn!(store = %store, task = %pending.task.id, error = %e, "cannot start restoring yet; trying again");
+                        }
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {

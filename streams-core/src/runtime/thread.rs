@@ -195,8 +195,12 @@ impl Inner {
         let mut restoring = std::mem::take(&mut self.restoring);
         let make_consumer = || clients::restore_consumer(&self.config, &self.name);
         let timeout = self.config.client_timeout;
+        // At most a second at a time: offsets a transaction holds stay unstable until the
+        // broker ends it (up to the transaction timeout); the restorer asks again at its next
+        // step, and the thread's other tasks go on meanwhile.
+        let committed_wait = timeout.min(Duration::from_secs(1));
         let committed = |topic: &str, partition: i32| {
-            clients::committed_offset(consumer, topic, partition, timeout)
+            clients::committed_offset(consumer, topic, partition, committed_wait)
         };
         let env = RestoreEnv {
             make_consumer: &make_consumer,
