@@ -1,4 +1,6 @@
-//! Throughput through the transaction proxy versus straight to nisshi, in the same run.
+//! Throughput through the test proxy versus straight to the broker, in the same run: on Apache
+//! Kafka the transparent proxy the outage tests and the kill soak run through; on nisshi
+//! (`KSTREAMS_BROKER=nisshi`) the patching one.
 //!
 //! ```text
 //! cargo bench --bench proxy_throughput [-- RECORDS ROUNDS]
@@ -6,9 +8,9 @@
 //!
 //! Each round, against one broker: a transactional producer writes RECORDS records of 100
 //! bytes (a commit every 1000 records) to a fresh 4-partition topic, then a read_committed
-//! consumer reads them all; once straight to nisshi, once through the proxy. Prints records/s
-//! for each and the ratio proxy/direct, per round and as the median over rounds. The proxy is
-//! in this process, on threads of its own; nisshi is a child process.
+//! consumer reads them all; once straight to the broker, once through the proxy. Prints
+//! records/s for each and the ratio proxy/direct, per round and as the median over rounds. The
+//! proxy is in this process, on threads of its own; the broker is a child process.
 
 use std::time::{Duration, Instant};
 
@@ -109,11 +111,18 @@ fn main() {
         .collect();
     let records: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(100_000);
     let rounds: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(3);
-    let broker = ManagedBroker::start(BrokerOptions::default()).expect("starting the broker");
-    let direct = broker.nisshi_address();
+    let broker = ManagedBroker::start(BrokerOptions {
+        fault_proxy: true,
+        ..BrokerOptions::from_env()
+    })
+    .expect("starting the broker");
+    let direct = broker.direct_address();
     let proxied = broker.bootstrap_servers();
+    let mode = broker.proxy().expect("a proxy was asked for").mode();
     println!(
-        "proxy_throughput: {records} records x {rounds} rounds, 100-byte values, memory engine"
+        "proxy_throughput: {records} records x {rounds} rounds, 100-byte values, {} behind the \
+         {mode:?} proxy",
+        broker.kind().name()
     );
     let (mut plain_ratios, mut produce_ratios, mut consume_ratios) =
         (Vec::new(), Vec::new(), Vec::new());

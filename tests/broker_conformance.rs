@@ -1,5 +1,8 @@
 //! Broker conformance: each broker behaviour the runtime relies on, checked against the real
-//! broker with rdkafka (the project's test broker, or `KAFKA_BOOTSTRAP_SERVERS`).
+//! broker with rdkafka (the project's test broker, Apache Kafka, or `KAFKA_BOOTSTRAP_SERVERS`).
+//! Each check is Kafka's contract; CI also runs them against the fallback broker, nisshi 0.7.0
+//! behind its patching proxy (`scripts/conformance-nisshi.sh`), where the same assertions must
+//! hold (docs/BROKER.md).
 //!
 //! Every check ends on a condition, not a sleep: where a test must show that records were *not*
 //! delivered, it writes a committed sentinel after them in the same partition and reads until the
@@ -17,7 +20,7 @@ use streams_testkit::kafka::{
     client_config, committed_offsets, consume_until, create_topic, describe_topic_config,
     partition_count, send_retrying, Isolation, Received,
 };
-use streams_testkit::{bootstrap_servers, unique, BrokerOptions, ManagedBroker, StorageEngine};
+use streams_testkit::{bootstrap_servers, unique, BrokerOptions, ManagedBroker};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -556,11 +559,11 @@ fn consume_transform_produce_moves_offsets_on_commit_only() {
 
 #[test]
 fn restarted_broker_keeps_records_and_offsets() {
-    // Always a broker of its own: the check restarts it. It uses the project's broker (sqlite
-    // engine) even when KAFKA_BOOTSTRAP_SERVERS names another one.
+    // Always a broker of its own: the check restarts it. It uses the project's broker (durable:
+    // nisshi's sqlite engine) even when KAFKA_BOOTSTRAP_SERVERS names another one.
     let mut broker = ManagedBroker::start(BrokerOptions {
-        engine: StorageEngine::Sqlite,
-        ..Default::default()
+        durable: true,
+        ..BrokerOptions::from_env()
     })
     .unwrap();
     let bootstrap = broker.bootstrap_servers();

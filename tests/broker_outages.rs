@@ -1,6 +1,7 @@
 //! Broker outages (issue 15, item 1): an exactly-once application with a repartition topic and a
 //! state store keeps exactly-once through five outages of 2 to 35 seconds, injected by the
-//! test proxy (every connection cut, new ones refused), some longer than the session timeout
+//! test proxy in front of a broker of the test's own (transparent in front of Apache Kafka:
+//! every connection cut, new ones refused), some longer than the session timeout
 //! (6 s) and the transaction timeout (10 s), so that its member is thrown out of the group and
 //! its transaction cannot commit. After each outage it is `Running` again and processing,
 //! without a restart by the test; at the end its output, read `read_committed`, equals the
@@ -61,13 +62,17 @@ impl Fault {
 /// other, each after some processing; after each it must be `Running` and every input
 /// partition's committed offset must move; at the end the output must equal the oracle.
 fn exactly_once_through(faults: &[Fault]) {
-    let broker = ManagedBroker::start(BrokerOptions::default()).unwrap();
+    let broker = ManagedBroker::start(BrokerOptions {
+        fault_proxy: true,
+        ..BrokerOptions::from_env()
+    })
+    .unwrap();
     let proxy = broker
         .proxy()
         .expect("the test broker runs behind the proxy");
     // The application talks through the proxy; the feeder and the checks go straight to the
     // broker, so that input keeps coming during the faults.
-    let (through_proxy, direct) = (broker.bootstrap_servers(), broker.nisshi_address());
+    let (through_proxy, direct) = (broker.bootstrap_servers(), broker.direct_address());
     let (input, output, app) = (unique("out-in"), unique("out-out"), unique("out-app"));
     create_topic(&direct, &input, 2, &[]).unwrap();
     create_topic(&direct, &output, 2, &[]).unwrap();
@@ -136,7 +141,7 @@ fn exactly_once_through(faults: &[Fault]) {
     let total = feeder.stop();
     counting_app::wait_consumed(&direct, &app, &input, total, LONG);
     assert!(streams.close(LONG));
-    // read_committed through the proxy: it gives readers the aborted transactions.
+    // read_committed through the proxy (on nisshi, it gives readers the aborted transactions).
     let check = counting_app::check(&through_proxy, &output, total, GROUPS);
     let states = states.lock().unwrap().clone();
     eprintln!(

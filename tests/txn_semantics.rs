@@ -1,5 +1,5 @@
-//! read_committed semantics of the test broker (nisshi behind the transaction proxy), under
-//! load: several transactional producers, hundreds of transactions each, randomly committed or
+//! read_committed semantics of the test broker (Apache Kafka; or nisshi behind its patching
+//! proxy), under load: several transactional producers, hundreds of transactions each, randomly committed or
 //! aborted, some producers SIGKILLed mid-transaction and replaced. The consumers' output is
 //! checked against an oracle of what each transaction did.
 //!
@@ -18,7 +18,8 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use streams_testkit::kafka::{
     client_config, consume_until, create_topic, send_retrying, Isolation, Received,
 };
-use streams_testkit::{bootstrap_servers, unique, BrokerOptions, ManagedBroker, StorageEngine};
+use streams_testkit::proxy::ProxyMode;
+use streams_testkit::{bootstrap_servers, unique, BrokerOptions, ManagedBroker};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -400,16 +401,23 @@ fn txn_stress_concurrent_producers() {
     run_stress(&bootstrap_servers(), Drive::Threads, seed, 4, txns, kills);
 }
 
+/// Committed and aborted transactions written before and after a broker restart: a new reader
+/// from the start gets every committed record and no aborted one. Behind nisshi's patching
+/// proxy, the proxy's index of aborted transactions also survives the restart (it is derived
+/// from the log); Kafka keeps its own on disk.
 #[test]
-fn txn_index_survives_reconnects_and_broker_restarts() {
+fn read_committed_survives_reconnects_and_broker_restarts() {
     if std::env::var("KSTREAMS_TXN_CHILD").is_ok() {
         return;
     }
     let mut broker = ManagedBroker::start(BrokerOptions {
-        engine: StorageEngine::Sqlite,
-        ..Default::default()
+        durable: true,
+        ..BrokerOptions::from_env()
     })
     .unwrap();
+    let patching_proxy = broker
+        .proxy()
+        .is_some_and(|p| p.mode() == ProxyMode::Patching);
     let bootstrap = broker.bootstrap_servers();
     let topic = unique("txn-restart");
     create_topic(&bootstrap, &topic, 1, &[]).unwrap();
@@ -441,8 +449,10 @@ fn txn_index_survives_reconnects_and_broker_restarts() {
     let first = read_committed("before-2-2-true");
     assert!(first.iter().all(|v| v.ends_with("true")), "{first:?}");
     assert_eq!(first.len(), 6);
-    let indexed = broker.proxy().unwrap().aborted_transactions_indexed();
-    assert_eq!(indexed, 2, "two aborted transactions indexed");
+    if patching_proxy {
+        let indexed = broker.proxy().unwrap().aborted_transactions_indexed();
+        assert_eq!(indexed, 2, "two aborted transactions indexed");
+    }
 
     broker.restart().unwrap();
     write("after");
@@ -450,24 +460,27 @@ fn txn_index_survives_reconnects_and_broker_restarts() {
     let second = read_committed("after-2-2-true");
     assert_eq!(second.len(), 12, "{second:?}");
     assert!(second.iter().all(|v| v.ends_with("true")), "{second:?}");
-    assert_eq!(
-        broker.proxy().unwrap().aborted_transactions_indexed(),
-        4,
-        "the index kept what it knew and added the new aborts"
-    );
+    if patching_proxy {
+        assert_eq!(
+            broker.proxy().unwrap().aborted_transactions_indexed(),
+            4,
+            "the index kept what it knew and added the new aborts"
+        );
+    }
 }
 
+/// The stress test against a durable broker of its own. Fails on the fallback broker: nisshi
+/// 0.7.0's sqlite engine loses COMMIT/ABORT markers under concurrent transactional producers
+/// (docs/BROKER.md, known gaps of nisshi).
 #[test]
-#[ignore = "known broker gap: nisshi 0.7.0's sqlite engine loses COMMIT/ABORT markers under \
-            concurrent transactional producers (docs/BROKER.md, known broker gaps)"]
-fn txn_stress_through_a_sqlite_broker() {
+fn txn_stress_through_a_durable_broker() {
     if std::env::var("KSTREAMS_TXN_CHILD").is_ok() {
         return;
     }
-    // The durable engine, with fewer transactions (it is about 10x slower).
+    // Fewer transactions (nisshi's durable engine is about 10x slower than its memory one).
     let broker = ManagedBroker::start(BrokerOptions {
-        engine: StorageEngine::Sqlite,
-        ..Default::default()
+        durable: true,
+        ..BrokerOptions::from_env()
     })
     .unwrap();
     let kills = env_or("KSTREAMS_STRESS_KILLS", 1);

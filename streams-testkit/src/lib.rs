@@ -15,7 +15,7 @@ pub mod kafka;
 pub mod names;
 pub mod proxy;
 
-pub use broker::{bootstrap_servers, BrokerOptions, ManagedBroker, StorageEngine};
+pub use broker::{bootstrap_servers, BrokerKind, BrokerOptions, ManagedBroker};
 pub use names::unique;
 
 /// Installs a tracing subscriber for tests, filtered by `RUST_LOG` (nothing when unset). Safe

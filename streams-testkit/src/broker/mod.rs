@@ -1,12 +1,19 @@
 //! Where the test broker is, and how the project's own one is started and stopped.
 //!
 //! [`bootstrap_servers`] is what almost every test calls: it returns `KAFKA_BOOTSTRAP_SERVERS`
-//! when that is set, and otherwise starts one [`ManagedBroker`] for the whole test process (memory
-//! engine) on first use. Tests that must restart or kill a broker start a [`ManagedBroker`] of
-//! their own.
+//! when that is set (`scripts/test.sh` starts one broker for the whole run and sets it), and
+//! otherwise starts one [`ManagedBroker`] for the whole test process on first use. Tests that
+//! must restart, pause or cut a broker start a [`ManagedBroker`] of their own.
+//!
+//! The broker is Apache Kafka ([`BrokerKind::Kafka`], [`kafka`]), or nisshi 0.7.0 behind the
+//! patching test proxy on a machine without Java or with `KSTREAMS_BROKER=nisshi`
+//! ([`BrokerKind::Nisshi`], [`nisshi`]); `docs/BROKER.md` says what each does.
 //!
 //! Broker processes are tied to the test process: they receive SIGKILL when it dies, however it
 //! dies, so no broker outlives a test run.
+
+pub mod kafka;
+pub mod nisshi;
 
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom};
@@ -21,38 +28,84 @@ use anyhow::{bail, Context};
 
 use crate::proxy::TxnProxy;
 
-/// The nisshi version the project pins (0.8 and later refuse transactions).
-pub const NISSHI_VERSION: &str = "0.7.0";
+pub use kafka::KAFKA_VERSION;
+pub use nisshi::NISSHI_VERSION;
 
-/// Which storage engine a managed broker uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum StorageEngine {
-    /// Everything in the broker process: fast, gone when it stops.
-    #[default]
-    Memory,
-    /// A sqlite file in the broker's data directory: survives a broker restart.
-    Sqlite,
+/// Which broker a [`ManagedBroker`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerKind {
+    /// Apache Kafka ([`KAFKA_VERSION`]), from the jars in the cache: the broker our users run.
+    Kafka,
+    /// nisshi 0.7.0 behind the patching test proxy: the fallback where no JVM runs.
+    Nisshi,
+}
+
+impl BrokerKind {
+    /// `KSTREAMS_BROKER` (`kafka` or `nisshi`); when unset, Kafka, or nisshi when no `java` is
+    /// found (said once on standard error).
+    ///
+    /// # Panics
+    ///
+    /// On another value of `KSTREAMS_BROKER`.
+    pub fn from_env() -> Self {
+        match std::env::var("KSTREAMS_BROKER").as_deref().map(str::trim) {
+            Ok("kafka") => BrokerKind::Kafka,
+            Ok("nisshi") => BrokerKind::Nisshi,
+            Ok("") | Err(_) => {
+                if kafka::java_binary().is_some() {
+                    BrokerKind::Kafka
+                } else {
+                    static SAID: std::sync::Once = std::sync::Once::new();
+                    SAID.call_once(|| {
+                        eprintln!(
+                            "streams-testkit: no java found ($JAVA_HOME/bin/java or on the PATH): \
+                             the test broker is the fallback, nisshi {NISSHI_VERSION} (docs/BROKER.md)"
+                        )
+                    });
+                    BrokerKind::Nisshi
+                }
+            }
+            Ok(other) => panic!("KSTREAMS_BROKER is `kafka` or `nisshi`, not `{other}`"),
+        }
+    }
+
+    /// The broker's name, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            BrokerKind::Kafka => "Apache Kafka",
+            BrokerKind::Nisshi => "nisshi",
+        }
+    }
 }
 
 /// How to start a [`ManagedBroker`].
 #[derive(Debug, Clone, Default)]
 pub struct BrokerOptions {
-    /// The storage engine.
-    pub engine: StorageEngine,
-    /// The loopback port to listen on; a free one when `None`.
+    /// Which broker; [`BrokerKind::from_env`] when `None`.
+    pub kind: Option<BrokerKind>,
+    /// Keep the data across [`ManagedBroker::restart`]. Kafka always does (its logs are on
+    /// disk); nisshi then uses its sqlite engine instead of memory.
+    pub durable: bool,
+    /// The loopback port clients connect to; a free one when `None`.
     pub port: Option<u16>,
     /// The data directory; a new temporary one (removed on drop) when `None`. A given one is
     /// kept.
     pub data_dir: Option<PathBuf>,
-    /// Serve clients directly from nisshi, without the transaction proxy in front
-    /// ([`crate::proxy`]). Only for showing the broker's own behaviour: without the proxy,
-    /// read_committed readers see aborted records.
+    /// Clients connect through the test proxy, so that the test can inject faults
+    /// ([`ManagedBroker::proxy`]). In front of Kafka the proxy is transparent (addresses and
+    /// faults only); in front of nisshi it is always there and also patches its gaps.
+    pub fault_proxy: bool,
+    /// nisshi only: serve clients from nisshi directly, without the patching proxy. Only for
+    /// showing nisshi's own behaviour: read_committed readers then see aborted records.
     pub without_proxy: bool,
+    /// Kafka only: broker settings of this test, added to (and overriding) the test
+    /// configuration ([`kafka`]).
+    pub server_properties: Vec<(String, String)>,
 }
 
 impl BrokerOptions {
     /// The options for the shared broker: the defaults, and `without_proxy` when
-    /// `KSTREAMS_TEST_BROKER_PROXY=0`.
+    /// `KSTREAMS_TEST_BROKER_PROXY=0` (nisshi only).
     pub fn from_env() -> Self {
         BrokerOptions {
             without_proxy: std::env::var("KSTREAMS_TEST_BROKER_PROXY").as_deref() == Ok("0"),
@@ -101,36 +154,20 @@ pub fn cache_dir() -> PathBuf {
     PathBuf::from(home).join(".cache").join("kstreams")
 }
 
-/// The nisshi binary: `NISSHI_BIN`, or where `scripts/broker.sh install` puts it.
-pub fn nisshi_binary() -> anyhow::Result<PathBuf> {
-    if let Some(bin) = std::env::var_os("NISSHI_BIN") {
-        return Ok(PathBuf::from(bin));
-    }
-    let bin = cache_dir()
-        .join("broker")
-        .join(format!("nisshi-{NISSHI_VERSION}"))
-        .join("bin")
-        .join("nisshi");
-    if !bin.exists() {
-        bail!(
-            "the test broker is not installed at {}: run `scripts/broker.sh install` \
-             (or set KAFKA_BOOTSTRAP_SERVERS to use another broker)",
-            bin.display()
-        );
-    }
-    Ok(bin)
-}
-
-/// A nisshi broker process owned by this test process, with a data directory of its own, and
-/// the transaction proxy in front of it (unless [`BrokerOptions::without_proxy`]).
+/// A broker process owned by this test process, with a data directory of its own, and the
+/// test proxy in front of it when asked for (always in front of nisshi, unless
+/// [`BrokerOptions::without_proxy`]).
 ///
 /// Dropping it kills the broker, stops the proxy and removes a temporary data directory.
 #[derive(Debug)]
 pub struct ManagedBroker {
+    kind: BrokerKind,
     child: Option<Child>,
     proxy: Option<TxnProxy>,
-    /// nisshi's own port.
+    /// The broker's own client port.
     port: u16,
+    /// Kafka's controller port.
+    controller_port: u16,
     dir: PathBuf,
     remove_dir: bool,
     options: BrokerOptions,
@@ -140,6 +177,7 @@ impl ManagedBroker {
     /// Starts a broker on a free loopback port and waits until it answers Kafka requests.
     pub fn start(options: BrokerOptions) -> anyhow::Result<Self> {
         crate::init_tracing();
+        let kind = options.kind.unwrap_or_else(BrokerKind::from_env);
         let (dir, remove_dir) = match &options.data_dir {
             Some(dir) => (dir.clone(), false),
             None => (
@@ -148,51 +186,60 @@ impl ManagedBroker {
             ),
         };
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let proxied = match kind {
+            BrokerKind::Kafka => options.fault_proxy,
+            BrokerKind::Nisshi => !options.without_proxy,
+        };
         let public_port = match options.port {
             Some(port) => port,
             None => free_port()?,
         };
-        let port = if options.without_proxy {
-            public_port
-        } else {
-            free_port()?
-        };
+        let port = if proxied { free_port()? } else { public_port };
         let mut broker = ManagedBroker {
+            kind,
             child: None,
             proxy: None,
             port,
+            controller_port: free_port()?,
             dir,
             remove_dir,
             options,
         };
         broker.launch()?;
-        if !broker.options.without_proxy {
-            let proxy = TxnProxy::start(
-                ([127, 0, 0, 1], public_port).into(),
-                ([127, 0, 0, 1], broker.port).into(),
-            )
-            .context("starting the transaction proxy")?;
+        if proxied {
+            let listen = ([127, 0, 0, 1], public_port).into();
+            let upstream = ([127, 0, 0, 1], broker.port).into();
+            let proxy = match kind {
+                BrokerKind::Kafka => TxnProxy::start_transparent(listen, upstream),
+                BrokerKind::Nisshi => TxnProxy::start(listen, upstream),
+            }
+            .context("starting the test proxy")?;
             broker.proxy = Some(proxy);
             crate::kafka::wait_until_ready(&broker.bootstrap_servers(), Duration::from_secs(60))
-                .context("the transaction proxy does not answer")?;
+                .context("the test proxy does not answer")?;
         }
         Ok(broker)
     }
 
-    /// Where clients connect: the proxy's `127.0.0.1:<port>`, or nisshi's without the proxy.
+    /// Which broker this is.
+    pub fn kind(&self) -> BrokerKind {
+        self.kind
+    }
+
+    /// Where clients connect: the proxy's `127.0.0.1:<port>`, or the broker's without one.
     pub fn bootstrap_servers(&self) -> String {
         match &self.proxy {
             Some(proxy) => proxy.addr().to_string(),
-            None => self.nisshi_address(),
+            None => self.direct_address(),
         }
     }
 
-    /// nisshi's own address (behind the proxy).
-    pub fn nisshi_address(&self) -> String {
+    /// The broker's own address (behind the proxy, when there is one).
+    pub fn direct_address(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// The transaction proxy, when there is one.
+    /// The test proxy, when there is one.
     pub fn proxy(&self) -> Option<&TxnProxy> {
         self.proxy.as_ref()
     }
@@ -202,7 +249,7 @@ impl ManagedBroker {
         &self.dir
     }
 
-    /// The broker's process id, while it runs.
+    /// The broker's process id (the JVM's, for Kafka), while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
@@ -216,20 +263,32 @@ impl ManagedBroker {
         }
     }
 
-    /// Kills the broker and starts it again on the same port and data directory; the proxy keeps
-    /// running (and keeps its index).
+    /// Stops the broker with SIGTERM (Kafka shuts down in order), waiting up to `timeout`
+    /// before it kills it.
+    pub fn stop(&mut self, timeout: Duration) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on the pid of a child this process has not reaped yet.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            let deadline = Instant::now() + timeout;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the broker and starts it again on the same ports and data directory; the proxy
+    /// keeps running (and keeps its index). A memory-engine nisshi comes back empty.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();
         self.launch()
     }
 
     fn launch(&mut self) -> anyhow::Result<()> {
-        let bin = nisshi_binary()?;
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let engine = match self.options.engine {
-            StorageEngine::Memory => "memory://nisshi/".to_string(),
-            StorageEngine::Sqlite => "sqlite://nisshi.db".to_string(),
-        };
         let log_path = self.dir.join("broker.log");
         let log = File::options()
             .create(true)
@@ -237,29 +296,48 @@ impl ManagedBroker {
             .open(&log_path)
             .with_context(|| format!("opening {}", log_path.display()))?;
         let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
-        let mut cmd = Command::new(&bin);
-        cmd.arg("broker")
-            .args(["--listener-url", &url])
-            .args(["--advertised-listener-url", &url])
-            .args(["--storage-engine", &engine])
-            // Kafka's default (3 s) only slows tests down: every group's first join waits it.
-            .args(["--group-initial-rebalance-delay", "0s"])
-            .current_dir(&self.dir)
-            .env_remove("KAFKA_BOOTSTRAP_SERVERS")
-            .env(
-                "RUST_LOG",
-                std::env::var("NISSHI_LOG").unwrap_or("warn".into()),
-            )
-            .stdin(Stdio::null())
+        let started = Instant::now();
+        let mut cmd = match self.kind {
+            BrokerKind::Kafka => {
+                let java = kafka::java_binary().context(
+                    "no java found ($JAVA_HOME/bin/java or on the PATH): Apache Kafka needs \
+                     Java 17 or later (scripts/setup.sh installs it; KSTREAMS_BROKER=nisshi \
+                     runs the fallback broker)",
+                )?;
+                let libs = kafka::kafka_libs()?;
+                let node = kafka::KafkaNode {
+                    dir: &self.dir,
+                    port: self.port,
+                    controller_port: self.controller_port,
+                    extra: &self.options.server_properties,
+                };
+                node.prepare(&java, &libs, &log).with_context(|| {
+                    format!(
+                        "preparing the broker in {}; its log:\n{}",
+                        self.dir.display(),
+                        log_tail(&log_path, log_start)
+                    )
+                })?;
+                node.broker_command(&java, &libs)
+            }
+            BrokerKind::Nisshi => nisshi::broker_command(
+                &nisshi::nisshi_binary()?,
+                &self.dir,
+                self.port,
+                self.options.durable,
+            ),
+        };
+        cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
         let mut child = spawn_tied_to_process(cmd)
-            .with_context(|| format!("starting the test broker {}", bin.display()))?;
-        let deadline = Instant::now() + Duration::from_secs(60);
+            .with_context(|| format!("starting the test broker ({})", self.kind.name()))?;
+        let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             if let Some(status) = child.try_wait()? {
                 bail!(
-                    "the test broker exited with {status} while starting; its log:\n{}",
+                    "the test broker ({}) exited with {status} while starting; its log:\n{}",
+                    self.kind.name(),
                     log_tail(&log_path, log_start)
                 );
             }
@@ -274,7 +352,8 @@ impl ManagedBroker {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 bail!(
-                    "the test broker did not listen on port {} within 60 s; its log:\n{}",
+                    "the test broker ({}) did not listen on port {} within 120 s; its log:\n{}",
+                    self.kind.name(),
                     self.port,
                     log_tail(&log_path, log_start)
                 );
@@ -282,14 +361,20 @@ impl ManagedBroker {
             std::thread::sleep(Duration::from_millis(50));
         }
         self.child = Some(child);
-        crate::kafka::wait_until_ready(&self.nisshi_address(), Duration::from_secs(60))
+        crate::kafka::wait_until_ready(&self.direct_address(), Duration::from_secs(120))
             .with_context(|| {
                 format!(
                     "the test broker listens but does not answer; its log:\n{}",
                     log_tail(&log_path, log_start)
                 )
             })?;
-        tracing::info!(port = self.port, dir = %self.dir.display(), "test broker ready");
+        tracing::info!(
+            broker = self.kind.name(),
+            port = self.port,
+            dir = %self.dir.display(),
+            seconds = started.elapsed().as_secs_f64(),
+            "test broker ready"
+        );
         Ok(())
     }
 }
@@ -362,6 +447,14 @@ fn spawn_with_death_signal(cmd: &mut Command) -> io::Result<Child> {
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);
             libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            // A broker holds three files open per partition, and a test run creates many.
+            let mut files: libc::rlimit = std::mem::zeroed();
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut files) == 0
+                && files.rlim_cur < files.rlim_max
+            {
+                files.rlim_cur = files.rlim_max;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &files);
+            }
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(io::Error::last_os_error());
             }

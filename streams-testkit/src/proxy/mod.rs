@@ -1,5 +1,15 @@
-//! A Kafka-protocol proxy in front of the test broker that gives `read_committed` readers
-//! Kafka's semantics.
+//! A Kafka-protocol proxy in front of the test broker: fault injection in front of any broker,
+//! and, in front of the fallback broker nisshi, Kafka's `read_committed` semantics.
+//!
+//! Two modes:
+//!
+//! - **Transparent** ([`TxnProxy::start_transparent`]), in front of Apache Kafka: every request
+//!   and response passes unchanged except broker addresses (Metadata, FindCoordinator,
+//!   DescribeCluster, and the node endpoints of Fetch and Produce responses, which librdkafka
+//!   follows when a partition's leader moves) and the versions ApiVersions advertises (capped at
+//!   what the proxy decodes). The proxy makes no request of its own, so an injected outage is
+//!   total. This is what the outage tests and the kill soak run through.
+//! - **Patching** ([`TxnProxy::start`]), in front of nisshi only; what follows.
 //!
 //! nisshi 0.7.0 writes transactional batches and their COMMIT/ABORT markers correctly, but every
 //! Fetch response it sends carries an empty aborted-transactions list, so clients deliver the
@@ -57,7 +67,8 @@ use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::fetch_response::AbortedTransaction;
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, DescribeClusterResponse, FetchRequest, FetchResponse,
-    FindCoordinatorResponse, MetadataResponse, ProduceRequest, RequestHeader, ResponseHeader,
+    FindCoordinatorResponse, MetadataResponse, ProduceRequest, ProduceResponse, RequestHeader,
+    ResponseHeader,
 };
 use kafka_protocol::protocol::{
     decode_request_header_from_buffer, encode_request_header_into_buffer, Decodable, Encodable,
@@ -100,6 +111,17 @@ pub struct ProxyStats {
     pub stale_produce_fenced: AtomicU64,
 }
 
+/// Whether the proxy patches the broker's transaction gaps or only forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyMode {
+    /// Addresses, versions and faults only: for Apache Kafka (or any complete broker).
+    Transparent,
+    /// Everything the module documentation lists: for nisshi 0.7.0 only. In front of Kafka it
+    /// breaks exactly-once (its renamed offset commits are refused, and its read_committed
+    /// index misreads transaction version 2's markers).
+    Patching,
+}
+
 /// A running proxy. Dropping it stops it and closes every connection.
 pub struct TxnProxy {
     addr: SocketAddr,
@@ -118,24 +140,29 @@ impl std::fmt::Debug for TxnProxy {
 }
 
 impl TxnProxy {
-    /// Listens on `listen` (port 0 for a free one) and forwards to the broker at `upstream`.
-    /// The proxy runs on a thread of its own.
+    /// A patching proxy ([`ProxyMode::Patching`], for nisshi): listens on `listen` (port 0 for
+    /// a free one) and forwards to the broker at `upstream`. The proxy runs on a thread of its
+    /// own.
     pub fn start(listen: SocketAddr, upstream: SocketAddr) -> io::Result<TxnProxy> {
+        Self::start_in(ProxyMode::Patching, listen, upstream)
+    }
+
+    /// A transparent proxy ([`ProxyMode::Transparent`], for Apache Kafka): addresses rewritten,
+    /// faults injected, nothing else changed.
+    pub fn start_transparent(listen: SocketAddr, upstream: SocketAddr) -> io::Result<TxnProxy> {
+        Self::start_in(ProxyMode::Transparent, listen, upstream)
+    }
+
+    /// A proxy in the given mode.
+    pub fn start_in(
+        mode: ProxyMode,
+        listen: SocketAddr,
+        upstream: SocketAddr,
+    ) -> io::Result<TxnProxy> {
         let std_listener = std::net::TcpListener::bind(listen)?;
         std_listener.set_nonblocking(true)?;
         let addr = std_listener.local_addr()?;
-        let shared = Arc::new(Shared {
-            upstream,
-            advertised_host: StrBytes::from_string(addr.ip().to_string()),
-            advertised_port: i32::from(addr.port()),
-            partitions: Mutex::new(HashMap::new()),
-            scan_conns: Mutex::new(Vec::new()),
-            stats: ProxyStats::default(),
-            next_correlation: AtomicU64::new(1),
-            faults: Mutex::new(Faults::default()),
-            cut: tokio::sync::watch::channel(0).0,
-            txns: Mutex::new(txns::Transactions::default()),
-        });
+        let shared = Arc::new(Shared::new(mode, upstream, addr));
         let (tx, rx) = tokio::sync::oneshot::channel();
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
@@ -150,9 +177,18 @@ impl TxnProxy {
                 runtime.block_on(async move {
                     let listener =
                         TcpListener::from_std(std_listener).expect("registering the listener");
+                    let expire = async {
+                        match mode {
+                            ProxyMode::Patching => {
+                                txns::expire_transactions(thread_shared.clone()).await
+                            }
+                            // Kafka's coordinator aborts transactions past their timeout.
+                            ProxyMode::Transparent => std::future::pending().await,
+                        }
+                    };
                     tokio::select! {
                         _ = accept_loop(listener, thread_shared.clone()) => {}
-                        _ = txns::expire_transactions(thread_shared) => {}
+                        _ = expire => {}
                         _ = rx => {}
                     }
                 });
@@ -169,6 +205,11 @@ impl TxnProxy {
     /// The address clients connect to.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The proxy's mode.
+    pub fn mode(&self) -> ProxyMode {
+        self.shared.mode
     }
 
     /// Cuts every open client connection (and its broker side): clients see the broker go
@@ -256,6 +297,7 @@ impl TopicKey {
 type PartitionKey = (TopicKey, i32);
 
 struct Shared {
+    mode: ProxyMode,
     upstream: SocketAddr,
     advertised_host: StrBytes,
     advertised_port: i32,
@@ -283,6 +325,24 @@ struct Faults {
 }
 
 impl Shared {
+    /// The state of a proxy in `mode` that forwards to `upstream` and tells clients to connect
+    /// to `advertised`.
+    fn new(mode: ProxyMode, upstream: SocketAddr, advertised: SocketAddr) -> Shared {
+        Shared {
+            mode,
+            upstream,
+            advertised_host: StrBytes::from_string(advertised.ip().to_string()),
+            advertised_port: i32::from(advertised.port()),
+            partitions: Mutex::new(HashMap::new()),
+            scan_conns: Mutex::new(Vec::new()),
+            stats: ProxyStats::default(),
+            next_correlation: AtomicU64::new(1),
+            faults: Mutex::new(Faults::default()),
+            cut: tokio::sync::watch::channel(0).0,
+            txns: Mutex::new(txns::Transactions::default()),
+        }
+    }
+
     fn faults(&self) -> Faults {
         *self.faults.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -485,6 +545,17 @@ fn inspect_request(shared: &Arc<Shared>, frame: &Bytes) -> (Option<Pending>, Opt
     let Ok(header) = decode_request_header_from_buffer(&mut body) else {
         return (Some(pending), None);
     };
+    if shared.mode == ProxyMode::Transparent {
+        // Only whether a response comes: Produce with acks=0 gets none.
+        if api_key == ApiKey::Produce as i16 {
+            if let Ok(req) = ProduceRequest::decode(&mut body, api_version) {
+                if req.acks == 0 {
+                    return (None, None);
+                }
+            }
+        }
+        return (Some(pending), None);
+    }
     match txns::inspect_request(shared, &header, &mut body) {
         Ok(None) => {}
         Ok(Some((txn, replaced))) => {
@@ -562,6 +633,24 @@ async fn transform_response(
         return txns::on_response(shared, txn, api_key, version, body).await;
     }
     match api_key {
+        ApiKey::Fetch if shared.mode == ProxyMode::Transparent => {
+            let header = decode_header(&mut body)?;
+            let mut resp = FetchResponse::decode(&mut body, version)?;
+            if rewrite_node_endpoints(shared, &mut resp.node_endpoints) {
+                return encode(&header, header_version, &resp, version).map(Some);
+            }
+            Ok(None)
+        }
+        // Node endpoints came to Produce responses with version 10 (KIP-951); nisshi never
+        // sends them.
+        ApiKey::Produce if version >= 10 => {
+            let header = decode_header(&mut body)?;
+            let mut resp = ProduceResponse::decode(&mut body, version)?;
+            if rewrite_node_endpoints(shared, &mut resp.node_endpoints) {
+                return encode(&header, header_version, &resp, version).map(Some);
+            }
+            Ok(None)
+        }
         ApiKey::Fetch => {
             let header = decode_header(&mut body)?;
             let mut resp = FetchResponse::decode(&mut body, version)?;
@@ -570,7 +659,7 @@ async fn transform_response(
             // endpoints, which a response only carries when leadership moved.
             let changed_index = pending.read_committed
                 && add_aborted_transactions(shared, &mut resp, version).await?;
-            let changed_hosts = rewrite_node_endpoints(shared, &mut resp);
+            let changed_hosts = rewrite_node_endpoints(shared, &mut resp.node_endpoints);
             if changed_range || changed_index || changed_hosts {
                 return encode(&header, header_version, &resp, version).map(Some);
             }
@@ -660,12 +749,32 @@ fn encode<M: Encodable>(
     Ok(out)
 }
 
-fn rewrite_node_endpoints(shared: &Shared, resp: &mut FetchResponse) -> bool {
-    for n in &mut resp.node_endpoints {
-        n.host = shared.advertised_host.clone();
-        n.port = shared.advertised_port;
+/// Points the node endpoints of a Fetch or Produce response (sent when a partition's leader
+/// moved, KIP-951) at the proxy; whether there were any.
+fn rewrite_node_endpoints<N: NodeEndpoint>(shared: &Shared, endpoints: &mut [N]) -> bool {
+    for n in endpoints.iter_mut() {
+        n.set_address(shared.advertised_host.clone(), shared.advertised_port);
     }
-    !resp.node_endpoints.is_empty()
+    !endpoints.is_empty()
+}
+
+/// A node endpoint of a Fetch or Produce response.
+trait NodeEndpoint {
+    fn set_address(&mut self, host: StrBytes, port: i32);
+}
+
+impl NodeEndpoint for kafka_protocol::messages::fetch_response::NodeEndpoint {
+    fn set_address(&mut self, host: StrBytes, port: i32) {
+        self.host = host;
+        self.port = port;
+    }
+}
+
+impl NodeEndpoint for kafka_protocol::messages::produce_response::NodeEndpoint {
+    fn set_address(&mut self, host: StrBytes, port: i32) {
+        self.host = host;
+        self.port = port;
+    }
 }
 
 /// Answers `OFFSET_OUT_OF_RANGE` for every partition fetched from past its high watermark, as
@@ -1001,4 +1110,152 @@ async fn side_request(
         bail!("{api_key:?} of the proxy: correlation id mismatch");
     }
     Ok(resp_body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::fetch_request::FetchPartition;
+    use kafka_protocol::messages::produce_response::{
+        LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse, TopicProduceResponse,
+    };
+    use kafka_protocol::messages::{BrokerId, TopicName};
+
+    const NOT_LEADER_OR_FOLLOWER: i16 = 6;
+
+    fn shared(mode: ProxyMode) -> Arc<Shared> {
+        Arc::new(Shared::new(
+            mode,
+            ([127, 0, 0, 1], 19092).into(),
+            ([127, 0, 0, 1], 40000).into(),
+        ))
+    }
+
+    fn response_body<M: Encodable>(api_key: ApiKey, version: i16, message: &M) -> Bytes {
+        let header = ResponseHeader::default().with_correlation_id(7);
+        encode(
+            &header,
+            api_key.response_header_version(version),
+            message,
+            version,
+        )
+        .unwrap()
+        .freeze()
+    }
+
+    fn pending(api_key: ApiKey, version: i16) -> Pending {
+        Pending {
+            correlation_id: 7,
+            api_key: api_key as i16,
+            api_version: version,
+            read_committed: false,
+            fetch_offsets: HashMap::new(),
+            txn: None,
+        }
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    /// KIP-951: a Produce response that says the partition's leader moved names the new
+    /// leader's address, and librdkafka (2.5 and later) sends there at once. Unrewritten, the
+    /// client would bypass the proxy, and its faults, from then on.
+    #[test]
+    fn produce_responses_send_clients_to_the_proxy_when_the_leader_moves() {
+        for mode in [ProxyMode::Transparent, ProxyMode::Patching] {
+            let version = 10;
+            let resp = ProduceResponse::default()
+                .with_responses(vec![TopicProduceResponse::default()
+                    .with_name(TopicName(StrBytes::from_static_str("t")))
+                    .with_partition_responses(vec![PartitionProduceResponse::default()
+                        .with_index(0)
+                        .with_error_code(NOT_LEADER_OR_FOLLOWER)
+                        .with_current_leader(
+                            LeaderIdAndEpoch::default()
+                                .with_leader_id(BrokerId(2))
+                                .with_leader_epoch(5),
+                        )])])
+                .with_node_endpoints(vec![NodeEndpoint::default()
+                    .with_node_id(BrokerId(2))
+                    .with_host(StrBytes::from_static_str("10.1.2.3"))
+                    .with_port(9092)]);
+            let body = response_body(ApiKey::Produce, version, &resp);
+            let out = block_on(transform_response(
+                &shared(mode),
+                &pending(ApiKey::Produce, version),
+                body,
+            ))
+            .unwrap()
+            .expect("the response is rewritten");
+            let mut out = out.freeze();
+            ResponseHeader::decode(&mut out, ApiKey::Produce.response_header_version(version))
+                .unwrap();
+            let got = ProduceResponse::decode(&mut out, version).unwrap();
+            let endpoint = &got.node_endpoints[0];
+            assert_eq!(
+                (endpoint.node_id, endpoint.host.as_str(), endpoint.port),
+                (BrokerId(2), "127.0.0.1", 40000),
+                "{mode:?}"
+            );
+            let partition = &got.responses[0].partition_responses[0];
+            assert_eq!(partition.error_code, NOT_LEADER_OR_FOLLOWER, "{mode:?}");
+            assert_eq!(partition.current_leader.leader_id, BrokerId(2), "{mode:?}");
+        }
+    }
+
+    /// A Produce response without endpoints passes as it came.
+    #[test]
+    fn produce_responses_without_endpoints_pass_unchanged() {
+        let version = 10;
+        let resp = ProduceResponse::default().with_responses(vec![TopicProduceResponse::default()
+            .with_name(TopicName(StrBytes::from_static_str("t")))
+            .with_partition_responses(vec![PartitionProduceResponse::default()])]);
+        let body = response_body(ApiKey::Produce, version, &resp);
+        let out = block_on(transform_response(
+            &shared(ProxyMode::Transparent),
+            &pending(ApiKey::Produce, version),
+            body,
+        ))
+        .unwrap();
+        assert!(out.is_none());
+    }
+
+    /// In front of Kafka the proxy leaves read_committed fetches to the broker: the request
+    /// goes as it came (the patching mode asks nisshi read_uncommitted and decides itself).
+    #[test]
+    fn a_transparent_proxy_forwards_read_committed_fetches_unchanged() {
+        let version = 12;
+        let header = RequestHeader::default()
+            .with_request_api_key(ApiKey::Fetch as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(9)
+            .with_client_id(Some(StrBytes::from_static_str("c")));
+        let req = FetchRequest::default()
+            .with_isolation_level(1)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_static_str("t")))
+                .with_partitions(vec![
+                    FetchPartition::default().with_fetch_offset(5)
+                ])]);
+        let mut frame = BytesMut::new();
+        encode_request_header_into_buffer(&mut frame, &header).unwrap();
+        req.encode(&mut frame, version).unwrap();
+        let frame = with_length(frame);
+
+        let (pending, replaced) = inspect_request(&shared(ProxyMode::Transparent), &frame);
+        assert!(replaced.is_none(), "forwarded unchanged");
+        let pending = pending.expect("a response is expected");
+        assert!(!pending.read_committed && pending.txn.is_none());
+
+        let (pending, replaced) = inspect_request(&shared(ProxyMode::Patching), &frame);
+        assert!(
+            replaced.is_some(),
+            "the patching mode asks read_uncommitted"
+        );
+        assert!(pending.unwrap().read_committed);
+    }
 }
