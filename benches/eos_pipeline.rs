@@ -257,6 +257,21 @@ enum Kind {
 #[path = "../examples/windowed_metrics.rs"]
 mod windowed_metrics;
 
+/// The event time the measurements begin at: a day before the bench started, in whole minutes.
+/// Recent enough for any Kafka's retention (a stock broker deletes records older than 7 days),
+/// never in the future (refused since Kafka 4.0) for up to 8 million measurements.
+fn metrics_t0() -> i64 {
+    static T0: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *T0.get_or_init(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let t0 = now - 86_400_000;
+        t0 - t0 % 60_000
+    })
+}
+
 /// Fills `topic` with `n` measurements as `examples/windowed_metrics.rs` reads them: 100 hosts
 /// (the keys), each reporting cpu, memory and latency in turn every second of event time.
 fn fill_metrics(bootstrap: &str, topic: &str, n: usize) {
@@ -266,7 +281,7 @@ fn fill_metrics(bootstrap: &str, topic: &str, n: usize) {
         .create()
         .unwrap();
     let hosts = 100;
-    let t0 = 1_700_000_000_000_i64;
+    let t0 = metrics_t0();
     for i in 0..n {
         let m = windowed_metrics::Metric {
             host: format!("host-{}", i % hosts),
@@ -421,10 +436,7 @@ fn topology(
         )
         .unwrap()
         .len();
-        let (t0, last) = (
-            1_700_000_000_000_i64,
-            1_700_000_000_000 + (n as i64 / 100 - 1) * 1_000,
-        );
+        let (t0, last) = (metrics_t0(), metrics_t0() + (n as i64 / 100 - 1) * 1_000);
         let closed = (0..)
             .map(|w| (t0 / 60_000 + w) * 60_000)
             .take_while(|start| start + 60_000 + 10_000 <= last)

@@ -279,7 +279,8 @@ mod real_main {
         let p = idempotent_producer(bootstrap)?;
         let cards = (n / 20).max(10);
         let countries = ["FR", "DE", "IT", "NO", "PT", "ES"];
-        let t0 = 1_700_000_000_000_i64;
+        // Transactions every 200 ms of event time, ending about now.
+        let t0 = app::generated_event_times_start(Duration::from_millis(1_000 + n as u64 * 200));
         for c in 0..cards {
             let card = Card {
                 card_id: format!("card-{c}"),

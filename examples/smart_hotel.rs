@@ -425,7 +425,9 @@ mod cli {
             rng_state ^= rng_state << 17;
             rng_state
         };
-        let mut ts = 1_700_000_000_000_i64;
+        // Event times from 0 first; shifted below so that the last one is about now.
+        let mut ts = 0_i64;
+        let mut events = Vec::with_capacity(n);
         for i in 0..n {
             // 0 to 20 s between events: a room sees one every ~8 minutes on average, and
             // about one gap in six is longer than 15 minutes.
@@ -454,13 +456,20 @@ mod cli {
             let room_id = format!("room-{r:03}");
             // Now and then an event that arrives late (20 minutes behind).
             let event_ts = if i % 997 == 996 { ts - 1_200_000 } else { ts };
+            events.push((i, room_id, kind, event_ts));
+        }
+        let shift = app::generated_event_times_start(Duration::from_millis(ts as u64));
+        for (i, room_id, kind, event_ts) in events {
+            let event_ts = event_ts + shift;
             let e = RoomEvent {
                 room_id: room_id.clone(),
                 kind,
                 ts: event_ts,
             };
             let v = if i % 1_000 == 999 {
-                format!("{{\"room_id\": \"{room_id}\", \"kind\": \"teleport\", \"ts\": {ts}}}")
+                format!(
+                    "{{\"room_id\": \"{room_id}\", \"kind\": \"teleport\", \"ts\": {event_ts}}}"
+                )
             } else {
                 serde_json::to_string(&e)?
             };

@@ -227,7 +227,7 @@ mod cli {
         let p = idempotent_producer(bootstrap)?;
         let hosts = 20;
         let metrics = ["cpu", "memory", "latency"];
-        let t0 = 1_700_000_000_000_i64;
+        let t0 = app::generated_event_times_start(Duration::from_secs((n / hosts) as u64 + 1));
         for i in 0..n {
             let host = format!("host-{}", i % hosts);
             let metric = metrics[(i / hosts) % metrics.len()];

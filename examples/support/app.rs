@@ -2,7 +2,7 @@
 //! running a topology until Ctrl-C, SIGTERM or `--run-for`, with a live summary.
 //!
 //! Common flags: `--bootstrap-servers` (default `KAFKA_BOOTSTRAP_SERVERS`, else the project's
-//! broker is started), `--application-id`, `--state-dir`, `--generate N`, `--at-least-once`,
+//! test broker, Apache Kafka, is started for the run and stopped with it), `--application-id`, `--state-dir`, `--generate N`, `--at-least-once`,
 //! `--describe`, `--run-for SECONDS` (default: until Ctrl-C or SIGTERM), `--set key=value` (a
 //! librdkafka client property, repeatable: `--set session.timeout.ms=6000` for a faster
 //! takeover after a crash than the default 45 s), `--http HOST:PORT` (the HTTP endpoint:
@@ -93,12 +93,18 @@ impl Args {
         match &self.bootstrap {
             Some(b) => b.clone(),
             None => {
+                let kind = streams_testkit::BrokerKind::from_env();
                 println!(
-                    "no KAFKA_BOOTSTRAP_SERVERS: starting the project's broker (the first \
-                     time, it is built first, which takes a while)..."
+                    "no KAFKA_BOOTSTRAP_SERVERS: starting the project's test broker ({}) for \
+                     this run...",
+                    kind.name()
                 );
+                let started = Instant::now();
                 let b = streams_testkit::bootstrap_servers();
-                println!("broker at {b}");
+                println!(
+                    "broker at {b}, ready in {:.1} s",
+                    started.elapsed().as_secs_f64()
+                );
                 b
             }
         }
@@ -151,6 +157,19 @@ pub fn create_topics(bootstrap: &str, topics: &[&str]) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The event time to begin generated input at, so that input spanning `span` of event time
+/// ends a minute before now: whole minutes, in the past. Any Kafka keeps such records (a stock
+/// broker deletes records older than its 7-day retention within minutes, and since Kafka 4.0
+/// refuses records more than an hour in the future).
+pub fn generated_event_times_start(span: Duration) -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_millis() as i64;
+    let start = now - span.as_millis() as i64 - 60_000;
+    start - start.rem_euclid(60_000)
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
