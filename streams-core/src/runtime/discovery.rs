@@ -6,7 +6,8 @@
 //! id. The runtime pins librdkafka's `range` assignor, which is deterministic: partition `p` of
 //! an `n`-partition topic goes to the member at the position the members' ids sort to, `n / m`
 //! partitions each, the first `n % m` members one more. So the member list alone tells every
-//! instance the same placement (the test broker does not return the assignments themselves).
+//! instance the same placement (nisshi, the project's fallback test broker, does not return the
+//! assignments themselves; Kafka does).
 
 use std::time::Duration;
 
@@ -255,7 +256,8 @@ mod tests {
         let without = member(&consumer_client_id("app-StreamThread-1", "i-2", None));
         assert_eq!(without.address(), None);
         assert_eq!(without.instance(), Some("i-2"));
-        // The test broker leaves the client id out; the member id begins with it.
+        // nisshi (the fallback test broker) leaves the client id out; the member id begins
+        // with it.
         let from_member_id = GroupMember {
             member_id: format!("{id}-057772c4-2772-42e4-8754-eeb3cfd08f73"),
             client_id: String::new(),

@@ -57,8 +57,8 @@ pub(crate) fn start(
             )));
         }
         for p in 0..count as i32 {
-            // From offset 0, not Beginning: no ListOffsets(earliest), which the test broker
-            // answers wrongly at times; a log that starts later falls back to `earliest`.
+            // From offset 0, not Beginning: no ListOffsets(earliest), which nisshi (the
+            // fallback test broker) answers wrongly at times; a log that starts later falls back to `earliest`.
             tpl.add_partition_offset(topic, p, Offset::Offset(0))
                 .map_err(|e| Error::kafka("global assignment", e))?;
             partitions.insert((topic.clone(), p));
