@@ -48,9 +48,14 @@ install_kafka() {
   rm -rf "$KAFKA_HOME/libs.partial"
   mkdir -p "$KAFKA_HOME"
   # The plugin's version is pinned so that the result does not depend on Maven's default.
-  mvn -B -q --no-transfer-progress -Dstyle.color=never -f "$ROOT/scripts/kafka/pom.xml" \
+  local mvn_log="$KAFKA_HOME/maven.log"
+  if ! mvn -B --no-transfer-progress -Dstyle.color=never -f "$ROOT/scripts/kafka/pom.xml" \
     org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies \
-    -DincludeScope=runtime -DoutputDirectory="$KAFKA_HOME/libs.partial"
+    -DincludeScope=runtime -DoutputDirectory="$KAFKA_HOME/libs.partial" >"$mvn_log" 2>&1; then
+    log "Maven could not fetch Apache Kafka $KAFKA_VERSION (Maven Central must be reachable); the end of $mvn_log:"
+    tail -n 30 "$mvn_log" >&2
+    exit 1
+  fi
   local version
   version="$("$(java_bin)" -cp "$KAFKA_HOME/libs.partial/*" kafka.Kafka --version 2>/dev/null | tail -n 1)"
   if [ "$version" != "$KAFKA_VERSION" ]; then

@@ -384,9 +384,10 @@ fn consumer_group_shares_partitions_and_rebalances() {
 
 /// Interactive queries find a key's instance in the coordinator's description of the group:
 /// its state and members, whose member ids begin with the client ids that carry the instances'
-/// addresses. The test broker returns no member assignments (and no client ids), so the runtime
-/// computes the range assignor's placement from the sorted member ids: checked here against the
-/// partitions the members were really given, before and after a member leaves.
+/// addresses. nisshi (the fallback test broker) returns no member assignments (and no client
+/// ids), so the runtime computes the range assignor's placement from the sorted member ids:
+/// checked here against the partitions the members were really given, before and after a member
+/// leaves (Kafka returns both, and the same placement).
 #[test]
 fn a_described_group_gives_members_whose_range_placement_is_the_real_one() {
     use streams_core::runtime::{describe_group, GroupView};
@@ -419,8 +420,8 @@ fn a_described_group_gives_members_whose_range_placement_is_the_real_one() {
         s.iter().all(|a| !a.is_empty())
             && s.iter().flatten().copied().collect::<BTreeSet<_>>() == all
     });
-    // The test broker lists a group (librdkafka sends ListGroups before DescribeGroups) once
-    // it has committed offsets.
+    // nisshi lists a group (librdkafka sends ListGroups before DescribeGroups) only once it has
+    // committed offsets; Kafka lists it at once.
     let mut tpl = TopicPartitionList::new();
     let first = *split[0].iter().next().unwrap();
     tpl.add_partition_offset(&topic, first, Offset::Offset(0))

@@ -75,8 +75,8 @@ fn run_instance(args: &str) {
         .state_dir(dir)
         // A fixed identity, kept when the state directory is lost (a machine that comes back
         // with an empty disk): the restarted instance's transactional ids fence and abort the
-        // transactions its killed self left open. (With a new identity, only the broker's
-        // transaction timeout ends them, which the test broker does not have: docs/BROKER.md.)
+        // transactions its killed self left open at once. (With a new identity, only the
+        // broker's transaction timeout ends them.)
         .instance_id(instance)
         .cache_max_bytes(0)
         .restore_listener(restored.clone())

@@ -114,7 +114,7 @@ fn a_survivor_with_a_standby_restores_only_the_changelogs_tail() {
     // Each count is one output record and one changelog record, written in one transaction,
     // in the same partition (both topics are keyed by group with two partitions): the counts
     // read so far are a lower bound of each changelog partition's committed records at the
-    // kill. (The test broker's ListOffsets can be stale, docs/BROKER.md.)
+    // kill. (nisshi's ListOffsets can be stale, docs/BROKER.md.)
     let mut sizes: BTreeMap<i32, i64> = BTreeMap::new();
     for r in &counted {
         *sizes.entry(r.partition).or_default() += 1;
