@@ -30,4 +30,5 @@ if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
   log "the test broker ($(broker_kind)) answers at $KAFKA_BOOTSTRAP_SERVERS after $((SECONDS - started)) s"
 fi
 log "cargo test"
-cargo test --workspace --no-fail-fast "$@"
+# Each test's log is captured and printed only when it fails (streams_testkit::init_tracing).
+RUST_LOG="${RUST_LOG:-info}" cargo test --workspace --no-fail-fast "$@"
