@@ -477,10 +477,14 @@ fn main() {
         "raw pipe"
     };
     println!("topology (b): {kind:?}; (a): {baseline}");
-    if streams_testkit::broker::external_bootstrap_servers().is_none() {
+    if streams_testkit::broker::external_bootstrap_servers().is_none()
+        && streams_testkit::broker::BrokerKind::from_env()
+            == streams_testkit::broker::BrokerKind::Nisshi
+    {
+        // Kafka runs in a JVM of its own; nisshi's patching proxy runs in this process.
         println!(
-            "note: the broker and its proxy run inside this process; CPU figures include the \
-             proxy (start it with scripts/broker.sh and set KAFKA_BOOTSTRAP_SERVERS)"
+            "note: nisshi's proxy runs inside this process; CPU figures include it (start the \
+             broker with scripts/broker.sh and set KAFKA_BOOTSTRAP_SERVERS)"
         );
     }
     let bootstrap = bootstrap_servers();

@@ -11,6 +11,6 @@ if [ $# -eq 0 ]; then
 fi
 example="$1"
 shift
-log "building the example $example (the first build compiles RocksDB and librdkafka: 10 minutes or more on 2 cores)"
+log "building the example $example (the first build compiles RocksDB and librdkafka once: about 11 minutes on 2 cores)"
 with_progress "$(workspace_crates)" "the example $example" cargo build --example "$example"
 exec "$CARGO_TARGET_DIR/debug/examples/$example" "$@"

@@ -7,7 +7,8 @@
 #
 #   scripts/soak.sh [--kills N] [--rate RECORDS_PER_SECOND]     (default: 100 kills, 300/s)
 #
-# Uses KAFKA_BOOTSTRAP_SERVERS when set, else starts the project's broker. Release build. Each
+# Starts a broker of its own (Apache Kafka; nisshi with KSTREAMS_BROKER=nisshi), reached through
+# the test proxy, transparent in front of Kafka. Release build. Each
 # instance's log goes to $KSTREAMS_CACHE/soak-logs/ (RUST_LOG, default info).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 kills=100

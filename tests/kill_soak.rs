@@ -4,6 +4,12 @@
 //! restarted; at the end the whole output, read `read_committed`, is checked against an
 //! oracle: every key's counts 1, 2, …, n each exactly once (no duplicate, nothing missing).
 //!
+//! The test starts a broker of its own (the project's, as the outage tests do) and every client,
+//! the instances' and the checker's, reaches it through the test proxy: in front of Apache
+//! Kafka the proxy is transparent (it forwards and rewrites addresses, nothing else), so the
+//! soak also shows that the proxy the outage tests use changes nothing of the broker's
+//! behaviour.
+//!
 //! Sized for CI (10 kills) by default; `scripts/soak.sh` runs it bigger (100 kills by default),
 //! its size from the environment (`KSTREAMS_SOAK_KILLS`, `KSTREAMS_SOAK_RATE` records/s). With
 //! `KSTREAMS_SOAK_LOG_DIR` set, each instance logs there (`RUST_LOG`, default info), and a
@@ -22,7 +28,7 @@ use kstreams::core::{KafkaStreams, StreamsConfig};
 use rand::Rng;
 use streams_testkit::child::{child_mode, wait_for_stop_request, ChildProcess};
 use streams_testkit::kafka::create_topic;
-use streams_testkit::{bootstrap_servers, unique};
+use streams_testkit::{bootstrap_servers, unique, BrokerOptions, ManagedBroker};
 
 mod counting_app;
 
@@ -104,7 +110,12 @@ fn instances_killed_over_and_over_keep_the_output_exactly_once() {
     }
     let kills = env_or("KSTREAMS_SOAK_KILLS", 10) as usize;
     let rate = env_or("KSTREAMS_SOAK_RATE", 300);
-    let bootstrap = bootstrap_servers();
+    let broker = ManagedBroker::start(BrokerOptions {
+        fault_proxy: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let bootstrap = broker.bootstrap_servers();
     let (input, output, app) = (unique("soak-in"), unique("soak-out"), unique("soak-app"));
     create_topic(&bootstrap, &input, PARTITIONS, &[]).unwrap();
     create_topic(&bootstrap, &output, PARTITIONS, &[]).unwrap();
@@ -118,7 +129,7 @@ fn instances_killed_over_and_over_keep_the_output_exactly_once() {
         )
     };
     let spawn = |i: usize| {
-        // The children use this process's broker.
+        // The children use this test's broker, through the proxy.
         let mut env = vec![("KAFKA_BOOTSTRAP_SERVERS", bootstrap.clone())];
         if let Ok(dir) = std::env::var("KSTREAMS_SOAK_LOG_DIR") {
             env.push(("KSTREAMS_SOAK_LOG_DIR", dir));
