@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use kstreams::core::serde::{BigEndian, Serde, Utf8};
-use kstreams::core::{KafkaStreams, State, StreamsConfig};
+use kstreams::core::{KafkaStreams, ProcessingGuarantee, State, StreamsConfig};
 use kstreams::dsl::{
-    Grouped, Materialized, StreamsBuilder, Suppressed, TimeWindows, WindowedSerde,
+    Grouped, Joined, Materialized, StreamsBuilder, Suppressed, TimeWindows, WindowedSerde,
 };
 use rand::Rng;
 use rdkafka::producer::{BaseRecord, Producer};
@@ -520,4 +520,99 @@ fn a_table_is_restored_from_its_source_topic_up_to_the_committed_offset() {
     }
     p.flush(Duration::from_secs(30)).unwrap();
     run_city_counts(&app, &users, &output, &dir, &counts(4, 5));
+}
+
+/// A join reads an aggregation's current rows while the aggregation's record cache holds the
+/// updates back from the downstream, and so does a join of a table derived from it
+/// (`map_values`): Kafka Streams' value getters read through the aggregation's caching store
+/// (`CachingKeyValueStore`, `KTableMapValues` getter over `KStreamAggregate.view()`). The
+/// commit interval is longer than the test, so no commit flushes the cache meanwhile.
+#[test]
+fn joins_read_an_aggregation_through_its_record_cache() {
+    let bootstrap = bootstrap_servers();
+    let (orders, clicks) = (unique("rt-orders"), unique("rt-clicks"));
+    let (direct, derived) = (unique("rt-direct"), unique("rt-derived"));
+    for topic in [&orders, &clicks, &direct, &derived] {
+        create_topic(&bootstrap, topic, 1, &[]).unwrap();
+    }
+    let builder = StreamsBuilder::new();
+    let counts = builder
+        .stream::<String, String>(orders.as_str())
+        .group_by_key()
+        .count();
+    let tens = counts.map_values(|n| n * 10, BigEndian);
+    let show = |n: Option<&u64>| n.map_or("-".to_string(), u64::to_string);
+    let click_stream = builder.stream::<String, String>(clicks.as_str());
+    click_stream
+        .left_join_table(
+            &counts,
+            move |c, n| format!("{c}:{}", show(n)),
+            Joined::default(),
+        )
+        .to(&direct);
+    click_stream
+        .left_join_table(
+            &tens,
+            move |c, n| format!("{c}:{}", show(n)),
+            Joined::default(),
+        )
+        .to(&derived);
+    let config = StreamsConfig::new(&unique("rt-app"), &bootstrap)
+        .state_dir(std::env::temp_dir().join(unique("kstreams-read-through")))
+        .processing_guarantee(ProcessingGuarantee::AtLeastOnce)
+        .cache_max_bytes(10 << 20)
+        .commit_interval(Duration::from_secs(600));
+    let streams = KafkaStreams::new(builder.build().unwrap(), config).unwrap();
+    streams.start().unwrap();
+    assert!(streams.wait_for(|s| s == State::Running, LONG));
+    let p = idempotent_producer(&bootstrap).unwrap();
+    for (i, order) in ["o1", "o2", "o3"].into_iter().enumerate() {
+        let ts = T0 + i as i64;
+        send_retrying(
+            &p,
+            BaseRecord::to(&orders)
+                .key("ann")
+                .payload(order)
+                .timestamp(ts),
+        )
+        .unwrap();
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    // The click goes in once the three orders are processed (held in the cache).
+    let deadline = Instant::now() + LONG;
+    while streams
+        .metrics()
+        .sum("kstreams_task_process_records_total", &[])
+        < 3.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the orders were not processed within {LONG:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    send_retrying(
+        &p,
+        BaseRecord::to(&clicks)
+            .key("ann")
+            .payload("click")
+            .timestamp(T0 + 10),
+    )
+    .unwrap();
+    p.flush(Duration::from_secs(30)).unwrap();
+    let joined = |topic: &str| {
+        let got = consume_until(&bootstrap, topic, Isolation::ReadUncommitted, LONG, |got| {
+            !got.is_empty()
+        })
+        .unwrap();
+        got.iter().map(|r| r.value_str()).collect::<Vec<_>>()
+    };
+    let (d, v) = (joined(&direct), joined(&derived));
+    assert!(streams.close(Duration::from_secs(60)));
+    assert_eq!(d, vec!["click:3".to_string()], "the join of the count");
+    assert_eq!(
+        v,
+        vec!["click:30".to_string()],
+        "the join of the count times ten"
+    );
 }

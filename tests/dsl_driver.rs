@@ -783,10 +783,21 @@ fn every_operator_can_be_named() {
 /// One output of a session count: (key, start, end, count or None for a retraction, timestamp).
 type SessionOut = (String, i64, i64, Option<u64>, i64);
 
-/// What a session count must emit, recomputed plainly: sessions per key as lists, merged by
-/// hand; on update, each merged-away session retracted (by end, then start) before the new
-/// one; with emit-final, sessions whose end plus gap fell before stream time minus grace, once,
-/// by end, then key, then start.
+/// What a session count must emit, recomputed plainly from Kafka Streams' rules
+/// (`KStreamSessionWindowAggregate.process`), with sessions per key kept as lists:
+///
+/// - stream time is the largest timestamp the aggregation has seen (`observedStreamTime`); the
+///   close time is stream time minus grace minus the gap;
+/// - a record at `ts` forms the session `[ts, ts]` merged with every session of its key whose
+///   end is at or after `ts - gap` and whose start is at or before `ts + gap`;
+/// - it is late (dropped, counted) when that merged session ends before the close time;
+/// - otherwise, when the merged session is not `[ts, ts]`, every session it merged is removed
+///   and retracted (a tombstone at its end), by end then start, also one whose bounds did not
+///   change; then the merged session is sent with its count, at its end;
+/// - with emit-final: nothing is sent on update; once the close time passes the last one, the
+///   sessions ending in `[last close, close)` are sent once, by end, then key, then start. Our
+///   one deliberate difference (ADR 0006): a record that would merge into a session already
+///   emitted is late too, where Kafka merges it and emits the merged session as final again.
 fn session_oracle(
     input: &[(String, i64)],
     gap: i64,
@@ -808,13 +819,15 @@ fn session_oracle(
         found.sort_by_key(|(_, s, e, _)| (*e, *s));
         let start = found.iter().map(|f| f.1).chain([*ts]).min().unwrap();
         let end = found.iter().map(|f| f.2).chain([*ts]).max().unwrap();
-        if end < stream_time - grace {
+        let close = stream_time - grace - gap;
+        let merges_emitted = final_only && found.iter().any(|f| f.2 < last_close);
+        if end < close || merges_emitted {
             late += 1;
         } else {
             let count = found.iter().map(|f| f.3).sum::<u64>() + 1;
             for (k, s, e, _) in &found {
                 sessions.retain(|x| !(x.0 == *k && x.1 == *s && x.2 == *e));
-                if (*s, *e) != (start, end) && !final_only {
+                if (start, end) != (*ts, *ts) && !final_only {
                     out.push((k.clone(), *s, *e, None, *e));
                 }
             }
@@ -823,21 +836,18 @@ fn session_oracle(
                 out.push((key.clone(), start, end, Some(count), end));
             }
         }
-        if final_only {
-            let close = stream_time - grace - gap;
-            if close > last_close {
-                let mut closed: Vec<&(String, i64, i64, u64)> = sessions
-                    .iter()
-                    .filter(|(_, _, e, _)| *e >= last_close && *e < close)
-                    .collect();
-                closed.sort_by(|a, b| (a.2, &a.0, a.1).cmp(&(b.2, &b.0, b.1)));
-                out.extend(
-                    closed
-                        .into_iter()
-                        .map(|(k, s, e, n)| (k.clone(), *s, *e, Some(*n), *e)),
-                );
-                last_close = close;
-            }
+        if final_only && close > last_close {
+            let mut closed: Vec<&(String, i64, i64, u64)> = sessions
+                .iter()
+                .filter(|(_, _, e, _)| *e >= last_close && *e < close)
+                .collect();
+            closed.sort_by(|a, b| (a.2, &a.0, a.1).cmp(&(b.2, &b.0, b.1)));
+            out.extend(
+                closed
+                    .into_iter()
+                    .map(|(k, s, e, n)| (k.clone(), *s, *e, Some(*n), *e)),
+            );
+            last_close = close;
         }
     }
     (out, late)
@@ -1103,11 +1113,28 @@ fn windows_can_also_close_by_wall_clock_when_a_partition_goes_quiet() {
     assert_eq!(drain(&out), vec![(windowed("a", 10, 10), 1, 12)]);
 }
 
-/// What a sliding-window count must emit, recomputed plainly from every accepted record: for
-/// a record at `ts`, the windows `[t - d, t]` of records `t` in `[ts, ts + d]`, the windows
-/// `[p + 1, p + 1 + d]` of records `p` in `[ts - d - 1, ts)`, and the window right after `ts`
-/// when it is new, not yet closed, by start, each with its number of records and their
-/// largest timestamp.
+/// The sliding windows of a key's records `times` with difference `d`, by start, as Kafka
+/// Streams defines them (`KStreamSlidingWindowAggregate`): each record at `r` has its left
+/// window `[r - d, r]` (`[0, d]` when `r < d`: `processEarly`), and its right window
+/// `[r + 1, r + 1 + d]` exists once a later record falls in it.
+fn sliding_windows_of(times: &[i64], d: i64) -> std::collections::BTreeSet<i64> {
+    let mut starts = std::collections::BTreeSet::new();
+    for &r in times {
+        starts.insert((r - d).max(0));
+        if times.iter().any(|&u| u > r && u <= r + 1 + d) {
+            starts.insert(r + 1);
+        }
+    }
+    starts
+}
+
+/// What a sliding-window count must emit, from Kafka Streams' rules
+/// (`KStreamSlidingWindowAggregate`): stream time is the largest timestamp the aggregation has
+/// seen, close time is stream time minus grace; a record at `ts` is late when `ts + d + 1` is
+/// at or before the close time. An accepted record is forwarded in every window holding it
+/// (existing or created) and in a window it creates without holding it (its right window),
+/// except windows ending before the close time; by start, each with its number of records and
+/// their largest timestamp.
 fn sliding_oracle(
     input: &[(String, i64)],
     d: i64,
@@ -1120,40 +1147,24 @@ fn sliding_oracle(
         stream_time = stream_time.max(*ts);
         let close = stream_time - grace;
         if ts + d < close {
+            // Kafka's rule reads `ts + 1 + d <= close time`.
             late += 1;
             continue;
         }
+        let of_key = |acc: &[(String, i64)]| -> Vec<i64> {
+            acc.iter()
+                .filter(|(k, _)| k == key)
+                .map(|(_, t)| *t)
+                .collect()
+        };
+        let before = sliding_windows_of(&of_key(&accepted), d);
         accepted.push((key.clone(), *ts));
-        let times: Vec<i64> = accepted
-            .iter()
-            .filter(|(k, _)| k == key)
-            .map(|(_, t)| *t)
-            .collect();
-        let mut starts: Vec<i64> = times
-            .iter()
-            .filter(|t| **t >= *ts && **t <= ts + d)
-            .map(|t| t - d)
-            .chain(
-                times
-                    .iter()
-                    .filter(|p| **p < *ts && **p + 1 + d >= *ts)
-                    .map(|p| p + 1),
-            )
-            .collect();
-        // The window right after the record, new when a later record falls in it and no earlier
-        // record at `ts` nor a record at its end defined it before.
-        let earlier_at_ts = times.iter().filter(|t| **t == *ts).count() > 1;
-        if times.iter().any(|t| *t > *ts && *t <= ts + 1 + d)
-            && !earlier_at_ts
-            && !times.contains(&(ts + 1 + d))
-        {
-            starts.push(ts + 1);
-        }
-        starts.sort_unstable();
-        starts.dedup();
-        for start in starts {
+        let times = of_key(&accepted);
+        for start in sliding_windows_of(&times, d) {
             let end = start + d;
-            if end < close {
+            let holds = start <= *ts && *ts <= end;
+            let created = !before.contains(&start);
+            if !(holds || created) || end < close {
                 continue;
             }
             let inside: Vec<i64> = times
@@ -1176,9 +1187,10 @@ fn sliding_oracle(
 }
 
 /// What a sliding-window count with emit-final must emit: when stream time minus grace passes
-/// from `last` to `close`, every window (per the definition, of the records accepted before
-/// this record) whose end is in `[last, close)`, by end, then key, then start, with its count
-/// and largest timestamp.
+/// from `last` to `close`, every window (`sliding_windows_of` the records accepted before this
+/// record) whose end is in `[last, close)`, by end, then key, then start, with its count and
+/// largest timestamp. (Kafka Streams' emit-final for sliding windows, KIP-825, emits a window
+/// once its end is before the close time.)
 fn sliding_final_oracle(
     input: &[(String, i64)],
     d: i64,
@@ -1202,19 +1214,11 @@ fn sliding_final_oracle(
                     .filter(|(x, _)| x == k)
                     .map(|(_, t)| *t)
                     .collect();
-                let mut starts: Vec<i64> = vec![];
-                for &t in &times {
-                    if t >= last && t < close {
-                        starts.push(t - d);
-                    }
-                    let end = t + 1 + d;
-                    if end >= last && end < close && times.iter().any(|&u| u > t && u <= end) {
-                        starts.push(t + 1);
-                    }
-                }
-                starts.sort_unstable();
-                starts.dedup();
-                for start in starts {
+                let ending: Vec<i64> = sliding_windows_of(&times, d)
+                    .into_iter()
+                    .filter(|start| start + d >= last && start + d < close)
+                    .collect();
+                for start in ending {
                     let inside: Vec<i64> = times
                         .iter()
                         .copied()

@@ -699,3 +699,172 @@ fn global_table_joins_map_each_record_to_a_key_of_the_whole_table() {
     let store = d.global_store("countries").unwrap();
     assert!(store.is_empty());
 }
+
+/// Joins `table` (rows keyed by user) every way a table can be joined, each written to its own
+/// topic: a stream looks it up (`st`), tables join it as their other side (`tt`) and as their
+/// own side (`tt-rev`), a table refers to it by foreign key (`fk`), and it refers to another
+/// table by a foreign key taken from its value (`fk-rev`). Kafka Streams reads the other side
+/// of every one of these joins through the table's value getter
+/// (`KTableValueGetterSupplier`), whatever operator made the table: a source, an aggregation
+/// (`KStreamAggregate.view()`, `KTableAggregate.view()`), `mapValues`, `filter`, `suppress`.
+fn join_every_way<V: Clone + std::fmt::Display + 'static>(
+    builder: &StreamsBuilder,
+    table: &kstreams::dsl::KTable<String, V>,
+) {
+    builder
+        .stream::<String, String>("clicks")
+        .join_table(table, |c, v| format!("{c}:{v}"), Joined::default())
+        .to("st");
+    let names = builder.table::<String, String>("names", Materialized::with(Utf8));
+    names
+        .join(table, |n, v| format!("{n}:{v}"), Materialized::with(Utf8))
+        .to("tt");
+    table
+        .join(&names, |v, n| format!("{v}:{n}"), Materialized::with(Utf8))
+        .to("tt-rev");
+    builder
+        .table::<String, String>("orders", Materialized::with(Utf8))
+        .foreign_key_join(
+            table,
+            |user| user.clone(),
+            |user, v| format!("{user}:{v}"),
+            Materialized::with(Utf8),
+        )
+        .to("fk");
+    let tiers = builder.table::<String, String>("tiers", Materialized::with(Utf8));
+    table
+        .foreign_key_join(
+            &tiers,
+            |v| v.to_string(),
+            |v, tier| format!("{v}:{tier}"),
+            Materialized::with(Utf8),
+        )
+        .to("fk-rev");
+}
+
+/// Pipes, after the table's own input (all before time 30), a record on each joining side for
+/// user `ann`, and checks that each join found `ann`'s row `want` in the table.
+fn assert_every_join_sees(d: &TopologyTestDriver, want: &str) {
+    let topic = |t: &str| d.input_topic::<String, String>(t, Utf8, Utf8);
+    topic("clicks").pipe_at(s("ann"), s("click"), 30).unwrap();
+    topic("names").pipe_at(s("ann"), s("Ann"), 31).unwrap();
+    topic("orders").pipe_at(s("o1"), s("ann"), 32).unwrap();
+    topic("tiers").pipe_at(s(want), s("gold"), 33).unwrap();
+    let read =
+        |topic: &str| drain(&d.output_topic::<String, Option<String>>(topic, Utf8, Nullable(Utf8)));
+    let r = |k: &str, v: String, ts| (s(k), Some(v), ts);
+    assert_eq!(
+        drain(&d.output_topic::<String, String>("st", Utf8, Utf8)),
+        vec![row("ann", &format!("click:{want}"), 30)],
+        "stream-table join"
+    );
+    assert_eq!(
+        read("tt"),
+        vec![r("ann", format!("Ann:{want}"), 31)],
+        "table-table join, other side"
+    );
+    assert_eq!(
+        read("tt-rev"),
+        vec![r("ann", format!("{want}:Ann"), 31)],
+        "table-table join, this side"
+    );
+    assert_eq!(
+        read("fk"),
+        vec![r("o1", format!("ann:{want}"), 32)],
+        "foreign-key join, foreign side"
+    );
+    assert_eq!(
+        read("fk-rev"),
+        vec![r("ann", format!("{want}:gold"), 33)],
+        "foreign-key join, this side"
+    );
+}
+
+#[test]
+fn joins_read_a_source_table() {
+    let builder = StreamsBuilder::new();
+    let table = builder.table::<String, String>("levels", Materialized::with(Utf8));
+    join_every_way(&builder, &table);
+    let d = driver(builder);
+    d.input_topic::<String, String>("levels", Utf8, Utf8)
+        .pipe_at(s("ann"), s("silver"), 1)
+        .unwrap();
+    assert_every_join_sees(&d, "silver");
+}
+
+#[test]
+fn joins_read_a_count_of_a_grouped_stream() {
+    let builder = StreamsBuilder::new();
+    let table = builder
+        .stream::<String, String>("purchases")
+        .group_by_key()
+        .count();
+    join_every_way(&builder, &table);
+    let d = driver(builder);
+    let p = d.input_topic::<String, String>("purchases", Utf8, Utf8);
+    p.pipe_at(s("ann"), s("p1"), 1).unwrap();
+    p.pipe_at(s("ann"), s("p2"), 2).unwrap();
+    assert_every_join_sees(&d, "2");
+}
+
+#[test]
+fn joins_read_an_aggregate_of_a_regrouped_table() {
+    let builder = StreamsBuilder::new();
+    // Accounts (account -> owner), counted per owner.
+    let table = builder
+        .table::<String, String>("accounts", Materialized::with(Utf8))
+        .group_by(|account, owner| (owner.clone(), account.clone()))
+        .count();
+    join_every_way(&builder, &table);
+    let d = driver(builder);
+    let a = d.input_topic::<String, String>("accounts", Utf8, Utf8);
+    a.pipe_at(s("a1"), s("ann"), 1).unwrap();
+    a.pipe_at(s("a2"), s("ann"), 2).unwrap();
+    a.pipe_at(s("a3"), s("bob"), 3).unwrap();
+    assert_every_join_sees(&d, "2");
+}
+
+#[test]
+fn joins_read_a_mapped_table() {
+    let builder = StreamsBuilder::new();
+    let table = builder
+        .table::<String, String>("levels", Materialized::with(Utf8))
+        .map_values(|v| v.to_uppercase(), Utf8);
+    join_every_way(&builder, &table);
+    let d = driver(builder);
+    d.input_topic::<String, String>("levels", Utf8, Utf8)
+        .pipe_at(s("ann"), s("silver"), 1)
+        .unwrap();
+    assert_every_join_sees(&d, "SILVER");
+}
+
+#[test]
+fn joins_read_a_filtered_table() {
+    let builder = StreamsBuilder::new();
+    let table = builder
+        .table::<String, String>("levels", Materialized::with(Utf8))
+        .filter(|_, v| v != "banned");
+    join_every_way(&builder, &table);
+    let d = driver(builder);
+    let l = d.input_topic::<String, String>("levels", Utf8, Utf8);
+    l.pipe_at(s("ann"), s("banned"), 1).unwrap();
+    l.pipe_at(s("ann"), s("silver"), 2).unwrap();
+    l.pipe_at(s("bob"), s("banned"), 3).unwrap();
+    assert_every_join_sees(&d, "silver");
+}
+
+#[test]
+fn joins_read_a_suppressed_table() {
+    let builder = StreamsBuilder::new();
+    let table = builder
+        .table::<String, String>("levels", Materialized::with(Utf8))
+        .suppress(kstreams::dsl::Suppressed::until_time_limit(ms(10)));
+    join_every_way(&builder, &table);
+    let d = driver(builder);
+    let l = d.input_topic::<String, String>("levels", Utf8, Utf8);
+    l.pipe_at(s("ann"), s("bronze"), 1).unwrap();
+    l.pipe_at(s("ann"), s("silver"), 2).unwrap();
+    // Time on the table's own topic passes ann's limit: ann's latest row goes out.
+    l.pipe_at(s("zed"), s("none"), 20).unwrap();
+    assert_every_join_sees(&d, "silver");
+}

@@ -149,6 +149,12 @@ impl<'a, K: 'static, V: 'static> ProcessorContext<'a, K, V> {
         self.inner.state_store(name)
     }
 
+    /// The state store `name` as a trait object, for code that learns the store's type only
+    /// at run time (downcast it with [`StateStore::as_any_mut`]).
+    pub fn state_store_dyn(&mut self, name: &str) -> Result<&mut dyn StateStore> {
+        self.inner.state_store_dyn(name)
+    }
+
     /// The global store `name` (declared with `TopologyBuilder::add_global_store`): every
     /// partition of its topic, read-only, up to date as of the last records the instance read.
     pub fn global_store(&self, name: &str) -> Result<GlobalStore> {

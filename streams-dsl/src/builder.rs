@@ -18,6 +18,7 @@ use crate::handles::KStream;
 use crate::handles::{GlobalKTable, KTable};
 use crate::ops::Op;
 use crate::options::{Consumed, Materialized};
+use crate::view::TableView;
 
 /// Builds a topology with the DSL: streams and tables read from topics, operators on them,
 /// results written to topics. [`build`](Self::build) returns the `streams-core` topology to
@@ -104,6 +105,7 @@ impl StreamsBuilder {
                 stateful: BTreeMap::new(),
                 user_stores: vec![],
                 store_users: HashMap::new(),
+                materialized_for_joins: HashMap::new(),
                 errors: vec![],
             })),
         }
@@ -229,6 +231,7 @@ impl StreamsBuilder {
             graph: self.graph.clone(),
             node,
             path,
+            view: Some(TableView::plain(&store)),
             store: Some(store),
             keys,
             values,

@@ -1,7 +1,9 @@
 //! The record cache of an aggregation: the latest aggregate of each key (or key and window)
-//! updated since the last commit, held back and forwarded (and written to the store) once, at
-//! the commit or when the cache outgrows its budget. Consecutive updates of a key inside one
-//! commit interval then reach the changelog and the downstream once, as in Kafka Streams.
+//! updated since the last commit, held back and forwarded once, at the commit or when the
+//! cache outgrows its budget. Consecutive updates of a key inside one commit interval then
+//! reach the downstream once, as in Kafka Streams. The aggregation writes every update to its
+//! store at once, so that readers of the store (joins) see the latest aggregate; the store,
+//! built with caching, sends the changelog the last write of each key at the commit.
 
 use std::collections::HashMap;
 
@@ -38,13 +40,6 @@ impl<K, VA> Default for Cache<K, VA> {
 }
 
 impl<K, VA> Cache<K, VA> {
-    /// The held-back aggregate of `id` and its timestamp.
-    pub(crate) fn get(&self, id: &[u8]) -> Option<(&VA, i64)> {
-        self.index
-            .get(id)
-            .map(|&i| (&self.entries[i].value, self.entries[i].timestamp))
-    }
-
     /// Holds `entry` back under `id`, replacing an earlier one. Returns the approximate bytes
     /// held.
     pub(crate) fn put(&mut self, id: Vec<u8>, entry: Entry<K, VA>) -> usize {

@@ -13,22 +13,52 @@ pub(crate) struct Change<V> {
     pub(crate) old: Option<V>,
 }
 
-/// A value to add to its group's aggregate, or to subtract from it (a table row's old value).
+/// What a row of a regrouped table sends to a group: the value it takes away (its old value,
+/// when it left the group or changed within it) and the value it adds (its new value). A row
+/// that changes within its group sends both in one record, so that the group's aggregate moves
+/// once, with no false intermediate result downstream (Kafka Streams' KIP-904).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Delta<V> {
-    pub(crate) value: V,
-    pub(crate) add: bool,
+    pub(crate) subtract: Option<V>,
+    pub(crate) add: Option<V>,
 }
 
-/// One byte (1: add, 0: subtract), then the value's bytes.
+/// One byte, then: 1, the value to add; 0, the value to subtract; 2, 4 bytes of the length
+/// of the value to subtract, its bytes, then the value to add.
 pub(crate) struct DeltaSerde<V>(pub(crate) Arc<dyn Serde<V>>);
 
 impl<V: 'static> Serde<Delta<V>> for DeltaSerde<V> {
     fn serialize(&self, topic: &str, d: &Delta<V>) -> Result<Option<Vec<u8>>, SerdeError> {
-        let inner = self.0.serialize(topic, &d.value)?.unwrap_or_default();
-        let mut out = Vec::with_capacity(1 + inner.len());
-        out.push(u8::from(d.add));
-        out.extend_from_slice(&inner);
+        let bytes = |v: &V| -> Result<Vec<u8>, SerdeError> {
+            Ok(self.0.serialize(topic, v)?.unwrap_or_default())
+        };
+        let mut out = vec![];
+        match (&d.subtract, &d.add) {
+            (None, Some(add)) => {
+                out.push(1);
+                out.extend_from_slice(&bytes(add)?);
+            }
+            (Some(sub), None) => {
+                out.push(0);
+                out.extend_from_slice(&bytes(sub)?);
+            }
+            (Some(sub), Some(add)) => {
+                let sub = bytes(sub)?;
+                let len = u32::try_from(sub.len())
+                    .map_err(|_| SerdeError::new("Delta", topic, "a value of 4 GiB or more"))?;
+                out.push(2);
+                out.extend_from_slice(&len.to_be_bytes());
+                out.extend_from_slice(&sub);
+                out.extend_from_slice(&bytes(add)?);
+            }
+            (None, None) => {
+                return Err(SerdeError::new(
+                    "Delta",
+                    topic,
+                    "nothing to add or subtract",
+                ))
+            }
+        }
         Ok(Some(out))
     }
 
@@ -37,9 +67,34 @@ impl<V: 'static> Serde<Delta<V>> for DeltaSerde<V> {
         let (flag, rest) = data
             .split_first()
             .ok_or_else(|| SerdeError::new("Delta", topic, "empty value"))?;
-        Ok(Delta {
-            value: self.0.deserialize(topic, Some(rest))?,
-            add: *flag == 1,
+        let value = |b: &[u8]| self.0.deserialize(topic, Some(b));
+        Ok(match flag {
+            1 => Delta {
+                subtract: None,
+                add: Some(value(rest)?),
+            },
+            0 => Delta {
+                subtract: Some(value(rest)?),
+                add: None,
+            },
+            2 => {
+                let short = || SerdeError::new("Delta", topic, "truncated");
+                let (len, rest) = rest.split_first_chunk::<4>().ok_or_else(short)?;
+                let (sub, add) = rest
+                    .split_at_checked(u32::from_be_bytes(*len) as usize)
+                    .ok_or_else(short)?;
+                Delta {
+                    subtract: Some(value(sub)?),
+                    add: Some(value(add)?),
+                }
+            }
+            other => {
+                return Err(SerdeError::new(
+                    "Delta",
+                    topic,
+                    format!("unknown kind {other}"),
+                ))
+            }
         })
     }
 }

@@ -27,6 +27,7 @@ use crate::change::Change;
 use crate::handles::KTable;
 use crate::ops::Op;
 use crate::options::{configure_store, Materialized};
+use crate::view::TableView;
 
 /// Subscribe (or update the hash) and answer with the other table's row.
 const PROPAGATE: u8 = 0;
@@ -358,9 +359,9 @@ impl<K: Clone + 'static, V: Clone + 'static> KTable<K, V> {
         materialized: Materialized<VR>,
         kind: &str,
     ) -> KTable<K, VR> {
-        let (this, that) = (self.with_store(), other.with_store());
-        let this_store = this.store.clone().expect("with_store gives a store");
-        let that_store = that.store.clone().expect("with_store gives a store");
+        let (this, that) = (self.with_view(), other.with_view());
+        let this_store = this.view.clone().expect("with_view gives a view");
+        let that_store = that.view.clone().expect("with_view gives a view");
         let path = format!("{}({},{})", kind.to_lowercase(), this.path, that.path);
         let operator = format!("foreign-key join of {} and {}", this.node, that.node);
         let base = materialized.name.clone();
@@ -480,9 +481,7 @@ impl<K: Clone + 'static, V: Clone + 'static> KTable<K, V> {
                                 _ => {
                                     let h = sub.hash.map(|h| h.to_vec()).unwrap_or_default();
                                     store.put(&ck, &h)?;
-                                    let value = ctx
-                                        .state_store::<KeyValueStore<KO, VO>>(&that_store)?
-                                        .get(&fk)?;
+                                    let value = that_store.get(ctx, &fk)?;
                                     Response { hash: sub.hash, value }
                                 }
                             };
@@ -526,8 +525,10 @@ impl<K: Clone + 'static, V: Clone + 'static> KTable<K, V> {
         );
         g.topology
             .add_state_store(sub_store_builder, [receive.as_str(), right.as_str()]);
-        g.topology
-            .connect_processor_and_state_stores(&receive, [that_store.as_str()]);
+        g.topology.connect_processor_and_state_stores(
+            &receive,
+            that_store.stores.iter().map(String::as_str),
+        );
         g.topology.add_repartition_topic(&resp_topic, None);
         g.topology.add_sink(
             &format!("{resp_topic}-sink"),
@@ -553,7 +554,7 @@ impl<K: Clone + 'static, V: Clone + 'static> KTable<K, V> {
                         move |r: Record<K, Response<VO>>,
                               ctx: &mut ProcessorContext<'_, K, Change<VR>>| {
                             let (key, response, rest) = r.into_parts();
-                            let current = ctx.state_store::<KeyValueStore<K, V>>(&this_store)?.get(&key)?;
+                            let current = this_store.get(ctx, &key)?;
                             if value_hash(&*values, current.as_ref())? != response.hash {
                                 tracing::trace!("foreign-key join: dropping a response to an older version of a row");
                                 return Ok(());
@@ -578,8 +579,10 @@ impl<K: Clone + 'static, V: Clone + 'static> KTable<K, V> {
                 [resp_source.as_str()],
             );
         }
-        g.topology
-            .connect_processor_and_state_stores(&respond, [this_store.as_str()]);
+        g.topology.connect_processor_and_state_stores(
+            &respond,
+            this_store.stores.iter().map(String::as_str),
+        );
         let result_builder = configure_store!(
             KeyValueStore::<K, VR>::builder(
                 &result_store,
@@ -595,6 +598,7 @@ impl<K: Clone + 'static, V: Clone + 'static> KTable<K, V> {
             graph: self.graph.clone(),
             node: respond,
             path,
+            view: Some(TableView::plain(&result_store)),
             store: Some(result_store),
             keys,
             values: materialized.values,

@@ -19,6 +19,9 @@ pub(crate) struct Graph {
     /// Stores added with [`StreamsBuilder::add_state_store`], connected at build.
     pub(crate) user_stores: Vec<(String, AddStore)>,
     pub(crate) store_users: HashMap<String, Vec<String>>,
+    /// The node and store that materialize a table for its joins, by the table's node: a table
+    /// joined several times is materialized once.
+    pub(crate) materialized_for_joins: HashMap<String, (String, String)>,
     pub(crate) errors: Vec<String>,
 }
 

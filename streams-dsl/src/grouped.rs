@@ -14,10 +14,10 @@ use crate::handles::KStream;
 use crate::handles::KTable;
 use crate::handles::TimeWindowedKStream;
 use crate::handles::{KGroupedStream, KGroupedTable};
-use crate::ops::Op;
 use crate::options::configure_store;
 use crate::options::{Grouped, Materialized, Repartitioned};
 use crate::stamped::{Stamped, StampedSerde};
+use crate::view::TableView;
 use crate::windowing::TimeWindows;
 
 impl<K: Clone + Send + 'static, V: Clone + Send + 'static> KGroupedStream<K, V> {
@@ -69,9 +69,11 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> KGroupedStream<K, V> 
         let f = Arc::new(f);
         aggregate_node(self, "REDUCE", materialized, move || {
             let f = f.clone();
-            move |_k: &K, v: V, old: Option<V>| match old {
-                Some(agg) => f(agg, v),
-                None => v,
+            move |_k: &K, v: V, old: Option<V>| {
+                Some(match old {
+                    Some(agg) => f(agg, v),
+                    None => v,
+                })
             }
         })
     }
@@ -97,7 +99,7 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> KGroupedStream<K, V> 
         let (init, add) = (Arc::new(initializer), Arc::new(adder));
         aggregate_node(self, kind, materialized, move || {
             let (init, add) = (init.clone(), add.clone());
-            move |k: &K, v: V, old: Option<VA>| add(k, v, old.unwrap_or_else(|| init()))
+            move |k: &K, v: V, old: Option<VA>| Some(add(k, v, old.unwrap_or_else(|| init())))
         })
     }
 
@@ -134,8 +136,9 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> KGroupedStream<K, V> 
     }
 }
 
-/// Adds an aggregation node and its store: for each record, `step(key, value, old aggregate)`
-/// gives the new aggregate, stored and forwarded with the largest timestamp seen for the key.
+/// Adds an aggregation node and its store after the grouped stream's input: for each record,
+/// `step(key, value, old aggregate)` gives the new aggregate, stored and forwarded with the
+/// largest timestamp seen for the key.
 fn aggregate_node<K, V, VA, S>(
     grouped: &KGroupedStream<K, V>,
     kind: &str,
@@ -146,51 +149,93 @@ where
     K: Clone + Send + 'static,
     V: Clone + Send + 'static,
     VA: Clone + Send + 'static,
-    S: FnMut(&K, V, Option<VA>) -> VA + Send + 'static,
+    S: FnMut(&K, V, Option<VA>) -> Option<VA> + Send + 'static,
 {
     let input = grouped.input();
-    let path = format!("{}/{}", input.path, kind.to_ascii_lowercase());
-    let keys = grouped.keys();
-    let values = materialized.values.clone();
-    let explicit = grouped.stream.name_next.clone();
-    let mut g = input.graph.borrow_mut();
-    let node = g.node_name(kind, &path, explicit.as_deref());
-    let store = g.state_name(
-        &format!("{kind}-STATE-STORE"),
-        &path,
-        materialized.name.as_deref(),
-        &format!("{} ({})", kind.to_ascii_lowercase(), node),
-    );
-    let store_name = store.clone();
-    let processor_keys = keys.clone();
-    g.topology.add_processor(
-        &node,
-        move || KvAggregate {
-            store: store_name.clone(),
-            keys: processor_keys.clone(),
-            step: make_step(),
-            cache: Cache::default(),
-            _types: PhantomData,
-        },
-        [input.node.as_str()],
-    );
-    let builder = configure_store!(
-        KeyValueStore::<K, Stamped<VA>>::builder(
-            &store,
-            keys.clone(),
-            StampedSerde(values.clone()),
-        ),
-        materialized
-    );
-    g.topology.add_state_store(builder, [node.as_str()]);
-    drop(g);
-    KTable {
-        graph: input.graph.clone(),
-        node,
-        path,
-        store: Some(store),
-        keys,
-        values,
+    Aggregation {
+        graph: &input.graph,
+        input: &input.node,
+        path: format!("{}/{}", input.path, kind.to_ascii_lowercase()),
+        keys: grouped.keys(),
+        explicit: grouped.stream.name_next.clone(),
+        node_kind: kind.to_string(),
+        description: kind.to_ascii_lowercase(),
+    }
+    .add(materialized, make_step)
+}
+
+/// Where an aggregation node goes and how it is named.
+struct Aggregation<'a, K> {
+    graph: &'a crate::graph::Shared,
+    /// The node whose records it aggregates.
+    input: &'a str,
+    path: String,
+    keys: Arc<dyn Serde<K>>,
+    /// The node's name, when the user gave one.
+    explicit: Option<String>,
+    /// The prefix of the node's generated name; its store's is this and `-STATE-STORE`.
+    node_kind: String,
+    description: String,
+}
+
+impl<K: Clone + Send + 'static> Aggregation<'_, K> {
+    /// Adds the node and its store: for each record, `step(key, value, old aggregate)` gives
+    /// the new aggregate (`None`: nothing changes), stored and forwarded with the largest
+    /// timestamp seen for the key.
+    fn add<V, VA, S>(
+        self,
+        materialized: Materialized<VA>,
+        make_step: impl Fn() -> S + Send + Sync + 'static,
+    ) -> KTable<K, VA>
+    where
+        V: Send + 'static,
+        VA: Clone + Send + 'static,
+        S: FnMut(&K, V, Option<VA>) -> Option<VA> + Send + 'static,
+    {
+        let values = materialized.values.clone();
+        let mut g = self.graph.borrow_mut();
+        let node = g.node_name(&self.node_kind, &self.path, self.explicit.as_deref());
+        let store = g.state_name(
+            &format!("{}-STATE-STORE", self.node_kind),
+            &self.path,
+            materialized.name.as_deref(),
+            &format!("{} ({})", self.description, node),
+        );
+        let store_name = store.clone();
+        let processor_keys = self.keys.clone();
+        g.topology.add_processor(
+            &node,
+            move || KvAggregate {
+                store: store_name.clone(),
+                keys: processor_keys.clone(),
+                step: make_step(),
+                cache: Cache::default(),
+                _types: PhantomData,
+            },
+            [self.input],
+        );
+        let builder = configure_store!(
+            KeyValueStore::<K, Stamped<VA>>::builder(
+                &store,
+                self.keys.clone(),
+                StampedSerde(values.clone()),
+            )
+            // With a cache budget, the changelog gets the last update of each key per commit,
+            // as the records downstream do.
+            .with_caching(true),
+            materialized
+        );
+        g.topology.add_state_store(builder, [node.as_str()]);
+        drop(g);
+        KTable {
+            graph: self.graph.clone(),
+            node,
+            path: self.path,
+            view: Some(TableView::stamped(&store)),
+            store: Some(store),
+            keys: self.keys,
+            values,
+        }
     }
 }
 
@@ -210,19 +255,14 @@ where
     K: Clone + 'static,
     VA: Clone + 'static,
 {
-    fn write_and_forward(
+    /// Forwards an update of a key's aggregate (the store has it already).
+    fn forward(
         &self,
         ctx: &mut ProcessorContext<'_, K, Change<VA>>,
         e: crate::cache::Entry<K, VA>,
     ) -> Result<()> {
-        let stamped = Stamped {
-            value: e.value,
-            timestamp: e.timestamp,
-        };
-        ctx.state_store::<KeyValueStore<K, Stamped<VA>>>(&self.store)?
-            .put(&e.key, &stamped)?;
         let change = Change {
-            new: Some(stamped.value),
+            new: Some(e.value),
             old: e.old,
         };
         ctx.forward(
@@ -239,7 +279,7 @@ where
     K: Clone + Send + 'static,
     V: 'static,
     VA: Clone + Send + 'static,
-    S: FnMut(&K, V, Option<VA>) -> VA + Send + 'static,
+    S: FnMut(&K, V, Option<VA>) -> Option<VA> + Send + 'static,
 {
     type KeyIn = K;
     type ValueIn = V;
@@ -258,32 +298,32 @@ where
         } else {
             None
         };
-        let cached = id
-            .as_deref()
-            .and_then(|id| self.cache.get(id))
-            .map(|(v, ts)| (v.clone(), ts));
-        let (old_value, old_ts) = match cached {
-            Some((v, ts)) => (Some(v), ts),
-            None => match ctx
-                .state_store::<KeyValueStore<K, Stamped<VA>>>(&self.store)?
-                .get(&key)?
-            {
-                Some(o) => (Some(o.value), o.timestamp),
-                None => (None, i64::MIN),
-            },
+        // The store has the latest aggregate: every update is written to it at once (it holds
+        // writes back until the commit), so that joins read the current aggregate while the
+        // record cache holds the update back from the downstream.
+        let store = ctx.state_store::<KeyValueStore<K, Stamped<VA>>>(&self.store)?;
+        let (old_value, old_ts) = match store.get(&key)? {
+            Some(o) => (Some(o.value), o.timestamp),
+            None => (None, i64::MIN),
         };
-        let timestamp = rest.timestamp().max(old_ts);
-        let new = (self.step)(&key, value, old_value.clone());
+        let Some(new) = (self.step)(&key, value, old_value.clone()) else {
+            return Ok(());
+        };
+        let stamped = Stamped {
+            value: new,
+            timestamp: rest.timestamp().max(old_ts),
+        };
+        store.put(&key, &stamped)?;
         let entry = crate::cache::Entry {
             key,
             start: 0,
-            value: new,
+            value: stamped.value,
             old: old_value,
-            timestamp,
+            timestamp: stamped.timestamp,
             rest,
         };
         match id {
-            None => self.write_and_forward(ctx, entry),
+            None => self.forward(ctx, entry),
             Some(id) => {
                 if self.cache.put(id, entry) > budget {
                     self.flush(ctx)?;
@@ -298,7 +338,7 @@ where
             return Ok(());
         }
         for e in self.cache.drain() {
-            self.write_and_forward(ctx, e)?;
+            self.forward(ctx, e)?;
         }
         Ok(())
     }
@@ -359,75 +399,31 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> KGroupedTable<K, V> {
         subtractor: impl Fn(&K, V, VA) -> VA + Send + Sync + 'static,
         materialized: Materialized<VA>,
     ) -> KTable<K, VA> {
-        let path = format!("{}/{}", self.path, kind.to_ascii_lowercase());
-        let values = materialized.values.clone();
-        let mut g = self.graph.borrow_mut();
-        let node = g.node_name(&format!("KTABLE-{kind}"), &path, None);
-        let store = g.state_name(
-            &format!("KTABLE-{kind}-STATE-STORE"),
-            &path,
-            materialized.name.as_deref(),
-            &format!("table {} ({})", kind.to_ascii_lowercase(), node),
-        );
+        // As Kafka Streams' KTableAggregate: the subtractor applies only to a group that has
+        // an aggregate; the adder starts from the initializer when the group has none (or the
+        // subtraction left none).
         let (init, add, sub) = (Arc::new(initializer), Arc::new(adder), Arc::new(subtractor));
-        let store_name = store.clone();
-        g.topology.add_processor(
-            &node,
-            move || {
-                let (store, init, add, sub) =
-                    (store_name.clone(), init.clone(), add.clone(), sub.clone());
-                Op::<K, Delta<V>, K, Change<VA>>::new(Box::new(
-                    move |r: Record<K, Delta<V>>, ctx: &mut ProcessorContext<'_, K, Change<VA>>| {
-                        let s = ctx.state_store::<KeyValueStore<K, Stamped<VA>>>(&store)?;
-                        let (key, delta, rest) = r.into_parts();
-                        let old = s.get(&key)?;
-                        let old_ts = old.as_ref().map_or(i64::MIN, |o| o.timestamp);
-                        let old_value = old.map(|o| o.value);
-                        let base = old_value.clone().unwrap_or_else(|| init());
-                        let new = if delta.add {
-                            add(&key, delta.value, base)
-                        } else {
-                            sub(&key, delta.value, base)
-                        };
-                        let timestamp = rest.timestamp().max(old_ts);
-                        s.put(
-                            &key,
-                            &Stamped {
-                                value: new.clone(),
-                                timestamp,
-                            },
-                        )?;
-                        let change = Change {
-                            new: Some(new),
-                            old: old_value,
-                        };
-                        ctx.forward(
-                            rest.with_key(key)
-                                .with_value(change)
-                                .with_timestamp(timestamp),
-                        )
-                    },
-                ))
-            },
-            [self.node.as_str()],
-        );
-        let builder = configure_store!(
-            KeyValueStore::<K, Stamped<VA>>::builder(
-                &store,
-                self.keys.clone(),
-                StampedSerde(values.clone()),
-            ),
-            materialized
-        );
-        g.topology.add_state_store(builder, [node.as_str()]);
-        drop(g);
-        KTable {
-            graph: self.graph.clone(),
-            node,
-            path,
-            store: Some(store),
+        Aggregation {
+            graph: &self.graph,
+            input: &self.node,
+            path: format!("{}/{}", self.path, kind.to_ascii_lowercase()),
             keys: self.keys.clone(),
-            values,
+            explicit: None,
+            node_kind: format!("KTABLE-{kind}"),
+            description: format!("table {}", kind.to_ascii_lowercase()),
         }
+        .add(materialized, move || {
+            let (init, add, sub) = (init.clone(), add.clone(), sub.clone());
+            move |key: &K, delta: Delta<V>, old: Option<VA>| {
+                let kept = match (delta.subtract, old) {
+                    (Some(gone), Some(agg)) => Some(sub(key, gone, agg)),
+                    (_, old) => old,
+                };
+                match delta.add {
+                    Some(v) => Some(add(key, v, kept.unwrap_or_else(|| init()))),
+                    None => kept,
+                }
+            }
+        })
     }
 }

@@ -82,7 +82,10 @@ pub struct KTable<K, V> {
     /// The node whose output is this table's changes (`Record<K, Change<V>>`).
     pub(crate) node: String,
     pub(crate) path: String,
+    /// The table's own store, if it has one.
     pub(crate) store: Option<String>,
+    /// How joins read its rows; without one, a join materializes the table first.
+    pub(crate) view: Option<crate::view::TableView<K, V>>,
     pub(crate) keys: Arc<dyn Serde<K>>,
     pub(crate) values: Arc<dyn Serde<V>>,
 }

@@ -18,6 +18,7 @@ use crate::handles::KTable;
 use crate::ops::{Op, OpFn};
 use crate::options::configure_store;
 use crate::options::{Grouped, Materialized, Named, Produced, Repartitioned};
+use crate::view::TableView;
 
 impl<K, V> Clone for KStream<K, V> {
     fn clone(&self) -> Self {
@@ -455,6 +456,7 @@ impl<K: Clone + 'static, V: Clone + 'static> KStream<K, V> {
             graph: self.graph.clone(),
             node,
             path,
+            view: Some(TableView::plain(&store)),
             store: Some(store),
             keys,
             values,

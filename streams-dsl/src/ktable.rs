@@ -12,6 +12,7 @@ use crate::handles::KStream;
 use crate::handles::KTable;
 use crate::ops::Op;
 use crate::options::Grouped;
+use crate::view::TableView;
 
 impl<K: Clone + 'static, V: Clone + 'static> KTable<K, V> {
     /// The name of the store holding the table, if it is materialized.
@@ -67,12 +68,14 @@ impl<K: Clone + 'static, V: Clone + 'static> KTable<K, V> {
         name: String,
         path: String,
         values: Arc<dyn Serde<V2>>,
+        view: Option<TableView<K, V2>>,
     ) -> KTable<K, V2> {
         KTable {
             graph: self.graph.clone(),
             node: name,
             path,
             store: None,
+            view,
             keys: self.keys.clone(),
             values,
         }
@@ -84,16 +87,19 @@ impl<K: Clone + 'static, V: Clone + 'static> KTable<K, V> {
         f: impl Fn(V) -> V2 + Send + Sync + 'static,
         values: impl Serde<V2>,
     ) -> KTable<K, V2> {
+        let f = Arc::new(f);
+        let g = f.clone();
         let (name, path) = self.add_change_op("MAPVALUES", move |k, c: Change<V>| {
             Some((
                 k.clone(),
                 Change {
-                    new: c.new.map(&f),
-                    old: c.old.map(&f),
+                    new: c.new.map(&*f),
+                    old: c.old.map(&*f),
                 },
             ))
         });
-        self.derived(name, path, Arc::new(values))
+        let view = self.view.as_ref().map(|v| v.derive(move |_, x| Some(g(x))));
+        self.derived(name, path, Arc::new(values), view)
     }
 
     /// The rows for which `predicate(key, value)` holds. A row that stops matching is deleted
@@ -112,13 +118,19 @@ impl<K: Clone + 'static, V: Clone + 'static> KTable<K, V> {
         kind: &str,
         keep: impl Fn(&K, &V) -> bool + Send + Sync + 'static,
     ) -> Self {
+        let keep = Arc::new(keep);
+        let view_keep = keep.clone();
         let (name, path) = self.add_change_op(kind, move |k, c: Change<V>| {
             let new = c.new.filter(|v| keep(k, v));
             let old = c.old.filter(|v| keep(k, v));
             // Nothing to say when the row neither matches now nor did before.
             (new.is_some() || old.is_some()).then(|| (k.clone(), Change { new, old }))
         });
-        self.derived(name, path, self.values.clone())
+        let view = self
+            .view
+            .as_ref()
+            .map(|v| v.derive(move |k, x| view_keep(k, &x).then_some(x)));
+        self.derived(name, path, self.values.clone(), view)
     }
 
     /// Re-groups the table by `selector(key, value) -> (new key, new value)`, through a
@@ -147,28 +159,42 @@ impl<K: Clone + 'static, V: Clone + 'static> KTable<K, V> {
         let mut g = self.graph.borrow_mut();
         let name = g.node_name("KTABLE-GROUPBY", &path, None);
         let select = selector.clone();
+        let group_keys = grouped.keys.clone();
         // Each change becomes a subtraction of the old row from its group, then an addition of
-        // the new one to its group.
+        // the new one to its group; one record doing both when the group stays the same (its
+        // key's bytes are equal), as Kafka Streams' KTableRepartitionMap does since KIP-904.
         g.topology.add_processor(
             &name,
             move || {
-                let select = select.clone();
+                let (select, group_keys) = (select.clone(), group_keys.clone());
                 Op::<K, Change<V>, K2, Delta<V2>>::new(Box::new(
                     move |r: Record<K, Change<V>>, ctx| {
                         let (key, change, rest) = r.into_parts();
-                        if let Some(old) = &change.old {
-                            let (k2, v2) = select(&key, old);
-                            ctx.forward(rest.clone().with_key(k2).with_value(Delta {
-                                value: v2,
-                                add: false,
-                            }))?;
+                        let old = change.old.as_ref().map(|v| select(&key, v));
+                        let new = change.new.as_ref().map(|v| select(&key, v));
+                        if let (Some((ko, vo)), Some((kn, vn))) = (&old, &new) {
+                            let bytes = |k: &K2| group_keys.serialize("group-by", k);
+                            if bytes(ko)? == bytes(kn)? {
+                                let delta = Delta {
+                                    subtract: Some(vo.clone()),
+                                    add: Some(vn.clone()),
+                                };
+                                return ctx.forward(rest.with_key(kn.clone()).with_value(delta));
+                            }
                         }
-                        if let Some(new) = &change.new {
-                            let (k2, v2) = select(&key, new);
-                            ctx.forward(rest.with_key(k2).with_value(Delta {
-                                value: v2,
-                                add: true,
-                            }))?;
+                        if let Some((k2, v2)) = old {
+                            let delta = Delta {
+                                subtract: Some(v2),
+                                add: None,
+                            };
+                            ctx.forward(rest.clone().with_key(k2).with_value(delta))?;
+                        }
+                        if let Some((k2, v2)) = new {
+                            let delta = Delta {
+                                subtract: None,
+                                add: Some(v2),
+                            };
+                            ctx.forward(rest.with_key(k2).with_value(delta))?;
                         }
                         Ok(())
                     },

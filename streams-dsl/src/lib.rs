@@ -60,6 +60,7 @@ mod sliding;
 mod stamped;
 mod suppress;
 mod table_joins;
+mod view;
 mod windowing;
 mod windows;
 

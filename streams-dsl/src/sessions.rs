@@ -90,8 +90,11 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> SessionWindowedKStrea
         self.late.clone()
     }
 
-    /// Emits each session once, final, when no record can reach it any more (its end plus
-    /// the gap is before stream time minus grace), instead of every update and retraction.
+    /// Emits each session once, final, when no record can reach it any more (its end is before
+    /// stream time minus grace minus the gap), instead of every update and retraction. A record
+    /// that would merge into a session already emitted is dropped as late, so that a final
+    /// result is never superseded (Kafka Streams merges it, and emits the merged session as
+    /// final too).
     pub fn emit_final(mut self) -> Self {
         self.emit_final = true;
         self
@@ -179,6 +182,7 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> SessionWindowedKStrea
                 add: add.clone(),
                 merge: merge.clone(),
                 late: late.clone(),
+                observed: i64::MIN,
                 _types: PhantomData,
             },
             [input.node.as_str()],
@@ -203,6 +207,7 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> SessionWindowedKStrea
             node,
             path,
             store: Some(store),
+            view: None,
             keys: Arc::new(SessionWindowedSerde { keys }),
             values,
         }
@@ -220,6 +225,9 @@ struct SessionAggregate<K, V, VA> {
     add: Adder<K, V, VA>,
     merge: Merger<K, VA>,
     late: LateRecords,
+    /// The largest timestamp this aggregation has processed (Kafka Streams'
+    /// `observedStreamTime`): records that never reach it do not close its sessions.
+    observed: i64,
     _types: PhantomData<fn(K, V)>,
 }
 
@@ -239,11 +247,16 @@ where
         r: Record<K, V>,
         ctx: &mut ProcessorContext<'_, Windowed<K>, Change<VA>>,
     ) -> Result<()> {
+        // As Kafka Streams' KStreamSessionWindowAggregate: the record's session is the union
+        // of [ts, ts] with every session of its key within the gap of ts; it is late when that
+        // session ended before the close time (observed time minus grace minus gap).
         let (gap, grace) = (self.windows.gap, self.windows.grace);
-        let stream_time = ctx.stream_time();
         let task = ctx.task_id();
         let (key, value, rest) = r.into_parts();
         let ts = rest.timestamp();
+        self.observed = self.observed.max(ts);
+        let stream_time = self.observed;
+        let close = stream_time.saturating_sub(grace).saturating_sub(gap);
         let store = ctx.state_store::<SessionStore<K, Stamped<VA>>>(&self.store)?;
         let found = store.find_sessions(&key, ts.saturating_sub(gap), ts.saturating_add(gap))?;
         let (mut start, mut end) = (ts, ts);
@@ -253,20 +266,34 @@ where
             end = end.max(*e);
             agg = (self.merge)(&key, agg, v.value.clone());
         }
-        if end < stream_time.saturating_sub(grace) {
+        // With emit-final, a record that would merge into a session already emitted as final
+        // is late too: the final result must stay final (Kafka Streams merges it and emits the
+        // merged session as final later, counting the emitted session's records twice).
+        let emitted_until = if self.emit_final {
+            ctx.state_store::<KeyValueStore<String, i64>>(&self.emitted)?
+                .get(&EMITTED_KEY.to_string())?
+                .unwrap_or(i64::MIN)
+        } else {
+            i64::MIN
+        };
+        let merges_emitted = found.iter().any(|((_, e), _)| *e < emitted_until);
+        if end < close || merges_emitted {
             self.late.add(task);
             ctx.record_dropped(DropReason::Late);
-            tracing::warn!(%task, session_start = start, session_end = end, record_timestamp = ts, stream_time, "dropping a record for a closed session");
+            tracing::warn!(%task, session_start = start, session_end = end, record_timestamp = ts, stream_time, merges_emitted, "dropping a record for a closed session");
         } else {
             let agg = (self.add)(&key, value, agg);
-            let mut same: Option<VA> = None;
+            // A record that extends or merges sessions retracts each of them first (also one
+            // whose bounds it does not change); one alone at [ts, ts] replaces its session.
+            let extends = (start, end) != (ts, ts);
+            let mut replaced: Option<VA> = None;
             for ((s, e), v) in &found {
-                if (*s, *e) == (start, end) {
-                    same = Some(v.value.clone());
-                    continue;
-                }
                 ctx.state_store::<SessionStore<K, Stamped<VA>>>(&self.store)?
                     .remove(&key, *s, *e)?;
+                if !extends {
+                    replaced = Some(v.value.clone());
+                    continue;
+                }
                 if !self.emit_final {
                     let gone = rest
                         .clone()
@@ -298,15 +325,14 @@ where
                     .with_key(Windowed { key, start, end })
                     .with_value(Change {
                         new: Some(agg),
-                        old: same,
+                        old: replaced,
                     })
                     .with_timestamp(end);
                 ctx.forward(out)?;
             }
         }
         if self.emit_final {
-            // Final once no record can reach it: end + gap before stream time minus grace.
-            let close = stream_time.saturating_sub(grace).saturating_sub(gap);
+            // Final once no record can reach it: its end before the close time.
             let progress = ctx.state_store::<KeyValueStore<String, i64>>(&self.emitted)?;
             let last = progress.get(&EMITTED_KEY.to_string())?.unwrap_or(i64::MIN);
             if close > last {

@@ -1,6 +1,6 @@
 //! Sliding windows: windows of a fixed time difference defined by the records themselves.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,19 +20,31 @@ use crate::options::Materialized;
 use crate::windowing::SlidingWindows;
 use crate::windowing::{LateRecords, Windowed};
 
-/// The values a key had at one timestamp, in arrival order: a count, then each value's
-/// length and bytes.
+/// The values a key had at one timestamp, each with its arrival number (see `Arrived`).
+/// Written as a marker (`u32::MAX`), a count, then each value's arrival number (8 bytes), length
+/// and bytes. Lists an earlier version wrote (a count, then each value's length and bytes, no
+/// marker) are read with arrival number 0: in timestamp order, as that version folded them.
 struct ListSerde<V>(Arc<dyn Serde<V>>);
 
-impl<V: 'static> Serde<Vec<V>> for ListSerde<V> {
+const ARRIVALS: u32 = u32::MAX;
+
+/// A value and when it arrived, relative to the other records of its key: a number larger
+/// than every number of the records near it in time (all the records a window holding it
+/// can hold), so that windows fold their records in arrival order, as Kafka Streams'
+/// incremental aggregation does.
+type Arrived<V> = (u64, V);
+
+impl<V: 'static> Serde<Vec<Arrived<V>>> for ListSerde<V> {
     fn serialize(
         &self,
         topic: &str,
-        list: &Vec<V>,
+        list: &Vec<Arrived<V>>,
     ) -> std::result::Result<Option<Vec<u8>>, SerdeError> {
-        let mut out = (list.len() as u32).to_be_bytes().to_vec();
-        for v in list {
+        let mut out = ARRIVALS.to_be_bytes().to_vec();
+        out.extend_from_slice(&(list.len() as u32).to_be_bytes());
+        for (n, v) in list {
             let b = self.0.serialize(topic, v)?.unwrap_or_default();
+            out.extend_from_slice(&n.to_be_bytes());
             out.extend_from_slice(&(b.len() as u32).to_be_bytes());
             out.extend_from_slice(&b);
         }
@@ -43,7 +55,7 @@ impl<V: 'static> Serde<Vec<V>> for ListSerde<V> {
         &self,
         topic: &str,
         data: Option<&[u8]>,
-    ) -> std::result::Result<Vec<V>, SerdeError> {
+    ) -> std::result::Result<Vec<Arrived<V>>, SerdeError> {
         let bad = || SerdeError::new("List", topic, "truncated list");
         let mut data = data.ok_or_else(|| SerdeError::new("List", topic, "null value"))?;
         let mut take = |n: usize| -> std::result::Result<&[u8], SerdeError> {
@@ -54,19 +66,79 @@ impl<V: 'static> Serde<Vec<V>> for ListSerde<V> {
             data = tail;
             Ok(head)
         };
-        let count = u32::from_be_bytes(take(4)?.try_into().expect("4 bytes"));
-        let mut out = Vec::with_capacity(count as usize);
+        let u32_of = |b: &[u8]| u32::from_be_bytes(b.try_into().expect("4 bytes"));
+        let mut count = u32_of(take(4)?);
+        let numbered = count == ARRIVALS;
+        if numbered {
+            count = u32_of(take(4)?);
+        }
+        let mut out = Vec::with_capacity(count.min(1 << 16) as usize);
         for _ in 0..count {
-            let len = u32::from_be_bytes(take(4)?.try_into().expect("4 bytes")) as usize;
-            out.push(self.0.deserialize(topic, Some(take(len)?))?);
+            let n = if numbered {
+                u64::from_be_bytes(take(8)?.try_into().expect("8 bytes"))
+            } else {
+                0
+            };
+            let len = u32_of(take(4)?) as usize;
+            out.push((n, self.0.deserialize(topic, Some(take(len)?))?));
         }
         Ok(out)
     }
 }
 
+/// The windows of a key's records (Kafka Streams' `SlidingWindows`), by start: for each record
+/// at `t`, the window ending at `t`, `[t - d, t]` (for an early record, `t < d`, the window
+/// `[0, d]`, which holds every early record); and the window right after it, `[t + 1, t + 1 +
+/// d]`, when a later record falls in it. `times` are the records' timestamps, in order.
+fn window_starts(times: &[i64], d: i64) -> BTreeSet<i64> {
+    let mut starts = BTreeSet::new();
+    for (i, &t) in times.iter().enumerate() {
+        starts.insert((t - d).max(0));
+        if times[i + 1..].iter().any(|&u| u > t && u <= t + 1 + d) {
+            starts.insert(t + 1);
+        }
+    }
+    starts
+}
+
+/// The aggregate of the records in `[start, start + d]`, folded in arrival order, and the
+/// largest timestamp among them (the result's timestamp); `None` when the window holds none.
+fn fold_window<K, V: Clone, VA>(
+    key: &K,
+    records: &[(i64, u64, V)],
+    (start, d): (i64, i64),
+    init: &Initializer<VA>,
+    add: &Adder<K, V, VA>,
+) -> Option<(VA, i64)> {
+    let mut held: Vec<&(i64, u64, V)> = records
+        .iter()
+        .filter(|(t, _, _)| *t >= start && *t <= start + d)
+        .collect();
+    if held.is_empty() {
+        return None;
+    }
+    held.sort_by_key(|(t, n, _)| (*n, *t));
+    let latest = held.iter().map(|(t, _, _)| *t).max().unwrap_or(start);
+    let agg = held
+        .into_iter()
+        .fold(init(), |agg, (_, _, v)| add(key, v.clone(), agg));
+    Some((agg, latest))
+}
+
+/// A key's records from the store, flattened to (timestamp, arrival number, value), in
+/// timestamp order.
+fn flatten<V>(rows: Vec<(i64, Vec<Arrived<V>>)>) -> Vec<(i64, u64, V)> {
+    let mut out: Vec<(i64, u64, V)> = rows
+        .into_iter()
+        .flat_map(|(t, values)| values.into_iter().map(move |(n, v)| (t, n, v)))
+        .collect();
+    out.sort_by_key(|(t, n, _)| (*t, *n));
+    out
+}
+
 type Initializer<VA> = Arc<dyn Fn() -> VA + Send + Sync>;
-/// A key and its records by timestamp (each timestamp's values in arrival order).
-type KeyRecords<K, V> = (K, Vec<(i64, Vec<V>)>);
+/// A key and its records by timestamp (each timestamp's values with their arrival numbers).
+type KeyRecords<K, V> = (K, Vec<(i64, Vec<Arrived<V>>)>);
 /// A closed window to emit: (end, key bytes, start, the record).
 type FinalWindow<K, VA> = (i64, Vec<u8>, i64, Record<Windowed<K>, Change<VA>>);
 type Adder<K, V, VA> = Arc<dyn Fn(&K, V, VA) -> VA + Send + Sync>;
@@ -105,7 +177,8 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> SlidingWindowedKStrea
     }
 
     /// Folds the values of each key and window: `adder(key, value, aggregate)` from
-    /// `initializer()`, over the window's records in timestamp order.
+    /// `initializer()`, over the window's records in the order they arrived (as Kafka
+    /// Streams' incremental aggregation, and the other window kinds here).
     pub fn aggregate<VA: Clone + Send + 'static>(
         &self,
         initializer: impl Fn() -> VA + Send + Sync + 'static,
@@ -166,12 +239,13 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> SlidingWindowedKStrea
                 init: init.clone(),
                 add: add.clone(),
                 late: late.clone(),
+                observed: i64::MIN,
                 _types: PhantomData,
             },
             [input.node.as_str()],
         );
         let builder = configure_store!(
-            WindowStore::<K, Vec<V>>::builder(
+            WindowStore::<K, Vec<Arrived<V>>>::builder(
                 &store,
                 Duration::from_millis(retention as u64),
                 keys.clone(),
@@ -190,6 +264,7 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> SlidingWindowedKStrea
             node,
             path,
             store: Some(store),
+            view: None,
             keys: Arc::new(windows.key_serde(keys)),
             values: materialized.values,
         }
@@ -207,6 +282,8 @@ struct SlidingAggregate<K, V, VA> {
     init: Initializer<VA>,
     add: Adder<K, V, VA>,
     late: LateRecords,
+    /// The largest timestamp this aggregation has processed.
+    observed: i64,
     _types: PhantomData<fn(K, V)>,
 }
 
@@ -227,7 +304,10 @@ where
         ctx: &mut ProcessorContext<'_, Windowed<K>, Change<VA>>,
     ) -> Result<()> {
         let d = self.windows.diff;
-        let close = ctx.stream_time().saturating_sub(self.windows.grace);
+        // The aggregation's own stream time (Kafka Streams' observedStreamTime).
+        self.observed = self.observed.max(r.timestamp());
+        let stream_time = self.observed;
+        let close = stream_time.saturating_sub(self.windows.grace);
         let task = ctx.task_id();
         let (key, value, rest) = r.into_parts();
         let ts = rest.timestamp();
@@ -238,57 +318,49 @@ where
         if ts.saturating_add(d).saturating_add(1) <= close {
             self.late.add(task);
             ctx.record_dropped(DropReason::Late);
-            tracing::warn!(%task, record_timestamp = ts, stream_time = ctx.stream_time(), "dropping a record whose sliding windows are all closed");
+            tracing::warn!(%task, record_timestamp = ts, stream_time, "dropping a record whose sliding windows are all closed");
             return Ok(());
         }
-        let s = ctx.state_store::<WindowStore<K, Vec<V>>>(&self.store)?;
-        let mut at_ts = s.fetch_one(&key, ts)?.unwrap_or_default();
-        let earlier_at_ts = !at_ts.is_empty();
-        at_ts.push(value);
-        s.put(&key, &at_ts, ts)?;
         // Every window holding `ts` starts in [ts - d, ts] and holds only records in
-        // [ts - d, ts + d]; whether the window right after a record p in [ts - d - 1, ts) exists
-        // depends on the records after p.
-        let records = s.fetch(&key, ts - d - 1, ts + d + 1)?;
-        let times: Vec<i64> = records.iter().map(|(t, _)| *t).collect();
-        let mut starts: Vec<i64> = vec![];
-        for &t in &times {
-            if t >= ts && t <= ts + d {
-                starts.push(t - d); // the window ending at t holds ts
-            }
-            if t < ts && t + 1 + d >= ts {
-                starts.push(t + 1); // the window right after t now holds ts
-            }
-        }
-        // The window right after this record, when a later record falls in it, is new unless
-        // it existed already: as the window after an earlier record at the same time, or as
-        // the window ending at a record at its end. It does not hold this record; it is
-        // forwarded once, when created.
-        let after = times.iter().any(|&t| t > ts && t <= ts + 1 + d);
-        let ends_there = times.contains(&(ts + 1 + d));
-        if after && !earlier_at_ts && !ends_there {
-            starts.push(ts + 1);
-        }
-        starts.sort_unstable();
-        starts.dedup();
+        // [ts - d, ts + d]; whether such a window exists, and the window right after this
+        // record, depends on the records in [ts - d - 1, ts + d + 1].
+        let s = ctx.state_store::<WindowStore<K, Vec<Arrived<V>>>>(&self.store)?;
+        let (from, to) = ((ts - d - 1).max(0), ts + d + 1);
+        let before = flatten(s.fetch(&key, from, to)?);
+        let arrival = before.iter().map(|(_, n, _)| *n + 1).max().unwrap_or(0);
+        let mut at_ts = s.fetch_one(&key, ts)?.unwrap_or_default();
+        at_ts.push((arrival, value.clone()));
+        s.put(&key, &at_ts, ts)?;
+        let mut after = before.clone();
+        after.push((ts, arrival, value));
+        after.sort_by_key(|(t, n, _)| (*t, *n));
+        let times =
+            |records: &[(i64, u64, V)]| records.iter().map(|(t, _, _)| *t).collect::<Vec<_>>();
+        let (existed, exists) = (
+            window_starts(&times(&before), d),
+            window_starts(&times(&after), d),
+        );
         if self.emit_final {
             return Ok(());
         }
-        for start in starts {
+        // Forwarded: each open window holding this record (updated or new), and a new window
+        // that does not (the one right after this record, when a later record falls in it),
+        // with the aggregate it replaces (none for a new window).
+        for &start in exists.range((ts - d).max(0)..=ts + 1) {
             let end = start + d;
-            if end < close {
-                continue; // closed: it no longer changes
+            let holds = start <= ts && ts <= end;
+            if (!holds && existed.contains(&start)) || end < close {
+                continue;
             }
-            let mut agg = (self.init)();
-            let mut latest = i64::MIN;
-            for (t, values) in &records {
-                if *t >= start && *t <= end {
-                    latest = latest.max(*t);
-                    for v in values {
-                        agg = (self.add)(&key, v.clone(), agg);
-                    }
-                }
-            }
+            let Some((agg, latest)) = fold_window(&key, &after, (start, d), &self.init, &self.add)
+            else {
+                continue;
+            };
+            let old = if existed.contains(&start) {
+                fold_window(&key, &before, (start, d), &self.init, &self.add).map(|(a, _)| a)
+            } else {
+                None
+            };
             let out = rest
                 .clone()
                 .with_key(Windowed {
@@ -298,7 +370,7 @@ where
                 })
                 .with_value(Change {
                     new: Some(agg),
-                    old: None,
+                    old,
                 })
                 .with_timestamp(latest);
             ctx.forward(out)?;
@@ -334,9 +406,9 @@ where
             return Ok(());
         }
         let rows = ctx
-            .state_store::<WindowStore<K, Vec<V>>>(&self.store)?
+            .state_store::<WindowStore<K, Vec<Arrived<V>>>>(&self.store)?
             .fetch_all(from, to)?;
-        // Records per key (by serialized key), in timestamp order.
+        // Records per key (by serialized key).
         let mut per_key: BTreeMap<Vec<u8>, KeyRecords<K, V>> = BTreeMap::new();
         for ((key, t), values) in rows {
             let kb = self.keys.serialize(&self.store, &key)?.unwrap_or_default();
@@ -347,33 +419,19 @@ where
                 .push((t, values));
         }
         let mut out: Vec<FinalWindow<K, VA>> = vec![];
-        for (kb, (key, mut records)) in per_key {
-            records.sort_by_key(|(t, _)| *t);
-            let times: Vec<i64> = records.iter().map(|(t, _)| *t).collect();
-            let mut starts: Vec<i64> = vec![];
-            for &t in &times {
-                if t >= last && t < close {
-                    starts.push(t - d); // the window ending at t
-                }
-                let end = t + 1 + d;
-                if end >= last && end < close && times.iter().any(|&u| u > t && u <= end) {
-                    starts.push(t + 1); // the window right after t, holding later records
-                }
-            }
-            starts.sort_unstable();
-            starts.dedup();
-            for start in starts {
+        for (kb, (key, rows)) in per_key {
+            let records = flatten(rows);
+            let times: Vec<i64> = records.iter().map(|(t, _, _)| *t).collect();
+            for start in window_starts(&times, d) {
                 let end = start + d;
-                let mut agg = (self.init)();
-                let mut latest = i64::MIN;
-                for (t, values) in &records {
-                    if *t >= start && *t <= end {
-                        latest = latest.max(*t);
-                        for v in values {
-                            agg = (self.add)(&key, v.clone(), agg);
-                        }
-                    }
+                if end < last || end >= close {
+                    continue;
                 }
+                let Some((agg, latest)) =
+                    fold_window(&key, &records, (start, d), &self.init, &self.add)
+                else {
+                    continue;
+                };
                 let change = Change {
                     new: Some(agg),
                     old: None,

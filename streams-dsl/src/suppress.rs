@@ -55,7 +55,9 @@ impl Suppressed {
         self
     }
 
-    /// At most `bytes` of serialized keys and values held back; then `when_full`.
+    /// At most `bytes` of serialized keys and values held back (each key's bytes, its latest
+    /// value's and the value the downstream saw last, and 32 bytes of bookkeeping); then
+    /// `when_full`.
     pub fn with_max_bytes(mut self, bytes: usize, when_full: WhenFull) -> Self {
         self.max_bytes = bytes;
         self.when_full = when_full;
@@ -63,16 +65,62 @@ impl Suppressed {
     }
 }
 
-/// A held-back update: when it entered the buffer (record time), its record time, its value.
+/// A held-back update: when it entered the buffer (record time), its record time, its value,
+/// and the value the downstream saw last (the old value of the key's first held-back change,
+/// Kafka Streams' `priorValue`), which the emitted change carries as its old value.
 #[derive(Clone)]
 struct Held<V> {
     since: i64,
     timestamp: i64,
     value: Option<V>,
+    prior: Option<V>,
 }
 
-/// 8 bytes buffer time, 8 bytes record time, then the value (absent for a deletion).
+/// 8 bytes buffer time, 8 bytes record time, then the format: 2, and the value and the prior
+/// value, each as 4 bytes of length (`u32::MAX` when absent) and the bytes. Earlier versions
+/// wrote 0 (a deletion) or 1 and the value to the end, without a prior value; they are read
+/// still (a buffer restored from an older changelog).
 struct HeldSerde<V>(Arc<dyn Serde<V>>);
+
+const HELD_FORMAT: u8 = 2;
+
+impl<V: 'static> HeldSerde<V> {
+    fn put_part(
+        &self,
+        topic: &str,
+        out: &mut Vec<u8>,
+        v: &Option<V>,
+    ) -> std::result::Result<(), SerdeError> {
+        match Nullable(self.0.clone()).serialize(topic, v)? {
+            Some(bytes) => {
+                let len = u32::try_from(bytes.len())
+                    .ok()
+                    .filter(|l| *l != u32::MAX)
+                    .ok_or_else(|| SerdeError::new("Held", topic, "a value of 4 GiB or more"))?;
+                out.extend_from_slice(&len.to_be_bytes());
+                out.extend_from_slice(&bytes);
+            }
+            None => out.extend_from_slice(&u32::MAX.to_be_bytes()),
+        }
+        Ok(())
+    }
+
+    /// A value or prior value at the start of `data`, and the bytes after it.
+    fn part<'a>(
+        &self,
+        topic: &str,
+        data: &'a [u8],
+    ) -> std::result::Result<(Option<V>, &'a [u8]), SerdeError> {
+        let short = || SerdeError::new("Held", topic, "truncated");
+        let (len, rest) = data.split_first_chunk::<4>().ok_or_else(short)?;
+        let len = u32::from_be_bytes(*len);
+        if len == u32::MAX {
+            return Ok((None, rest));
+        }
+        let (bytes, rest) = rest.split_at_checked(len as usize).ok_or_else(short)?;
+        Ok((Some(self.0.deserialize(topic, Some(bytes))?), rest))
+    }
+}
 
 impl<V: 'static> Serde<Held<V>> for HeldSerde<V> {
     fn serialize(
@@ -80,17 +128,12 @@ impl<V: 'static> Serde<Held<V>> for HeldSerde<V> {
         topic: &str,
         h: &Held<V>,
     ) -> std::result::Result<Option<Vec<u8>>, SerdeError> {
-        let inner = Nullable(self.0.clone()).serialize(topic, &h.value)?;
-        let mut out = Vec::with_capacity(17 + inner.as_ref().map_or(0, Vec::len));
+        let mut out = Vec::with_capacity(32);
         out.extend_from_slice(&h.since.to_be_bytes());
         out.extend_from_slice(&h.timestamp.to_be_bytes());
-        match inner {
-            Some(v) => {
-                out.push(1);
-                out.extend_from_slice(&v);
-            }
-            None => out.push(0),
-        }
+        out.push(HELD_FORMAT);
+        self.put_part(topic, &mut out, &h.value)?;
+        self.put_part(topic, &mut out, &h.prior)?;
         Ok(Some(out))
     }
 
@@ -105,14 +148,34 @@ impl<V: 'static> Serde<Held<V>> for HeldSerde<V> {
         }
         let since = i64::from_be_bytes(data[..8].try_into().expect("8 bytes"));
         let timestamp = i64::from_be_bytes(data[8..16].try_into().expect("8 bytes"));
-        let value = match data[16] {
-            0 => None,
-            _ => Some(self.0.deserialize(topic, Some(&data[17..]))?),
+        let (value, prior) = match data[16] {
+            0 => (None, None),
+            1 => (Some(self.0.deserialize(topic, Some(&data[17..]))?), None),
+            HELD_FORMAT => {
+                let (value, rest) = self.part(topic, &data[17..])?;
+                let (prior, rest) = self.part(topic, rest)?;
+                if !rest.is_empty() {
+                    return Err(SerdeError::new(
+                        "Held",
+                        topic,
+                        "bytes after the prior value",
+                    ));
+                }
+                (value, prior)
+            }
+            other => {
+                return Err(SerdeError::new(
+                    "Held",
+                    topic,
+                    format!("unknown format {other}"),
+                ))
+            }
         };
         Ok(Held {
             since,
             timestamp,
             value,
+            prior,
         })
     }
 }
@@ -157,7 +220,7 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> KTable<K, V> {
             None,
             &format!("suppress ({node})"),
         );
-        let (store_name, keys) = (store.clone(), self.keys.clone());
+        let (store_name, keys, values) = (store.clone(), self.keys.clone(), self.values.clone());
         let node_name = node.clone();
         g.topology.add_processor(
             &node,
@@ -169,6 +232,8 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> KTable<K, V> {
                 order: BTreeMap::new(),
                 by_key: HashMap::new(),
                 bytes: 0,
+                values: values.clone(),
+                observed: i64::MIN,
                 _types: PhantomData,
             },
             [self.node.as_str()],
@@ -185,6 +250,7 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> KTable<K, V> {
             node,
             path,
             store: None,
+            view: None,
             keys: self.keys.clone(),
             values: self.values.clone(),
         }
@@ -201,6 +267,10 @@ struct Suppress<K, V> {
     /// Buffer time and approximate size of each held-back key, by key bytes.
     by_key: HashMap<Vec<u8>, (i64, usize)>,
     bytes: usize,
+    /// The serde of the values, to count their bytes.
+    values: Arc<dyn Serde<V>>,
+    /// The largest timestamp this suppression has processed.
+    observed: i64,
     _types: PhantomData<fn(V)>,
 }
 
@@ -219,10 +289,23 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> Suppress<K, V> {
         };
         let change = Change {
             new: held.value,
-            old: None,
+            old: held.prior,
         };
         ctx.forward(Record::new(key, change, held.timestamp))?;
         Ok(true)
+    }
+
+    /// The bytes a held-back update counts for against `with_max_bytes`: its serialized key
+    /// and buffered values (new and prior), and 32 bytes for times and bookkeeping.
+    fn size_of(&self, kb: &[u8], held: &Held<V>) -> Result<usize> {
+        let values = if self.config.max_bytes == usize::MAX {
+            0 // unbounded: no need to serialize
+        } else {
+            HeldSerde(self.values.clone())
+                .serialize(&self.store, held)?
+                .map_or(0, |b| b.len().saturating_sub(17))
+        };
+        Ok(kb.len() + values + 32)
     }
 
     fn full(&self) -> bool {
@@ -239,10 +322,14 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> Processor for Suppres
     fn init(&mut self, ctx: &mut ProcessorContext<'_, K, Change<V>>) -> Result<()> {
         // What the buffer held at the last commit (restored from its changelog).
         let s = ctx.state_store::<KeyValueStore<K, Held<V>>>(&self.store)?;
+        let mut held_back = vec![];
         for entry in s.all()? {
             let (key, held) = entry?;
             let kb = self.keys.serialize(&self.store, &key)?.unwrap_or_default();
-            let size = kb.len() + 32;
+            held_back.push((key, kb, held));
+        }
+        for (key, kb, held) in held_back {
+            let size = self.size_of(&kb, &held)?;
             self.bytes += size;
             self.by_key.insert(kb.clone(), (held.since, size));
             self.order.insert((held.since, kb), key);
@@ -257,24 +344,31 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> Processor for Suppres
     ) -> Result<()> {
         let (key, change, rest) = r.into_parts();
         let ts = rest.timestamp();
+        // The suppression's own stream time (Kafka Streams' KTableSuppressProcessor keeps
+        // observedStreamTime): updates that never reach it do not make it emit.
+        self.observed = self.observed.max(ts);
         let kb = self.keys.serialize(&self.store, &key)?.unwrap_or_default();
-        let since = match self.by_key.get(&kb) {
-            Some((since, _)) => *since,
-            None => {
-                let size = kb.len() + 32;
-                self.bytes += size;
-                self.by_key.insert(kb.clone(), (ts, size));
-                self.order.insert((ts, kb), key.clone());
-                ts
-            }
+        let store = ctx.state_store::<KeyValueStore<K, Held<V>>>(&self.store)?;
+        let (since, prior) = match self.by_key.get(&kb) {
+            Some((since, _)) => (*since, store.get(&key)?.and_then(|h| h.prior)),
+            None => (ts, change.old),
         };
         let held = Held {
             since,
             timestamp: ts,
             value: change.new,
+            prior,
         };
-        ctx.state_store::<KeyValueStore<K, Held<V>>>(&self.store)?
-            .put(&key, &held)?;
+        let size = self.size_of(&kb, &held)?;
+        let (_, old_size) = self
+            .by_key
+            .insert(kb.clone(), (since, size))
+            .unwrap_or((since, 0));
+        if old_size == 0 {
+            self.order.insert((since, kb), key.clone());
+        }
+        self.bytes = self.bytes.saturating_sub(old_size) + size;
+        store.put(&key, &held)?;
         while self.full() {
             match self.config.when_full {
                 WhenFull::EmitEarly => {
@@ -293,7 +387,7 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> Processor for Suppres
             }
         }
         // Emit what has been held for the time limit.
-        let due = ctx.stream_time().saturating_sub(self.config.time_limit);
+        let due = self.observed.saturating_sub(self.config.time_limit);
         while self
             .order
             .first_key_value()

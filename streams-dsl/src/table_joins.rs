@@ -21,23 +21,52 @@ use crate::change::Change;
 use crate::handles::{GlobalKTable, KStream, KTable};
 use crate::ops::Op;
 use crate::options::{configure_store, Joined, Materialized, Repartitioned};
+use crate::view::TableView;
 use crate::windowing::LateRecords;
 
 impl<K: Clone + 'static, V: Clone + 'static> KTable<K, V> {
-    /// This table with a store: itself when it has one, else a node after it that keeps
-    /// its rows in a new store (generated name), for joins to look rows up.
-    pub(crate) fn with_store(&self) -> KTable<K, V> {
-        if self.store.is_some() {
+    /// This table with a view for joins to read its rows through (`crate::view`): itself when
+    /// it has one, else a node after it that keeps its rows in a new store (generated name),
+    /// made once for all the joins of the table.
+    pub(crate) fn with_view(&self) -> KTable<K, V> {
+        if self.view.is_some() {
             return KTable {
                 graph: self.graph.clone(),
                 node: self.node.clone(),
                 path: self.path.clone(),
                 store: self.store.clone(),
+                view: self.view.clone(),
                 keys: self.keys.clone(),
                 values: self.values.clone(),
             };
         }
-        self.materialize(Materialized::with_arc(self.values.clone()))
+        let made = self
+            .graph
+            .borrow()
+            .materialized_for_joins
+            .get(&self.node)
+            .cloned();
+        if let Some((node, store)) = made {
+            return KTable {
+                graph: self.graph.clone(),
+                node,
+                path: format!("{}/materialize", self.path),
+                view: Some(TableView::plain(&store)),
+                store: Some(store),
+                keys: self.keys.clone(),
+                values: self.values.clone(),
+            };
+        }
+        let table = self.materialize(Materialized::with_arc(self.values.clone()));
+        let made = (
+            table.node.clone(),
+            table.store.clone().expect("materialized"),
+        );
+        self.graph
+            .borrow_mut()
+            .materialized_for_joins
+            .insert(self.node.clone(), made);
+        table
     }
 
     /// A node after this table keeping its rows in the store `materialized` describes; it
@@ -82,6 +111,7 @@ impl<K: Clone + 'static, V: Clone + 'static> KTable<K, V> {
             graph: self.graph.clone(),
             node,
             path,
+            view: Some(TableView::plain(&store)),
             store: Some(store),
             keys: self.keys.clone(),
             values: materialized.values,
@@ -207,8 +237,8 @@ impl<K: Clone + 'static, V: Clone + 'static> KStream<K, V> {
         joined: Joined<V>,
         kind: &str,
     ) -> KStream<K, VR> {
-        let table = table.with_store();
-        let store = table.store.clone().expect("with_store gives a store");
+        let table = table.with_view();
+        let store = table.view.clone().expect("with_view gives a view");
         let input = if self.key_changed {
             self.repartition(Repartitioned {
                 keys: table.keys.clone(),
@@ -245,9 +275,7 @@ impl<K: Clone + 'static, V: Clone + 'static> KStream<K, V> {
                     if null_key(&*keys, r.key(), &dropped, ctx)? {
                         return Ok(());
                     }
-                    let row = ctx
-                        .state_store::<KeyValueStore<K, VT>>(&store)?
-                        .get(r.key())?;
+                    let row = store.get(ctx, r.key())?;
                     match joiner(r.value(), row.as_ref()) {
                         Some(out) => ctx.forward(r.with_value(out)),
                         None => Ok(()),
@@ -257,7 +285,7 @@ impl<K: Clone + 'static, V: Clone + 'static> KStream<K, V> {
             [input.node.as_str()],
         );
         g.topology
-            .connect_processor_and_state_stores(&node, [store.as_str()]);
+            .connect_processor_and_state_stores(&node, store.stores.iter().map(String::as_str));
         drop(g);
         KStream::new(self.graph.clone(), node, path, false)
     }
@@ -515,10 +543,10 @@ impl<K: Clone + 'static, V: Clone + 'static> KTable<K, V> {
         joiner: TableJoiner<V, V2, VR>,
         materialized: Materialized<VR>,
     ) -> KTable<K, VR> {
-        let (this, that) = (self.with_store(), other.with_store());
+        let (this, that) = (self.with_view(), other.with_view());
         let (this_store, that_store) = (
-            this.store.clone().expect("with_store gives a store"),
-            that.store.clone().expect("with_store gives a store"),
+            this.view.clone().expect("with_view gives a view"),
+            that.view.clone().expect("with_view gives a view"),
         );
         let tag = format!("{kind:?}").to_ascii_uppercase();
         let path = format!("{tag}join({},{})", this.path, that.path);
@@ -554,14 +582,14 @@ impl<K: Clone + 'static, V: Clone + 'static> KTable<K, V> {
                         let (key, side, rest) = r.into_parts();
                         let change = match side {
                             TableSide::This(c) => {
-                                let o = ctx.state_store::<KeyValueStore<K, V2>>(&s2)?.get(&key)?;
+                                let o = s2.get(ctx, &key)?;
                                 Change {
                                     new: kind.row(&joiner, c.new.as_ref(), o.as_ref()),
                                     old: kind.row(&joiner, c.old.as_ref(), o.as_ref()),
                                 }
                             }
                             TableSide::Other(c) => {
-                                let t = ctx.state_store::<KeyValueStore<K, V>>(&s1)?.get(&key)?;
+                                let t = s1.get(ctx, &key)?;
                                 Change {
                                     new: kind.row(&joiner, t.as_ref(), c.new.as_ref()),
                                     old: kind.row(&joiner, t.as_ref(), c.old.as_ref()),
@@ -577,14 +605,21 @@ impl<K: Clone + 'static, V: Clone + 'static> KTable<K, V> {
             },
             [this_tag.as_str(), that_tag.as_str()],
         );
-        g.topology
-            .connect_processor_and_state_stores(&node, [this_store.as_str(), that_store.as_str()]);
+        g.topology.connect_processor_and_state_stores(
+            &node,
+            this_store
+                .stores
+                .iter()
+                .chain(&that_store.stores)
+                .map(String::as_str),
+        );
         drop(g);
         let joined = KTable {
             graph: self.graph.clone(),
             node,
             path,
             store: None,
+            view: None,
             keys: self.keys.clone(),
             values: materialized.values.clone(),
         };

@@ -157,9 +157,12 @@ impl LateRecords {
 /// out-of-order records. A session's `start` and `end` (in [`Windowed`]) are its first and last
 /// event times, both inclusive.
 ///
-/// A record is late, dropped and counted, when the session it would form or extend ends before
-/// stream time minus grace. A session is final once no record can reach it any more: when its
-/// end plus the gap is before stream time minus grace.
+/// Stream time here is the aggregation's own: the largest timestamp of the records it has
+/// processed (records filtered away upstream or sent elsewhere do not move it). The close
+/// time is stream time minus grace minus the gap. A record is late, dropped and counted, when
+/// the session it would form, extend or merge into ends before the close time (Kafka Streams'
+/// rule, `KStreamSessionWindowAggregate`); a session is final once its end is before it. With
+/// emit-final, a record that would merge into a session already emitted is late too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionWindows {
     pub(crate) gap: i64,
@@ -183,14 +186,15 @@ impl SessionWindows {
 
 /// Sliding windows of a fixed time difference `d` (Kafka Streams' `SlidingWindows`): windows
 /// `[start, start + d]`, both ends inclusive, defined by the records: each record at `t` has
-/// the window ending at `t` (`[t - d, t]`), and the window starting right after it
-/// (`[t + 1, t + 1 + d]`) once a record falls in it. Each record updates (or creates) the
-/// windows that hold it, and each is forwarded; aggregates fold a window's records in
-/// timestamp order.
+/// the window ending at `t` (`[t - d, t]`; a record earlier than `d` has the window `[0, d]`,
+/// as in Kafka Streams, since windows do not start before the epoch), and the window starting
+/// right after it (`[t + 1, t + 1 + d]`) once a record falls in it. Each record updates (or
+/// creates) the windows that hold it, and each is forwarded with the aggregate it replaces;
+/// aggregates fold a window's records in the order they arrived.
 ///
-/// A window is closed once its end is before stream time minus grace; a record whose windows
-/// are all closed (its timestamp plus `d` plus 1 is at or before that) is late, dropped and
-/// counted.
+/// Stream time is the aggregation's own (the largest timestamp it has processed). A window is
+/// closed once its end is before stream time minus grace; a record whose windows are all
+/// closed (its timestamp plus `d` plus 1 is at or before that) is late, dropped and counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SlidingWindows {
     pub(crate) diff: i64,

@@ -18,6 +18,7 @@ use crate::handles::TimeWindowedKStream;
 use crate::options::configure_store;
 use crate::options::Materialized;
 use crate::stamped::{Stamped, StampedSerde};
+use crate::view::TableView;
 use crate::windowing::{LateRecords, TimeWindows, Windowed, WindowedSerde};
 
 fn millis(d: Duration) -> i64 {
@@ -223,6 +224,7 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> TimeWindowedKStream<K
                 add: add.clone(),
                 late: late.clone(),
                 cache: Cache::default(),
+                observed: i64::MIN,
                 _types: PhantomData,
             },
             [input.node.as_str()],
@@ -233,7 +235,10 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> TimeWindowedKStream<K
                 Duration::from_millis(retention as u64),
                 keys.clone(),
                 StampedSerde(values.clone()),
-            ),
+            )
+            // With a cache budget, the changelog gets the last update of each window per
+            // commit, as the records downstream do.
+            .with_caching(true),
             materialized
         );
         g.topology.add_state_store(builder, [node.as_str()]);
@@ -246,6 +251,7 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> TimeWindowedKStream<K
             graph: input.graph.clone(),
             node,
             path,
+            view: Some(TableView::windowed(&store)),
             store: Some(store),
             keys: Arc::new(WindowedSerde::with_size(keys, windows.size)),
             values,
@@ -267,6 +273,8 @@ struct WindowAggregate<K, V, VA> {
     add: Adder<K, V, VA>,
     late: LateRecords,
     cache: Cache<K, VA>,
+    /// The largest timestamp this aggregation has processed.
+    observed: i64,
     _types: PhantomData<fn(V)>,
 }
 
@@ -281,23 +289,16 @@ impl<K: Clone + Send + 'static, V, VA: Clone + Send + 'static> WindowAggregate<K
         let Some(last) = closing(ctx, &self.emitted, self.windows, close)? else {
             return Ok(());
         };
-        for e in self.cache.drain() {
-            self.write_and_forward(ctx, e)?;
-        }
         emit_closed(ctx, &self.store, &self.emitted, self.windows, (last, close))
     }
 
-    fn write_and_forward(
+    /// Forwards an update of a window's aggregate (the store has it already); with emit-final
+    /// nothing (closed windows are read back from the store).
+    fn forward(
         &self,
         ctx: &mut ProcessorContext<'_, Windowed<K>, Change<VA>>,
         e: Entry<K, VA>,
     ) -> Result<()> {
-        let stamped = Stamped {
-            value: e.value,
-            timestamp: e.timestamp,
-        };
-        ctx.state_store::<WindowStore<K, Stamped<VA>>>(&self.store)?
-            .put(&e.key, &stamped, e.start)?;
         if self.emit_final {
             return Ok(());
         }
@@ -309,7 +310,7 @@ impl<K: Clone + Send + 'static, V, VA: Clone + Send + 'static> WindowAggregate<K
                 end: e.start + self.windows.size,
             })
             .with_value(Change {
-                new: Some(stamped.value),
+                new: Some(e.value),
                 old: e.old,
             })
             .with_timestamp(e.timestamp);
@@ -352,7 +353,11 @@ where
         ctx: &mut ProcessorContext<'_, Windowed<K>, Change<VA>>,
     ) -> Result<()> {
         let windows = self.windows;
-        let mut close = ctx.stream_time().saturating_sub(windows.grace);
+        // The aggregation's own stream time, as Kafka Streams' observedStreamTime: records
+        // that never reach it (filtered away, another branch) do not close its windows.
+        self.observed = self.observed.max(r.timestamp());
+        let stream_time = self.observed;
+        let mut close = stream_time.saturating_sub(windows.grace);
         if self.wall_clock {
             // Windows the wall clock closed (and emitted) are closed for records too.
             let emitted = ctx
@@ -364,7 +369,8 @@ where
         let (key, value, rest) = r.into_parts();
         let ts = rest.timestamp();
         let budget = ctx.cache_max_bytes();
-        let key_bytes = if budget > 0 {
+        // Emit-final forwards closed windows only, read back from the store: nothing to cache.
+        let key_bytes = if budget > 0 && !self.emit_final {
             Some(self.keys.serialize(&self.store, &key)?.unwrap_or_default())
         } else {
             None
@@ -373,7 +379,7 @@ where
             if end <= close {
                 self.late.add(task);
                 ctx.record_dropped(DropReason::Late);
-                tracing::warn!(%task, window_start = start, window_end = end, record_timestamp = ts, stream_time = ctx.stream_time(), "dropping a record for a closed window");
+                tracing::warn!(%task, window_start = start, window_end = end, record_timestamp = ts, stream_time, "dropping a record for a closed window");
                 continue;
             }
             let id = key_bytes.as_ref().map(|kb| {
@@ -381,32 +387,30 @@ where
                 id.extend_from_slice(&start.to_be_bytes());
                 id
             });
-            let cached = id
-                .as_deref()
-                .and_then(|id| self.cache.get(id))
-                .map(|(v, t)| (v.clone(), t));
-            let (old, old_ts) = match cached {
-                Some((v, t)) => (Some(v), t),
-                None => match ctx
-                    .state_store::<WindowStore<K, Stamped<VA>>>(&self.store)?
-                    .fetch_one(&key, start)?
-                {
-                    Some(o) => (Some(o.value), o.timestamp),
-                    None => (None, i64::MIN),
-                },
+            // The store has the latest aggregate: every update is written to it at once (it
+            // holds writes back until the commit), so that joins read the current aggregate
+            // while the record cache holds the update back from the downstream.
+            let store = ctx.state_store::<WindowStore<K, Stamped<VA>>>(&self.store)?;
+            let (old, old_ts) = match store.fetch_one(&key, start)? {
+                Some(o) => (Some(o.value), o.timestamp),
+                None => (None, i64::MIN),
             };
             let base = old.clone().unwrap_or_else(|| (self.init)());
-            let new = (self.add)(&key, value.clone(), base);
+            let stamped = Stamped {
+                value: (self.add)(&key, value.clone(), base),
+                timestamp: ts.max(old_ts),
+            };
+            store.put(&key, &stamped, start)?;
             let entry = Entry {
                 key: key.clone(),
                 start,
-                value: new,
+                value: stamped.value,
                 old,
-                timestamp: ts.max(old_ts),
+                timestamp: stamped.timestamp,
                 rest: rest.clone(),
             };
             match id {
-                None => self.write_and_forward(ctx, entry)?,
+                None => self.forward(ctx, entry)?,
                 Some(id) => {
                     if self.cache.put(id, entry) > budget {
                         self.flush(ctx)?;
@@ -425,7 +429,7 @@ where
             return Ok(());
         }
         for e in self.cache.drain() {
-            self.write_and_forward(ctx, e)?;
+            self.forward(ctx, e)?;
         }
         Ok(())
     }

@@ -312,6 +312,17 @@ impl<'a> NodeCtx<'a> {
 
     /// The store `name` of type `S`, if this node is connected to it.
     pub(crate) fn state_store<S: StateStore>(&mut self, name: &str) -> Result<&mut S> {
+        self.state_store_dyn(name)?
+            .as_any_mut()
+            .downcast_mut::<S>()
+            .ok_or_else(|| Error::State {
+                store: name.to_string(),
+                message: format!("the store is not a {}", std::any::type_name::<S>()),
+            })
+    }
+
+    /// The store `name`, if this node is connected to it.
+    pub(crate) fn state_store_dyn(&mut self, name: &str) -> Result<&mut dyn StateStore> {
         let meta = &self.metas[self.node];
         let stores = &mut self.env.stores;
         let found = meta.stores.iter().copied().find(|&s| {
@@ -326,13 +337,6 @@ impl<'a> NodeCtx<'a> {
                 meta.name
             )));
         };
-        let store = stores[index].as_mut().unwrap();
-        store
-            .as_any_mut()
-            .downcast_mut::<S>()
-            .ok_or_else(|| Error::State {
-                store: name.to_string(),
-                message: format!("the store is not a {}", std::any::type_name::<S>()),
-            })
+        Ok(stores[index].as_mut().unwrap().as_mut())
     }
 }

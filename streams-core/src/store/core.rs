@@ -101,6 +101,20 @@ impl StoreCore {
         }
     }
 
+    /// The record-cache budget of the store's task: with none (Kafka Streams' cache of 0
+    /// bytes), a store built with caching sends every write to the changelog at once.
+    pub(crate) fn set_cache_budget(&mut self, bytes: usize) {
+        if bytes > 0 || !self.caching {
+            return;
+        }
+        if self.changelog.as_ref().is_some_and(|c| !c.source) {
+            // Writes held for the commit's changelog records go out now instead.
+            let held = self.pending.iter().map(|(k, v)| (k.clone(), v.clone()));
+            self.outbox.extend(held);
+        }
+        self.caching = false;
+    }
+
     /// Counts this store's calls in `metrics`.
     pub(crate) fn set_metrics(&mut self, metrics: crate::metrics::StoreMetrics) {
         self.metrics = Some(metrics);

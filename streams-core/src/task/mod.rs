@@ -150,7 +150,6 @@ impl Task {
         Ok(task)
     }
 
-    /// Sets the bytes a record cache of a node of this task may hold (0: no caching).
     /// Attaches the task's metrics, and each store's (`store(name)`); without, it records
     /// none.
     pub(crate) fn set_metrics(
@@ -165,8 +164,13 @@ impl Task {
         }
     }
 
+    /// Sets the bytes a record cache of a node of this task may hold (0: no caching, and the
+    /// stores built with caching log every write at once).
     pub(crate) fn set_cache_budget(&mut self, bytes: usize) {
         self.env.set_cache_budget(bytes);
+        for core in self.env.stores_mut().filter_map(|s| s.core_mut()) {
+            core.set_cache_budget(bytes);
+        }
     }
 
     /// Runs the processors' `init`, after restoration, so that they see the restored stores.
