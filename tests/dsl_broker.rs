@@ -13,11 +13,12 @@ use kstreams::dsl::{
     Grouped, Joined, Materialized, StreamsBuilder, Suppressed, TimeWindows, WindowedSerde,
 };
 use rand::Rng;
+use rdkafka::consumer::Consumer;
 use rdkafka::producer::{BaseRecord, Producer};
 use streams_testkit::child::{child_mode, wait_for_stop_request, ChildProcess};
 use streams_testkit::kafka::{
-    committed_offsets, consume_until, create_topic, idempotent_producer, read_to_end,
-    send_retrying, Isolation, Received,
+    committed_offsets, consume_until, create_topic, describe_topic_config, idempotent_producer,
+    read_to_end, send_retrying, Isolation, Received,
 };
 use streams_testkit::{bootstrap_servers, unique};
 
@@ -615,4 +616,79 @@ fn joins_read_an_aggregation_through_its_record_cache() {
         vec!["click:30".to_string()],
         "the join of the count times ten"
     );
+}
+
+/// Repartition topics keep records without a time limit and lose the records the group has
+/// committed past: Kafka Streams creates them with `retention.ms=-1`
+/// (`RepartitionTopicConfig`) and deletes committed records every purge interval
+/// (`TaskManager.maybePurgeCommittedRecords`). Before, they had the broker's retention (records
+/// older than it lost while the application was stopped) and were never purged.
+#[test]
+fn repartition_topics_have_no_time_limit_and_are_purged_after_commits() {
+    let bootstrap = bootstrap_servers();
+    let (input, output, app) = (unique("purge-in"), unique("purge-out"), unique("purge-app"));
+    create_topic(&bootstrap, &input, 2, &[]).unwrap();
+    create_topic(&bootstrap, &output, 2, &[]).unwrap();
+    let builder = StreamsBuilder::new();
+    builder
+        .stream::<String, String>(input.as_str())
+        .group_by_with(
+            |_, v| v.clone(),
+            Grouped::with(Utf8, Utf8).named("by-value"),
+        )
+        .count()
+        .to_stream()
+        .to(&output);
+    let config = StreamsConfig::new(&app, &bootstrap)
+        .state_dir(std::env::temp_dir().join(unique("kstreams-purge")))
+        .cache_max_bytes(0)
+        .repartition_purge_interval(Duration::from_millis(200));
+    let streams = KafkaStreams::new(builder.build().unwrap(), config).unwrap();
+    streams.start().unwrap();
+    let p = idempotent_producer(&bootstrap).unwrap();
+    for i in 0..200 {
+        let key = format!("k{i}");
+        let value = format!("v{}", i % 5);
+        send_retrying(&p, BaseRecord::to(&input).key(&key).payload(&value)).unwrap();
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    consume_until(&bootstrap, &output, Isolation::ReadCommitted, LONG, |got| {
+        got.len() >= 200
+    })
+    .unwrap();
+    let repartition = format!("{app}-by-value-repartition");
+    let config = describe_topic_config(&bootstrap, &repartition).unwrap();
+    assert_eq!(
+        config.get("retention.ms").map(String::as_str),
+        Some("-1"),
+        "{config:?}"
+    );
+    // The records the group committed past are deleted: every partition's start offset moves
+    // past the records the application read (it wrote all 200 there).
+    let consumer: rdkafka::consumer::BaseConsumer =
+        streams_testkit::kafka::client_config(&bootstrap)
+            .set("group.id", unique("purge-check"))
+            .create()
+            .unwrap();
+    let deadline = Instant::now() + LONG;
+    let starts = loop {
+        let starts: Vec<(i64, i64)> = (0..2)
+            .map(|p| {
+                consumer
+                    .fetch_watermarks(&repartition, p, Duration::from_secs(5))
+                    .unwrap()
+            })
+            .collect();
+        let written: i64 = starts.iter().map(|(_, high)| high).sum();
+        if written >= 200 && starts.iter().all(|(low, high)| *high == 0 || *low > 0) {
+            break starts;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "repartition partitions (start, end) not purged within {LONG:?}: {starts:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(streams.close(Duration::from_secs(60)));
+    eprintln!("repartition partitions (start, end) after purging: {starts:?}");
 }

@@ -484,7 +484,12 @@ fn a_subtraction_for_a_group_without_an_aggregate_changes_nothing() {
     let mut subtract = vec![0_u8];
     subtract.extend_from_slice(b"5");
     d.input_topic::<String, String>("by-all", Utf8, Utf8)
-        .pipe_raw(Some(b"ghost".to_vec()), Some(subtract), 1, Default::default())
+        .pipe_raw(
+            Some(b"ghost".to_vec()),
+            Some(subtract),
+            1,
+            Default::default(),
+        )
         .unwrap();
     d.input_topic::<String, String>("scores", Utf8, Utf8)
         .pipe_at(s("p1"), s("3"), 2)
@@ -492,5 +497,87 @@ fn a_subtraction_for_a_group_without_an_aggregate_changes_nothing() {
     assert_eq!(
         drain(&d.output_topic::<String, i64>("total", Utf8, BigEndian)),
         vec![(s("all"), 3, 2)]
+    );
+}
+
+/// Finding 17. Kafka Streams' aggregations (`KStreamAggregate`, `KStreamWindowAggregate`,
+/// `KStreamSessionWindowAggregate`, `KStreamSlidingWindowAggregate`) and `toTable` skip a
+/// record with a null key, with a warning and the dropped-records metric; the application
+/// goes on. A left stream-table join joins it with no row (KIP-962, Kafka 3.7).
+#[test]
+fn aggregations_skip_records_with_a_null_key_and_a_left_join_joins_them() {
+    use kstreams::dsl::{Consumed, Grouped, Joined, Materialized, Produced, SlidingWindows};
+    let key = || Nullable(Utf8);
+    let tumbling = TimeWindows::of_size_with_no_grace(ms(10));
+    let sliding = SlidingWindows::of_time_difference_and_grace(ms(10), ms(100));
+    let sessions = SessionWindows::with_inactivity_gap_and_grace(ms(10), ms(100));
+    let builder = StreamsBuilder::new();
+    let input = builder.stream_with::<Option<String>, String>("in", Consumed::with(key(), Utf8));
+    let grouped = input.group_by_key_with(Grouped::with(key(), Utf8));
+    grouped
+        .count()
+        .to_stream()
+        .to_with("count", Produced::with(key(), BigEndian));
+    grouped.windowed_by(tumbling).count().to("tumbling");
+    grouped.windowed_by_sliding(sliding).count().to("sliding");
+    grouped.windowed_by_session(sessions).count().to("session");
+    let table = input.to_table_with(key(), Materialized::with(Utf8));
+    table
+        .to_stream()
+        .to_with("table", Produced::with(key(), Utf8));
+    let levels =
+        builder.table_with::<Option<String>, String>("levels", key(), Materialized::with(Utf8));
+    input
+        .left_join_table(
+            &levels,
+            |v, l| format!("{v}/{}", l.map_or("-", String::as_str)),
+            Joined::with(Utf8),
+        )
+        .to_with("joined", Produced::with(key(), Utf8));
+    let d = driver(builder);
+    let pipe = d.input_topic::<Option<String>, String>("in", key(), Utf8);
+    pipe.pipe_at(None, s("x"), 1).unwrap();
+    pipe.pipe_at(Some(s("a")), s("y"), 2).unwrap();
+    let keys_of = |topic: &str| -> Vec<Option<String>> {
+        d.output_topic::<Option<String>, Vec<u8>>(topic, key(), kstreams::core::serde::RawBytes)
+            .read_records()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.into_key_value().0)
+            .collect()
+    };
+    assert_eq!(keys_of("count"), vec![Some(s("a"))]);
+    assert_eq!(keys_of("table"), vec![Some(s("a"))]);
+    let windowed = |topic: &str, serde: &dyn kstreams::core::Serde<Windowed<Option<String>>>| {
+        let raw = d.output_topic::<Vec<u8>, Vec<u8>>(
+            topic,
+            kstreams::core::serde::RawBytes,
+            kstreams::core::serde::RawBytes,
+        );
+        raw.read_records()
+            .unwrap()
+            .into_iter()
+            .map(|r| {
+                let k = r.into_key_value().0;
+                serde.deserialize(topic, Some(&k)).unwrap().key
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        windowed("tumbling", &WindowedSerde::new(key(), tumbling)),
+        vec![Some(s("a"))]
+    );
+    assert_eq!(
+        windowed("sliding", &sliding.key_serde(key())),
+        vec![Some(s("a"))]
+    );
+    assert_eq!(
+        windowed("session", &SessionWindowedSerde::new(key())),
+        vec![Some(s("a"))]
+    );
+    let joined = drain(&d.output_topic::<Option<String>, String>("joined", key(), Utf8));
+    assert_eq!(
+        joined,
+        vec![(None, s("x/-"), 1), (Some(s("a")), s("y/-"), 2)]
     );
 }

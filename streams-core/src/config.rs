@@ -43,6 +43,7 @@ pub struct StreamsConfig {
     pub(crate) bootstrap_servers: String,
     pub(crate) guarantee: ProcessingGuarantee,
     pub(crate) commit_interval: Option<Duration>,
+    pub(crate) repartition_purge_interval: Duration,
     pub(crate) num_stream_threads: usize,
     pub(crate) state_dir: PathBuf,
     pub(crate) instance_id: Option<String>,
@@ -102,6 +103,10 @@ impl std::fmt::Debug for StreamsConfig {
             .field("bootstrap_servers", &self.bootstrap_servers)
             .field("guarantee", &self.guarantee)
             .field("commit_interval", &self.effective_commit_interval())
+            .field(
+                "repartition_purge_interval",
+                &self.repartition_purge_interval,
+            )
             .field("num_stream_threads", &self.num_stream_threads)
             .field("state_dir", &self.state_dir)
             .field("instance_id", &self.instance_id)
@@ -151,6 +156,7 @@ impl StreamsConfig {
             bootstrap_servers: bootstrap_servers.to_string(),
             guarantee: ProcessingGuarantee::ExactlyOnce,
             commit_interval: None,
+            repartition_purge_interval: Duration::from_secs(30),
             num_stream_threads: 1,
             state_dir: std::env::temp_dir().join("kstreams"),
             instance_id: None,
@@ -251,6 +257,15 @@ impl StreamsConfig {
     /// Kafka Streams' `commit.interval.ms`).
     pub fn commit_interval(mut self, interval: Duration) -> Self {
         self.commit_interval = Some(interval);
+        self
+    }
+
+    /// How often the records of repartition topics that the group has committed past are
+    /// deleted (default 30 s, Kafka Streams' `repartition.purge.interval.ms`). Repartition
+    /// topics keep records without a time limit, so that nothing is lost however long the
+    /// application stops; this purging keeps them small.
+    pub fn repartition_purge_interval(mut self, interval: Duration) -> Self {
+        self.repartition_purge_interval = interval;
         self
     }
 

@@ -5,7 +5,7 @@
 //! store at once, so that readers of the store (joins) see the latest aggregate; the store,
 //! built with caching, sends the changelog the last write of each key at the commit.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use streams_core::Record;
 
@@ -22,10 +22,15 @@ pub(crate) struct Entry<K, VA> {
     pub(crate) rest: Record<(), ()>,
 }
 
-/// Held-back aggregates by their serialized key, in the order they were first updated.
+/// Held-back aggregates by their serialized key, in the order of each key's latest update
+/// (Kafka Streams' `NamedCache`: a key updated again moves to the end), so that results of
+/// in-order input leave in timestamp order.
 pub(crate) struct Cache<K, VA> {
-    index: HashMap<Vec<u8>, usize>,
-    entries: Vec<Entry<K, VA>>,
+    /// The update number of each held-back key.
+    index: HashMap<Vec<u8>, u64>,
+    /// Held-back aggregates by update number.
+    entries: BTreeMap<u64, Entry<K, VA>>,
+    next: u64,
     bytes: usize,
 }
 
@@ -33,7 +38,8 @@ impl<K, VA> Default for Cache<K, VA> {
     fn default() -> Self {
         Cache {
             index: HashMap::new(),
-            entries: vec![],
+            entries: BTreeMap::new(),
+            next: 0,
             bytes: 0,
         }
     }
@@ -42,32 +48,73 @@ impl<K, VA> Default for Cache<K, VA> {
 impl<K, VA> Cache<K, VA> {
     /// Holds `entry` back under `id`, replacing an earlier one. Returns the approximate bytes
     /// held.
-    pub(crate) fn put(&mut self, id: Vec<u8>, entry: Entry<K, VA>) -> usize {
-        match self.index.get(&id) {
-            Some(&i) => {
-                let old = self.entries[i].old.take();
-                self.entries[i] = entry;
-                self.entries[i].old = old;
+    pub(crate) fn put(&mut self, id: Vec<u8>, mut entry: Entry<K, VA>) -> usize {
+        let n = self.next;
+        self.next += 1;
+        match self.index.insert(id.clone(), n) {
+            Some(earlier) => {
+                // The downstream saw last what the first held-back update replaced.
+                if let Some(first) = self.entries.remove(&earlier) {
+                    entry.old = first.old;
+                }
             }
             None => {
                 // The key bytes twice (index and entry), the entry, and map overhead: an
                 // estimate, as values are not serialized until they leave the cache.
                 self.bytes += 2 * id.len() + std::mem::size_of::<Entry<K, VA>>() + 48;
-                self.index.insert(id, self.entries.len());
-                self.entries.push(entry);
             }
         }
+        self.entries.insert(n, entry);
         self.bytes
     }
 
-    /// Everything held back, in first-update order; the cache is empty after.
+    /// Everything held back, in the order of each key's latest update; the cache is empty
+    /// after.
     pub(crate) fn drain(&mut self) -> Vec<Entry<K, VA>> {
         self.index.clear();
         self.bytes = 0;
-        std::mem::take(&mut self.entries)
+        std::mem::take(&mut self.entries).into_values().collect()
     }
 
     pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(key: &str, value: u64, old: Option<u64>, timestamp: i64) -> Entry<String, u64> {
+        Entry {
+            key: key.to_string(),
+            start: 0,
+            value,
+            old,
+            timestamp,
+            rest: Record::new((), (), timestamp),
+        }
+    }
+
+    /// Kafka Streams' `NamedCache` flushes dirty keys in the order of their latest update (a
+    /// key updated again moves to the end), so that a count's results for in-order input
+    /// leave in timestamp order: `a@1, b@2, a@3` flushes `b=1@2, a=2@3`. The first held-back
+    /// update's old value stays (what the downstream saw last).
+    #[test]
+    fn drains_in_the_order_of_each_keys_latest_update() {
+        let mut cache = Cache::default();
+        cache.put(b"a".to_vec(), entry("a", 1, None, 1));
+        cache.put(b"b".to_vec(), entry("b", 1, None, 2));
+        cache.put(b"a".to_vec(), entry("a", 2, Some(1), 3));
+        let out: Vec<(String, u64, Option<u64>, i64)> = cache
+            .drain()
+            .into_iter()
+            .map(|e| (e.key, e.value, e.old, e.timestamp))
+            .collect();
+        assert_eq!(
+            out,
+            vec![("b".to_string(), 1, None, 2), ("a".to_string(), 2, None, 3)]
+        );
+        assert!(cache.is_empty());
     }
 }

@@ -292,12 +292,12 @@ where
         ctx: &mut ProcessorContext<'_, K, Change<VA>>,
     ) -> Result<()> {
         let (key, value, rest) = r.into_parts();
-        let budget = ctx.cache_max_bytes();
-        let id = if budget > 0 {
-            Some(self.keys.serialize(&self.store, &key)?.unwrap_or_default())
-        } else {
-            None
+        let Some(key_bytes) = self.keys.serialize(&self.store, &key)? else {
+            crate::ops::skip_null_key(&*self.keys, &key, ctx, &self.store)?;
+            return Ok(());
         };
+        let budget = ctx.cache_max_bytes();
+        let id = (budget > 0).then_some(key_bytes);
         // The store has the latest aggregate: every update is written to it at once (it holds
         // writes back until the commit), so that joins read the current aggregate while the
         // record cache holds the update back from the downstream.

@@ -425,13 +425,16 @@ impl<K: Clone + 'static, V: Clone + 'static> KStream<K, V> {
             materialized.name.as_deref(),
             &format!("to_table ({node})"),
         );
-        let store_name = store.clone();
+        let (store_name, op_keys) = (store.clone(), keys.clone());
         g.topology.add_processor(
             &node,
             move || {
-                let store = store_name.clone();
+                let (store, keys) = (store_name.clone(), op_keys.clone());
                 Op::<K, V, K, Change<V>>::new(Box::new(
                     move |r: Record<K, V>, ctx: &mut ProcessorContext<'_, K, Change<V>>| {
+                        if crate::ops::skip_null_key(&*keys, r.key(), ctx, &store)? {
+                            return Ok(());
+                        }
                         let s = ctx.state_store::<KeyValueStore<K, V>>(&store)?;
                         let (key, value, rest) = r.into_parts();
                         let old = s.get(&key)?;

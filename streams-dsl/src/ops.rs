@@ -38,3 +38,20 @@ impl<K: 'static, V: 'static, K2: 'static, V2: 'static> Processor for Op<K, V, K2
         (self.f)(record, ctx)
     }
 }
+
+/// Whether `key` is null (its serde writes no bytes for it). Such a record is skipped by
+/// `operator`, with a warning and the dropped-records metric, as Kafka Streams' aggregations
+/// and `toTable` skip it: a null key has no partition and no row.
+pub(crate) fn skip_null_key<K: 'static, KO: 'static, VO: 'static>(
+    keys: &dyn streams_core::serde::Serde<K>,
+    key: &K,
+    ctx: &ProcessorContext<'_, KO, VO>,
+    operator: &str,
+) -> Result<bool> {
+    if keys.serialize(operator, key)?.is_some() {
+        return Ok(false);
+    }
+    tracing::warn!(task = %ctx.task_id(), operator, "skipping a record with a null key");
+    ctx.record_dropped(streams_core::metrics::DropReason::NullKey);
+    Ok(true)
+}

@@ -389,7 +389,8 @@ impl<V: 'static> Joined<V> {
         self
     }
 
-    /// Counts the records the join drops (a null key) in `counter`.
+    /// Counts the records the join drops in `counter`: an inner join's records with a null key
+    /// (a left join joins them with no row, as Kafka Streams since KIP-962).
     pub fn count_dropped_in(mut self, counter: &crate::windowing::LateRecords) -> Self {
         self.dropped = counter.clone();
         self

@@ -171,10 +171,12 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> SessionWindowedKStrea
             );
         }
         let (store_name, emitted_name, late) = (store.clone(), emitted.clone(), self.late.clone());
+        let processor_keys = keys.clone();
         g.topology.add_processor(
             &node,
             move || SessionAggregate {
                 store: store_name.clone(),
+                keys: processor_keys.clone(),
                 emitted: emitted_name.clone(),
                 windows,
                 emit_final,
@@ -218,6 +220,7 @@ const EMITTED_KEY: &str = "emitted-until";
 
 struct SessionAggregate<K, V, VA> {
     store: String,
+    keys: Arc<dyn Serde<K>>,
     emitted: String,
     windows: SessionWindows,
     emit_final: bool,
@@ -253,6 +256,9 @@ where
         let (gap, grace) = (self.windows.gap, self.windows.grace);
         let task = ctx.task_id();
         let (key, value, rest) = r.into_parts();
+        if crate::ops::skip_null_key(&*self.keys, &key, ctx, &self.store)? {
+            return Ok(());
+        }
         let ts = rest.timestamp();
         self.observed = self.observed.max(ts);
         let stream_time = self.observed;

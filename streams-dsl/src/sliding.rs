@@ -310,6 +310,9 @@ where
         let close = stream_time.saturating_sub(self.windows.grace);
         let task = ctx.task_id();
         let (key, value, rest) = r.into_parts();
+        if crate::ops::skip_null_key(&*self.keys, &key, ctx, &self.store)? {
+            return Ok(());
+        }
         let ts = rest.timestamp();
         if self.emit_final {
             // Before this record is stored: the windows it closes never held it open.

@@ -261,6 +261,7 @@ impl<K: Clone + 'static, V: Clone + 'static> KStream<K, V> {
         let joiner = Arc::new(joiner);
         let keys = table.keys.clone();
         let dropped = joined.dropped.clone();
+        let left = kind == "LEFTJOIN";
         let store_name = store.clone();
         g.topology.add_processor(
             &node,
@@ -272,7 +273,16 @@ impl<K: Clone + 'static, V: Clone + 'static> KStream<K, V> {
                     store_name.clone(),
                 );
                 Op::<K, V, K, VR>::new(Box::new(move |r: Record<K, V>, ctx| {
-                    if null_key(&*keys, r.key(), &dropped, ctx)? {
+                    if keys.serialize("join", r.key())?.is_none() {
+                        // A null key has no row: a left join joins the record with none
+                        // (Kafka's KIP-962), an inner join drops it.
+                        if left {
+                            return match joiner(r.value(), None) {
+                                Some(out) => ctx.forward(r.with_value(out)),
+                                None => Ok(()),
+                            };
+                        }
+                        null_key(&*keys, r.key(), &dropped, ctx)?;
                         return Ok(());
                     }
                     let row = store.get(ctx, r.key())?;

@@ -367,6 +367,9 @@ where
         }
         let task = ctx.task_id();
         let (key, value, rest) = r.into_parts();
+        if crate::ops::skip_null_key(&*self.keys, &key, ctx, &self.store)? {
+            return Ok(());
+        }
         let ts = rest.timestamp();
         let budget = ctx.cache_max_bytes();
         // Emit-final forwards closed windows only, read back from the store: nothing to cache.

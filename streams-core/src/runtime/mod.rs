@@ -29,6 +29,7 @@ mod discovery;
 mod global;
 mod http;
 mod lag;
+mod purge;
 mod queries;
 mod rebalance;
 mod restore;

@@ -54,6 +54,8 @@ pub(crate) struct Inner {
     /// The thread's metrics, unless metrics are off (poll and commit latency are recorded by
     /// the loop's copy).
     metrics: Option<ThreadMetrics>,
+    /// Deletes what the group committed past in repartition topics (none without them).
+    purger: Option<super::purge::Purger>,
 }
 
 impl Inner {
@@ -70,9 +72,14 @@ impl Inner {
         self.protocol.ensure_producer()
     }
 
-    /// Commits every task through the protocol.
+    /// Commits every task through the protocol, then hands what it committed to the purger.
     fn commit(&mut self, consumer: &BaseConsumer<ThreadContext>) -> Result<()> {
-        self.protocol.commit(&mut self.tasks, consumer)
+        self.protocol.commit(&mut self.tasks, consumer)?;
+        let committed = self.protocol.take_committed_offsets();
+        if let Some(purger) = &mut self.purger {
+            purger.committed(&committed);
+        }
+        Ok(())
     }
 
     /// Partitions are revoked (or `lost`): commit what can be committed; returns whether the
@@ -363,6 +370,7 @@ impl StreamThread {
                 pending_error: None,
                 failed: false,
                 metrics,
+                purger: None,
             },
         }
     }
@@ -377,6 +385,7 @@ impl StreamThread {
         let span = tracing::info_span!("stream_thread", name = %inner.name);
         let _guard = span.enter();
         inner.protocol.ensure_producer()?;
+        inner.purger = super::purge::Purger::new(&inner.topology, &inner.config, &inner.name)?;
         let c = clients::consumer_config(&inner.config, &inner.name);
         let topics: Vec<String> = inner.sources.topics().map(str::to_string).collect();
         let shared = inner.shared.clone();

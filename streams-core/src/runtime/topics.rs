@@ -237,7 +237,14 @@ pub(crate) fn prepare(
                     *n,
                     TopicReplication::Fixed(config.replication_factor),
                 )
-                .set("cleanup.policy", "delete");
+                // As Kafka Streams' RepartitionTopicConfig: no deletion by time (records wait
+                // for the application however long it is stopped; the stream threads delete
+                // what the group committed past, `purge.rs`), segments of 50 MiB (deletion
+                // frees whole segments), the producers' timestamps.
+                .set("cleanup.policy", "delete")
+                .set("retention.ms", "-1")
+                .set("segment.bytes", "52428800")
+                .set("message.timestamp.type", "CreateTime");
                 create(&admin, new, &topic, *n)?;
                 tracing::info!(topic = %topic, partitions = n, "created internal topic");
             }

@@ -90,6 +90,8 @@ pub(crate) trait CommitProtocol: Send {
     /// Commits what the tasks did since the last commit: their output, their stores'
     /// changelog records, their consumed offsets; then the stores write what they held back.
     fn commit(&mut self, tasks: &mut Tasks, consumer: &dyn GroupConsumer) -> Result<()>;
+    /// The offsets committed since the last call (repartition topics are purged up to them).
+    fn take_committed_offsets(&mut self) -> Vec<CommitOffset>;
     /// After a failed commit or send: what the tasks must do, or the error again when no
     /// rewind can cure it (the thread stops).
     fn recover(&mut self, error: Error) -> Result<Recovery>;
@@ -138,6 +140,8 @@ pub(crate) struct Output {
     on_production_error: Arc<dyn ProductionErrorHandler>,
     client_timeout: Duration,
     thread: String,
+    /// The offsets committed since the protocol was last asked.
+    committed_offsets: Vec<CommitOffset>,
 }
 
 impl Output {
@@ -155,6 +159,7 @@ impl Output {
             on_production_error,
             client_timeout,
             thread,
+            committed_offsets: vec![],
         }
     }
 
@@ -337,8 +342,13 @@ impl CommitProtocol for ExactlyOnce {
             *in_transaction = false;
         }
         self.0.committed(tasks)?;
+        self.0.committed_offsets.extend(offsets.iter().cloned());
         tracing::debug!(thread = %self.0.thread, partitions = offsets.len(), "committed");
         Ok(())
+    }
+
+    fn take_committed_offsets(&mut self) -> Vec<CommitOffset> {
+        std::mem::take(&mut self.0.committed_offsets)
     }
 
     fn recover(&mut self, error: Error) -> Result<Recovery> {
@@ -413,8 +423,13 @@ impl CommitProtocol for AtLeastOnce {
             consumer.commit_offsets(&offsets)?;
         }
         self.0.committed(tasks)?;
+        self.0.committed_offsets.extend(offsets.iter().cloned());
         tracing::debug!(thread = %self.0.thread, partitions = offsets.len(), "committed");
         Ok(())
+    }
+
+    fn take_committed_offsets(&mut self) -> Vec<CommitOffset> {
+        std::mem::take(&mut self.0.committed_offsets)
     }
 
     fn recover(&mut self, error: Error) -> Result<Recovery> {
