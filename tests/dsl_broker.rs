@@ -692,3 +692,62 @@ fn repartition_topics_have_no_time_limit_and_are_purged_after_commits() {
     assert!(streams.close(Duration::from_secs(60)));
     eprintln!("repartition partitions (start, end) after purging: {starts:?}");
 }
+
+/// Windowed results are partitioned by their inner key: every window of a key lands in the
+/// partition of the key itself, as Kafka Streams' `WindowedStreamPartitioner` places them
+/// (murmur2 of the inner key's bytes). Before, the bytes of key and window start were hashed,
+/// spreading a key's windows over the partitions.
+#[test]
+fn windowed_results_are_partitioned_by_their_inner_key() {
+    let bootstrap = bootstrap_servers();
+    let (input, windowed, plain) = (unique("win-in"), unique("win-out"), unique("win-plain"));
+    create_topic(&bootstrap, &input, 1, &[]).unwrap();
+    create_topic(&bootstrap, &windowed, 4, &[]).unwrap();
+    create_topic(&bootstrap, &plain, 4, &[]).unwrap();
+    let windows = TimeWindows::of_size_with_no_grace(Duration::from_millis(10));
+    let builder = StreamsBuilder::new();
+    let counts = builder
+        .stream::<String, String>(input.as_str())
+        .group_by_key()
+        .windowed_by(windows)
+        .count();
+    counts.to(&windowed);
+    counts
+        .to_stream()
+        .map(|w, n| (w.key.clone(), n))
+        .to_with(&plain, kstreams::dsl::Produced::with(Utf8, BigEndian));
+    let config = StreamsConfig::new(&unique("win-app"), &bootstrap)
+        .state_dir(std::env::temp_dir().join(unique("kstreams-win-partitions")))
+        .cache_max_bytes(0);
+    let streams = KafkaStreams::new(builder.build().unwrap(), config).unwrap();
+    streams.start().unwrap();
+    let p = idempotent_producer(&bootstrap).unwrap();
+    for i in 0..8 {
+        let ts = T0 + 10 * i;
+        send_retrying(
+            &p,
+            BaseRecord::to(&input).key("k").payload("x").timestamp(ts),
+        )
+        .unwrap();
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    let read = |topic: &str| {
+        consume_until(&bootstrap, topic, Isolation::ReadCommitted, LONG, |got| {
+            got.len() >= 8
+        })
+        .unwrap()
+    };
+    let (w, k) = (read(&windowed), read(&plain));
+    assert!(streams.close(Duration::from_secs(60)));
+    let key_partition = k[0].partition;
+    assert!(
+        k.iter().all(|r| r.partition == key_partition),
+        "the key's own records"
+    );
+    let spread: Vec<i32> = w.iter().map(|r| r.partition).collect();
+    assert_eq!(
+        spread,
+        vec![key_partition; 8],
+        "the windows of k, by partition"
+    );
+}

@@ -23,6 +23,7 @@ pub mod error;
 pub mod handlers;
 pub mod metrics;
 mod node;
+mod partition;
 pub mod prelude;
 pub mod processor;
 pub mod record;

@@ -71,6 +71,19 @@ pub trait Serde<T>: Send + Sync + 'static {
         let _ = (topic, data);
         None
     }
+
+    /// As a key: the bytes a sink partitions `value` by, when they are not its serialized
+    /// bytes; `None` (the default) leaves partitioning to the producer (murmur2 of the
+    /// serialized key). Windowed keys give their inner key's bytes, so that every window of a
+    /// key goes to the key's partition (Kafka Streams' `WindowedStreamPartitioner`).
+    fn partition_bytes(
+        &self,
+        topic: &str,
+        value: &T,
+    ) -> Option<Result<Option<Vec<u8>>, SerdeError>> {
+        let _ = (topic, value);
+        None
+    }
 }
 
 /// `value` serialized by `serde`, which must give bytes (a key).
@@ -309,6 +322,13 @@ impl<T: 'static> Serde<T> for std::sync::Arc<dyn Serde<T>> {
         data: &[u8],
     ) -> Option<Result<serde_json::Value, SerdeError>> {
         (**self).bytes_to_json(topic, data)
+    }
+    fn partition_bytes(
+        &self,
+        topic: &str,
+        value: &T,
+    ) -> Option<Result<Option<Vec<u8>>, SerdeError>> {
+        (**self).partition_bytes(topic, value)
     }
 }
 

@@ -48,6 +48,15 @@ impl<K: 'static> Serde<Windowed<K>> for SessionWindowedSerde<K> {
         Ok(Some(out))
     }
 
+    /// Every session of a key in the key's partition, as for time windows.
+    fn partition_bytes(
+        &self,
+        topic: &str,
+        w: &Windowed<K>,
+    ) -> Option<Result<Option<Vec<u8>>, SerdeError>> {
+        Some(self.keys.serialize(topic, &w.key))
+    }
+
     fn deserialize(&self, topic: &str, data: Option<&[u8]>) -> Result<Windowed<K>, SerdeError> {
         let data = data.ok_or_else(|| SerdeError::new("SessionWindowed", topic, "null key"))?;
         if data.len() < 16 {

@@ -108,6 +108,16 @@ impl<K: 'static> Serde<Windowed<K>> for WindowedSerde<K> {
         Ok(Some(out))
     }
 
+    /// Every window of a key in the key's partition (Kafka Streams'
+    /// `WindowedStreamPartitioner`): partitioned by the inner key's bytes.
+    fn partition_bytes(
+        &self,
+        topic: &str,
+        w: &Windowed<K>,
+    ) -> Option<Result<Option<Vec<u8>>, SerdeError>> {
+        Some(self.keys.serialize(topic, &w.key))
+    }
+
     fn deserialize(&self, topic: &str, data: Option<&[u8]>) -> Result<Windowed<K>, SerdeError> {
         let data = data.ok_or_else(|| SerdeError::new("Windowed", topic, "null key"))?;
         if data.len() < 8 {

@@ -223,7 +223,16 @@ impl<K: 'static, V: 'static> Node for SinkNode<K, V> {
                 let count = ctx.collector().partition_count(&topic)?;
                 p(record.key(), record.value(), count)
             }
-            None => None,
+            None => match self.sink.keys.partition_bytes(&topic, record.key()) {
+                Some(Ok(Some(bytes))) => {
+                    let count = ctx.collector().partition_count(&topic)?;
+                    Some(crate::partition::default_partition(&bytes, count))
+                }
+                Some(Err(e)) => {
+                    return ctx.collector().serialization_error(&self.name, &topic, e);
+                }
+                Some(Ok(None)) | None => None,
+            },
         };
         if let Some(p) = partition {
             let count = ctx.collector().partition_count(&topic)?;
