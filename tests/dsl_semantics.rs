@@ -581,3 +581,46 @@ fn aggregations_skip_records_with_a_null_key_and_a_left_join_joins_them() {
         vec![(None, s("x/-"), 1), (Some(s("a")), s("y/-"), 2)]
     );
 }
+
+/// Finding 15. A re-keyed stream feeding two stateful operators builds and both see every
+/// record: two aggregations of one grouped stream, and an aggregation beside a stream-table
+/// join of the same re-keyed stream (Kafka Streams gives each its repartition topic, or one
+/// shared with `topology.optimization`; here they share one). Before, the build failed: both
+/// would get the same generated repartition topic.
+#[test]
+fn a_rekeyed_stream_feeds_two_stateful_operators() {
+    use kstreams::dsl::{Joined, Materialized};
+    let builder = StreamsBuilder::new();
+    let by_user = builder
+        .stream::<String, String>("visits") // keyed by visit id, value = user
+        .select_key(|_, user| user.clone());
+    let grouped = by_user.group_by_key();
+    grouped.count().to_stream().to("counts");
+    grouped
+        .reduce(|a, b| format!("{a}+{b}"))
+        .to_stream()
+        .to("reduced");
+    let names = builder.table::<String, String>("names", Materialized::with(Utf8));
+    by_user
+        .join_table(&names, |u, n| format!("{u}={n}"), Joined::default())
+        .to("named");
+    let d = driver(builder);
+    d.input_topic::<String, String>("names", Utf8, Utf8)
+        .pipe_at(s("ann"), s("Ann"), 1)
+        .unwrap();
+    let v = d.input_topic::<String, String>("visits", Utf8, Utf8);
+    v.pipe_at(s("v1"), s("ann"), 2).unwrap();
+    v.pipe_at(s("v2"), s("ann"), 3).unwrap();
+    let values = |topic: &str| -> Vec<String> {
+        d.output_topic::<String, String>(topic, Utf8, Utf8)
+            .read_values()
+            .unwrap()
+    };
+    let counts: Vec<u64> = d
+        .output_topic::<String, u64>("counts", Utf8, BigEndian)
+        .read_values()
+        .unwrap();
+    assert_eq!(counts, vec![1, 2]);
+    assert_eq!(values("reduced"), vec![s("ann"), s("ann+ann")]);
+    assert_eq!(values("named"), vec![s("ann=Ann"), s("ann=Ann")]);
+}

@@ -106,6 +106,7 @@ impl StreamsBuilder {
                 user_stores: vec![],
                 store_users: HashMap::new(),
                 materialized_for_joins: HashMap::new(),
+                repartitions: HashMap::new(),
                 errors: vec![],
             })),
         }

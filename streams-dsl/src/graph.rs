@@ -22,10 +22,16 @@ pub(crate) struct Graph {
     /// The node and store that materialize a table for its joins, by the table's node: a table
     /// joined several times is materialized once.
     pub(crate) materialized_for_joins: HashMap<String, (String, String)>,
+    /// The source node and path of each repartition, by the node it repartitions, its name
+    /// (if given) and partition count: operators repartitioning one stream alike share it.
+    pub(crate) repartitions: HashMap<RepartitionOf, (String, String)>,
     pub(crate) errors: Vec<String>,
 }
 
 pub(crate) type Shared = Rc<RefCell<Graph>>;
+
+/// What a repartition repartitions: the node, the topic's name if given, its partition count.
+pub(crate) type RepartitionOf = (String, Option<String>, Option<i32>);
 
 /// A stable, short digest of an operator's path from its sources, for generated names.
 fn digest(path: &str) -> String {

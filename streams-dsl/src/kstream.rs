@@ -285,6 +285,14 @@ impl<K: Clone + 'static, V: Clone + 'static> KStream<K, V> {
     /// Writes the stream to a repartition topic and reads it back, so that records with the
     /// same key land in the same partition (and task).
     pub fn repartition(&self, options: Repartitioned<K, V>) -> Self {
+        // Operators that repartition one stream alike (two aggregations of a grouped stream,
+        // an aggregation and a join of one re-keyed stream) share the repartition topic, as
+        // Kafka Streams does with `topology.optimization=all`.
+        let of = (self.node.clone(), options.name.clone(), options.partitions);
+        let shared = self.graph.borrow().repartitions.get(&of).cloned();
+        if let Some((source, path)) = shared {
+            return KStream::new(self.graph.clone(), source, path, false);
+        }
         let path = format!("{}/repartition", self.path);
         let operator = format!("repartition after {}", self.node);
         let mut g = self.graph.borrow_mut();
@@ -301,6 +309,7 @@ impl<K: Clone + 'static, V: Clone + 'static> KStream<K, V> {
             &source,
             streams_core::topology::Source::new([topic], options.keys, options.values),
         );
+        g.repartitions.insert(of, (source.clone(), path.clone()));
         drop(g);
         KStream::new(self.graph.clone(), source, path, false)
     }
