@@ -434,19 +434,24 @@ fn a_suppression_buffer_survives_sigkill_and_emits_each_update_once() {
     assert_eq!(got, want);
 }
 
-/// Runs `users` (a table) regrouped by city and counted, until the output shows `want` as the
-/// latest count of every city; returns after a clean close.
+/// Runs `users` (a table, using its topic as its changelog when `reuse`) regrouped by city and
+/// counted, until the output shows `want` as the latest count of every city; returns after a
+/// clean close.
 fn run_city_counts(
     app: &str,
-    users: &str,
+    (users, reuse): (&str, bool),
     output: &str,
     dir: &std::path::Path,
     want: &BTreeMap<String, u64>,
 ) {
     let bootstrap = bootstrap_servers();
     let builder = StreamsBuilder::new();
+    let mut materialized = Materialized::with(Utf8).named("users-store");
+    if reuse {
+        materialized = materialized.reuse_source_topic_as_changelog();
+    }
     builder
-        .table::<String, String>(users, Materialized::with(Utf8).named("users-store"))
+        .table::<String, String>(users, materialized)
         .group_by(|user, city| (city.clone(), user.clone()))
         .count()
         .to_stream()
@@ -471,8 +476,27 @@ fn run_city_counts(
     assert!(streams.close(Duration::from_secs(60)));
 }
 
+/// A table reusing its source topic as its changelog is restored from it up to the committed
+/// offset.
 #[test]
 fn a_table_is_restored_from_its_source_topic_up_to_the_committed_offset() {
+    table_restoration(true);
+}
+
+/// By default a table has a changelog topic of its own, as in Kafka Streams (whose source-topic
+/// reuse is an optimization, off by default): the table is restored from it. Before, the
+/// source topic was always the changelog, whatever its retention (rows older than a
+/// delete-policy topic's retention were lost from a restored table).
+#[test]
+fn a_table_has_a_changelog_of_its_own_by_default() {
+    table_restoration(false);
+}
+
+/// Counts users per city from a table, loses the state directory, changes three users and
+/// counts again: each move must leave its old city. With `reuse` the table's topic is its
+/// changelog (and no changelog topic exists); without, a compacted changelog topic of its
+/// own exists.
+fn table_restoration(reuse: bool) {
     let bootstrap = bootstrap_servers();
     let (users, output, app) = (unique("users"), unique("city-counts"), unique("table-app"));
     create_topic(&bootstrap, &users, 1, &[]).unwrap();
@@ -486,10 +510,10 @@ fn a_table_is_restored_from_its_source_topic_up_to_the_committed_offset() {
     let counts =
         |c0: u64, c1: u64| BTreeMap::from([("c0".to_string(), c0), ("c1".to_string(), c1)]);
     let dir = std::env::temp_dir().join(unique("kstreams-table-state"));
-    run_city_counts(&app, &users, &output, &dir, &counts(5, 5));
+    run_city_counts(&app, (&users, reuse), &output, &dir, &counts(5, 5));
 
-    // The source topic is the table's log: no changelog topic was created for it (asked by
-    // listing every topic: a metadata request for one topic may create it).
+    // With reuse, the source topic is the table's log: no changelog topic was created for it
+    // (asked by listing every topic: a metadata request for one topic may create it).
     let changelog = format!("{app}-users-store-changelog");
     let lister: rdkafka::producer::BaseProducer = streams_testkit::kafka::client_config(&bootstrap)
         .create()
@@ -503,10 +527,18 @@ fn a_table_is_restored_from_its_source_topic_up_to_the_committed_offset() {
         names.contains(&users.as_str()),
         "the listing works: {names:?}"
     );
-    assert!(
-        !names.contains(&changelog.as_str()),
-        "{changelog} must not exist"
+    assert_eq!(
+        names.contains(&changelog.as_str()),
+        !reuse,
+        "{changelog} exists: {names:?}"
     );
+    if !reuse {
+        let config = describe_topic_config(&bootstrap, &changelog).unwrap();
+        assert_eq!(
+            config.get("cleanup.policy").map(String::as_str),
+            Some("compact")
+        );
+    }
 
     // The machine is lost; meanwhile u0 moves to c1, u1 to c0, and u2 is deleted. The new
     // instance must restore the table from the topic (up to what was committed: the moves
@@ -520,7 +552,7 @@ fn a_table_is_restored_from_its_source_topic_up_to_the_committed_offset() {
         send_retrying(&p, record).unwrap();
     }
     p.flush(Duration::from_secs(30)).unwrap();
-    run_city_counts(&app, &users, &output, &dir, &counts(4, 5));
+    run_city_counts(&app, (&users, reuse), &output, &dir, &counts(4, 5));
 }
 
 /// A join reads an aggregation's current rows while the aggregation's record cache holds the

@@ -129,7 +129,12 @@ fn a_table_restores_after_a_dead_instances_pending_offsets_are_aborted() {
     let killed = Instant::now();
 
     let builder = StreamsBuilder::new();
-    let table = builder.table::<String, String>(&cards, Materialized::with(Utf8).named("cards"));
+    let table = builder.table::<String, String>(
+        &cards,
+        Materialized::with(Utf8)
+            .named("cards")
+            .reuse_source_topic_as_changelog(),
+    );
     builder
         .stream::<String, String>(&payments)
         .join_table(&table, |pay, c| format!("{pay}:{c}"), Joined::default())

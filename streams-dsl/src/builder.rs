@@ -147,8 +147,9 @@ impl StreamsBuilder {
     /// A table of the latest value per key of `topic`, kept in a store (named by
     /// `materialized`, or generated), with the serdes of the key and value types. A record
     /// with a null value deletes its key (a deletion downstream, when the key existed); every
-    /// other record updates the table. The topic is the store's changelog: no changelog topic
-    /// is created, and the store is restored from the topic up to the group's committed offset.
+    /// other record updates the table. The store has a changelog topic of its own, as in Kafka
+    /// Streams; [`Materialized::reuse_source_topic_as_changelog`] makes the (compacted) topic
+    /// the changelog instead.
     pub fn table<K, V>(&self, topic: &str, materialized: Materialized<V>) -> KTable<K, V>
     where
         K: DefaultSerde + Clone,
@@ -220,11 +221,11 @@ impl StreamsBuilder {
         if materialized.in_memory {
             builder = builder.in_memory();
         }
-        if materialized.logging {
+        if !materialized.logging {
+            builder = builder.with_logging(false);
+        } else if materialized.source_topic_as_changelog {
             // The topic is the table's log: no changelog topic of its own.
             builder = builder.with_source_topic_as_changelog(topic);
-        } else {
-            builder = builder.with_logging(false);
         }
         g.topology.add_state_store(builder, [node.as_str()]);
         drop(g);

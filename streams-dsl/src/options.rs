@@ -158,6 +158,8 @@ pub struct Materialized<V> {
     pub(crate) in_memory: bool,
     pub(crate) logging: bool,
     pub(crate) retention: Option<Duration>,
+    /// A table read from a topic uses the topic as its changelog.
+    pub(crate) source_topic_as_changelog: bool,
 }
 
 impl<V: 'static> Materialized<V> {
@@ -169,6 +171,7 @@ impl<V: 'static> Materialized<V> {
             in_memory: false,
             logging: true,
             retention: None,
+            source_topic_as_changelog: false,
         }
     }
 
@@ -188,6 +191,17 @@ impl<V: 'static> Materialized<V> {
     /// Turns the changelog off (the state is then lost with the machine).
     pub fn without_logging(mut self) -> Self {
         self.logging = false;
+        self
+    }
+
+    /// For a table read from a topic (`StreamsBuilder::table`): the topic itself serves as
+    /// the table's changelog, instead of a changelog topic of its own (Kafka Streams'
+    /// `topology.optimization` setting `reuse.ktable.source.topics`, off by default there as
+    /// here). No changelog records are written; the table is restored from the topic, up to
+    /// the group's committed offset. The topic must be compacted (`cleanup.policy=compact`):
+    /// with time-based deletion, rows older than its retention are gone from a restored table.
+    pub fn reuse_source_topic_as_changelog(mut self) -> Self {
+        self.source_topic_as_changelog = true;
         self
     }
 
@@ -212,6 +226,7 @@ impl<V: 'static> Materialized<V> {
             in_memory: false,
             logging: true,
             retention: None,
+            source_topic_as_changelog: false,
         }
     }
 }
