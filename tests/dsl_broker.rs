@@ -18,7 +18,7 @@ use rdkafka::producer::{BaseRecord, Producer};
 use streams_testkit::child::{child_mode, wait_for_stop_request, ChildProcess};
 use streams_testkit::kafka::{
     committed_offsets, consume_until, create_topic, describe_topic_config, idempotent_producer,
-    read_to_end, send_retrying, Isolation, Received,
+    read_to_end, send_retrying, topic_config_overrides, Isolation, Received,
 };
 use streams_testkit::{bootstrap_servers, unique};
 
@@ -689,7 +689,8 @@ fn repartition_topics_have_no_time_limit_and_are_purged_after_commits() {
     })
     .unwrap();
     let repartition = format!("{app}-by-value-repartition");
-    let config = describe_topic_config(&bootstrap, &repartition).unwrap();
+    // Set on the topic, not inherited: the test broker's own default is no time limit too.
+    let config = topic_config_overrides(&bootstrap, &repartition).unwrap();
     assert_eq!(
         config.get("retention.ms").map(String::as_str),
         Some("-1"),

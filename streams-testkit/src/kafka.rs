@@ -129,6 +129,22 @@ pub fn describe_topic_config(
     bootstrap: &str,
     topic: &str,
 ) -> anyhow::Result<HashMap<String, String>> {
+    topic_configs(bootstrap, topic, false)
+}
+
+/// The configs set on `topic` itself (at creation or since), without the broker's defaults.
+pub fn topic_config_overrides(
+    bootstrap: &str,
+    topic: &str,
+) -> anyhow::Result<HashMap<String, String>> {
+    topic_configs(bootstrap, topic, true)
+}
+
+fn topic_configs(
+    bootstrap: &str,
+    topic: &str,
+    overrides_only: bool,
+) -> anyhow::Result<HashMap<String, String>> {
     let admin: AdminClient<DefaultClientContext> = client_config(bootstrap).create()?;
     let results = futures::executor::block_on(admin.describe_configs(
         [&rdkafka::admin::ResourceSpecifier::Topic(topic)],
@@ -138,6 +154,9 @@ pub fn describe_topic_config(
     for r in results {
         let resource = r.map_err(|e| anyhow!("describe configs of {topic}: {e}"))?;
         for entry in resource.entries {
+            if overrides_only && entry.source != rdkafka::admin::ConfigSource::DynamicTopic {
+                continue;
+            }
             if let Some(v) = entry.value {
                 out.insert(entry.name, v);
             }
