@@ -18,28 +18,8 @@ use kstreams::dsl::{
 };
 use rand::{Rng, SeedableRng};
 
-fn s(x: &str) -> String {
-    x.to_string()
-}
-
-/// Every record of an output topic: (key, value, timestamp).
-fn drain<K: 'static, V: 'static>(
-    out: &kstreams::core::driver::TestOutputTopic<K, V>,
-) -> Vec<(K, V, i64)> {
-    out.read_records()
-        .unwrap()
-        .into_iter()
-        .map(|r| {
-            let ts = r.timestamp();
-            let (k, v) = r.into_key_value();
-            (k, v, ts)
-        })
-        .collect()
-}
-
-fn driver(builder: StreamsBuilder) -> TopologyTestDriver {
-    TopologyTestDriver::new(builder.build().unwrap()).unwrap()
-}
+mod dsl_support;
+use dsl_support::{drain, driver, s};
 
 #[test]
 fn stateless_operators_keep_timestamps_and_transform_exactly() {
@@ -521,9 +501,12 @@ fn describe_shows_every_dsl_node_and_store() {
     assert!(mermaid.contains("KSTREAM-FILTER-"), "{mermaid}");
 }
 
-/// What a windowed count must emit, recomputed plainly: for each input in order, the windows
-/// that hold it and are still open at the stream time after it, each with the number of
-/// accepted records of its key in it so far, and the largest timestamp among them.
+/// What a windowed count must emit, recomputed plainly from Kafka Streams' rules
+/// (`KStreamWindowAggregate`, `TimeWindows.windowsFor`): windows start at multiples of the
+/// advance from the epoch and hold `[start, start + size)`; stream time is the largest
+/// timestamp the aggregation has seen (`observedStreamTime`); a record updates each window
+/// holding it whose end is after stream time minus grace (the others count it late), each
+/// with the number of accepted records of its key in it so far and their largest timestamp.
 fn windowed_count_oracle(
     input: &[(String, i64)],
     size: i64,
@@ -566,9 +549,10 @@ fn windowed_count_oracle(
     (out, late)
 }
 
-/// What a windowed count with emit-final must emit: after each input, every window that holds
-/// accepted records and closed since the previous input (end in (previous close, close]),
-/// by window start, then key; with its count and largest timestamp.
+/// What a windowed count with emit-final must emit (Kafka Streams' `EmitStrategy.onWindowClose`,
+/// KIP-825): after each input, every window that holds accepted records and closed since the
+/// previous input (end in (previous close, close], close = stream time minus grace), by window
+/// start, then key; with its count and largest timestamp.
 fn windowed_final_oracle(
     input: &[(String, i64)],
     size: i64,

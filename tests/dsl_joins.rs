@@ -4,7 +4,6 @@
 //! recomputation from their definition.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use kstreams::core::serde::{Nullable, Utf8};
 use kstreams::core::store::KeyValueStore;
@@ -15,32 +14,8 @@ use kstreams::dsl::{
 };
 use rand::{Rng, SeedableRng};
 
-fn s(x: &str) -> String {
-    x.to_string()
-}
-
-/// Every record of an output topic: (key, value, timestamp).
-fn drain<K: 'static, V: 'static>(
-    out: &kstreams::core::driver::TestOutputTopic<K, V>,
-) -> Vec<(K, V, i64)> {
-    out.read_records()
-        .unwrap()
-        .into_iter()
-        .map(|r| {
-            let ts = r.timestamp();
-            let (k, v) = r.into_key_value();
-            (k, v, ts)
-        })
-        .collect()
-}
-
-fn driver(builder: StreamsBuilder) -> TopologyTestDriver {
-    TopologyTestDriver::new(builder.build().unwrap()).unwrap()
-}
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
+mod dsl_support;
+use dsl_support::{drain, driver, ms, s};
 
 fn show(v: Option<&String>) -> &str {
     v.map_or("-", String::as_str)

@@ -1,7 +1,7 @@
 //! The DSL against Kafka Streams' results: for each input here, the output Kafka Streams 4.x
 //! gives for the same topology and input, with the Kafka class whose behaviour it follows
-//! named. Each test was written to fail against the code before its fix (the review of
-//! 2026-12, findings numbered as in `docs/adr/0006-dsl.md`'s list of fixed differences).
+//! named. Each test was written to fail against the code before its fix; findings are numbered
+//! as in issue 26 (remaining deliberate differences: `docs/adr/0006-dsl.md`).
 
 use std::time::Duration;
 
@@ -11,32 +11,8 @@ use kstreams::dsl::{
     SessionWindowedSerde, SessionWindows, StreamsBuilder, TimeWindows, Windowed, WindowedSerde,
 };
 
-fn s(x: &str) -> String {
-    x.to_string()
-}
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn driver(builder: StreamsBuilder) -> TopologyTestDriver {
-    TopologyTestDriver::new(builder.build().unwrap()).unwrap()
-}
-
-/// Every record of an output topic: (key, value, timestamp).
-fn drain<K: 'static, V: 'static>(
-    out: &kstreams::core::driver::TestOutputTopic<K, V>,
-) -> Vec<(K, V, i64)> {
-    out.read_records()
-        .unwrap()
-        .into_iter()
-        .map(|r| {
-            let ts = r.timestamp();
-            let (k, v) = r.into_key_value();
-            (k, v, ts)
-        })
-        .collect()
-}
+mod dsl_support;
+use dsl_support::{drain, driver, ms, s};
 
 /// A session count's output: (key, start, end, count or None for a retraction, timestamp).
 type SessionOut = (String, i64, i64, Option<u64>, i64);
