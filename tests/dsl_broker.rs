@@ -248,7 +248,10 @@ fn a_rekeyed_hopping_window_count_with_emit_final_is_exactly_once_under_sigkill(
 
 /// Counts per key of 2,000 records over 10 keys, read from the output once every key reached
 /// its final count: (output records, final count per key).
-fn count_through_the_runtime(cache_bytes: usize) -> (usize, BTreeMap<String, u64>) {
+/// Counts 2,000 records over 10 keys with `cache_bytes` of record cache (`caching` off: the
+/// count's store opts out with `Materialized::with_caching_disabled`); returns the number of
+/// updates that came out and the final counts.
+fn count_through_the_runtime(cache_bytes: usize, caching: bool) -> (usize, BTreeMap<String, u64>) {
     let bootstrap = bootstrap_servers();
     let (input, output, app) = (unique("cache-in"), unique("cache-out"), unique("cache-app"));
     create_topic(&bootstrap, &input, 1, &[]).unwrap();
@@ -260,10 +263,14 @@ fn count_through_the_runtime(cache_bytes: usize) -> (usize, BTreeMap<String, u64
     }
     p.flush(Duration::from_secs(30)).unwrap();
     let builder = StreamsBuilder::new();
+    let mut store = Materialized::with(BigEndian);
+    if !caching {
+        store = store.with_caching_disabled();
+    }
     builder
         .stream::<String, String>(input.as_str())
         .group_by_key()
-        .count()
+        .count_with(store)
         .to_stream()
         .to(&output);
     let config = StreamsConfig::new(&app, &bootstrap)
@@ -290,13 +297,21 @@ fn count_through_the_runtime(cache_bytes: usize) -> (usize, BTreeMap<String, u64
 
 #[test]
 fn a_record_cache_forwards_each_key_once_per_commit_and_can_be_turned_off() {
-    let (cached, counts) = count_through_the_runtime(10 << 20);
+    let (cached, counts) = count_through_the_runtime(10 << 20, true);
     assert_eq!(counts.len(), 10);
     assert!(counts.values().all(|n| *n == 200), "{counts:?}");
-    let (uncached, counts) = count_through_the_runtime(0);
+    let (uncached, counts) = count_through_the_runtime(0, true);
     assert!(counts.values().all(|n| *n == 200), "{counts:?}");
-    eprintln!("count of 2,000 records over 10 keys: {cached} updates out with the cache, {uncached} without");
+    // One aggregation opting out of a cache the others have (Kafka Streams'
+    // Materialized.withCachingDisabled).
+    let (opted_out, counts) = count_through_the_runtime(10 << 20, false);
+    assert!(counts.values().all(|n| *n == 200), "{counts:?}");
+    eprintln!("count of 2,000 records over 10 keys: {cached} updates out with the cache, {uncached} without, {opted_out} with the store's caching disabled");
     assert_eq!(uncached, 2000, "without a cache every update goes out");
+    assert_eq!(
+        opted_out, 2000,
+        "a store without caching forwards every update"
+    );
     assert!(
         cached < 200,
         "with a cache, one update per key and commit: {cached} records for 10 keys"

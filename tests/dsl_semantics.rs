@@ -600,3 +600,109 @@ fn a_rekeyed_stream_feeds_two_stateful_operators() {
     assert_eq!(values("reduced"), vec![s("ann"), s("ann+ann")]);
     assert_eq!(values("named"), vec![s("ann=Ann"), s("ann=Ann")]);
 }
+
+/// Item 11: `reduce` on every windowed stream (Kafka Streams' `TimeWindowedKStream`,
+/// `SessionWindowedKStream` and `SlidingWindowedKStream` have it): a window's first value is
+/// its aggregate, each later one is combined with `reducer`; sessions a record bridges are
+/// combined with `reducer` too.
+#[test]
+fn windowed_streams_reduce() {
+    use kstreams::dsl::{Materialized, SlidingWindows};
+    let tumbling = TimeWindows::of_size_and_grace(ms(10), ms(100));
+    let sliding = SlidingWindows::of_time_difference_and_grace(ms(10), ms(100));
+    let sessions = SessionWindows::with_inactivity_gap_and_grace(ms(5), ms(100));
+    let builder = StreamsBuilder::new();
+    let grouped = builder.stream::<String, String>("in").group_by_key();
+    let join = |a: String, b: String| format!("{a}+{b}");
+    grouped
+        .windowed_by(tumbling)
+        .reduce(join, Materialized::with(Utf8))
+        .to("tumbling");
+    grouped
+        .windowed_by_sliding(sliding)
+        .reduce(join, Materialized::with(Utf8))
+        .to("sliding");
+    grouped
+        .windowed_by_session(sessions)
+        .reduce(join, Materialized::with(Utf8))
+        .to("session");
+    let d = driver(builder);
+    let pipe = d.input_topic::<String, String>("in", Utf8, Utf8);
+    for (v, ts) in [("a", 1), ("b", 3), ("c", 12), ("d", 7)] {
+        pipe.pipe_at(s("k"), s(v), ts).unwrap();
+    }
+    let rows = |topic: &str, keys: &dyn kstreams::core::Serde<Windowed<String>>| {
+        drain(&d.output_topic::<Vec<u8>, Option<String>>(
+            topic,
+            kstreams::core::serde::RawBytes,
+            Nullable(Utf8),
+        ))
+        .into_iter()
+        .map(|(k, v, _)| {
+            let w = keys.deserialize(topic, Some(&k)).unwrap();
+            (w.start, w.end, v)
+        })
+        .collect::<Vec<_>>()
+    };
+    let row = |start, end, v: Option<&str>| (start, end, v.map(s));
+    assert_eq!(
+        rows("tumbling", &WindowedSerde::new(Utf8, tumbling)),
+        vec![
+            row(0, 10, Some("a")),
+            row(0, 10, Some("a+b")),
+            row(10, 20, Some("c")),
+            row(0, 10, Some("a+b+d")),
+        ]
+    );
+    // Sessions (gap 5): [1,1], then [1,3], then [12,12]; d at 7 bridges [1,3] and [12,12].
+    assert_eq!(
+        rows("session", &SessionWindowedSerde::new(Utf8)),
+        vec![
+            row(1, 1, Some("a")),
+            row(1, 1, None),
+            row(1, 3, Some("a+b")),
+            row(12, 12, Some("c")),
+            row(1, 3, None),
+            row(12, 12, None),
+            row(1, 12, Some("a+b+c+d")),
+        ]
+    );
+    // Sliding (difference 10): the last update of each window folds its records in arrival
+    // order.
+    let last: std::collections::BTreeMap<(i64, i64), Option<String>> =
+        rows("sliding", &sliding.key_serde(Utf8))
+            .into_iter()
+            .map(|(a, b, v)| ((a, b), v))
+            .collect();
+    assert_eq!(last[&(0, 10)], Some(s("a+b+d")));
+    assert_eq!(last[&(2, 12)], Some(s("b+c+d")));
+}
+
+/// Item 11: stores of every aggregation can be named (`count_with` on session and sliding
+/// windows and on grouped tables, as Kafka Streams' `count(Materialized)`), and queried by
+/// that name.
+#[test]
+fn every_count_can_name_its_store() {
+    use kstreams::dsl::{Materialized, SlidingWindows};
+    let builder = StreamsBuilder::new();
+    let grouped = builder.stream::<String, String>("in").group_by_key();
+    grouped
+        .windowed_by_session(SessionWindows::with_inactivity_gap_and_no_grace(ms(5)))
+        .count_with(Materialized::with(BigEndian).named("session-counts"));
+    grouped
+        .windowed_by_sliding(SlidingWindows::of_time_difference_with_no_grace(ms(5)))
+        .count_with(Materialized::with(BigEndian).named("sliding-counts"));
+    builder
+        .table::<String, String>("users", Materialized::with(Utf8))
+        .group_by(|u, city| (city.clone(), u.clone()))
+        .count_with(Materialized::with(BigEndian).named("users-per-city"));
+    let topology = builder.build().unwrap();
+    let names: Vec<String> = topology
+        .subtopologies()
+        .iter()
+        .flat_map(|st| st.stores.clone())
+        .collect();
+    for want in ["session-counts", "sliding-counts", "users-per-city"] {
+        assert!(names.iter().any(|n| n == want), "{want} in {names:?}");
+    }
+}

@@ -203,11 +203,13 @@ impl<K: Clone + Send + 'static> Aggregation<'_, K> {
         );
         let store_name = store.clone();
         let processor_keys = self.keys.clone();
+        let caching = materialized.caching;
         g.topology.add_processor(
             &node,
             move || KvAggregate {
                 store: store_name.clone(),
                 keys: processor_keys.clone(),
+                caching,
                 step: make_step(),
                 cache: Cache::default(),
                 _types: PhantomData,
@@ -222,7 +224,7 @@ impl<K: Clone + Send + 'static> Aggregation<'_, K> {
             )
             // With a cache budget, the changelog gets the last update of each key per commit,
             // as the records downstream do.
-            .with_caching(true),
+            .with_caching(materialized.caching),
             materialized
         );
         g.topology.add_state_store(builder, [node.as_str()]);
@@ -245,6 +247,8 @@ impl<K: Clone + Send + 'static> Aggregation<'_, K> {
 struct KvAggregate<K, V, VA, S> {
     store: String,
     keys: Arc<dyn Serde<K>>,
+    /// Whether updates go through the record cache (when the task has a budget).
+    caching: bool,
     step: S,
     cache: Cache<K, VA>,
     _types: PhantomData<fn(V)>,
@@ -296,7 +300,11 @@ where
             crate::ops::skip_null_key(&*self.keys, &key, ctx, &self.store)?;
             return Ok(());
         };
-        let budget = ctx.cache_max_bytes();
+        let budget = if self.caching {
+            ctx.cache_max_bytes()
+        } else {
+            0
+        };
         let id = (budget > 0).then_some(key_bytes);
         // The store has the latest aggregate: every update is written to it at once (it holds
         // writes back until the commit), so that joins read the current aggregate while the
@@ -347,12 +355,17 @@ where
 impl<K: Clone + Send + 'static, V: Clone + Send + 'static> KGroupedTable<K, V> {
     /// The number of rows per group.
     pub fn count(&self) -> KTable<K, u64> {
+        self.count_with(Materialized::with(BigEndian))
+    }
+
+    /// [`count`](Self::count) into the store `materialized` describes.
+    pub fn count_with(&self, materialized: Materialized<u64>) -> KTable<K, u64> {
         self.table_aggregate(
             "COUNT",
             || 0_u64,
             |_, _, n| n + 1,
             |_, _, n| n.saturating_sub(1),
-            Materialized::with(BigEndian),
+            materialized,
         )
     }
 

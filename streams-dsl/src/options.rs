@@ -160,6 +160,8 @@ pub struct Materialized<V> {
     pub(crate) retention: Option<Duration>,
     /// A table read from a topic uses the topic as its changelog.
     pub(crate) source_topic_as_changelog: bool,
+    /// An aggregation into this store goes through the record cache (when there is a budget).
+    pub(crate) caching: bool,
 }
 
 impl<V: 'static> Materialized<V> {
@@ -172,6 +174,7 @@ impl<V: 'static> Materialized<V> {
             logging: true,
             retention: None,
             source_topic_as_changelog: false,
+            caching: true,
         }
     }
 
@@ -205,6 +208,14 @@ impl<V: 'static> Materialized<V> {
         self
     }
 
+    /// An aggregation into this store forwards every update at once, whatever
+    /// `StreamsConfig::cache_max_bytes` says for the others (Kafka Streams'
+    /// `Materialized.withCachingDisabled`).
+    pub fn with_caching_disabled(mut self) -> Self {
+        self.caching = false;
+        self
+    }
+
     /// How long a window store keeps windows (default: the window size plus grace).
     pub fn with_retention(mut self, retention: Duration) -> Self {
         self.retention = Some(retention);
@@ -227,6 +238,7 @@ impl<V: 'static> Materialized<V> {
             logging: true,
             retention: None,
             source_topic_as_changelog: false,
+            caching: true,
         }
     }
 }

@@ -80,8 +80,11 @@ impl<K: 'static> Serde<Windowed<K>> for SessionWindowedSerde<K> {
     }
 }
 
-type Initializer<VA> = Arc<dyn Fn() -> VA + Send + Sync>;
-type Adder<K, V, VA> = Arc<dyn Fn(&K, V, VA) -> VA + Send + Sync>;
+/// The aggregate a session starts from before its sessions are merged and its record added
+/// (`None` for a reduction, which starts from the first value).
+type Initializer<VA> = Option<Arc<dyn Fn() -> VA + Send + Sync>>;
+/// `step(key, value, aggregate so far)`: the new aggregate.
+type Adder<K, V, VA> = Arc<dyn Fn(&K, V, Option<VA>) -> VA + Send + Sync>;
 type Merger<K, VA> = Arc<dyn Fn(&K, VA, VA) -> VA + Send + Sync>;
 
 impl<K: Clone + Send + 'static, V: Clone + Send + 'static> SessionWindowedKStream<K, V> {
@@ -113,12 +116,39 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> SessionWindowedKStrea
     /// sessions it replaced as deletions (tombstones when written to a topic) and then the new
     /// session.
     pub fn count(&self) -> KTable<Windowed<K>, u64> {
+        self.count_with(Materialized::with(BigEndian))
+    }
+
+    /// [`count`](Self::count) into the store `materialized` describes.
+    pub fn count_with(&self, materialized: Materialized<u64>) -> KTable<Windowed<K>, u64> {
         self.aggregate_kind(
             "COUNT",
-            Arc::new(|| 0),
-            Arc::new(|_, _, n| n + 1),
+            Some(Arc::new(|| 0)),
+            Arc::new(|_, _, n: Option<u64>| n.unwrap_or(0) + 1),
             Arc::new(|_, a, b| a + b),
-            Materialized::with(BigEndian),
+            materialized,
+        )
+    }
+
+    /// Combines the values of each key and session with `reducer(aggregate, value)`; a
+    /// session's first value is its initial aggregate, and two sessions a record bridges are
+    /// combined with `reducer` too (Kafka Streams' `SessionWindowedKStream.reduce`).
+    pub fn reduce(
+        &self,
+        reducer: impl Fn(V, V) -> V + Send + Sync + 'static,
+        materialized: Materialized<V>,
+    ) -> KTable<Windowed<K>, V> {
+        let reducer = Arc::new(reducer);
+        let merge = reducer.clone();
+        self.aggregate_kind(
+            "REDUCE",
+            None,
+            Arc::new(move |_, v, agg: Option<V>| match agg {
+                Some(a) => reducer(a, v),
+                None => v,
+            }),
+            Arc::new(move |_, a, b| merge(a, b)),
+            materialized,
         )
     }
 
@@ -132,10 +162,14 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> SessionWindowedKStrea
         merger: impl Fn(&K, VA, VA) -> VA + Send + Sync + 'static,
         materialized: Materialized<VA>,
     ) -> KTable<Windowed<K>, VA> {
+        let initializer = Arc::new(initializer);
+        let init = initializer.clone();
         self.aggregate_kind(
             "AGGREGATE",
-            Arc::new(initializer),
-            Arc::new(adder),
+            Some(init),
+            Arc::new(move |k, v, agg: Option<VA>| {
+                adder(k, v, agg.unwrap_or_else(|| initializer()))
+            }),
             Arc::new(merger),
             materialized,
         )
@@ -275,11 +309,14 @@ where
         let store = ctx.state_store::<SessionStore<K, Stamped<VA>>>(&self.store)?;
         let found = store.find_sessions(&key, ts.saturating_sub(gap), ts.saturating_add(gap))?;
         let (mut start, mut end) = (ts, ts);
-        let mut agg = (self.init)();
+        let mut agg = self.init.as_ref().map(|init| init());
         for ((s, e), v) in &found {
             start = start.min(*s);
             end = end.max(*e);
-            agg = (self.merge)(&key, agg, v.value.clone());
+            agg = Some(match agg {
+                Some(a) => (self.merge)(&key, a, v.value.clone()),
+                None => v.value.clone(),
+            });
         }
         // With emit-final, a record that would merge into a session already emitted as final
         // is late too: the final result must stay final (Kafka Streams merges it and emits the

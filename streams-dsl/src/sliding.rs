@@ -107,8 +107,7 @@ fn fold_window<K, V: Clone, VA>(
     key: &K,
     records: &[(i64, u64, V)],
     (start, d): (i64, i64),
-    init: &Initializer<VA>,
-    add: &Adder<K, V, VA>,
+    step: &Step<K, V, VA>,
 ) -> Option<(VA, i64)> {
     let mut held: Vec<&(i64, u64, V)> = records
         .iter()
@@ -121,7 +120,7 @@ fn fold_window<K, V: Clone, VA>(
     let latest = held.iter().map(|(t, _, _)| *t).max().unwrap_or(start);
     let agg = held
         .into_iter()
-        .fold(init(), |agg, (_, _, v)| add(key, v.clone(), agg));
+        .fold(None, |agg, (_, _, v)| Some(step(key, v.clone(), agg)))?;
     Some((agg, latest))
 }
 
@@ -136,12 +135,12 @@ fn flatten<V>(rows: Vec<(i64, Vec<Arrived<V>>)>) -> Vec<(i64, u64, V)> {
     out
 }
 
-type Initializer<VA> = Arc<dyn Fn() -> VA + Send + Sync>;
 /// A key and its records by timestamp (each timestamp's values with their arrival numbers).
 type KeyRecords<K, V> = (K, Vec<(i64, Vec<Arrived<V>>)>);
 /// A closed window to emit: (end, key bytes, start, the record).
 type FinalWindow<K, VA> = (i64, Vec<u8>, i64, Record<Windowed<K>, Change<VA>>);
-type Adder<K, V, VA> = Arc<dyn Fn(&K, V, VA) -> VA + Send + Sync>;
+/// `step(key, value, aggregate so far)`: the new aggregate (`None`: the window had none yet).
+type Step<K, V, VA> = Arc<dyn Fn(&K, V, Option<VA>) -> VA + Send + Sync>;
 
 impl<K: Clone + Send + 'static, V: Clone + Send + 'static> SlidingWindowedKStream<K, V> {
     pub(crate) fn new(grouped: KGroupedStream<K, V>, windows: SlidingWindows) -> Self {
@@ -168,11 +167,33 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> SlidingWindowedKStrea
 
     /// The number of records per key and window.
     pub fn count(&self) -> KTable<Windowed<K>, u64> {
+        self.count_with(Materialized::with(BigEndian))
+    }
+
+    /// [`count`](Self::count) into the store `materialized` describes.
+    pub fn count_with(&self, materialized: Materialized<u64>) -> KTable<Windowed<K>, u64> {
         self.aggregate_kind(
             "COUNT",
-            Arc::new(|| 0),
-            Arc::new(|_, _, n| n + 1),
-            Materialized::with(BigEndian),
+            Arc::new(|_, _, n: Option<u64>| n.unwrap_or(0) + 1),
+            materialized,
+        )
+    }
+
+    /// Combines the values of each key and window with `reducer(aggregate, value)`, in the
+    /// order they arrived; the window's first value is its initial aggregate (Kafka Streams'
+    /// `SlidingWindowedKStream.reduce`).
+    pub fn reduce(
+        &self,
+        reducer: impl Fn(V, V) -> V + Send + Sync + 'static,
+        materialized: Materialized<V>,
+    ) -> KTable<Windowed<K>, V> {
+        self.aggregate_kind(
+            "REDUCE",
+            Arc::new(move |_, v, agg: Option<V>| match agg {
+                Some(a) => reducer(a, v),
+                None => v,
+            }),
+            materialized,
         )
     }
 
@@ -187,8 +208,7 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> SlidingWindowedKStrea
     ) -> KTable<Windowed<K>, VA> {
         self.aggregate_kind(
             "AGGREGATE",
-            Arc::new(initializer),
-            Arc::new(adder),
+            Arc::new(move |k, v, agg: Option<VA>| adder(k, v, agg.unwrap_or_else(&initializer))),
             materialized,
         )
     }
@@ -196,8 +216,7 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> SlidingWindowedKStrea
     fn aggregate_kind<VA: Clone + Send + 'static>(
         &self,
         kind: &str,
-        init: Initializer<VA>,
-        add: Adder<K, V, VA>,
+        step: Step<K, V, VA>,
         materialized: Materialized<VA>,
     ) -> KTable<Windowed<K>, VA> {
         let input = self.grouped.input();
@@ -236,8 +255,7 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> SlidingWindowedKStrea
                 emit_final,
                 keys: key_serde.clone(),
                 windows,
-                init: init.clone(),
-                add: add.clone(),
+                step: step.clone(),
                 late: late.clone(),
                 observed: i64::MIN,
                 _types: PhantomData,
@@ -279,8 +297,7 @@ struct SlidingAggregate<K, V, VA> {
     emit_final: bool,
     keys: Arc<dyn Serde<K>>,
     windows: SlidingWindows,
-    init: Initializer<VA>,
-    add: Adder<K, V, VA>,
+    step: Step<K, V, VA>,
     late: LateRecords,
     /// The largest timestamp this aggregation has processed.
     observed: i64,
@@ -355,12 +372,11 @@ where
             if (!holds && existed.contains(&start)) || end < close {
                 continue;
             }
-            let Some((agg, latest)) = fold_window(&key, &after, (start, d), &self.init, &self.add)
-            else {
+            let Some((agg, latest)) = fold_window(&key, &after, (start, d), &self.step) else {
                 continue;
             };
             let old = if existed.contains(&start) {
-                fold_window(&key, &before, (start, d), &self.init, &self.add).map(|(a, _)| a)
+                fold_window(&key, &before, (start, d), &self.step).map(|(a, _)| a)
             } else {
                 None
             };
@@ -430,8 +446,7 @@ where
                 if end < last || end >= close {
                     continue;
                 }
-                let Some((agg, latest)) =
-                    fold_window(&key, &records, (start, d), &self.init, &self.add)
+                let Some((agg, latest)) = fold_window(&key, &records, (start, d), &self.step)
                 else {
                     continue;
                 };

@@ -98,8 +98,8 @@ fn emit_closed<K: Clone + 'static, VA: Clone + 'static>(
     Ok(())
 }
 
-type Initializer<VA> = Arc<dyn Fn() -> VA + Send + Sync>;
-type Adder<K, V, VA> = Arc<dyn Fn(&K, V, VA) -> VA + Send + Sync>;
+/// `step(key, value, aggregate so far)`: the new aggregate (`None`: the window had none yet).
+type Step<K, V, VA> = Arc<dyn Fn(&K, V, Option<VA>) -> VA + Send + Sync>;
 
 impl<K: Clone + Send + 'static, V: Clone + Send + 'static> TimeWindowedKStream<K, V> {
     pub(crate) fn new(grouped: KGroupedStream<K, V>, windows: TimeWindows) -> Self {
@@ -148,8 +148,25 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> TimeWindowedKStream<K
     pub fn count_with(&self, materialized: Materialized<u64>) -> KTable<Windowed<K>, u64> {
         self.aggregate_kind(
             "COUNT",
-            Arc::new(|| 0),
-            Arc::new(|_, _, n| n + 1),
+            Arc::new(|_, _, n: Option<u64>| n.unwrap_or(0) + 1),
+            materialized,
+        )
+    }
+
+    /// Combines the values of each key and window with `reducer(aggregate, value)`; the
+    /// window's first value is its initial aggregate (Kafka Streams'
+    /// `TimeWindowedKStream.reduce`).
+    pub fn reduce(
+        &self,
+        reducer: impl Fn(V, V) -> V + Send + Sync + 'static,
+        materialized: Materialized<V>,
+    ) -> KTable<Windowed<K>, V> {
+        self.aggregate_kind(
+            "REDUCE",
+            Arc::new(move |_, v, agg: Option<V>| match agg {
+                Some(a) => reducer(a, v),
+                None => v,
+            }),
             materialized,
         )
     }
@@ -164,8 +181,7 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> TimeWindowedKStream<K
     ) -> KTable<Windowed<K>, VA> {
         self.aggregate_kind(
             "AGGREGATE",
-            Arc::new(initializer),
-            Arc::new(adder),
+            Arc::new(move |k, v, agg: Option<VA>| adder(k, v, agg.unwrap_or_else(&initializer))),
             materialized,
         )
     }
@@ -173,8 +189,7 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> TimeWindowedKStream<K
     fn aggregate_kind<VA: Clone + Send + 'static>(
         &self,
         kind: &str,
-        init: Initializer<VA>,
-        add: Adder<K, V, VA>,
+        step: Step<K, V, VA>,
         materialized: Materialized<VA>,
     ) -> KTable<Windowed<K>, VA> {
         let input = self.grouped.input();
@@ -211,17 +226,18 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> TimeWindowedKStream<K
         let late = self.late.clone();
         let emitted_store = emitted_name.clone();
         let processor_keys = keys.clone();
+        let caching = materialized.caching;
         g.topology.add_processor(
             &node,
             move || WindowAggregate {
                 store: store_name.clone(),
                 emitted: emitted_store.clone(),
                 keys: processor_keys.clone(),
+                caching,
                 windows,
                 emit_final,
                 wall_clock,
-                init: init.clone(),
-                add: add.clone(),
+                step: step.clone(),
                 late: late.clone(),
                 cache: Cache::default(),
                 observed: i64::MIN,
@@ -238,7 +254,7 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> TimeWindowedKStream<K
             )
             // With a cache budget, the changelog gets the last update of each window per
             // commit, as the records downstream do.
-            .with_caching(true),
+            .with_caching(materialized.caching),
             materialized
         );
         g.topology.add_state_store(builder, [node.as_str()]);
@@ -266,11 +282,12 @@ struct WindowAggregate<K, V, VA> {
     store: String,
     emitted: String,
     keys: Arc<dyn Serde<K>>,
+    /// Whether updates go through the record cache (when the task has a budget).
+    caching: bool,
     windows: TimeWindows,
     emit_final: bool,
     wall_clock: bool,
-    init: Initializer<VA>,
-    add: Adder<K, V, VA>,
+    step: Step<K, V, VA>,
     late: LateRecords,
     cache: Cache<K, VA>,
     /// The largest timestamp this aggregation has processed.
@@ -371,7 +388,11 @@ where
             return Ok(());
         }
         let ts = rest.timestamp();
-        let budget = ctx.cache_max_bytes();
+        let budget = if self.caching {
+            ctx.cache_max_bytes()
+        } else {
+            0
+        };
         // Emit-final forwards closed windows only, read back from the store: nothing to cache.
         let key_bytes = if budget > 0 && !self.emit_final {
             Some(self.keys.serialize(&self.store, &key)?.unwrap_or_default())
@@ -398,9 +419,9 @@ where
                 Some(o) => (Some(o.value), o.timestamp),
                 None => (None, i64::MIN),
             };
-            let base = old.clone().unwrap_or_else(|| (self.init)());
+
             let stamped = Stamped {
-                value: (self.add)(&key, value.clone(), base),
+                value: (self.step)(&key, value.clone(), old.clone()),
                 timestamp: ts.max(old_ts),
             };
             store.put(&key, &stamped, start)?;
