@@ -189,7 +189,10 @@ pub fn build_topology(
                 count: v.count + 1,
                 txn_id: txn.txn_id,
             },
-            Materialized::with(Json::<Velocity>::default()).named("velocity-counts"),
+            // Every update is looked at (the 5th transaction alerts): no record cache.
+            Materialized::with(Json::<Velocity>::default())
+                .named("velocity-counts")
+                .with_caching_disabled(),
         )
         .to_stream()
         .filter(|_, v| v.count == VELOCITY_COUNT)
@@ -242,7 +245,9 @@ pub fn build_topology(
                     }),
                 }
             },
-            Materialized::with(Json::<Spend>::default()).named("spend-history"),
+            Materialized::with(Json::<Spend>::default())
+                .named("spend-history")
+                .with_caching_disabled(),
         )
         .to_stream()
         .flat_map_values(|s| s.last);
@@ -400,8 +405,6 @@ mod real_main {
         }
         let config = args
             .config(&bootstrap)
-            // Every update of the rules' aggregates is looked at: no record cache.
-            .cache_max_bytes(0)
             .deserialization_error_handler(DeadLetterTopic(topics.dead_letters.clone()));
         app::run(topology, config, args.run_for, || {
             let n = counters.transactions.load(Ordering::Relaxed);
