@@ -706,3 +706,57 @@ fn every_count_can_name_its_store() {
         assert!(names.iter().any(|n| n == want), "{want} in {names:?}");
     }
 }
+
+/// Item 11: `suppress(untilWindowCloses)` on any windowed table (Kafka Streams'
+/// `KTableSuppressProcessorSupplier` with the window-end time definition): each window's
+/// final result once, when stream time reaches its end plus `close_after`; sessions merged
+/// away are not emitted.
+#[test]
+fn a_windowed_table_is_suppressed_until_its_windows_close() {
+    let tumbling = TimeWindows::of_size_with_no_grace(ms(10));
+    let builder = StreamsBuilder::new();
+    let grouped = builder.stream::<String, String>("in").group_by_key();
+    grouped
+        .windowed_by(tumbling)
+        .count()
+        // An operator between the aggregation and the suppression.
+        .map_values(|n| n * 100, BigEndian)
+        .suppress_until_window_closes(ms(0))
+        .to("tumbling");
+    grouped
+        .windowed_by_session(SessionWindows::with_inactivity_gap_and_no_grace(ms(5)))
+        .count()
+        .suppress_until_window_closes(ms(5))
+        .to("session");
+    let d = driver(builder);
+    let pipe = d.input_topic::<String, String>("in", Utf8, Utf8);
+    for ts in [1, 2, 3, 12] {
+        pipe.pipe_at(s("k"), s("x"), ts).unwrap();
+    }
+    let tumbling_out = || {
+        drain(&d.output_topic::<Windowed<String>, Option<u64>>(
+            "tumbling",
+            WindowedSerde::new(Utf8, tumbling),
+            Nullable(BigEndian),
+        ))
+        .into_iter()
+        .map(|(w, n, ts)| (w.start, n, ts))
+        .collect::<Vec<_>>()
+    };
+    let session_out = || {
+        drain(&d.output_topic::<Windowed<String>, Option<u64>>(
+            "session",
+            SessionWindowedSerde::new(Utf8),
+            Nullable(BigEndian),
+        ))
+        .into_iter()
+        .map(|(w, n, _)| (w.start, w.end, n))
+        .collect::<Vec<_>>()
+    };
+    // At 12: [0, 10) closed (3 records); the session [1, 3] closes at 3 + 5 = 8.
+    assert_eq!(tumbling_out(), vec![(0, Some(300), 3)]);
+    assert_eq!(session_out(), vec![(1, 3, Some(3))]);
+    pipe.pipe_at(s("k"), s("x"), 30).unwrap();
+    assert_eq!(tumbling_out(), vec![(10, Some(100), 12)]);
+    assert_eq!(session_out(), vec![(12, 12, Some(1))]);
+}

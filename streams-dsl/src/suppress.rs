@@ -13,6 +13,7 @@ use streams_core::{Error, Record, Result};
 
 use crate::change::Change;
 use crate::handles::KTable;
+use crate::windowing::Windowed;
 
 /// What a suppression buffer does when it is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,6 +212,17 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> KTable<K, V> {
     /// # Ok::<(), streams_core::Error>(())
     /// ```
     pub fn suppress(&self, suppressed: Suppressed) -> KTable<K, V> {
+        self.suppress_by(suppressed, Arc::new(|_, ts| ts), false)
+    }
+
+    /// A suppression whose held-back keys are due `suppressed`'s time limit after
+    /// `buffer_time(key, record time)`; with `final_only`, deletions are not emitted.
+    fn suppress_by(
+        &self,
+        suppressed: Suppressed,
+        buffer_time: BufferTime<K>,
+        final_only: bool,
+    ) -> KTable<K, V> {
         let path = format!("{}/suppress", self.path);
         let mut g = self.graph.borrow_mut();
         let node = g.node_name("SUPPRESS", &path, None);
@@ -234,6 +246,8 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> KTable<K, V> {
                 bytes: 0,
                 values: values.clone(),
                 observed: i64::MIN,
+                buffer_time: buffer_time.clone(),
+                final_only,
                 _types: PhantomData,
             },
             [self.node.as_str()],
@@ -271,7 +285,31 @@ struct Suppress<K, V> {
     values: Arc<dyn Serde<V>>,
     /// The largest timestamp this suppression has processed.
     observed: i64,
+    /// When a key starts being held: its first held-back update's record time, or its window's
+    /// end.
+    buffer_time: BufferTime<K>,
+    /// Final results only: deletions (of windows merged away) are not emitted.
+    final_only: bool,
     _types: PhantomData<fn(V)>,
+}
+
+/// `(key, record time) -> buffer time` of a held-back key.
+type BufferTime<K> = Arc<dyn Fn(&K, i64) -> i64 + Send + Sync>;
+
+impl<K: Clone + Send + 'static, V: Clone + Send + 'static> KTable<Windowed<K>, V> {
+    /// Holds each window's updates back until the window closes, `close_after` after its
+    /// end, then emits its final result once (Kafka Streams'
+    /// `suppress(Suppressed.untilWindowCloses(unbounded()))`), on any windowed table: after a
+    /// windowed aggregation, or operators between it and here. `close_after` is the
+    /// aggregation's grace for time and sliding windows, its gap plus grace for sessions
+    /// (Kafka reads it from the aggregation); updates for a window reaching the buffer after it
+    /// closed would be emitted again. Stream time is the suppression's own. Deletions (sessions
+    /// merged away) are not emitted. Unbounded: nothing is emitted early.
+    pub fn suppress_until_window_closes(&self, close_after: Duration) -> KTable<Windowed<K>, V> {
+        let mut suppressed = Suppressed::until_time_limit(close_after);
+        suppressed.when_full = WhenFull::ShutDown;
+        self.suppress_by(suppressed, Arc::new(|w: &Windowed<K>, _| w.end), true)
+    }
 }
 
 impl<K: Clone + Send + 'static, V: Clone + Send + 'static> Suppress<K, V> {
@@ -287,6 +325,9 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> Suppress<K, V> {
         let Some(held) = s.delete(&key)? else {
             return Ok(true);
         };
+        if self.final_only && held.value.is_none() {
+            return Ok(true);
+        }
         let change = Change {
             new: held.value,
             old: held.prior,
@@ -351,7 +392,7 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> Processor for Suppres
         let store = ctx.state_store::<KeyValueStore<K, Held<V>>>(&self.store)?;
         let (since, prior) = match self.by_key.get(&kb) {
             Some((since, _)) => (*since, store.get(&key)?.and_then(|h| h.prior)),
-            None => (ts, change.old),
+            None => ((self.buffer_time)(&key, ts), change.old),
         };
         let held = Held {
             since,
