@@ -46,6 +46,12 @@ impl<K, VA> Default for Cache<K, VA> {
 }
 
 impl<K, VA> Cache<K, VA> {
+    /// The held-back aggregate of `id` and its timestamp: the latest, also in the store.
+    pub(crate) fn get(&self, id: &[u8]) -> Option<(&VA, i64)> {
+        let n = self.index.get(id)?;
+        self.entries.get(n).map(|e| (&e.value, e.timestamp))
+    }
+
     /// Holds `entry` back under `id`, replacing an earlier one. Returns the approximate bytes
     /// held.
     pub(crate) fn put(&mut self, id: Vec<u8>, mut entry: Entry<K, VA>) -> usize {

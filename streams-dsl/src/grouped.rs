@@ -309,10 +309,15 @@ where
         // The store has the latest aggregate: every update is written to it at once (it holds
         // writes back until the commit), so that joins read the current aggregate while the
         // record cache holds the update back from the downstream.
+        // The cache holds the same latest aggregate for the keys it holds: no store read.
         let store = ctx.state_store::<KeyValueStore<K, Stamped<VA>>>(&self.store)?;
-        let (old_value, old_ts) = match store.get(&key)? {
-            Some(o) => (Some(o.value), o.timestamp),
-            None => (None, i64::MIN),
+        let cached = id.as_deref().and_then(|id| self.cache.get(id));
+        let (old_value, old_ts) = match cached {
+            Some((v, t)) => (Some(v.clone()), t),
+            None => match store.get(&key)? {
+                Some(o) => (Some(o.value), o.timestamp),
+                None => (None, i64::MIN),
+            },
         };
         let Some(new) = (self.step)(&key, value, old_value.clone()) else {
             return Ok(());

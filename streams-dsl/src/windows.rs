@@ -384,9 +384,10 @@ where
         }
         let task = ctx.task_id();
         let (key, value, rest) = r.into_parts();
-        if crate::ops::skip_null_key(&*self.keys, &key, ctx, &self.store)? {
+        let Some(key_bytes) = self.keys.serialize(&self.store, &key)? else {
+            crate::ops::skip_null_key(&*self.keys, &key, ctx, &self.store)?;
             return Ok(());
-        }
+        };
         let ts = rest.timestamp();
         let budget = if self.caching {
             ctx.cache_max_bytes()
@@ -394,11 +395,7 @@ where
             0
         };
         // Emit-final forwards closed windows only, read back from the store: nothing to cache.
-        let key_bytes = if budget > 0 && !self.emit_final {
-            Some(self.keys.serialize(&self.store, &key)?.unwrap_or_default())
-        } else {
-            None
-        };
+        let key_bytes = (budget > 0 && !self.emit_final).then_some(key_bytes);
         for (start, end) in windows.windows_for(ts) {
             if end <= close {
                 self.late.add(task);
@@ -414,10 +411,15 @@ where
             // The store has the latest aggregate: every update is written to it at once (it
             // holds writes back until the commit), so that joins read the current aggregate
             // while the record cache holds the update back from the downstream.
+            // The cache holds the same latest aggregate for the keys it holds: no store read.
             let store = ctx.state_store::<WindowStore<K, Stamped<VA>>>(&self.store)?;
-            let (old, old_ts) = match store.fetch_one(&key, start)? {
-                Some(o) => (Some(o.value), o.timestamp),
-                None => (None, i64::MIN),
+            let cached = id.as_deref().and_then(|id| self.cache.get(id));
+            let (old, old_ts) = match cached {
+                Some((v, t)) => (Some(v.clone()), t),
+                None => match store.fetch_one(&key, start)? {
+                    Some(o) => (Some(o.value), o.timestamp),
+                    None => (None, i64::MIN),
+                },
             };
 
             let stamped = Stamped {
