@@ -140,6 +140,7 @@ fn exactly_once_through(faults: &[Fault]) {
     }
     let total = feeder.stop();
     counting_app::wait_consumed(&direct, &app, &input, total, LONG);
+    counting_app::wait_counted(&through_proxy, &output, total, GROUPS, LONG);
     assert!(streams.close(LONG));
     // read_committed through the proxy (on nisshi, it gives readers the aborted transactions).
     let check = counting_app::check(&through_proxy, &output, total, GROUPS);

@@ -186,6 +186,7 @@ fn instances_killed_over_and_over_keep_the_output_exactly_once() {
     }
     let total = feeder.stop();
     counting_app::wait_consumed(&bootstrap, &app, &input, total, LONG);
+    counting_app::wait_counted(&bootstrap, &output, total, GROUPS, LONG);
     for (i, c) in instances.iter_mut().enumerate() {
         assert!(
             c.stop(LONG).unwrap().success(),
