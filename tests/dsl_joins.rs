@@ -92,7 +92,9 @@ fn row(k: &str, v: &str, ts: i64) -> (String, String, i64) {
 }
 
 #[test]
-fn inner_stream_join_pairs_records_within_the_window_and_drops_records_after_grace() {
+fn inner_stream_join_pairs_records_within_the_window_late_ones_too_while_the_store_holds_them() {
+    // Window 10 both ways, grace 5: each side's store holds 25 ms behind the largest timestamp
+    // it has seen (Kafka's window store for a join: size + grace, nothing at or before that).
     let windows = JoinWindows::of_time_difference_and_grace(ms(10), ms(5));
     let input = [
         rec(true, "a", "l1", 100),
@@ -100,8 +102,9 @@ fn inner_stream_join_pairs_records_within_the_window_and_drops_records_after_gra
         rec(false, "a", "r2", 95),  // out of order, within grace
         rec(true, "b", "l2", 120),  // stream time 120
         rec(true, "a", "l3", 112),  // joins r1 (105), not r2 (95)
-        rec(false, "a", "r3", 104), // 104 + 10 + 5 < 120: late, dropped
-        rec(true, "a", "l4", 106),  // joins r1 only: r3 was dropped
+        rec(false, "a", "r3", 104), // late (104 + 10 + 5 < 120), still joins l1 and l3
+        rec(true, "a", "l4", 106),  // joins r3 and r1
+        rec(false, "a", "r4", 60),  // at or before 105 - 25: not kept, counted; no partner left
     ];
     let (out, dropped) = run_stream_join(Kind::Inner, windows, &input);
     assert_eq!(
@@ -110,6 +113,9 @@ fn inner_stream_join_pairs_records_within_the_window_and_drops_records_after_gra
             row("a", "l1|r1", 105),
             row("a", "l1|r2", 100),
             row("a", "l3|r1", 112),
+            row("a", "l1|r3", 104),
+            row("a", "l3|r3", 112),
+            row("a", "l4|r3", 106),
             row("a", "l4|r1", 106),
         ]
     );
@@ -180,6 +186,176 @@ fn asymmetric_windows_reach_back_and_forward_as_configured() {
     assert_eq!(
         out,
         vec![row("a", "l1|r-close", 100), row("a", "l1|r-late", 119)]
+    );
+}
+
+// Item 10 of issue 26: Kafka Streams 4.x's stream-stream join, scenario by scenario. The
+// expected outputs are those of Kafka's own tests for the same input (the test named in each
+// comment), restated in this crate's terms; the rules are those of Kafka's
+// `KStreamKStreamJoin` processor and its window stores.
+
+#[test]
+fn a_lone_record_goes_out_once_its_window_and_grace_pass_and_still_joins_later_partners() {
+    // Kafka: KStreamKStreamLeftJoinTest.testLeftJoinedRecordsWithZeroAfterAreEmitted. Window
+    // 100 back, 0 forward, no grace: a left record at t is alone for good once stream time
+    // passes t + 0 + 0, and stays in its window store, where a right record arriving later
+    // at t' finds it when t is in [t', t' + 100].
+    let windows = JoinWindows::of_time_difference_with_no_grace(ms(100)).after(ms(0));
+    let keys = ["0", "1", "2", "3"];
+    let mut input = vec![];
+    for (i, k) in keys.iter().enumerate() {
+        input.push(rec(true, k, &format!("A{k}"), 1000 + i as i64));
+    }
+    for (round, ts) in [
+        ("a", 999),
+        ("b", 1000),
+        ("c", 1001),
+        ("d", 1002),
+        ("e", 1003),
+        ("f", 1100),
+    ] {
+        for k in keys {
+            input.push(rec(false, k, &format!("{round}{k}"), ts));
+        }
+    }
+    let (out, dropped) = run_stream_join(Kind::Left, windows, &input);
+    let mut want = vec![
+        row("0", "A0|-", 1000),
+        row("1", "A1|-", 1001),
+        row("2", "A2|-", 1002),
+    ];
+    for (round, from) in [("a", 0), ("b", 0), ("c", 1), ("d", 2), ("e", 3)] {
+        for (i, k) in keys.iter().enumerate().skip(from) {
+            want.push(row(k, &format!("A{k}|{round}{k}"), 1000 + i as i64));
+        }
+    }
+    assert_eq!(out, want);
+    assert_eq!(dropped, 0);
+}
+
+#[test]
+fn lone_records_of_equal_timestamp_go_out_right_side_first() {
+    // Kafka: KStreamKStreamOuterJoinTest.testGracePeriod. Window 100, grace 10: a record at 0
+    // is alone for good once stream time passes 110; Kafka's store of lone records is ordered
+    // by timestamp, then side (right before left), then key.
+    let windows = JoinWindows::of_time_difference_and_grace(ms(100), ms(10));
+    let input = [
+        rec(true, "0", "A0", 0),
+        rec(false, "1", "11", 0),
+        rec(true, "1", "A1", 101),
+        rec(false, "0", "10", 101),
+        rec(false, "0", "100", 112),
+    ];
+    let (out, _) = run_stream_join(Kind::Outer, windows, &input);
+    assert_eq!(out, vec![row("1", "-|11", 0), row("0", "A0|-", 0)]);
+}
+
+#[test]
+fn a_right_record_is_alone_for_good_after_the_before_interval() {
+    // Kafka: KStreamKStreamOuterJoinTest.testEmitAllNonJoinedResultsForAsymmetricWindow.
+    // 5 back, 20 forward, no grace: a left record at t closes at t + 20, a right one at t + 5.
+    let windows = JoinWindows::of_time_difference_with_no_grace(ms(5)).after(ms(20));
+    let input = [
+        rec(true, "0", "A0", 29),
+        rec(true, "1", "A1", 30),
+        rec(false, "2", "12", 31),
+        rec(false, "3", "13", 36),
+        rec(false, "4", "14", 37), // 31 + 5 < 37: 12 goes out
+        rec(false, "5", "15", 50), // 29 + 20 < 50, 36 + 5 < 50, 37 + 5 < 50; not 30 + 20
+    ];
+    let (out, _) = run_stream_join(Kind::Outer, windows, &input);
+    assert_eq!(
+        out,
+        vec![
+            row("2", "-|12", 31),
+            row("0", "A0|-", 29),
+            row("3", "-|13", 36),
+            row("4", "-|14", 37),
+        ]
+    );
+}
+
+#[test]
+fn a_late_record_joins_what_the_other_side_still_holds_or_goes_out_alone_at_once() {
+    // Kafka's KStreamKStreamJoin drops no record for lateness: it looks a late record's
+    // partners up in the other side's window store (which still holds records newer than its
+    // own stream time minus the retention, before + after + grace), and a late record of an
+    // outer side without partners goes out alone at once (its window, t + after, is behind
+    // stream time). Window 10 both ways, no grace: retention 20.
+    let windows = JoinWindows::of_time_difference_with_no_grace(ms(10));
+    let input = [
+        rec(true, "a", "l1", 100),
+        rec(false, "z", "r1", 200), // stream time 200: l1 (100 + 10 < 200) goes out alone
+        rec(false, "a", "r2", 105), // late (105 + 10 < 200), yet the left store holds l1
+        rec(false, "b", "r3", 150), // late, no partner: alone at once
+        rec(true, "c", "l2", 120),  // late, no partner: alone at once
+    ];
+    let (out, dropped) = run_stream_join(Kind::Outer, windows, &input);
+    assert_eq!(
+        out,
+        vec![
+            row("a", "l1|-", 100),
+            row("a", "l1|r2", 105),
+            row("b", "-|r3", 150),
+            row("c", "l2|-", 120),
+        ]
+    );
+    // r2 and r3 are older than the right store's retention (200 - 20): kept out of it, and
+    // counted as dropped by the store, as Kafka's expired-record sensor counts them; l2 is not
+    // (the left store has seen only 100 and 120).
+    assert_eq!(dropped, 2);
+}
+
+#[test]
+fn left_and_outer_stream_joins_emit_null_keys_alone_at_once() {
+    // KIP-962 (Kafka 3.7): a left join's left record, or either record of an outer join, with
+    // a null key cannot join, and goes out alone at once; an inner join drops it.
+    let run = |outer: bool| {
+        let builder = StreamsBuilder::new();
+        let dropped = DroppedRecords::default();
+        let consumed = || Consumed::with(Nullable(Utf8), Utf8);
+        let l = builder.stream_with::<Option<String>, String>("left", consumed());
+        let r = builder.stream_with::<Option<String>, String>("right", consumed());
+        let windows = JoinWindows::of_time_difference_with_no_grace(ms(10));
+        let joined = StreamJoined::with(Nullable(Utf8), Utf8, Utf8).count_dropped_in(&dropped);
+        let out = if outer {
+            l.outer_join(
+                &r,
+                |a, b| format!("{}|{}", show(a), show(b)),
+                windows,
+                joined,
+            )
+        } else {
+            l.left_join(&r, |a, b| format!("{a}|{}", show(b)), windows, joined)
+        };
+        out.to_with(
+            "joined",
+            kstreams::dsl::Produced::with(Nullable(Utf8), Utf8),
+        );
+        let d = driver(builder);
+        let tl = d.input_topic::<Option<String>, String>("left", Nullable(Utf8), Utf8);
+        let tr = d.input_topic::<Option<String>, String>("right", Nullable(Utf8), Utf8);
+        tl.pipe_at(None, s("x"), 1).unwrap();
+        tr.pipe_at(None, s("y"), 2).unwrap();
+        tl.pipe_at(Some(s("a")), s("l"), 3).unwrap();
+        tr.pipe_at(Some(s("a")), s("r"), 4).unwrap();
+        let out = drain(&d.output_topic::<Option<String>, String>("joined", Nullable(Utf8), Utf8));
+        (out, dropped.count())
+    };
+    assert_eq!(
+        run(false),
+        (vec![(None, s("x|-"), 1), (Some(s("a")), s("l|r"), 4)], 1)
+    );
+    assert_eq!(
+        run(true),
+        (
+            vec![
+                (None, s("x|-"), 1),
+                (None, s("-|y"), 2),
+                (Some(s("a")), s("l|r"), 4)
+            ],
+            0
+        )
     );
 }
 
@@ -446,62 +622,94 @@ fn table_table_joins_update_and_retract_rows_when_either_side_changes() {
     assert_eq!(rows("outer-store"), vec![(s("u2"), s("-|b@x"))]);
 }
 
-/// What a stream-stream join emits, from its definition: the pairs of accepted records (same
-/// key, the right record's timestamp within the left record's window), at the larger
-/// timestamp; and, for left and outer joins, each accepted record of an outer side that has
-/// no partner in the whole input, alone, if a later accepted record brought stream time past
-/// its timestamp plus the window size and grace. A record is accepted unless, when it
-/// arrives, its own window ended before stream time minus grace.
+/// What a stream-stream join emits, by the rules of Kafka Streams 4.x's `KStreamKStreamJoin`
+/// processor and the window stores it keeps (`InMemoryWindowStore`'s put and fetch bounds),
+/// applied record by record in arrival order. Stream time is the largest timestamp seen on
+/// either side; each side's store has its own (the largest timestamp of that side), and the
+/// retention is `before + after + grace`. For a record at `t`, the window is
+/// `[t - before, t + after]` on the left, `[t - after, t + before]` on the right, and its reach
+/// is `after` on the left, `before` on the right:
+/// 1. if `t` is stream time (left and outer joins), the lone records whose timestamp plus reach
+///    plus grace is before stream time go out alone (order is checked elsewhere);
+/// 2. the record enters its side's store unless `t` is at or before that side's time minus the
+///    retention: then it is counted as dropped (and still joined);
+/// 3. it joins each stored record of the other side with its key, a timestamp in its window and
+///    after that side's time minus the retention, at the larger timestamp; the records of the
+///    partner's side, key and timestamp that were waiting alone stop waiting;
+/// 4. without a partner, a record of an outer side goes out alone at once if the end of its
+///    window is before stream time, and otherwise waits alone.
 fn stream_join_oracle(
     kind: Kind,
     (before, after, grace): (i64, i64, i64),
     input: &[(bool, String, String, i64)],
 ) -> (Vec<(String, String, i64)>, u64) {
+    let retention = before + after + grace;
+    let outer_side = |is_left: bool| kind == Kind::Outer || (kind == Kind::Left && is_left);
+    let reach = |is_left: bool| if is_left { after } else { before };
+    let alone = |i: usize| {
+        let (is_left, k, v, ts) = &input[i];
+        let v = if *is_left {
+            format!("{v}|-")
+        } else {
+            format!("-|{v}")
+        };
+        (k.clone(), v, *ts)
+    };
     let mut st = i64::MIN;
-    let mut accepted: Vec<(usize, i64)> = vec![]; // (input index, stream time on arrival)
+    let mut side_time = [i64::MIN, i64::MIN]; // [right, left]
+    let mut stored: Vec<usize> = vec![];
+    let mut waiting: Vec<usize> = vec![];
+    let mut out = vec![];
     let mut dropped = 0;
-    for (i, (is_left, _, _, ts)) in input.iter().enumerate() {
-        st = st.max(*ts);
-        let reach = if *is_left { after } else { before };
-        if ts + reach + grace < st {
+    for (i, (is_left, key, value, ts)) in input.iter().enumerate() {
+        let (is_left, ts) = (*is_left, *ts);
+        st = st.max(ts);
+        if ts == st {
+            let (gone, kept): (Vec<usize>, Vec<usize>) = waiting
+                .iter()
+                .partition(|&&j| input[j].3 + reach(input[j].0) + grace < st);
+            out.extend(gone.into_iter().map(alone));
+            waiting = kept;
+        }
+        let own = &mut side_time[is_left as usize];
+        *own = (*own).max(ts);
+        if ts <= *own - retention {
             dropped += 1;
         } else {
-            accepted.push((i, st));
+            stored.push(i);
         }
-    }
-    let joins = |l: usize, r: usize| {
-        let (a, b) = (&input[l], &input[r]);
-        a.1 == b.1 && b.3 >= a.3 - before && b.3 <= a.3 + after
-    };
-    let mut out = vec![];
-    for &(i, _) in &accepted {
-        for &(j, _) in &accepted {
-            if input[i].0 && !input[j].0 && joins(i, j) {
-                let v = format!("{}|{}", input[i].2, input[j].2);
-                out.push((input[i].1.clone(), v, input[i].3.max(input[j].3)));
-            }
-        }
-    }
-    for (pos, &(i, _)) in accepted.iter().enumerate() {
-        let is_left = input[i].0;
-        let outer_side = kind == Kind::Outer || (kind == Kind::Left && is_left);
-        if !outer_side {
-            continue;
-        }
-        let partnered = accepted.iter().any(|&(j, _)| {
-            input[j].0 != is_left && if is_left { joins(i, j) } else { joins(j, i) }
-        });
-        let ts = input[i].3;
-        let emitted = accepted[pos + 1..]
+        let other_time = side_time[!is_left as usize];
+        let (from, to) = if is_left {
+            (ts - before, ts + after)
+        } else {
+            (ts - after, ts + before)
+        };
+        let partners: Vec<usize> = stored
             .iter()
-            .any(|&(_, st)| ts + before + after + grace < st);
-        if !partnered && emitted {
-            let v = if is_left {
-                format!("{}|-", input[i].2)
+            .copied()
+            .filter(|&j| {
+                let (l, k, _, t) = &input[j];
+                *l != is_left && k == key && *t >= from && *t <= to && *t > other_time - retention
+            })
+            .collect();
+        for &j in &partners {
+            let (l, r) = if is_left {
+                (value, &input[j].2)
             } else {
-                format!("-|{}", input[i].2)
+                (&input[j].2, value)
             };
-            out.push((input[i].1.clone(), v, ts));
+            out.push((key.clone(), format!("{l}|{r}"), ts.max(input[j].3)));
+            // Kafka's store of lone records is keyed by (timestamp, side, key): a partner
+            // takes every lone record of its side with its key and timestamp.
+            let (pl, pt) = (input[j].0, input[j].3);
+            waiting.retain(|&w| !(input[w].0 == pl && &input[w].1 == key && input[w].3 == pt));
+        }
+        if partners.is_empty() && outer_side(is_left) {
+            if to < st {
+                out.push(alone(i));
+            } else {
+                waiting.push(i);
+            }
         }
     }
     (out, dropped)
@@ -513,7 +721,8 @@ fn stream_joins_match_a_recomputation_from_their_definition_on_random_input() {
     let mut compared = BTreeMap::new();
     for case in 0..150 {
         let kind = [Kind::Inner, Kind::Left, Kind::Outer][case % 3];
-        let before = rng.random_range(0..15_i64);
+        // At least 1 ms back: a window and grace of 0 keep nothing in Kafka's stores.
+        let before = rng.random_range(1..15_i64);
         let after = rng.random_range(0..15_i64);
         let grace = rng.random_range(0..10_i64);
         let windows = JoinWindows::of_time_difference_and_grace(ms(0), ms(grace as u64))

@@ -4,8 +4,8 @@
 //! everything the join keeps: the two window stores (each side's records by key and
 //! timestamp, duplicates kept), the stream time of the join, and, for left and outer joins,
 //! the stores of records still without a partner. A record without a partner is emitted alone
-//! only once no partner can arrive any more (see [`JoinWindows`]); a partner arriving before
-//! that removes it from those stores.
+//! once its window and grace have passed (see [`JoinWindows`]); a partner arriving before
+//! that removes it from those stores, one arriving after joins it all the same.
 
 use std::sync::Arc;
 use streams_core::metrics::DropReason;
@@ -160,45 +160,65 @@ where
     ) -> Result<()> {
         let ts = r.timestamp();
         let this_side = matches!(r.value(), Side::This(_));
+        self.stream_time = self.stream_time.max(ts);
         if self.keys.serialize("join", r.key())?.is_none() {
+            if self.kind.alone(this_side) {
+                // KIP-962: a record of an outer side with a null key cannot join; it goes out
+                // alone at once.
+                let (key, side, rest) = r.into_parts();
+                let out = match &side {
+                    Side::This(v) => (self.joiner)(&key, Some(v), None),
+                    Side::Other(o) => (self.joiner)(&key, None, Some(o)),
+                };
+                return ctx.forward(rest.with_key(key).with_value(out));
+            }
             self.dropped.add(ctx.task_id());
             ctx.record_dropped(DropReason::NullKey);
             tracing::debug!(task = %ctx.task_id(), "join: dropping a record with a null key");
             return Ok(());
         }
-        self.stream_time = self.stream_time.max(ts);
-        let w = self.windows;
-        let reach = if this_side { w.after } else { w.before };
-        if ts.saturating_add(reach).saturating_add(w.grace) < self.stream_time {
-            self.dropped.add(ctx.task_id());
-            ctx.record_dropped(DropReason::Late);
-            tracing::debug!(task = %ctx.task_id(), ts, stream_time = self.stream_time, "join: dropping a late record");
-            return Ok(());
+        if ts == self.stream_time {
+            self.emit_alone(ctx)?;
         }
-        self.emit_alone(ctx)?;
+        let w = self.windows;
         let (key, side, rest) = r.into_parts();
         let rest = rest.with_key(key.clone());
         match side {
             Side::This(v) => {
                 let (from, to) = (ts.saturating_sub(w.before), ts.saturating_add(w.after));
                 let joiner = self.joiner.clone();
-                self.join_one::<V1, V2>(ctx, true, (&key, v, ts), (from, to), rest, |v, o| {
-                    joiner(&key, Some(v), Some(o))
-                })
+                self.join_one::<V1, V2>(
+                    ctx,
+                    true,
+                    (&key, v, ts),
+                    (from, to),
+                    rest,
+                    |v, o| joiner(&key, Some(v), Some(o)),
+                    |v| joiner(&key, Some(v), None),
+                )
             }
             Side::Other(o) => {
                 let (from, to) = (ts.saturating_sub(w.after), ts.saturating_add(w.before));
                 let joiner = self.joiner.clone();
-                self.join_one::<V2, V1>(ctx, false, (&key, o, ts), (from, to), rest, |o, v| {
-                    joiner(&key, Some(v), Some(o))
-                })
+                self.join_one::<V2, V1>(
+                    ctx,
+                    false,
+                    (&key, o, ts),
+                    (from, to),
+                    rest,
+                    |o, v| joiner(&key, Some(v), Some(o)),
+                    |o| joiner(&key, None, Some(o)),
+                )
             }
         }
     }
 
     /// Joins one record of one side (`own`, values `VA`) with the other side's records
-    /// (`VB`) of its key in `[from, to]`: stores it, emits a result per partner (removing
-    /// partners that waited alone), or keeps it alone when it has none and its side is outer.
+    /// (`VB`) of its key in `[from, to]`: stores it (unless its own store has expired its
+    /// time: then it is counted as dropped, and still joined), emits a result per partner
+    /// (removing partners that waited alone), or, when it has none and its side is outer,
+    /// emits it alone at once if its window (`to`) is already behind stream time, or keeps
+    /// it alone until the window closes.
     #[allow(clippy::too_many_arguments)]
     fn join_one<VA: Clone + 'static, VB: Clone + 'static>(
         &mut self,
@@ -208,6 +228,7 @@ where
         (from, to): (i64, i64),
         rest: Record<K, ()>,
         join: impl Fn(&VA, &VB) -> VR,
+        alone: impl Fn(&VA) -> VR,
     ) -> Result<()> {
         let s = &self.stores;
         let (own, other, other_alone) = if this_side {
@@ -215,15 +236,24 @@ where
         } else {
             (&s.other, &s.this, &s.alone_this)
         };
-        append::<K, VA, VR>(ctx, own, key, value.clone(), ts)?;
-        let partners =
-            ctx.state_store::<WindowStore<K, Vec<VB>>>(other)?
-                .fetch(key, from.max(0), to)?;
+        if !append::<K, VA, VR>(ctx, own, key, value.clone(), ts)? {
+            self.dropped.add(ctx.task_id());
+            ctx.record_dropped(DropReason::Late);
+            tracing::debug!(task = %ctx.task_id(), ts, "join: a record too old for its window store is joined but not kept");
+        }
+        let partners = ctx.state_store::<WindowStore<K, Vec<VB>>>(other)?.fetch(
+            key,
+            from.max(0),
+            to.max(0),
+        )?;
         if partners.is_empty() {
-            if self.kind.alone(this_side) {
-                self.wait_alone::<VA>(ctx, this_side, key, value, ts)?;
+            if !self.kind.alone(this_side) {
+                return Ok(());
             }
-            return Ok(());
+            if to.max(0) < self.stream_time {
+                return ctx.forward(rest.with_value(alone(&value)));
+            }
+            return self.wait_alone::<VA>(ctx, this_side, key, value, ts);
         }
         for (pts, values) in partners {
             if let Some(store) = other_alone {
@@ -270,20 +300,29 @@ where
         Ok(())
     }
 
-    /// Emits, in timestamp order, the records waiting alone whose partners can no longer
-    /// arrive: those before stream time minus the window size and grace.
+    /// Emits the records waiting alone whose window has closed: a record of this side at `t`
+    /// once `t + after + grace` is before stream time, one of the other side once
+    /// `t + before + grace` is (Kafka Streams' `KStreamKStreamJoin`). They go out in the
+    /// order of Kafka's store of lone records: by timestamp, the other (right) side before
+    /// this side at equal timestamps, then by key bytes.
     fn emit_alone(&mut self, ctx: &mut ProcessorContext<'_, K, VR>) -> Result<()> {
         if self.kind == Kind::Inner {
             return Ok(());
         }
-        let limit = self.stream_time.saturating_sub(self.windows.retention());
-        if limit <= self.alone_from {
+        let w = self.windows;
+        let closed_before = |reach: i64| {
+            self.stream_time
+                .saturating_sub(reach)
+                .saturating_sub(w.grace)
+        };
+        let (limit_this, limit_other) = (closed_before(w.after), closed_before(w.before));
+        if limit_this.max(limit_other) <= self.alone_from {
             return Ok(());
         }
         let (this, next_this) =
-            take_before::<K, V1, VR>(ctx, self.stores.alone_this.as_deref(), limit)?;
+            take_before::<K, V1, VR>(ctx, self.stores.alone_this.as_deref(), limit_this)?;
         let (other, next_other) =
-            take_before::<K, V2, VR>(ctx, self.stores.alone_other.as_deref(), limit)?;
+            take_before::<K, V2, VR>(ctx, self.stores.alone_other.as_deref(), limit_other)?;
         self.alone_from = next_this.min(next_other);
         let (mut a, mut b) = (this.into_iter().peekable(), other.into_iter().peekable());
         loop {
@@ -291,7 +330,7 @@ where
                 (None, None) => break,
                 (Some(_), None) => true,
                 (None, Some(_)) => false,
-                (Some(x), Some(y)) => x.0.ts <= y.0.ts,
+                (Some(x), Some(y)) => x.0.ts < y.0.ts,
             };
             if this_first {
                 let (k, values) = a.next().expect("peeked");
@@ -311,19 +350,19 @@ where
     }
 }
 
-/// Adds `value` to the values of `key` at `ts` in a join's window store.
+/// Adds `value` to the values of `key` at `ts` in a join's window store; `false` when the
+/// store refused it as expired.
 fn append<K: 'static, V: 'static, VR: 'static>(
     ctx: &mut ProcessorContext<'_, K, VR>,
     store: &str,
     key: &K,
     value: V,
     ts: i64,
-) -> Result<()> {
+) -> Result<bool> {
     let s = ctx.state_store::<WindowStore<K, Vec<V>>>(store)?;
     let mut list = s.fetch_one(key, ts)?.unwrap_or_default();
     list.push(value);
-    s.put(key, &list, ts)?;
-    Ok(())
+    s.put(key, &list, ts)
 }
 
 /// Removes and returns the entries of a store of lone records with a timestamp before
@@ -405,7 +444,8 @@ impl<K: Clone + 'static, V: Clone + 'static> KStream<K, V> {
 
     /// Left join with `other` over `windows`: as [`join`](Self::join), and a record of this
     /// stream that found no partner is emitted once with `joiner(value, None)`, after its
-    /// window closed (never before: no early result is later contradicted).
+    /// window and grace passed (a partner arriving later is still joined: see
+    /// [`JoinWindows`]). A record with a null key goes out alone at once (KIP-962).
     ///
     /// ```
     /// use std::time::Duration;
@@ -431,7 +471,7 @@ impl<K: Clone + 'static, V: Clone + 'static> KStream<K, V> {
     /// o.pipe_at("o1".to_string(), "book".to_string(), 1_000)?;
     /// o.pipe_at("o2".to_string(), "pen".to_string(), 2_000)?;
     /// p.pipe_at("o1".to_string(), "card".to_string(), 5_000)?;
-    /// // Stream time passes o2's window (2 s + 60 s + 60 s): o2 is emitted alone.
+    /// // Stream time passes o2's window (2 s + 60 s after, no grace): o2 is emitted alone.
     /// o.pipe_at("o3".to_string(), "ink".to_string(), 200_000)?;
     /// let out = driver.output_topic::<String, String>("order-status", Utf8, Utf8);
     /// let s = |k: &str, v: &str| (k.to_string(), v.to_string());
@@ -455,7 +495,8 @@ impl<K: Clone + 'static, V: Clone + 'static> KStream<K, V> {
     }
 
     /// Outer join with `other` over `windows`: as [`join`](Self::join), and a record of either
-    /// stream that found no partner is emitted once, alone, after its window closed.
+    /// stream that found no partner is emitted once, alone, after its window and grace
+    /// passed (see [`JoinWindows`]); a record with a null key goes out alone at once.
     ///
     /// ```
     /// use std::time::Duration;

@@ -235,12 +235,14 @@ impl SlidingWindows {
 /// the other stream with the same key and a timestamp in `[t - before, t + after]` (a record
 /// of the other stream at `t` joins this stream's in `[t - after, t + before]`).
 ///
-/// A record whose own window closed (its timestamp plus `after`, or plus `before` for the
-/// other stream, plus `grace`, is before stream time) is late: dropped and counted. A record
-/// of a left or outer join that found no partner is emitted alone once no partner can still
-/// arrive: once its timestamp plus `before + after + grace` is before stream time (a later
-/// partner would be late), never before, so there is no early unjoined result followed by a
-/// joined one.
+/// As in Kafka Streams 4.x (`KStreamKStreamJoin`): each side's records are kept in a window
+/// store for `before + after + grace` behind the largest timestamp that side has seen. A
+/// record of a left or outer join that found no partner goes out alone once the join's stream
+/// time passes its timestamp plus `after` (plus `before` for the other stream) plus `grace`;
+/// it stays in its window store, so a partner arriving later still joins it (one result alone,
+/// then a joined one). No record is dropped for being late: a late record joins what the other
+/// side's store still holds, and, without a partner, goes out alone at once on an outer side;
+/// a record too old for its own store is not kept there, and is counted as dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JoinWindows {
     pub(crate) before: i64,

@@ -88,6 +88,15 @@ impl Segments {
         Ok(k.observed)
     }
 
+    /// The first time not expired: the stream time seen minus the retention, plus one.
+    pub(crate) fn live_from(&self, core: &StoreCore) -> Result<i64> {
+        let observed = self.known(core)?.observed;
+        if observed == i64::MIN {
+            return Ok(i64::MIN);
+        }
+        Ok(observed.saturating_sub(self.retention).saturating_add(1))
+    }
+
     /// Records that segment `id` now holds data.
     pub(crate) fn wrote(&self, core: &StoreCore, id: i64) -> Result<()> {
         let mut k = self.known(core)?;
@@ -223,11 +232,12 @@ impl<K: 'static, V: 'static> WindowStore<K, V> {
         k
     }
 
-    /// Stores `value` for `key` in the window starting at `window_start`; a window older
-    /// than the retention (behind the largest start seen) is dropped and `false` returned.
+    /// Stores `value` for `key` in the window starting at `window_start`; a window that is
+    /// expired (at or before the largest start seen minus the retention, as Kafka Streams'
+    /// window stores count it) is dropped and `false` returned.
     pub fn put(&mut self, key: &K, value: &V, window_start: i64) -> Result<bool> {
         let observed = self.segments.observe(&self.core, window_start)?;
-        if window_start < observed.saturating_sub(self.segments.retention) {
+        if window_start <= observed.saturating_sub(self.segments.retention) {
             tracing::debug!(store = %self.core.name, window_start, "dropping a write to an expired window");
             return Ok(false);
         }
@@ -248,8 +258,15 @@ impl<K: 'static, V: 'static> WindowStore<K, V> {
         }
     }
 
-    /// The windows of `key` starting in `[from, to]`, by start time.
+    /// The windows of `key` starting in `[from, to]`, by start time; expired windows (at or
+    /// before the largest start seen minus the retention) are not returned even while their
+    /// segment still exists, as Kafka Streams' window stores do. After a restart the largest
+    /// start seen is known only to its segment's first time, so the bound is looser then.
     pub fn fetch(&self, key: &K, from: i64, to: i64) -> Result<Vec<(i64, V)>> {
+        let from = from.max(self.segments.live_from(&self.core)?);
+        if to < from {
+            return Ok(vec![]);
+        }
         let kb = key_bytes(&self.core.name, &*self.keys, key)?;
         let segments = self.segments.visit(&self.core, from, to)?;
         key_windows(&segments, &kb, from, to, |lo, hi| self.core.range(lo, hi))?
