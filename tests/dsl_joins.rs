@@ -622,6 +622,57 @@ fn table_table_joins_update_and_retract_rows_when_either_side_changes() {
     assert_eq!(rows("outer-store"), vec![(s("u2"), s("-|b@x"))]);
 }
 
+#[test]
+fn table_table_join_results_carry_the_larger_of_the_two_rows_timestamps() {
+    // Kafka's KTableKTableInnerJoin / LeftJoin / OuterJoin: a change joined with the other
+    // side's row goes out at the larger of its own timestamp and that row's (read from the
+    // timestamped store); with no row on the other side, at its own.
+    let builder = StreamsBuilder::new();
+    let names = builder.table::<String, String>("names", Materialized::with(Utf8));
+    let emails = builder.table::<String, String>("emails", Materialized::with(Utf8));
+    names
+        .join(&emails, |n, e| format!("{n}|{e}"), Materialized::with(Utf8))
+        .to("inner");
+    names
+        .left_join(
+            &emails,
+            |n, e| format!("{n}|{}", show(e)),
+            Materialized::with(Utf8),
+        )
+        .to("left");
+    let d = driver(builder);
+    let n = d.input_topic::<String, Option<String>>("names", Utf8, Nullable(Utf8));
+    let e = d.input_topic::<String, Option<String>>("emails", Utf8, Nullable(Utf8));
+    e.pipe_at(s("u1"), Some(s("e1")), 10).unwrap();
+    n.pipe_at(s("u1"), Some(s("Ann")), 4).unwrap(); // the email row is newer: 10
+    n.pipe_at(s("u1"), Some(s("Anna")), 6).unwrap(); // 10
+    e.pipe_at(s("u1"), Some(s("e2")), 7).unwrap(); // the name row is at 6: 7
+    e.pipe_at(s("u1"), None, 5).unwrap(); // the name row is at 6: 6
+    n.pipe_at(s("u2"), Some(s("Bob")), 3).unwrap(); // no email row: 3
+    let read =
+        |topic: &str| drain(&d.output_topic::<String, Option<String>>(topic, Utf8, Nullable(Utf8)));
+    let r = |k: &str, v: Option<&str>, ts| (s(k), v.map(s), ts);
+    assert_eq!(
+        read("inner"),
+        vec![
+            r("u1", Some("Ann|e1"), 10),
+            r("u1", Some("Anna|e1"), 10),
+            r("u1", Some("Anna|e2"), 7),
+            r("u1", None, 6),
+        ]
+    );
+    assert_eq!(
+        read("left"),
+        vec![
+            r("u1", Some("Ann|e1"), 10),
+            r("u1", Some("Anna|e1"), 10),
+            r("u1", Some("Anna|e2"), 7),
+            r("u1", Some("Anna|-"), 6),
+            r("u2", Some("Bob|-"), 3),
+        ]
+    );
+}
+
 /// What a stream-stream join emits, by the rules of Kafka Streams 4.x's `KStreamKStreamJoin`
 /// processor and the window stores it keeps (`InMemoryWindowStore`'s put and fetch bounds),
 /// applied record by record in arrival order. Stream time is the largest timestamp seen on
@@ -756,6 +807,41 @@ fn stream_joins_match_a_recomputation_from_their_definition_on_random_input() {
     }
     // The comparison saw results of every kind.
     assert!(compared.values().all(|&n| n > 100), "{compared:?}");
+}
+
+#[test]
+fn foreign_key_join_results_carry_the_larger_row_timestamp_when_this_side_changes() {
+    // Kafka's foreign-key join: a change of this table is answered at the larger of its
+    // timestamp and the foreign row's (SubscriptionJoinProcessorSupplier); a change of the
+    // foreign table goes to every subscriber at its own timestamp
+    // (ForeignTableJoinProcessorSupplier).
+    let builder = StreamsBuilder::new();
+    let orders = builder.table::<String, String>("orders", Materialized::with(Utf8));
+    let products = builder.table::<String, String>("products", Materialized::with(Utf8));
+    orders
+        .foreign_key_left_join(
+            &products,
+            |pid| pid.clone(),
+            |pid, name| format!("{pid}={}", show(name)),
+            Materialized::with(Utf8),
+        )
+        .to("left");
+    let d = driver(builder);
+    let o = d.input_topic::<String, Option<String>>("orders", Utf8, Nullable(Utf8));
+    let p = d.input_topic::<String, Option<String>>("products", Utf8, Nullable(Utf8));
+    p.pipe_at(s("p1"), Some(s("pen")), 10).unwrap();
+    o.pipe_at(s("o1"), Some(s("p1")), 2).unwrap(); // the product row is newer: 10
+    o.pipe_at(s("o2"), Some(s("p9")), 3).unwrap(); // no product row: 3
+    p.pipe_at(s("p1"), Some(s("red pen")), 4).unwrap(); // a foreign change: its own, 4
+    let r = |k: &str, v: Option<&str>, ts| (s(k), v.map(s), ts);
+    assert_eq!(
+        drain(&d.output_topic::<String, Option<String>>("left", Utf8, Nullable(Utf8))),
+        vec![
+            r("o1", Some("p1=pen"), 10),
+            r("o2", Some("p9=-"), 3),
+            r("o1", Some("p1=red pen"), 4),
+        ]
+    );
 }
 
 #[test]

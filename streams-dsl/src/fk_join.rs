@@ -18,7 +18,7 @@
 use std::sync::Arc;
 
 use streams_core::processor::ProcessorContext;
-use streams_core::serde::{RawBytes, Serde, SerdeError};
+use streams_core::serde::{BigEndian, RawBytes, Serde, SerdeError};
 use streams_core::store::KeyValueStore;
 use streams_core::topology::{Sink, Source};
 use streams_core::{Record, Result};
@@ -381,6 +381,9 @@ impl<K: Clone + 'static, V: Clone + 'static> KTable<K, V> {
         );
         let resp_topic = named("subscription-response", "FK-JOIN-SUBSCRIPTION-RESPONSE");
         let sub_store = named("subscription-store", "FK-JOIN-SUBSCRIPTION-STATE-STORE");
+        // The timestamp of each foreign row, kept from the other table's changes (Kafka reads
+        // it from its timestamped store; ours keep values only).
+        let times_store = named("foreign-row-times", "FK-JOIN-FOREIGN-ROW-TIMES");
         let result_store = g.state_name(
             "FK-JOIN-RESULT-STORE",
             &format!("{path}/result"),
@@ -458,11 +461,13 @@ impl<K: Clone + 'static, V: Clone + 'static> KTable<K, V> {
         let combined: Arc<dyn Serde<CombinedKey<KO, K>>> =
             Arc::new(CombinedKeySerde(fk_keys.clone(), keys.clone()));
         {
-            let (sub_store, that_store) = (sub_store.clone(), that_store.clone());
+            let (sub_store, that_store, times) =
+                (sub_store.clone(), that_store.clone(), times_store.clone());
             g.topology.add_processor(
                 &receive,
                 move || {
-                    let (sub_store, that_store) = (sub_store.clone(), that_store.clone());
+                    let (sub_store, that_store, times) =
+                        (sub_store.clone(), that_store.clone(), times.clone());
                     Op::<KO, Subscription<K>, K, Response<VO>>::new(Box::new(
                         move |r: Record<KO, Subscription<K>>,
                               ctx: &mut ProcessorContext<'_, K, Response<VO>>| {
@@ -482,6 +487,15 @@ impl<K: Clone + 'static, V: Clone + 'static> KTable<K, V> {
                                     let h = sub.hash.map(|h| h.to_vec()).unwrap_or_default();
                                     store.put(&ck, &h)?;
                                     let value = that_store.get(ctx, &fk)?;
+                                    // Answered at the larger of the subscription's time and
+                                    // the foreign row's.
+                                    if value.is_some() {
+                                        let row = ctx.state_store::<KeyValueStore<KO, i64>>(&times)?.get(&fk)?;
+                                        if let Some(t) = row.filter(|t| *t > rest.timestamp()) {
+                                            let response = Response { hash: sub.hash, value };
+                                            return ctx.forward(rest.with_key(sub.key).with_value(response).with_timestamp(t));
+                                        }
+                                    }
                                     Response { hash: sub.hash, value }
                                 }
                             };
@@ -493,15 +507,23 @@ impl<K: Clone + 'static, V: Clone + 'static> KTable<K, V> {
             );
         }
         {
-            let (sub_store, prefix) = (sub_store.clone(), fk_keys.clone());
+            let (sub_store, prefix, times) =
+                (sub_store.clone(), fk_keys.clone(), times_store.clone());
             g.topology.add_processor(
                 &right,
                 move || {
-                    let (sub_store, prefix) = (sub_store.clone(), FkPrefix(prefix.clone()));
+                    let (sub_store, prefix, times) =
+                        (sub_store.clone(), FkPrefix(prefix.clone()), times.clone());
                     Op::<KO, Change<VO>, K, Response<VO>>::new(Box::new(
                         move |r: Record<KO, Change<VO>>,
                               ctx: &mut ProcessorContext<'_, K, Response<VO>>| {
                             let (fk, change, rest) = r.into_parts();
+                            let row_times = ctx.state_store::<KeyValueStore<KO, i64>>(&times)?;
+                            if change.new.is_some() {
+                                row_times.put(&fk, &rest.timestamp())?;
+                            } else {
+                                row_times.delete(&fk)?;
+                            }
                             let store = ctx.state_store::<KeyValueStore<CombinedKey<KO, K>, Vec<u8>>>(&sub_store)?;
                             let mut subscribers = vec![];
                             for entry in store.prefix_scan(&fk, &prefix)? {
@@ -525,6 +547,12 @@ impl<K: Clone + 'static, V: Clone + 'static> KTable<K, V> {
         );
         g.topology
             .add_state_store(sub_store_builder, [receive.as_str(), right.as_str()]);
+        let times_builder = configure_store!(
+            KeyValueStore::<KO, i64>::builder(&times_store, fk_keys.clone(), BigEndian),
+            materialized
+        );
+        g.topology
+            .add_state_store(times_builder, [receive.as_str(), right.as_str()]);
         g.topology.connect_processor_and_state_stores(
             &receive,
             that_store.stores.iter().map(String::as_str),

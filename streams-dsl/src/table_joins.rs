@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use streams_core::processor::ProcessorContext;
-use streams_core::serde::Serde;
+use streams_core::serde::{Serde, SerdeError};
 use streams_core::store::KeyValueStore;
 use streams_core::{Record, Result};
 
@@ -151,6 +151,44 @@ impl TableJoin {
 enum TableSide<V1, V2> {
     This(Change<V1>),
     Other(Change<V2>),
+}
+
+/// The timestamps of a key's rows on both sides of a table-table join (`None`: no row), which
+/// the join keeps so that a result carries the larger of the two (Kafka Streams reads them
+/// from its timestamped stores; ours keep values only).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct RowTimes {
+    this: Option<i64>,
+    other: Option<i64>,
+}
+
+/// Two timestamps of 8 bytes each (big-endian), `i64::MIN` for none.
+struct RowTimesSerde;
+
+impl Serde<RowTimes> for RowTimesSerde {
+    fn serialize(&self, _: &str, t: &RowTimes) -> std::result::Result<Option<Vec<u8>>, SerdeError> {
+        let mut out = t.this.unwrap_or(i64::MIN).to_be_bytes().to_vec();
+        out.extend_from_slice(&t.other.unwrap_or(i64::MIN).to_be_bytes());
+        Ok(Some(out))
+    }
+
+    fn deserialize(
+        &self,
+        topic: &str,
+        data: Option<&[u8]>,
+    ) -> std::result::Result<RowTimes, SerdeError> {
+        let data = data
+            .filter(|d| d.len() == 16)
+            .ok_or_else(|| SerdeError::new("RowTimes", topic, "not 16 bytes of two timestamps"))?;
+        let at = |i: usize| {
+            let t = i64::from_be_bytes(data[i..i + 8].try_into().expect("8 bytes"));
+            (t != i64::MIN).then_some(t)
+        };
+        Ok(RowTimes {
+            this: at(0),
+            other: at(8),
+        })
+    }
 }
 
 impl<K: Clone + 'static, V: Clone + 'static> KStream<K, V> {
@@ -582,39 +620,83 @@ impl<K: Clone + 'static, V: Clone + 'static> KTable<K, V> {
             },
             [that.node.as_str()],
         );
-        let (s1, s2) = (this_store.clone(), that_store.clone());
+        let times = g.state_name(
+            "KTABLE-JOIN-ROWTIMES",
+            &path,
+            materialized
+                .name
+                .as_ref()
+                .map(|n| format!("{n}-row-times"))
+                .as_deref(),
+            &format!(
+                "{} join of {} and {}",
+                tag.to_lowercase(),
+                this.node,
+                that.node
+            ),
+        );
+        let (s1, s2, times_store) = (this_store.clone(), that_store.clone(), times.clone());
         g.topology.add_processor(
             &node,
             move || {
-                let (joiner, s1, s2) = (joiner.clone(), s1.clone(), s2.clone());
+                let (joiner, s1, s2, times) =
+                    (joiner.clone(), s1.clone(), s2.clone(), times_store.clone());
                 Op::<K, TableSide<V, V2>, K, Change<VR>>::new(Box::new(
                     move |r: Record<K, TableSide<V, V2>>, ctx| {
+                        let ts = r.timestamp();
                         let (key, side, rest) = r.into_parts();
-                        let change = match side {
+                        let mut rows = ctx
+                            .state_store::<KeyValueStore<K, RowTimes>>(&times)?
+                            .get(&key)?
+                            .unwrap_or_default();
+                        // The other side's row, and its timestamp if it has one.
+                        let (change, other_ts) = match side {
                             TableSide::This(c) => {
+                                rows.this = c.new.is_some().then_some(ts);
                                 let o = s2.get(ctx, &key)?;
-                                Change {
+                                let other_ts = o.as_ref().and(rows.other);
+                                let change = Change {
                                     new: kind.row(&joiner, c.new.as_ref(), o.as_ref()),
                                     old: kind.row(&joiner, c.old.as_ref(), o.as_ref()),
-                                }
+                                };
+                                (change, other_ts)
                             }
                             TableSide::Other(c) => {
+                                rows.other = c.new.is_some().then_some(ts);
                                 let t = s1.get(ctx, &key)?;
-                                Change {
+                                let other_ts = t.as_ref().and(rows.this);
+                                let change = Change {
                                     new: kind.row(&joiner, t.as_ref(), c.new.as_ref()),
                                     old: kind.row(&joiner, t.as_ref(), c.old.as_ref()),
-                                }
+                                };
+                                (change, other_ts)
                             }
                         };
+                        let store = ctx.state_store::<KeyValueStore<K, RowTimes>>(&times)?;
+                        if rows == RowTimes::default() {
+                            store.delete(&key)?;
+                        } else {
+                            store.put(&key, &rows)?;
+                        }
                         if change.new.is_none() && change.old.is_none() {
                             return Ok(());
                         }
-                        ctx.forward(rest.with_key(key).with_value(change))
+                        let result_ts = other_ts.map_or(ts, |o| ts.max(o));
+                        ctx.forward(
+                            rest.with_key(key)
+                                .with_value(change)
+                                .with_timestamp(result_ts),
+                        )
                     },
                 ))
             },
             [this_tag.as_str(), that_tag.as_str()],
         );
+        let times_builder = configure_store!(
+            KeyValueStore::<K, RowTimes>::builder(&times, self.keys.clone(), RowTimesSerde),
+            materialized
+        );
+        g.topology.add_state_store(times_builder, [node.as_str()]);
         g.topology.connect_processor_and_state_stores(
             &node,
             this_store
