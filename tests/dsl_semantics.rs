@@ -8,7 +8,8 @@ use std::time::Duration;
 use kstreams::core::serde::{BigEndian, Nullable, Utf8};
 use kstreams::core::TopologyTestDriver;
 use kstreams::dsl::{
-    SessionWindowedSerde, SessionWindows, StreamsBuilder, TimeWindows, Windowed, WindowedSerde,
+    Materialized, SessionWindowedSerde, SessionWindows, StreamsBuilder, TimeWindows, Windowed,
+    WindowedSerde,
 };
 
 mod dsl_support;
@@ -759,4 +760,96 @@ fn a_windowed_table_is_suppressed_until_its_windows_close() {
     pipe.pipe_at(s("k"), s("x"), 30).unwrap();
     assert_eq!(tumbling_out(), vec![(10, Some(100), 12)]);
     assert_eq!(session_out(), vec![(12, 12, Some(1))]);
+}
+
+/// Item 11: `cogroup` (Kafka's `CogroupedKStream`, KIP-150). Each grouped stream adds to one
+/// aggregate per key with its own aggregator (Kafka's `CogroupedStreamAggregateBuilder` puts
+/// one aggregate processor per stream on one shared store); a re-keyed stream goes through a
+/// repartition topic of its own; each input record updates the aggregate and goes out at the
+/// largest timestamp of the key's records, as with one stream (`KStreamAggregate`).
+#[test]
+fn cogrouped_streams_aggregate_into_one_table_per_key_window_and_session() {
+    let builder = StreamsBuilder::new();
+    let clicks = builder.stream::<String, String>("clicks").group_by_key();
+    // Purchases are keyed by order, "user:amount": re-grouped by user.
+    let buys = builder
+        .stream::<String, String>("buys")
+        .group_by(|_, v| v.split(':').next().unwrap_or_default().to_string());
+    let amount = |v: &str| v.split(':').nth(1).unwrap_or_default().to_string();
+    let cogrouped = clicks
+        .cogroup(|_, _page: String, agg: String| agg + "c")
+        .cogroup(&buys, move |_, v: String, agg: String| {
+            agg + "p" + &amount(&v)
+        });
+    cogrouped
+        .aggregate(String::new, Materialized::with(Utf8).named("activity"))
+        .to("per-user");
+    let tumbling = TimeWindows::of_size_with_no_grace(ms(10));
+    cogrouped
+        .windowed_by(tumbling)
+        .aggregate(String::new, Materialized::with(Utf8))
+        .to("per-window");
+    cogrouped
+        .windowed_by_session(SessionWindows::with_inactivity_gap_and_no_grace(ms(5)))
+        .aggregate(String::new, |_, a, b| a + &b, Materialized::with(Utf8))
+        .to("per-session");
+    let d = driver(builder);
+    let c = d.input_topic::<String, String>("clicks", Utf8, Utf8);
+    let b = d.input_topic::<String, String>("buys", Utf8, Utf8);
+    c.pipe_at(s("u1"), s("home"), 1).unwrap();
+    b.pipe_at(s("o1"), s("u1:5"), 4).unwrap();
+    c.pipe_at(s("u2"), s("home"), 3).unwrap();
+    c.pipe_at(s("u1"), s("cart"), 12).unwrap();
+    b.pipe_at(s("o2"), s("u1:7"), 11).unwrap();
+    let v = |x: &str| Some(s(x));
+    assert_eq!(
+        drain(&d.output_topic::<String, Option<String>>("per-user", Utf8, Nullable(Utf8))),
+        vec![
+            (s("u1"), v("c"), 1),
+            (s("u1"), v("cp5"), 4),
+            (s("u2"), v("c"), 3),
+            (s("u1"), v("cp5c"), 12),
+            (s("u1"), v("cp5cp7"), 12),
+        ]
+    );
+    let windowed = drain(&d.output_topic::<Windowed<String>, Option<String>>(
+        "per-window",
+        WindowedSerde::new(Utf8, tumbling),
+        Nullable(Utf8),
+    ));
+    assert_eq!(
+        windowed
+            .into_iter()
+            .map(|(w, agg, ts)| (w.key, w.start, agg, ts))
+            .collect::<Vec<_>>(),
+        vec![
+            (s("u1"), 0, v("c"), 1),
+            (s("u1"), 0, v("cp5"), 4),
+            (s("u2"), 0, v("c"), 3),
+            (s("u1"), 10, v("c"), 12),
+            (s("u1"), 10, v("cp7"), 12),
+        ]
+    );
+    let sessions = drain(&d.output_topic::<Windowed<String>, Option<String>>(
+        "per-session",
+        SessionWindowedSerde::new(Utf8),
+        Nullable(Utf8),
+    ));
+    // Kafka's KStreamSessionWindowAggregate: merged sessions are retracted, then the new one
+    // (initializer, merged with the old sessions' aggregates, then the record added) goes out.
+    assert_eq!(
+        sessions
+            .into_iter()
+            .map(|(w, agg, _)| (w.key, w.start, w.end, agg))
+            .collect::<Vec<_>>(),
+        vec![
+            (s("u1"), 1, 1, v("c")),
+            (s("u1"), 1, 1, None),
+            (s("u1"), 1, 4, v("cp5")),
+            (s("u2"), 3, 3, v("c")),
+            (s("u1"), 12, 12, v("c")),
+            (s("u1"), 12, 12, None),
+            (s("u1"), 11, 12, v("cp7")),
+        ]
+    );
 }

@@ -46,6 +46,7 @@
 mod builder;
 mod cache;
 mod change;
+mod cogroup;
 mod fk_join;
 mod graph;
 mod grouped;
@@ -65,6 +66,9 @@ mod windowing;
 mod windows;
 
 pub use builder::{IntoTopics, StreamsBuilder};
+pub use cogroup::{
+    CogroupedKStream, SessionWindowedCogroupedKStream, TimeWindowedCogroupedKStream,
+};
 pub use handles::{
     GlobalKTable, KGroupedStream, KGroupedTable, KStream, KTable, SessionWindowedKStream,
     SlidingWindowedKStream, TimeWindowedKStream,
