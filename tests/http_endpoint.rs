@@ -327,7 +327,7 @@ fn queries_read_keys_ranges_and_windows_and_refuse_bad_requests() {
     );
 
     // Bad requests: 4xx, and the message says what is wrong.
-    let cases: [(&str, u16, &str); 8] = [
+    let cases: [(&str, u16, &str); 13] = [
         ("/stores/counts/range?limit=0", 400, "limit must be"),
         (
             "/stores/nothing/keys/a",
@@ -348,6 +348,16 @@ fn queries_read_keys_ranges_and_windows_and_refuse_bad_requests() {
             400,
             "not a list of partitions",
         ),
+        // Strict decoding (issue 27, finding 17): never another key or an empty answer.
+        ("/stores/counts/keys/%FF", 400, "not UTF-8"),
+        ("/stores/counts/keys/k%zz", 400, "invalid %-escape"),
+        ("/stores/per-minute/keys//windows", 400, "empty segment"),
+        (
+            "/stores/per-minute/keys/k1/windows?from=2&to=1",
+            400,
+            "is after",
+        ),
+        ("/stores/counts/range?from=k5&to=k1", 400, "is after"),
     ];
     for (path, status, says) in cases {
         let a = get(address, path);
@@ -604,4 +614,271 @@ fn two_instances_answer_every_key_and_the_survivor_answers_after_a_kill() {
     }
     counting_app::check(&bootstrap, &output, N, GROUPS).assert_exact();
     b.stop(Duration::from_secs(60)).unwrap();
+}
+
+// Issue 27: the endpoint hardened (findings 1, 2, 10 and 17 of the runtime review).
+
+/// An instance counting `input` per key into store `counts` (values written with `values`),
+/// with the endpoint on and `tune` applied to its configuration; running, with `keys` keys
+/// produced and counted once each.
+fn counting_instance(
+    label: &str,
+    keys: usize,
+    values: impl kstreams::core::serde::Serde<u64>,
+    tune: impl FnOnce(StreamsConfig) -> StreamsConfig,
+) -> (KafkaStreams, SocketAddr, String) {
+    let bootstrap = bootstrap_servers();
+    let (input, app) = (
+        unique(&format!("{label}-in")),
+        unique(&format!("{label}-app")),
+    );
+    create_topic(&bootstrap, &input, 2, &[]).unwrap();
+    let builder = StreamsBuilder::new();
+    builder
+        .stream::<String, String>(&input)
+        .group_by_key()
+        .count_with(Materialized::with(values).named("counts"));
+    let config = StreamsConfig::new(&app, &bootstrap)
+        .state_dir(std::env::temp_dir().join(unique(&format!("{label}-state"))))
+        .http_endpoint("127.0.0.1:0".parse().unwrap());
+    let streams = KafkaStreams::new(builder.build().unwrap(), tune(config)).unwrap();
+    streams.start().unwrap();
+    let address = streams.http_address().unwrap();
+    assert!(streams.wait_for(|s| s == State::Running, LONG));
+    let p = idempotent_producer(&bootstrap).unwrap();
+    for i in 0..keys {
+        let key = format!("k{i:05}");
+        send_retrying(&p, BaseRecord::to(&input).key(&key).payload("v")).unwrap();
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    (streams, address, input)
+}
+
+/// Waits until the range over every partition of `counts` holds `keys` keys.
+fn wait_for_keys(address: SocketAddr, keys: usize) {
+    let deadline = Instant::now() + LONG;
+    loop {
+        let a = get(address, "/stores/counts/range?limit=50000");
+        if a.status == 200 && a.json().as_array().unwrap().len() == keys {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never {keys} keys: {} {}",
+            a.status,
+            a.body.len()
+        );
+        // Polling the endpoint, as a client would.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_range_request_is_bounded_whatever_it_lists() {
+    let (streams, address, _) = counting_instance("rb", 300, BigEndian, |c| c);
+    wait_for_keys(address, 300);
+    // Partition 0 listed 2,000 times: its rows once.
+    let list = vec!["0"; 2_000].join(",");
+    let once = get(address, "/stores/counts/range?partitions=0").json();
+    let many = get(address, &format!("/stores/counts/range?partitions={list}"));
+    assert_eq!(many.status, 200, "{}", many.body.len());
+    assert_eq!(
+        many.json().as_array().unwrap().len(),
+        once.as_array().unwrap().len(),
+        "a partition listed twice is scanned once"
+    );
+    // 100,000 per partition over two partitions asks up to 200,000 rows: refused before any
+    // scan, with what to do instead.
+    let big = get(address, "/stores/counts/range?limit=100000&partitions=0,1");
+    assert_eq!(big.status, 413, "{}", &big.body[..big.body.len().min(200)]);
+    assert!(big.body.contains("at most 100000 rows"), "{}", big.body);
+    // Over every partition, the default limit (1,000 each) is within the bound.
+    assert_eq!(get(address, "/stores/counts/range").status, 200);
+    assert!(streams.close(Duration::from_secs(60)));
+}
+
+/// The child of `idle_and_half_sent_connections_are_closed_and_capped`: an instance whose
+/// endpoint takes 16 connections at once and waits 2 s for a request head.
+fn connection_child() {
+    streams_testkit::init_tracing();
+    let (streams, address, input) = counting_instance("conn", 10, BigEndian, |c| {
+        c.http_header_timeout(Duration::from_secs(2))
+            .http_max_connections(16)
+    });
+    wait_for_keys(address, 10);
+    println!("KSTREAMS-CONN-READY input={input} http={address}");
+    wait_for_stop_request();
+    streams.close(Duration::from_secs(60));
+}
+
+#[test]
+fn idle_and_half_sent_connections_are_closed_and_capped() {
+    if child_mode().is_some() {
+        return connection_child();
+    }
+    let timeout = Duration::from_secs(2);
+    // In a process of its own, so that its descriptors can be counted.
+    let mut child = ChildProcess::spawn(
+        "conn",
+        "idle_and_half_sent_connections_are_closed_and_capped",
+        "",
+        &[("KAFKA_BOOTSTRAP_SERVERS", bootstrap_servers().as_str())],
+    )
+    .unwrap();
+    let line = child.wait_for_line("KSTREAMS-CONN-READY", LONG).unwrap();
+    let address: SocketAddr = line.rsplit_once("http=").unwrap().1.trim().parse().unwrap();
+    let input = line
+        .split_once("input=")
+        .unwrap()
+        .1
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let pid = child.id();
+    let descriptors = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+
+    // 1. Beyond the cap, connections wait unaccepted: 40 idle clients cost the instance at
+    // most 16 descriptors.
+    let before = descriptors();
+    let idle: Vec<TcpStream> = (0..40)
+        .map(|_| TcpStream::connect_timeout(&address, Duration::from_secs(5)).unwrap())
+        .collect();
+    // The server accepts up to the cap at once; then, however often we look, no more.
+    let server_side = || descriptors().saturating_sub(before);
+    let deadline = Instant::now() + LONG;
+    while server_side() < 16 {
+        assert!(
+            Instant::now() < deadline,
+            "the server never accepts 16 connections"
+        );
+        std::thread::yield_now();
+    }
+    let (watch, mut most) = (Instant::now(), 0);
+    while watch.elapsed() < Duration::from_millis(300) {
+        most = most.max(server_side());
+    }
+    assert!(
+        most <= 16 + 4,
+        "{most} server-side connections for 40 clients, cap 16"
+    );
+
+    // 2. Idle, half-sent and finished-but-kept-alive connections are closed by the server
+    // within the header timeout (plus slack), and the instance keeps answering meanwhile.
+    let mut half: Vec<TcpStream> = (0..10)
+        .map(|_| TcpStream::connect_timeout(&address, Duration::from_secs(5)).unwrap())
+        .collect();
+    for s in &mut half {
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").unwrap();
+    }
+    let mut kept = TcpStream::connect_timeout(&address, Duration::from_secs(5)).unwrap();
+    kept.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut first = [0u8; 12];
+    kept.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    let started = Instant::now();
+    for mut s in idle.into_iter().chain(half).chain([kept]) {
+        s.set_read_timeout(Some(timeout * 5 + LONG / 24)).unwrap();
+        let mut rest = vec![];
+        let closed = s.read_to_end(&mut rest).is_ok();
+        assert!(
+            closed,
+            "a connection still open after {:?}",
+            started.elapsed()
+        );
+    }
+    assert!(started.elapsed() < timeout * 5 + LONG / 24);
+
+    // 3. The instance still processes and answers.
+    let p = idempotent_producer(&bootstrap_servers()).unwrap();
+    send_retrying(&p, BaseRecord::to(&input).key("k00000").payload("v")).unwrap();
+    p.flush(Duration::from_secs(30)).unwrap();
+    let deadline = Instant::now() + LONG;
+    while get(address, "/stores/counts/keys/k00000").json()["value"] != 2 {
+        assert!(Instant::now() < deadline, "the new record is never counted");
+        // Polling the endpoint, as a client would.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(child.stop(LONG).unwrap().success());
+}
+
+/// Set while a [`SlowJson`] conversion runs.
+static SLOW_QUERY_RUNNING: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Big-endian counts whose JSON for a query takes 8 s: a query that is slow to answer.
+struct SlowJson;
+
+impl kstreams::core::serde::Serde<u64> for SlowJson {
+    fn serialize(
+        &self,
+        topic: &str,
+        v: &u64,
+    ) -> Result<Option<Vec<u8>>, kstreams::core::serde::SerdeError> {
+        BigEndian.serialize(topic, v)
+    }
+    fn deserialize(
+        &self,
+        topic: &str,
+        data: Option<&[u8]>,
+    ) -> Result<u64, kstreams::core::serde::SerdeError> {
+        BigEndian.deserialize(topic, data)
+    }
+    fn bytes_to_json(
+        &self,
+        topic: &str,
+        data: &[u8],
+    ) -> Option<Result<Value, kstreams::core::serde::SerdeError>> {
+        SLOW_QUERY_RUNNING.store(true, std::sync::atomic::Ordering::SeqCst);
+        std::thread::sleep(Duration::from_secs(8));
+        SLOW_QUERY_RUNNING.store(false, std::sync::atomic::Ordering::SeqCst);
+        <BigEndian as kstreams::core::serde::Serde<u64>>::bytes_to_json(&BigEndian, topic, data)
+    }
+}
+
+#[test]
+fn health_and_close_are_not_held_up_by_a_slow_query() {
+    let (streams, address, _) = counting_instance("slow", 1, SlowJson, |c| c);
+    let slow_query = || {
+        std::thread::spawn(move || {
+            let _ = request(address, "GET", "/stores/counts/keys/k00000");
+        })
+    };
+    let running = || SLOW_QUERY_RUNNING.load(std::sync::atomic::Ordering::SeqCst);
+    let wait_running = || {
+        let deadline = Instant::now() + LONG;
+        while !running() {
+            assert!(Instant::now() < deadline, "the slow query never runs");
+            std::thread::yield_now();
+        }
+    };
+    // Until the key is counted (each look takes the serde's 8 s once it is).
+    let deadline = Instant::now() + LONG;
+    while get(address, "/stores/counts/keys/k00000").status != 200 {
+        assert!(Instant::now() < deadline, "never counted");
+        // Polling the endpoint, as a client would.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let q = slow_query();
+    wait_running();
+    let asked = Instant::now();
+    let (status, body) = http(address, "GET", "/health").unwrap();
+    let waited = asked.elapsed();
+    assert_eq!((status, body.trim()), (200, "Running"));
+    assert!(waited < Duration::from_secs(1), "/health took {waited:?}");
+    q.join().unwrap();
+
+    // close() while a slow query runs: within its time.
+    let q = slow_query();
+    wait_running();
+    let closing = Instant::now();
+    streams.close(Duration::from_secs(3));
+    let took = closing.elapsed();
+    assert!(took < Duration::from_secs(6), "close took {took:?}");
+    q.join().unwrap();
 }

@@ -64,6 +64,8 @@ pub struct StreamsConfig {
     pub(crate) max_task_idle: Option<Duration>,
     pub(crate) metrics_recording: bool,
     pub(crate) http_endpoint: Option<std::net::SocketAddr>,
+    pub(crate) http_max_connections: usize,
+    pub(crate) http_header_timeout: Duration,
     pub(crate) application_server: Option<String>,
     pub(crate) num_standby_replicas: usize,
 }
@@ -125,6 +127,8 @@ impl std::fmt::Debug for StreamsConfig {
             .field("max_task_idle", &self.max_task_idle)
             .field("metrics_recording", &self.metrics_recording)
             .field("http_endpoint", &self.http_endpoint)
+            .field("http_max_connections", &self.http_max_connections)
+            .field("http_header_timeout", &self.http_header_timeout)
             .field("application_server", &self.application_server)
             .field("num_standby_replicas", &self.num_standby_replicas)
             .finish_non_exhaustive()
@@ -177,6 +181,8 @@ impl StreamsConfig {
             max_task_idle: Some(Duration::ZERO),
             metrics_recording: true,
             http_endpoint: None,
+            http_max_connections: 256,
+            http_header_timeout: Duration::from_secs(10),
             application_server: None,
             num_standby_replicas: 0,
         }
@@ -224,6 +230,22 @@ impl StreamsConfig {
     /// `/topology` (the description and its Mermaid form).
     pub fn http_endpoint(mut self, address: std::net::SocketAddr) -> Self {
         self.http_endpoint = Some(address);
+        self
+    }
+
+    /// How many connections the HTTP endpoint serves at once (default 256); further clients
+    /// wait in the listen backlog until one closes, so that clients cannot take the file
+    /// descriptors RocksDB and the Kafka clients need.
+    pub fn http_max_connections(mut self, n: usize) -> Self {
+        self.http_max_connections = n.max(1);
+        self
+    }
+
+    /// How long the HTTP endpoint waits for a request's head (default 10 s), on a new
+    /// connection and between the requests of a kept-alive one: an idle or half-sent
+    /// connection is closed after it.
+    pub fn http_header_timeout(mut self, timeout: Duration) -> Self {
+        self.http_header_timeout = timeout;
         self
     }
 

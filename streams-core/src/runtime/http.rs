@@ -9,6 +9,15 @@
 //!   whichever instance holds the key (see `queries`); `GET /stores` lists the stores.
 //!
 //! Anything else is answered 404 (an unknown path) or 405 (a method other than GET).
+//!
+//! Limits, so that no client can take the instance down: at most
+//! `StreamsConfig::http_max_connections` connections at once (the others wait in the listen
+//! backlog), a request head must arrive within `StreamsConfig::http_header_timeout` (on a new
+//! connection and between the requests of a kept-alive one, so idle and half-sent connections
+//! are closed), a connection lives at most [`CONNECTION_LIFETIME`], and an accept error (say,
+//! out of descriptors) is retried after a pause, not at once. Store reads run on a small pool
+//! of blocking threads (`queries`), never on the runtime's workers: `/health` answers while a
+//! large query runs, and the endpoint stops within a second of being dropped.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -19,11 +28,26 @@ use hyper::body::Bytes;
 use hyper::header::CONTENT_TYPE;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 
 use super::queries::Queries;
 use super::{Shared, State};
 use crate::{Error, Result};
+
+/// The longest a connection is served, however busy: a client that stops reading an answer
+/// cannot hold its connection for ever.
+pub(super) const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The pause after a failed accept (out of descriptors, say) before the next.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// How the endpoint limits its clients (`StreamsConfig::http_max_connections`,
+/// `http_header_timeout`).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Limits {
+    pub(super) max_connections: usize,
+    pub(super) header_timeout: std::time::Duration,
+}
 
 /// A running endpoint; dropping it stops it.
 pub(super) struct Endpoint {
@@ -60,6 +84,7 @@ struct Pages {
 /// Binds `address` and serves the endpoint until the returned value is dropped.
 pub(super) fn start(
     address: SocketAddr,
+    limits: Limits,
     shared: Arc<Shared>,
     topology: String,
     queries: impl FnOnce(SocketAddr) -> Queries,
@@ -73,7 +98,11 @@ pub(super) fn start(
     let bound = listener
         .local_addr()
         .map_err(io("the HTTP listener's address".into()))?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    // Two workers for connections; store reads go to at most four blocking threads.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(4)
+        .thread_name("kstreams-http-worker")
         .enable_all()
         .build()
         .map_err(io("start the HTTP endpoint's runtime".into()))?;
@@ -95,23 +124,41 @@ pub(super) fn start(
                     }
                 };
                 tracing::info!(address = %bound, "HTTP endpoint listening");
+                let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
                 loop {
-                    tokio::select! {
+                    // A connection is accepted only with a permit: beyond the cap, clients wait
+                    // in the listen backlog and take no descriptor of ours.
+                    let permit = tokio::select! {
                         _ = &mut rx => break,
-                        accepted = listener.accept() => {
-                            let Ok((stream, _)) = accepted else { continue };
-                            let pages = pages.clone();
-                            tokio::spawn(async move {
-                                let service = service_fn(move |req| {
-                                    let pages = pages.clone();
-                                    async move { Ok::<_, Infallible>(respond(&pages, &req).await) }
-                                });
-                                let _ = hyper::server::conn::http1::Builder::new()
-                                    .serve_connection(TokioIo::new(stream), service)
-                                    .await;
-                            });
+                        p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+                    };
+                    let accepted = tokio::select! {
+                        _ = &mut rx => break,
+                        accepted = listener.accept() => accepted,
+                    };
+                    let stream = match accepted {
+                        Ok((stream, _)) => stream,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the HTTP endpoint cannot accept a connection; pausing");
+                            tokio::select! {
+                                _ = &mut rx => break,
+                                _ = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
+                            }
                         }
-                    }
+                    };
+                    let pages = pages.clone();
+                    tokio::spawn(async move {
+                        let _permit = permit;
+                        let service = service_fn(move |req| {
+                            let pages = pages.clone();
+                            async move { Ok::<_, Infallible>(respond(&pages, &req).await) }
+                        });
+                        let connection = hyper::server::conn::http1::Builder::new()
+                            .timer(TokioTimer::new())
+                            .header_read_timeout(limits.header_timeout)
+                            .serve_connection(TokioIo::new(stream), service);
+                        let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
+                    });
                 }
             });
             // A question to the coordinator still under way is not waited for long.

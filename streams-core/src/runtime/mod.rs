@@ -347,7 +347,11 @@ impl KafkaStreams {
             let d = self.topology.describe();
             let page = format!("{d}\n{}\n", d.to_mermaid());
             let client = clients::group_reader(&self.config, "query-client")?;
-            let endpoint = http::start(address, self.shared.clone(), page, |bound| {
+            let limits = http::Limits {
+                max_connections: self.config.http_max_connections,
+                header_timeout: self.config.http_header_timeout,
+            };
+            let endpoint = http::start(address, limits, self.shared.clone(), page, |bound| {
                 let advertised = self.config.application_server.clone().unwrap_or_else(|| {
                     if bound.ip().is_unspecified() {
                         tracing::warn!(address = %bound, "the HTTP endpoint listens on every interface but no application_server is set: other instances are told 127.0.0.1, which reaches this one only from the same machine");

@@ -6,7 +6,16 @@
 //! - `GET /stores/{store}/range?from=<key>&to=<key>&limit=<n>`: the entries of a key-value
 //!   store with keys in `[from, to]` (both optional), over every partition: `[{"key": ..,
 //!   "value": .., "partition": ..}]`, partition by partition, in key-byte order within, at most
-//!   `limit` per partition (default 1,000, at most 100,000).
+//!   `limit` per partition (default 1,000, fewer when many partitions are asked); `partitions=`
+//!   narrows it to a list of partitions (each asked once however often listed).
+//!
+//! Every answer is bounded: at most [`MAX_ANSWER_ROWS`] rows (a range whose `limit` times its
+//! partitions asks for more is refused with 413 before any read) and about
+//! [`MAX_ANSWER_BYTES`] of keys and values (413 when a scan reaches it); another instance's
+//! answer is read up to that size only. Paths and query strings are decoded strictly: an
+//! invalid `%` escape, text that is not UTF-8 once decoded, an empty path segment or `from`
+//! after `to` is answered 400. Store reads and JSON building run on the runtime's blocking
+//! threads, so that the endpoint's workers stay free for `/health` and other queries.
 //!
 //! A key's partition is the one Kafka's default partitioner gives its bytes (murmur2, as the
 //! runtime's producers and the Java client use). An instance answers from a store partition
@@ -45,6 +54,13 @@ const VIEW_TTL: Duration = Duration::from_secs(1);
 /// The entries a range answers per partition, unless `limit=` says otherwise, and at most.
 const DEFAULT_RANGE_LIMIT: usize = 1_000;
 const MAX_RANGE_LIMIT: usize = 100_000;
+
+/// The most rows one answer holds (a range over all its partitions, a key's windows).
+pub(super) const MAX_ANSWER_ROWS: usize = 100_000;
+
+/// About the most bytes of keys and values one answer holds; also the most read of another
+/// instance's answer (plus a margin for the JSON around them).
+pub(super) const MAX_ANSWER_BYTES: usize = 64 << 20;
 
 /// How long the coordinator may take to describe the group.
 const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -144,14 +160,10 @@ impl Queries {
     pub(super) async fn answer<B>(self: Arc<Self>, req: &Request<B>) -> Answer {
         let forwarded = req.headers().contains_key(FORWARDED);
         let path = req.uri().path();
-        let params = params(req.uri().query().unwrap_or(""));
-        let segments: Vec<String> = path
-            .strip_prefix("/stores")
-            .unwrap_or(path)
-            .split('/')
-            .filter(|s| !s.is_empty())
-            .map(percent_decode)
-            .collect();
+        let (params, segments) = match (params(req.uri().query().unwrap_or("")), segments(path)) {
+            (Ok(p), Ok(s)) => (p, s),
+            (Err(a), _) | (_, Err(a)) => return a.answer(),
+        };
         let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
         let state = *lock(&self.shared.state);
         if !matches!(state, State::Running | State::Rebalancing) {
@@ -178,7 +190,10 @@ impl Queries {
                     time(&params, "from", i64::MIN),
                     time(&params, "to", i64::MAX),
                 ) {
-                    (Ok(f), Ok(t)) => (f, t),
+                    (Ok(f), Ok(t)) if f <= t => (f, t),
+                    (Ok(f), Ok(t)) => {
+                        return text(StatusCode::BAD_REQUEST, format!("from={f} is after to={t}"))
+                    }
                     (Err(a), _) | (_, Err(a)) => return a.answer(),
                 };
                 self.windows(
@@ -326,26 +341,39 @@ impl Queries {
             Located::Here(kb, p, bytes) => (kb, p, bytes),
             Located::Answered(a) => return *a,
         };
-        let value = match bytes.get(&kb) {
-            Ok(Some(v)) => v,
-            Ok(None) => {
-                return self.mine(text(
-                    StatusCode::NOT_FOUND,
-                    format!("store {store} has no value for key {key:?}"),
-                ))
+        let (codec, store_name, key_text) = (
+            route.queries.codec.clone(),
+            store.to_string(),
+            key.to_string(),
+        );
+        let answer = off_thread(move || {
+            let store = store_name.as_str();
+            let value = match bytes.get(&kb) {
+                Ok(Some(v)) => v,
+                Ok(None) => {
+                    return text(
+                        StatusCode::NOT_FOUND,
+                        format!("store {store} has no value for key {key_text:?}"),
+                    )
+                }
+                Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            };
+            match (
+                json_of(codec.key_to_json(store, &kb), "key", store),
+                json_of(codec.value_to_json(store, &value), "value", store),
+            ) {
+                (Ok(k), Ok(v)) => json(
+                    StatusCode::OK,
+                    &serde_json::json!({"key": k, "value": v, "partition": p}),
+                ),
+                (Err(a), _) | (_, Err(a)) => a.answer(),
             }
-            Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        };
-        let codec = &route.queries.codec;
-        match (
-            json_of(codec.key_to_json(store, &kb), "key", store),
-            json_of(codec.value_to_json(store, &value), "value", store),
-        ) {
-            (Ok(k), Ok(v)) => self.mine(json(
-                StatusCode::OK,
-                &serde_json::json!({"key": k, "value": v, "partition": p}),
-            )),
-            (Err(a), _) | (_, Err(a)) => a.answer(),
+        })
+        .await
+        .unwrap_or_else(|a| a);
+        match answer.status() {
+            StatusCode::OK | StatusCode::NOT_FOUND => self.mine(answer),
+            _ => answer,
         }
     }
 
@@ -365,18 +393,41 @@ impl Queries {
             Located::Here(kb, _, bytes) => (kb, bytes),
             Located::Answered(a) => return *a,
         };
-        let found = match committed_windows(&*bytes, interval, &kb, from, to) {
-            Ok(f) => f,
-            Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        };
-        let mut out = Vec::with_capacity(found.len());
-        for (start, v) in found {
-            match json_of(route.queries.codec.value_to_json(store, &v), "value", store) {
-                Ok(v) => out.push(serde_json::json!({"start": start, "value": v})),
-                Err(a) => return a.answer(),
+        let (codec, store_name) = (route.queries.codec.clone(), store.to_string());
+        let answer = off_thread(move || {
+            let store = store_name.as_str();
+            let found = match committed_windows(&*bytes, interval, &kb, from, to) {
+                Ok(f) => f,
+                Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            };
+            if found.len() > MAX_ANSWER_ROWS {
+                return text(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!(
+                        "{} windows, more than the {MAX_ANSWER_ROWS} an answer holds; ask a narrower from/to",
+                        found.len()
+                    ),
+                );
             }
+            let mut budget = MAX_ANSWER_BYTES;
+            let mut out = Vec::with_capacity(found.len());
+            for (start, v) in found {
+                if let Err(a) = spend(&mut budget, 16 + v.len()) {
+                    return a.answer();
+                }
+                match json_of(codec.value_to_json(store, &v), "value", store) {
+                    Ok(v) => out.push(serde_json::json!({"start": start, "value": v})),
+                    Err(a) => return a.answer(),
+                }
+            }
+            json(StatusCode::OK, &serde_json::Value::Array(out))
+        })
+        .await
+        .unwrap_or_else(|a| a);
+        match answer.status() {
+            StatusCode::OK => self.mine(answer),
+            _ => answer,
         }
-        self.mine(json(StatusCode::OK, &serde_json::Value::Array(out)))
     }
 
     async fn range(
@@ -394,20 +445,19 @@ impl Queries {
                 .transpose()
         };
         let (from, to) = match (bound("from"), bound("to")) {
+            (Ok(Some(f)), Ok(Some(t))) if f > t => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "from={} is after to={} (keys are ordered by their bytes)",
+                        params["from"], params["to"]
+                    ),
+                )
+            }
             (Ok(f), Ok(t)) => (f, t),
             (Err(a), _) | (_, Err(a)) => return a.answer(),
         };
-        let limit = match params.get("limit").map(|l| l.parse::<usize>()) {
-            None => DEFAULT_RANGE_LIMIT,
-            Some(Ok(l)) if (1..=MAX_RANGE_LIMIT).contains(&l) => l,
-            Some(_) => {
-                return text(
-                    StatusCode::BAD_REQUEST,
-                    format!("limit must be a number from 1 to {MAX_RANGE_LIMIT}"),
-                )
-            }
-        };
-        let wanted: Vec<i32> = match params.get("partitions") {
+        let wanted: BTreeSet<i32> = match params.get("partitions") {
             Some(list) => match list
                 .split(',')
                 .map(|p| {
@@ -415,7 +465,7 @@ impl Queries {
                         .ok()
                         .filter(|p| (0..route.partitions).contains(p))
                 })
-                .collect::<Option<Vec<i32>>>()
+                .collect::<Option<BTreeSet<i32>>>()
             {
                 Some(ps) => ps,
                 None => {
@@ -430,17 +480,60 @@ impl Queries {
             },
             None => (0..route.partitions).collect(),
         };
-        let mut rows: Vec<(i32, serde_json::Value)> = vec![];
-        let mut remote = vec![];
+        let limit = match params.get("limit").map(|l| l.parse::<usize>()) {
+            // By default as many per partition as keep the answer within its bound.
+            None => DEFAULT_RANGE_LIMIT
+                .min(MAX_ANSWER_ROWS / wanted.len())
+                .max(1),
+            Some(Ok(l)) if (1..=MAX_RANGE_LIMIT).contains(&l) => l,
+            Some(_) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("limit must be a number from 1 to {MAX_RANGE_LIMIT}"),
+                )
+            }
+        };
+        if limit.saturating_mul(wanted.len()) > MAX_ANSWER_ROWS {
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "a range answers at most {MAX_ANSWER_ROWS} rows: limit={limit} over {} partition(s) asks up to {}; ask fewer partitions (partitions=) or a lower limit",
+                    wanted.len(),
+                    limit * wanted.len()
+                ),
+            );
+        }
+        let (mut here, mut remote) = (vec![], vec![]);
         for p in wanted {
             match self.local(store, p) {
-                Some(bytes) => match self.scan(store, route, &*bytes, p, (&from, &to), limit) {
-                    Ok(mut r) => rows.extend(r.drain(..).map(|v| (p, v))),
-                    Err(a) => return a.answer(),
-                },
+                Some(bytes) => here.push((p, bytes)),
                 None => remote.push(p),
             }
         }
+        let (codec, store_name) = (route.queries.codec.clone(), store.to_string());
+        let scanned = off_thread(move || {
+            let mut budget = MAX_ANSWER_BYTES;
+            let mut rows: Vec<(i32, serde_json::Value)> = vec![];
+            for (p, bytes) in here {
+                let found = scan(
+                    &store_name,
+                    &*codec,
+                    &*bytes,
+                    p,
+                    (&from, &to),
+                    limit,
+                    &mut budget,
+                )?;
+                rows.extend(found.into_iter().map(|v| (p, v)));
+            }
+            Ok::<_, Refusal>(rows)
+        })
+        .await;
+        let mut rows = match scanned {
+            Ok(Ok(rows)) => rows,
+            Ok(Err(refusal)) => return refusal.answer(),
+            Err(a) => return a,
+        };
         if !remote.is_empty() {
             let answer = self
                 .forward(store, route, &remote, false, path_and_query, forwarded)
@@ -469,32 +562,6 @@ impl Queries {
             StatusCode::OK,
             &serde_json::Value::Array(rows.into_iter().map(|(_, v)| v).collect()),
         )
-    }
-
-    fn scan(
-        &self,
-        store: &str,
-        route: &Route,
-        bytes: &dyn BytesStore,
-        partition: i32,
-        (from, to): (&Option<Vec<u8>>, &Option<Vec<u8>>),
-        limit: usize,
-    ) -> Result<Vec<serde_json::Value>, Refusal> {
-        use std::ops::Bound;
-        let lower = from.as_deref().map_or(Bound::Unbounded, Bound::Included);
-        let upper = to.as_deref().map_or(Bound::Unbounded, Bound::Included);
-        let entries = bytes
-            .range_limited(lower, upper, limit)
-            .map_err(|e| refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-        let codec = &route.queries.codec;
-        entries
-            .into_iter()
-            .map(|(k, v)| {
-                let key = json_of(codec.key_to_json(store, &k), "key", store)?;
-                let value = json_of(codec.value_to_json(store, &v), "value", store)?;
-                Ok(serde_json::json!({"key": key, "value": value, "partition": partition}))
-            })
-            .collect()
     }
 
     /// Asks the instances that hold `partitions` of `store` (the group's placement); a
@@ -681,13 +748,68 @@ async fn get(
     let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
     let status = resp.status();
     let headers = resp.headers().clone();
-    let body = resp
-        .into_body()
+    // Another instance's answer is bounded as ours are: read no more than that.
+    let body = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER_BYTES + (8 << 20))
         .collect()
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("its answer: {e}"))?
         .to_bytes();
     Ok((status, headers, body))
+}
+
+/// Up to `limit` entries of one store partition with keys in `[from, to]`, as JSON rows,
+/// spending their bytes from `budget`.
+fn scan(
+    store: &str,
+    codec: &dyn crate::store::Codec,
+    bytes: &dyn BytesStore,
+    partition: i32,
+    (from, to): (&Option<Vec<u8>>, &Option<Vec<u8>>),
+    limit: usize,
+    budget: &mut usize,
+) -> Result<Vec<serde_json::Value>, Refusal> {
+    use std::ops::Bound;
+    let lower = from.as_deref().map_or(Bound::Unbounded, Bound::Included);
+    let upper = to.as_deref().map_or(Bound::Unbounded, Bound::Included);
+    let entries = bytes
+        .range_limited(lower, upper, limit)
+        .map_err(|e| refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    entries
+        .into_iter()
+        .map(|(k, v)| {
+            spend(budget, k.len() + v.len() + 32)?;
+            let key = json_of(codec.key_to_json(store, &k), "key", store)?;
+            let value = json_of(codec.value_to_json(store, &v), "value", store)?;
+            Ok(serde_json::json!({"key": key, "value": value, "partition": partition}))
+        })
+        .collect()
+}
+
+/// Takes `n` bytes from an answer's budget; 413 once it is spent.
+fn spend(budget: &mut usize, n: usize) -> Result<(), Refusal> {
+    *budget = budget.checked_sub(n).ok_or_else(|| {
+        refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the answer would hold more than {} MiB of keys and values; ask a narrower range, fewer partitions or a lower limit",
+                MAX_ANSWER_BYTES >> 20
+            ),
+        )
+    })?;
+    Ok(())
+}
+
+/// Runs `read` (store reads, JSON building) on the runtime's blocking threads; a read that
+/// panicked is answered 500.
+async fn off_thread<T: Send + 'static>(
+    read: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Answer> {
+    tokio::task::spawn_blocking(read).await.map_err(|e| {
+        text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reading the store failed: {e}"),
+        )
+    })
 }
 
 fn kind_name(kind: QueryKind) -> &'static str {
@@ -737,45 +859,75 @@ fn time(params: &BTreeMap<String, String>, name: &str, default: i64) -> Result<i
     }
 }
 
-/// The query string's parameters, percent-decoded.
-fn params(query: &str) -> BTreeMap<String, String> {
+/// The query string's parameters, percent-decoded; 400 for an invalid escape or text that is
+/// not UTF-8.
+fn params(query: &str) -> Result<BTreeMap<String, String>, Refusal> {
     query
         .split('&')
         .filter(|p| !p.is_empty())
         .map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (decode(k, true), decode(v, true))
+            Ok((decode(k, true)?, decode(v, true)?))
         })
         .collect()
 }
 
-/// `%XX` escapes decoded (and `+` as a space, in a query string); invalid escapes are kept.
-fn decode(s: &str, plus_is_space: bool) -> String {
+/// The segments of a `/stores/...` path, percent-decoded (none for `/stores` and `/stores/`);
+/// 400 for an empty segment, an invalid escape or text that is not UTF-8.
+fn segments(path: &str) -> Result<Vec<String>, Refusal> {
+    let rest = path.strip_prefix("/stores").unwrap_or(path);
+    if rest.is_empty() || rest == "/" {
+        return Ok(vec![]);
+    }
+    let rest = rest.strip_prefix('/').unwrap_or(rest);
+    rest.split('/')
+        .map(|segment| {
+            if segment.is_empty() {
+                return Err(refuse(
+                    StatusCode::BAD_REQUEST,
+                    format!("the path {path} has an empty segment"),
+                ));
+            }
+            decode(segment, false)
+        })
+        .collect()
+}
+
+/// `%XX` escapes decoded (and `+` as a space, in a query string); 400 for an invalid escape or
+/// a result that is not UTF-8 (never another text silently).
+fn decode(s: &str, plus_is_space: bool) -> Result<String, Refusal> {
     let b = s.as_bytes();
     let hex = |c: u8| (c as char).to_digit(16);
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
         match b[i] {
-            b'%' if i + 2 < b.len() => {
-                if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                    out.push((h * 16 + l) as u8);
-                    i += 3;
-                    continue;
-                }
-                out.push(b'%');
+            b'%' => {
+                let escape = (
+                    b.get(i + 1).copied().and_then(hex),
+                    b.get(i + 2).copied().and_then(hex),
+                );
+                let (Some(h), Some(l)) = escape else {
+                    return Err(refuse(
+                        StatusCode::BAD_REQUEST,
+                        format!("{s:?} has an invalid %-escape"),
+                    ));
+                };
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
             }
             b'+' if plus_is_space => out.push(b' '),
             c => out.push(c),
         }
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// A path segment, percent-decoded.
-fn percent_decode(s: &str) -> String {
-    decode(s, false)
+    String::from_utf8(out).map_err(|_| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            format!("{s:?} is not UTF-8 once decoded"),
+        )
+    })
 }
 
 /// A query that gets no data: the status and what to say.
@@ -827,12 +979,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn query_strings_are_percent_decoded() {
-        let p = params("from=a%20b&to=c+d&x=%zz&y=%4");
+    fn query_strings_are_percent_decoded_strictly() {
+        let p = params("from=a%20b&to=c+d").ok().unwrap();
         assert_eq!(p["from"], "a b");
         assert_eq!(p["to"], "c d");
-        assert_eq!(p["x"], "%zz");
-        assert_eq!(p["y"], "%4");
-        assert_eq!(percent_decode("caf%C3%A9"), "café");
+        assert_eq!(
+            segments("/stores/caf%C3%A9/keys/a+b").ok().unwrap(),
+            ["café", "keys", "a+b"]
+        );
+        assert!(segments("/stores").ok().unwrap().is_empty());
+        assert!(segments("/stores/").ok().unwrap().is_empty());
+        for bad in ["x=%zz", "y=%4", "z=%FF"] {
+            assert_eq!(
+                params(bad).err().unwrap().status,
+                StatusCode::BAD_REQUEST,
+                "{bad}"
+            );
+        }
+        for bad in [
+            "/stores/a//windows",
+            "/stores/a/keys/",
+            "/stores//a",
+            "/stores/%FF",
+        ] {
+            assert_eq!(
+                segments(bad).err().unwrap().status,
+                StatusCode::BAD_REQUEST,
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_answers_budget_refuses_once_spent() {
+        let mut budget = 100;
+        assert!(spend(&mut budget, 60).is_ok());
+        assert!(spend(&mut budget, 40).is_ok());
+        let refused = spend(&mut budget, 1).err().unwrap();
+        assert_eq!(refused.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(refused.message.contains("MiB"), "{}", refused.message);
     }
 }

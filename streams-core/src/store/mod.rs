@@ -43,7 +43,7 @@ pub use self::global::GlobalStore;
 pub(crate) use self::global::GlobalStores;
 pub use self::kv::{KeyValueIter, KeyValueStore, KeyValueStoreBuilder, ReadOnlyKeyValueStore};
 pub use self::query::StoreQueries;
-pub(crate) use self::query::{committed_windows, QueryKind};
+pub(crate) use self::query::{committed_windows, Codec, QueryKind};
 pub use self::rocks::{RocksConfigSetter, RocksResources, RocksUsage};
 pub use self::session::{EndedSession, SessionStore, SessionStoreBuilder};
 pub use self::window::{WindowStore, WindowStoreBuilder};
