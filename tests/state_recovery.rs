@@ -952,3 +952,94 @@ fn a_restoration_longer_than_the_poll_interval_runs_once() {
         "restored once: the member was not thrown out during the restoration"
     );
 }
+
+/// Issue 27, finding 3: restoration ends at the changelog's high watermark, read committed, so
+/// that a transaction still open on the changelog when a new owner starts restoring (the
+/// previous owner's last commit, whose end marker is late) is in the new owner's store once it
+/// commits, and is never lost (Kafka Streams: `StoreChangelogReader` lists end offsets
+/// read_uncommitted since KAFKA-10167). Instance A counts `k` to 5 and stops; a transactional
+/// producer standing in for A's late commit writes `k = 6` to the changelog and holds its
+/// transaction open; B, on a fresh state directory, starts restoring; then the transaction
+/// commits; one more record for `k` must count 7. Restoring only to the last stable offset,
+/// B ends before the open transaction and counts 6.
+#[test]
+fn restoration_waits_for_a_transaction_open_on_the_changelog() {
+    use rdkafka::producer::Producer as _;
+    let bootstrap = bootstrap_servers();
+    let (input, output, app) = (unique("rw-in"), unique("rw-out"), unique("rw-app"));
+    create_topic(&bootstrap, &input, 1, &[]).unwrap();
+    create_topic(&bootstrap, &output, 1, &[]).unwrap();
+    let p = producer(&bootstrap);
+    let start = |restores: Restores| {
+        let config = StreamsConfig::new(&app, &bootstrap)
+            .state_dir(std::env::temp_dir().join(unique("rw-state")))
+            .restore_listener(restores);
+        let streams = KafkaStreams::new(counting_topology(&input, &output), config).unwrap();
+        streams.start().unwrap();
+        streams
+    };
+    let counts_of = |n: usize| {
+        consume_until(&bootstrap, &output, Isolation::ReadCommitted, LONG, |got| {
+            got.len() >= n
+        })
+        .unwrap()
+        .iter()
+        .map(|r| u64::from_be_bytes(r.value.clone().unwrap().try_into().unwrap()))
+        .collect::<Vec<u64>>()
+    };
+
+    // A counts k to 5 and stops cleanly.
+    let a = start(Restores::default());
+    assert!(a.wait_for(|s| s == State::Running, LONG));
+    for _ in 0..5 {
+        send_retrying(&p, BaseRecord::to(&input).key("k").payload("v")).unwrap();
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    assert_eq!(counts_of(5), [1, 2, 3, 4, 5]);
+    assert!(a.close(LONG));
+
+    // A transaction on the changelog, open while B starts restoring.
+    let changelog = kstreams::core::store::changelog_topic(&app, "counts");
+    let late: BaseProducer = streams_testkit::kafka::client_config(&bootstrap)
+        .set("transactional.id", unique("rw-late"))
+        .create()
+        .unwrap();
+    late.init_transactions(Duration::from_secs(30)).unwrap();
+    late.begin_transaction().unwrap();
+    let six = 6u64.to_be_bytes();
+    send_retrying(
+        &late,
+        BaseRecord::to(&changelog)
+            .partition(0)
+            .key("k")
+            .payload(&six[..]),
+    )
+    .unwrap();
+    late.flush(Duration::from_secs(30)).unwrap();
+
+    // B restores; the transaction commits once B has read all it can read committed: once B
+    // says it waits for the transaction (the restoration's gauge), or, restoring only to the
+    // last stable offset, once B runs.
+    let b = start(Restores::default());
+    let deadline = Instant::now() + LONG;
+    loop {
+        let waiting = b
+            .metrics()
+            .sum("kstreams_restore_waiting_on_transactions", &[]);
+        if waiting > 0.0 || b.state() == State::Running {
+            break;
+        }
+        assert!(Instant::now() < deadline, "B neither waits nor runs");
+        std::thread::yield_now();
+    }
+    late.commit_transaction(Duration::from_secs(30)).unwrap();
+    assert!(b.wait_for(|s| s == State::Running, LONG));
+    send_retrying(&p, BaseRecord::to(&input).key("k").payload("v")).unwrap();
+    p.flush(Duration::from_secs(30)).unwrap();
+    assert_eq!(
+        counts_of(6).last(),
+        Some(&7),
+        "the committed update of the open transaction is in B's store"
+    );
+    assert!(b.close(LONG));
+}

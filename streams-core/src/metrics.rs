@@ -20,6 +20,7 @@
 //! | `kstreams_consumer_lag_records` | `thread_id`, `topic`, `partition` | the consumer's `records-lag` per input partition: its end (the last stable offset under exactly-once, else the high watermark) minus the position, each commit interval |
 //! | `kstreams_restore_records_total` | `thread_id`, `task_id` | `restore-total`: changelog records restored into the task's stores (a restoration that starts over from the changelog's start counts its records again) |
 //! | `kstreams_restore_remaining_records` | `thread_id`, `task_id` | `restore-remaining-records-total`, but of the store being restored (a task's stores restore one after another); 0 once restored or interrupted |
+//! | `kstreams_restore_waiting_on_transactions` | `thread_id`, `task_id` | (ours) 1 while the store being restored has read its changelog to the last stable offset and waits for a transaction below the high watermark to end (a previous owner's last commit, say), else 0 |
 //! | `kstreams_store_get_total`, `_put_total`, `_range_total` | `thread_id`, `task_id`, `store` | the calls counted by `get-rate`, `put-rate`, `range-rate` (state-store metrics; a delete is a get and a put, window and session fetches are ranges) |
 //! | `kstreams_state` | `state` | `state` (client metrics): 1 for the current state, 0 for the others |
 //! | `kstreams_rocksdb_block_cache_usage_bytes`, `_capacity_bytes` | | RocksDB's `block-cache-usage` and `block-cache-capacity`, of the instance's one shared cache (the memtables are charged to it, so usage against capacity is the whole budget) |
@@ -194,6 +195,7 @@ pub(crate) struct StreamsMetrics {
     lag: Tracked<Gauge>,
     restored: Tracked<Counter>,
     restore_remaining: Tracked<Gauge>,
+    restore_waiting: Tracked<Gauge>,
     state: Tracked<Gauge>,
     store_gets: Tracked<Counter>,
     store_puts: Tracked<Counter>,
@@ -305,6 +307,12 @@ impl StreamsMetrics {
                 "Changelog records the task still has to restore",
                 Gauge::default,
             ),
+            restore_waiting: Tracked::new(
+                &mut r,
+                "restore_waiting_on_transactions",
+                "1 while a restoration waits for a transaction open on its changelog to end",
+                Gauge::default,
+            ),
             state: Tracked::new(
                 &mut r,
                 "state",
@@ -409,6 +417,11 @@ impl StreamsMetrics {
         (self.restored.get(l.clone()), self.restore_remaining.get(l))
     }
 
+    /// 1 while the task's restoration waits for a transaction open on its changelog to end.
+    pub(crate) fn restoration_waiting(&self, thread: &str, task: TaskId) -> Gauge {
+        self.restore_waiting.get(task_labels(thread, task))
+    }
+
     pub(crate) fn lag(&self, thread: &str, topic: &str, partition: i32) -> Gauge {
         self.lag.get(partition_labels(thread, topic, partition))
     }
@@ -465,6 +478,7 @@ impl StreamsMetrics {
             ("thread_tasks", &self.thread_tasks),
             ("consumer_lag_records", &self.lag),
             ("restore_remaining_records", &self.restore_remaining),
+            ("restore_waiting_on_transactions", &self.restore_waiting),
             ("state", &self.state),
         ];
         for (name, family) in gauges {

@@ -120,6 +120,22 @@ pub(crate) fn restore_consumer(config: &StreamsConfig, thread: &str) -> Result<P
         .map_err(|e| Error::kafka("create restore consumer", e))
 }
 
+/// A client that lists changelogs' offsets `read_uncommitted`: their high watermarks, which
+/// restoration reads up to (the restore consumer's own would be the last stable offset).
+pub(crate) fn watermark_client(config: &StreamsConfig, thread: &str) -> Result<PlainConsumer> {
+    let c = with_pinned(
+        base(config, format!("{thread}-watermarks")),
+        &config.client_properties,
+        &[
+            ("group.id", format!("{}-restore", config.application_id)),
+            ("enable.auto.commit", "false".into()),
+            ("isolation.level", "read_uncommitted".into()),
+        ],
+    );
+    c.create_with_context(ClientLog)
+        .map_err(|e| Error::kafka("create the watermark client", e))
+}
+
 /// The consumer that reads global tables' topics, `read_committed`, every partition assigned
 /// by hand; nothing is committed (the tables are read from the start at each start).
 pub(crate) fn global_consumer(config: &StreamsConfig) -> Result<PlainConsumer> {

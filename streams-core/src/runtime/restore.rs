@@ -10,10 +10,15 @@
 //!
 //! Changelog partitions are read one at a time, from the offset each store has stored (or from
 //! the start), `read_committed`, in batches written without the write-ahead log. A changelog
-//! partition is done at librdkafka's end-of-partition event, or when the position has reached
-//! the end offset the broker reported and nothing arrived for a while: end-of-partition only
-//! comes when the position *equals* the last stable offset, and a stored offset past another
-//! producer's open transaction starts beyond it. A stored offset the changelog does not hold
+//! partition is done when the consumer's position reaches its high watermark as listed
+//! `read_uncommitted` when it was opened (Kafka Streams' `StoreChangelogReader` does the same
+//! since KAFKA-10167): every transaction below it has then ended, so a previous owner's last
+//! commit whose end marker comes late is in the store, not lost. The restore consumer's own end
+//! (the last stable offset) would stop before such a transaction. While the position waits at
+//! the last stable offset the task's `restore_waiting_on_transactions` gauge is 1; after
+//! `transaction timeout + 10 s` (the broker aborts a transaction by then) restoration goes on
+//! without it, with a warning. For a store built from a source topic the end is the group's
+//! committed offset instead. A stored offset the changelog does not hold
 //! (it was truncated, or deleted and recreated while the state stayed) is an error of the
 //! restore consumer (`auto.offset.reset=error`): the store is wiped and the changelog read from
 //! its start, never replayed onto the old state.
@@ -38,7 +43,7 @@ use crate::{Error, Result};
 
 /// Records written to a store in one batch.
 const BATCH: usize = 10_000;
-/// How long nothing must arrive, at or past the end offset, for a changelog to count as read.
+/// How long one read waits for records before the thread does something else.
 const QUIET: Duration = Duration::from_millis(500);
 
 /// A task waiting for, or in, restoration.
@@ -62,7 +67,9 @@ struct Cursor {
     total: u64,
     batch: Batch,
     started: Instant,
-    quiet_since: Option<Instant>,
+    /// Since when the position waits at the last stable offset, below the end (from the first
+    /// end-of-partition event there).
+    waiting_since: Option<Instant>,
     errors_in_a_row: u32,
     /// Restarts from the changelog's start after an out-of-range offset.
     restarts: u32,
@@ -73,6 +80,8 @@ struct Cursor {
 #[derive(Default)]
 pub(crate) struct Restorer {
     consumer: Option<PlainConsumer>,
+    /// Lists changelogs' high watermarks (`read_uncommitted`).
+    watermarks: Option<PlainConsumer>,
     queue: VecDeque<Pending>,
     current: Option<Cursor>,
     /// When a retriable failure to start a restoration was last logged.
@@ -86,6 +95,10 @@ const RETRY_LOG_EVERY: Duration = Duration::from_secs(10);
 pub(crate) struct RestoreEnv<'a> {
     /// Creates the restore consumer when there is none yet.
     pub(crate) make_consumer: &'a dyn Fn() -> Result<PlainConsumer>,
+    /// Creates the client that lists high watermarks when there is none yet.
+    pub(crate) make_watermarks: &'a dyn Fn() -> Result<PlainConsumer>,
+    /// The longest a restoration waits for a transaction open on its changelog.
+    pub(crate) open_transaction_wait: Duration,
     pub(crate) listener: Option<&'a Arc<dyn RestoreListener>>,
     pub(crate) client_timeout: Duration,
     /// The group's committed offset of a source partition (where a store built from a source
@@ -157,8 +170,12 @@ impl Restorer {
                 if self.consumer.is_none() {
                     self.consumer = Some((env.make_consumer)()?);
                 }
+                if self.watermarks.is_none() {
+                    self.watermarks = Some((env.make_watermarks)()?);
+                }
                 let consumer = self.consumer.as_ref().unwrap();
-                match open(consumer, &mut pending.task, store.clone(), env) {
+                let watermarks = self.watermarks.as_ref().unwrap();
+                match open(consumer, watermarks, &mut pending.task, store.clone(), env) {
                     Ok(cursor) => self.current = Some(cursor),
                     // Say, the group's offsets of a source partition are unstable: a dead
                     // instance's transaction holds them until the broker aborts it. The store
@@ -205,6 +222,7 @@ fn store_of<'t>(task: &'t mut Task, name: &str) -> Result<&'t mut crate::store::
 /// changelog no longer holds the records after it (wipe, read from the start).
 fn open(
     consumer: &PlainConsumer,
+    watermarks: &PlainConsumer,
     task: &mut Task,
     store: String,
     env: &RestoreEnv<'_>,
@@ -215,8 +233,9 @@ fn open(
         .clone()
         .expect("only logged stores are restored");
     let mut from = core.committed_offset()?.map(|o| o + 1);
-    // The end offset: ListOffsets of a read_committed consumer, the last stable offset.
-    let (low, end) = consumer
+    // The end offset: the high watermark (ListOffsets read_uncommitted), past every
+    // transaction open now.
+    let (low, end) = watermarks
         .fetch_watermarks(&target.topic, target.partition, env.client_timeout)
         .map_err(|e| Error::kafka(format!("watermarks of {}", target.topic), e))?;
     if let Some(f) = from {
@@ -262,7 +281,7 @@ fn open(
         total: 0,
         batch: Vec::new(),
         started: Instant::now(),
-        quiet_since: None,
+        waiting_since: None,
         errors_in_a_row: 0,
         restarts: 0,
         last_report: Instant::now(),
@@ -286,14 +305,17 @@ fn read(
         }
         let left = deadline.saturating_duration_since(Instant::now());
         match consumer.poll(left) {
-            None => {
-                let quiet = *c.quiet_since.get_or_insert_with(Instant::now);
-                let position = c.last.map_or(c.start, |o| o + 1);
-                // Only after a quiet spell: a broker that under-reports the end offset keeps
-                // delivering records past it.
-                return Ok(position >= c.end && quiet.elapsed() >= QUIET);
+            // Nothing more for now, or the end of what read_committed may read (the last
+            // stable offset): done once the position is at the high watermark.
+            polled @ (None | Some(Err(KafkaError::PartitionEOF(_)))) => {
+                if reached_end(consumer, c, task, env, polled.is_some())? {
+                    return Ok(true);
+                }
+                if Instant::now() >= deadline {
+                    return Ok(false);
+                }
+                continue;
             }
-            Some(Err(KafkaError::PartitionEOF(_))) => return Ok(true),
             Some(Err(e)) if offset_out_of_range(&e) => {
                 restart_from_scratch(consumer, c, task, env, &e)?
             }
@@ -307,7 +329,6 @@ fn read(
             }
             Some(Ok(m)) => {
                 c.errors_in_a_row = 0;
-                c.quiet_since = None;
                 if c.limit.is_some_and(|limit| m.offset() >= limit) {
                     return Ok(true);
                 }
@@ -325,6 +346,57 @@ fn read(
             return Ok(false);
         }
     }
+}
+
+/// Whether the cursor's changelog partition is read to its end: the consumer's position (past
+/// transaction markers and aborted records) at the high watermark taken at open. Below it, the
+/// position waits at the last stable offset for a transaction to end: the task's waiting gauge
+/// says so, and after `open_transaction_wait` restoration stops there, with a warning.
+fn reached_end(
+    consumer: &PlainConsumer,
+    c: &mut Cursor,
+    task: &Task,
+    env: &RestoreEnv<'_>,
+    end_of_partition: bool,
+) -> Result<bool> {
+    let position = consumer
+        .position()
+        .ok()
+        .and_then(|tpl| {
+            tpl.find_partition(&c.topic, c.partition)
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                })
+        })
+        .unwrap_or(c.start)
+        .max(c.last.map_or(c.start, |o| o + 1));
+    let waiting = |on: bool| {
+        if let Some(m) = env.metrics {
+            m.restoration_waiting(env.thread, task.id)
+                .set(i64::from(on));
+        }
+    };
+    if position >= c.end {
+        if c.waiting_since.take().is_some() {
+            waiting(false);
+        }
+        return Ok(true);
+    }
+    // librdkafka's end-of-partition event: the position is at the last stable offset.
+    if end_of_partition && c.waiting_since.is_none() {
+        waiting(true);
+        c.waiting_since = Some(Instant::now());
+    }
+    let Some(since) = c.waiting_since else {
+        return Ok(false);
+    };
+    if since.elapsed() > env.open_transaction_wait {
+        waiting(false);
+        tracing::warn!(store = %c.store, topic = %c.topic, partition = c.partition, position, high_watermark = c.end, waited = ?since.elapsed(), "a transaction below the changelog's high watermark has not ended; restoring without it");
+        return Ok(true);
+    }
+    Ok(false)
 }
 
 /// Whether the restore consumer's position is not in the changelog (the consumer's
@@ -360,7 +432,7 @@ fn restart_from_scratch(
     }
     store_of(task, &c.store)?.wipe()?;
     c.batch.clear();
-    (c.start, c.last, c.total, c.quiet_since) = (0, None, 0, None);
+    (c.start, c.last, c.total, c.waiting_since) = (0, None, 0, None);
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(&c.topic, c.partition, Offset::Beginning)
         .map_err(|e| Error::kafka("restore assignment", e))?;

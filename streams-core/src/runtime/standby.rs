@@ -343,11 +343,15 @@ impl Standby {
         }
         let (config, name) = (&self.config, &self.name);
         let make_consumer = || -> Result<PlainConsumer> { clients::restore_consumer(config, name) };
+        let make_watermarks =
+            || -> Result<PlainConsumer> { clients::watermark_client(config, name) };
         let committed = |topic: &str, partition: i32| {
             clients::committed_offset(&self.group, topic, partition, config.client_timeout)
         };
         let env = RestoreEnv {
             make_consumer: &make_consumer,
+            make_watermarks: &make_watermarks,
+            open_transaction_wait: config.transaction_timeout + Duration::from_secs(10),
             // The user's restore listener hears about active tasks' restorations only.
             listener: None,
             client_timeout: config.client_timeout,

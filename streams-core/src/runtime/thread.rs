@@ -201,6 +201,7 @@ impl Inner {
         }
         let mut restoring = std::mem::take(&mut self.restoring);
         let make_consumer = || clients::restore_consumer(&self.config, &self.name);
+        let make_watermarks = || clients::watermark_client(&self.config, &self.name);
         let timeout = self.config.client_timeout;
         // At most a second at a time: offsets a transaction holds stay unstable until the
         // broker ends it (up to the transaction timeout); the restorer asks again at its next
@@ -211,6 +212,8 @@ impl Inner {
         };
         let env = RestoreEnv {
             make_consumer: &make_consumer,
+            make_watermarks: &make_watermarks,
+            open_transaction_wait: self.config.transaction_timeout + Duration::from_secs(10),
             listener: self.config.restore_listener.as_ref(),
             client_timeout: timeout,
             committed: &committed,
