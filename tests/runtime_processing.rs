@@ -748,3 +748,51 @@ fn a_panicking_processor_stops_the_instance_and_commits_nothing_of_its_record() 
         );
     }
 }
+
+/// Issue 27, finding 16: the state listener runs on a thread of its own, in order, outside
+/// every lock of the runtime: a slow listener does not stall the stream threads, and one that
+/// closes the instance when it runs (a "run once" pattern) closes it in time. Before, it ran on
+/// the stream thread that made the change, under the lock of the threads' states: with two
+/// threads the close waited for a thread that waited for the listener.
+#[test]
+fn a_state_listener_may_block_and_close_the_instance() {
+    let bootstrap = bootstrap_servers();
+    let (input, output, app) = (unique("sl-in"), unique("sl-out"), unique("sl-app"));
+    create_topic(&bootstrap, &input, 2, &[]).unwrap();
+    create_topic(&bootstrap, &output, 2, &[]).unwrap();
+    let config = StreamsConfig::new(&app, &bootstrap)
+        .num_stream_threads(2)
+        .state_dir(state_dir());
+    let streams = Arc::new(KafkaStreams::new(tag_topology(&input, &output, "sl"), config).unwrap());
+    let closed: Arc<Mutex<Option<(bool, Duration)>>> = Arc::default();
+    let (weak, result) = (Arc::downgrade(&streams), closed.clone());
+    streams.set_state_listener(move |_, new| {
+        if new != State::Running {
+            return;
+        }
+        // A slow listener (remote logging, say), then a close from within it.
+        std::thread::sleep(Duration::from_secs(1));
+        if let Some(s) = weak.upgrade() {
+            let asked = Instant::now();
+            let done = s.close(Duration::from_secs(10));
+            *result.lock().unwrap() = Some((done, asked.elapsed()));
+        }
+    });
+    streams.start().unwrap();
+    let deadline = Instant::now() + LONG;
+    let (done, took) = loop {
+        if let Some(r) = *closed.lock().unwrap() {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the listener never closed: {:?}",
+            streams.state()
+        );
+        // Polling the listener's result, which comes from another thread.
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(done, "close from the listener timed out after {took:?}");
+    assert!(took < Duration::from_secs(5), "close took {took:?}");
+    assert_eq!(streams.state(), State::NotRunning);
+}

@@ -90,6 +90,12 @@ pub(crate) struct Shared {
     tasks: Mutex<Vec<Vec<TaskId>>>,
     stores: Mutex<Vec<Vec<(String, i32, QueryHandle)>>>,
     listener: Mutex<Option<Listener>>,
+    /// Where state changes go to the listener's thread, once a listener is set.
+    notifier: Mutex<Option<std::sync::mpsc::Sender<(State, State)>>>,
+    /// The listener's thread.
+    notifier_thread: Mutex<Option<std::thread::ThreadId>>,
+    /// State changes sent to the listener's thread and not yet handed to the listener.
+    unnotified: std::sync::atomic::AtomicUsize,
     pub(crate) shutdown: AtomicBool,
     error: Mutex<Option<Arc<Error>>>,
     pub(crate) metrics: crate::metrics::StreamsMetrics,
@@ -126,15 +132,78 @@ impl Shared {
                 return;
             }
             *s = to;
-            // Under the state lock: two transitions at once cannot leave the gauge behind.
+            // Under the state lock: two transitions at once cannot leave the gauge behind,
+            // nor reach the listener in the wrong order.
             self.metrics.set_state(&format!("{to:?}"), &STATE_NAMES);
+            if let Some(tx) = lock(&self.notifier).as_ref() {
+                self.unnotified.fetch_add(1, Ordering::SeqCst);
+                if tx.send((from, to)).is_err() {
+                    self.unnotified.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
             from
         };
         tracing::info!(from = ?from, to = ?to, "state changed");
         self.changed.notify_all();
-        let listener = lock(&self.listener).clone();
-        if let Some(l) = listener {
-            l(from, to);
+    }
+
+    /// Starts the thread that calls the state listener, if it is not running: state changes
+    /// reach the listener in order, on that thread, outside every lock of the runtime, so that
+    /// a slow listener stalls no stream thread and a listener may call `close`.
+    fn start_notifier(self: &Arc<Self>) {
+        let mut notifier = lock(&self.notifier);
+        if notifier.is_some() {
+            return;
+        }
+        let (tx, rx) = std::sync::mpsc::channel::<(State, State)>();
+        let shared = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("kstreams-state-listener".into())
+            .spawn(move || {
+                // Ends when the instance is gone (its sender with it).
+                while let Ok((from, to)) = rx.recv() {
+                    let Some(shared) = shared.upgrade() else {
+                        break;
+                    };
+                    let listener = lock(&shared.listener).clone();
+                    if let Some(l) = listener {
+                        let called =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| l(from, to)));
+                        if let Err(panic) = called {
+                            tracing::error!(panic = %panic_message(&*panic), "the state listener panicked");
+                        }
+                    }
+                    shared.unnotified.fetch_sub(1, Ordering::SeqCst);
+                    let _state = lock(&shared.state);
+                    shared.changed.notify_all();
+                }
+            });
+        match spawned {
+            Ok(handle) => {
+                *lock(&self.notifier_thread) = Some(handle.thread().id());
+                *notifier = Some(tx);
+            }
+            Err(e) => tracing::error!(error = %e, "cannot start the state listener's thread"),
+        }
+    }
+
+    /// Waits until the listener has been handed every state change so far (not when called
+    /// from the listener itself), at most until `deadline`.
+    fn wait_for_listener(&self, deadline: std::time::Instant) {
+        if *lock(&self.notifier_thread) == Some(std::thread::current().id()) {
+            return;
+        }
+        let mut state = lock(&self.state);
+        while self.unnotified.load(Ordering::SeqCst) > 0 {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            state = self
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 
@@ -240,6 +309,9 @@ impl KafkaStreams {
                 tasks: Mutex::new(vec![vec![]; config.num_stream_threads]),
                 stores: Mutex::new(vec![vec![]; config.num_stream_threads]),
                 listener: Mutex::new(None),
+                notifier: Mutex::new(None),
+                notifier_thread: Mutex::new(None),
+                unnotified: std::sync::atomic::AtomicUsize::new(0),
                 shutdown: AtomicBool::new(false),
                 error: Mutex::new(None),
                 metrics: {
@@ -256,9 +328,13 @@ impl KafkaStreams {
         })
     }
 
-    /// Calls `listener(old, new)` on every state change, from the thread that caused it.
+    /// Calls `listener(old, new)` on every state change from now on, in order, on a thread of
+    /// its own (as Kafka Streams, outside the runtime's locks): a slow listener stalls no stream
+    /// thread, and a listener may call [`close`](Self::close). `close` returns once the listener
+    /// has been handed every change up to `NotRunning` (unless called from the listener).
     pub fn set_state_listener(&self, listener: impl Fn(State, State) + Send + Sync + 'static) {
         *lock(&self.shared.listener) = Some(Arc::new(listener));
+        self.shared.start_notifier();
     }
 
     /// The current state.
@@ -447,8 +523,10 @@ impl KafkaStreams {
     /// Asks every thread to commit and stop, and waits up to `timeout`. Returns whether all
     /// threads stopped in time.
     pub fn close(&self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
         if self.state() == State::Created {
             self.shared.transition(State::NotRunning);
+            self.shared.wait_for_listener(deadline);
             return true;
         }
         self.shared.transition(State::PendingShutdown);
@@ -460,6 +538,7 @@ impl KafkaStreams {
             }
             lock(&self.lock_file).take();
             lock(&self.endpoint).take();
+            self.shared.wait_for_listener(deadline);
         } else {
             tracing::warn!(?timeout, "stream threads did not stop in time");
         }
