@@ -167,3 +167,147 @@ fn a_survivor_with_a_standby_restores_only_the_changelogs_tail() {
     counting_app::check(&bootstrap, &output, N, GROUPS).assert_exact();
     b.stop(Duration::from_secs(60)).unwrap();
 }
+
+/// Issue 27, finding 14: a task whose only state is a table read from its source topic (the
+/// source topic is its changelog, `Materialized::reuse_source_topic_as_changelog`) gets a
+/// standby too. Two instances in this process, one replica: each instance keeps the other's
+/// task as a standby. Before, standbys were chosen by changelog topic configs, which a
+/// source-topic store has none of: no standby at all.
+#[test]
+fn a_table_built_on_its_source_topic_gets_a_standby() {
+    use kstreams::core::serde::Utf8;
+    use kstreams::dsl::{Materialized, StreamsBuilder};
+    let bootstrap = bootstrap_servers();
+    let (input, app) = (unique("st-in"), unique("st-app"));
+    create_topic(&bootstrap, &input, 2, &[("cleanup.policy", "compact")]).unwrap();
+    let instance = || {
+        let builder = StreamsBuilder::new();
+        builder.table::<String, String>(
+            &input,
+            Materialized::with(Utf8)
+                .named("t")
+                .reuse_source_topic_as_changelog(),
+        );
+        let config = StreamsConfig::new(&app, &bootstrap)
+            .state_dir(std::env::temp_dir().join(unique("st-state")))
+            .num_standby_replicas(1);
+        let streams = KafkaStreams::new(builder.build().unwrap(), config).unwrap();
+        streams.start().unwrap();
+        streams
+    };
+    let (a, b) = (instance(), instance());
+    let deadline = Instant::now() + LONG;
+    loop {
+        let running = [&a, &b].iter().all(|s| s.state() == State::Running);
+        let (sa, sb) = (a.standby_tasks(), b.standby_tasks());
+        if running && !sa.is_empty() && !sb.is_empty() {
+            // Each keeps a standby of a task the other runs.
+            assert!(sa.iter().all(|t| b.assigned_tasks().contains(t)), "{sa:?}");
+            assert!(sb.iter().all(|t| a.assigned_tasks().contains(t)), "{sb:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no standby: a {sa:?} (runs {:?}), b {sb:?} (runs {:?})",
+            a.assigned_tasks(),
+            b.assigned_tasks()
+        );
+        // Polling the instances' published standbys (placed once a second).
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(a.close(Duration::from_secs(60)) && b.close(Duration::from_secs(60)));
+}
+
+const CRASH_TEST: &str = "a_standby_directory_survives_a_crash_and_a_restart";
+
+/// The child of the crash test: the counting application with one replica and a 2-second
+/// state cleanup delay; prints `KSTREAMS-STANDBY <task>` once it keeps a standby.
+fn crash_child(args: &str) {
+    streams_testkit::init_tracing();
+    let [app, input, output, dir] = args.split('|').collect::<Vec<_>>()[..] else {
+        panic!("bad child arguments {args}");
+    };
+    let config = StreamsConfig::new(app, &bootstrap_servers())
+        .state_dir(dir)
+        .num_standby_replicas(1)
+        .state_cleanup_delay(Duration::from_secs(2))
+        .transaction_timeout(Duration::from_secs(10))
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "1000");
+    let streams = KafkaStreams::new(counting_app::topology(input, output, GROUPS), config).unwrap();
+    streams.start().unwrap();
+    println!("KSTREAMS-STARTED");
+    let deadline = Instant::now() + LONG;
+    let standby = loop {
+        if let Some(t) = streams.standby_tasks().first() {
+            break t.to_string();
+        }
+        assert!(Instant::now() < deadline, "no standby task");
+        // Polling the published standbys (placed once a second).
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    println!("KSTREAMS-STANDBY {standby}");
+    wait_for_stop_request();
+    streams.close(Duration::from_secs(60));
+}
+
+/// Issue 27, finding 11: a standby's directory is marked owned while it is open, so that a
+/// restart after a crash (the case standbys are for) keeps it. Instance A runs here, B in a
+/// child process with a 2-second state cleanup delay; B keeps a standby for 5 s, is SIGKILLed,
+/// and starts again on the same state directory: the standby's directory is still there. Before,
+/// its marker was written at open only, and the restart's cleanup deleted it.
+#[test]
+fn a_standby_directory_survives_a_crash_and_a_restart() {
+    if let Some(args) = child_mode() {
+        return crash_child(&args);
+    }
+    let bootstrap = bootstrap_servers();
+    let (input, output, app) = (unique("sc-in"), unique("sc-out"), unique("sc-app"));
+    create_topic(&bootstrap, &input, 2, &[]).unwrap();
+    create_topic(&bootstrap, &output, 2, &[]).unwrap();
+    // Some state, so that each task's store has a changelog to follow.
+    let p = idempotent_producer(&bootstrap).unwrap();
+    for i in 0..200 {
+        let (key, value) = (format!("u{i}"), i.to_string());
+        send_retrying(&p, BaseRecord::to(&input).key(&key).payload(&value)).unwrap();
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    let a = KafkaStreams::new(
+        counting_app::topology(&input, &output, GROUPS),
+        StreamsConfig::new(&app, &bootstrap)
+            .state_dir(std::env::temp_dir().join(unique("sc-a")))
+            .num_standby_replicas(1)
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "1000"),
+    )
+    .unwrap();
+    a.start().unwrap();
+    let dir = std::env::temp_dir().join(unique("sc-b"));
+    let spawn_b = || {
+        ChildProcess::spawn(
+            "b",
+            CRASH_TEST,
+            &format!("{app}|{input}|{output}|{}", dir.display()),
+            &[("KAFKA_BOOTSTRAP_SERVERS", bootstrap.as_str())],
+        )
+        .unwrap()
+    };
+    let mut b = spawn_b();
+    let line = b.wait_for_line("KSTREAMS-STANDBY", LONG).unwrap();
+    let task = line.split_whitespace().last().unwrap().to_string();
+    let task_dir = dir.join(&app).join(&task);
+    assert!(task_dir.is_dir(), "{}", task_dir.display());
+    // The standby stays open longer than the cleanup delay (the time a marker written only
+    // at open would be old enough to go).
+    std::thread::sleep(Duration::from_secs(5));
+    b.kill().unwrap();
+    let mut b = spawn_b();
+    b.wait_for_line("KSTREAMS-STARTED", LONG).unwrap();
+    assert!(
+        task_dir.is_dir(),
+        "the standby's directory {} was deleted at the restart",
+        task_dir.display()
+    );
+    b.stop(LONG).unwrap();
+    assert!(a.close(Duration::from_secs(60)));
+}

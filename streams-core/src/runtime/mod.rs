@@ -88,6 +88,8 @@ pub(crate) struct Shared {
     changed: Condvar,
     threads: Mutex<Vec<ThreadState>>,
     tasks: Mutex<Vec<Vec<TaskId>>>,
+    /// The standby tasks this instance keeps open now (the standby thread publishes them).
+    pub(crate) standby_tasks: Mutex<Vec<TaskId>>,
     stores: Mutex<Vec<Vec<(String, i32, QueryHandle)>>>,
     listener: Mutex<Option<Listener>>,
     /// Where state changes go to the listener's thread, once a listener is set.
@@ -224,11 +226,15 @@ impl Shared {
         drop(threads);
     }
 
-    /// The tasks every thread of this instance owns, by directory name.
+    /// The tasks every thread of this instance owns, and its open standby tasks, by
+    /// directory name: the state cleaner keeps them and refreshes their markers, so that a
+    /// restart after a crash does not take a standby's directory for an abandoned one.
     pub(crate) fn owned_task_dirs(&self) -> std::collections::HashSet<String> {
+        let standbys = lock(&self.standby_tasks).clone();
         lock(&self.tasks)
             .iter()
             .flatten()
+            .chain(&standbys)
             .map(ToString::to_string)
             .collect()
     }
@@ -307,6 +313,7 @@ impl KafkaStreams {
                 changed: Condvar::new(),
                 threads: Mutex::new(vec![ThreadState::Starting; config.num_stream_threads]),
                 tasks: Mutex::new(vec![vec![]; config.num_stream_threads]),
+                standby_tasks: Mutex::new(vec![]),
                 stores: Mutex::new(vec![vec![]; config.num_stream_threads]),
                 listener: Mutex::new(None),
                 notifier: Mutex::new(None),
@@ -554,6 +561,14 @@ impl KafkaStreams {
     /// The address the HTTP endpoint listens on, once started (`StreamsConfig::http_endpoint`).
     pub fn http_address(&self) -> Option<std::net::SocketAddr> {
         lock(&self.endpoint).as_ref().map(http::Endpoint::address)
+    }
+
+    /// The standby tasks this instance keeps now (`StreamsConfig::num_standby_replicas`): warm
+    /// copies of other instances' tasks' stores.
+    pub fn standby_tasks(&self) -> Vec<TaskId> {
+        let mut all = lock(&self.shared.standby_tasks).clone();
+        all.sort();
+        all
     }
 
     /// The tasks this instance runs now, over all its stream threads.

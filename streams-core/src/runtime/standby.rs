@@ -60,10 +60,12 @@ pub(super) fn start(
     if config.num_standby_replicas == 0 {
         return Ok(None);
     }
+    // Stores restored from a topic: a changelog of their own, or the source topic a table
+    // is built from.
     let logged_stores: BTreeSet<&str> = topology
         .store_builders()
         .iter()
-        .filter(|b| b.changelog_configs().is_some())
+        .filter(|b| b.restored_from_a_topic())
         .map(|b| b.name())
         .collect();
     let logged: Vec<Logged> = topology
@@ -154,8 +156,24 @@ impl Standby {
             if let Err(e) = self.step() {
                 self.failed(&e);
             }
+            self.publish();
         }
         self.close_all();
+        lock(&self.shared.standby_tasks).clear();
+    }
+
+    /// Publishes the standby tasks open now (`KafkaStreams::standby_tasks`, and the state
+    /// cleaner, which keeps their directories and refreshes their markers).
+    fn publish(&self) {
+        let open: Vec<TaskId> = self
+            .restorer
+            .task_ids()
+            .chain(self.idle.iter().map(|(t, _, _)| t.id))
+            .collect();
+        let mut published = lock(&self.shared.standby_tasks);
+        if *published != open {
+            *published = open;
+        }
     }
 
     /// A pass failed on the task at the front of the queue (restoration reads one task at a

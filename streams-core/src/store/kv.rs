@@ -250,6 +250,9 @@ impl<K: 'static, V: 'static> StoreBuilder for KeyValueStoreBuilder<K, V> {
         self.options
             .changelog_configs(&[("cleanup.policy", "compact".to_string())])
     }
+    fn restored_from_a_topic(&self) -> bool {
+        self.options.restored_from_a_topic()
+    }
     fn build(&self, ctx: &StoreContext<'_>) -> Result<Box<dyn StateStore>> {
         Ok(Box::new(KeyValueStore {
             core: self.options.open(&self.name, ctx)?,

@@ -105,6 +105,12 @@ pub trait StoreBuilder: Send + Sync + 'static {
     fn changelog_configs(&self) -> Option<Vec<(String, String)>> {
         None
     }
+    /// Whether another instance rebuilds the store from a topic (its changelog, or the
+    /// source topic it is built from): standby replicas follow such stores. Default: when it
+    /// has a changelog.
+    fn restored_from_a_topic(&self) -> bool {
+        self.changelog_configs().is_some()
+    }
     /// Opens the instance of a task.
     fn build(&self, ctx: &StoreContext<'_>) -> Result<Box<dyn StateStore>>;
     /// What the HTTP endpoint's interactive queries may ask of the store (the built-in
@@ -167,6 +173,11 @@ impl StoreOptions {
             }),
         };
         Ok(StoreCore::new(name, bytes, changelog, self.caching))
+    }
+
+    /// Whether the store is rebuilt from a topic: its changelog or its source topic.
+    pub(crate) fn restored_from_a_topic(&self) -> bool {
+        self.source_changelog.is_some() || self.logging
     }
 
     pub(crate) fn changelog_configs(
