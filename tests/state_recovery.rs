@@ -1043,3 +1043,91 @@ fn restoration_waits_for_a_transaction_open_on_the_changelog() {
     );
     assert!(b.close(LONG));
 }
+
+/// Keeps the latest value of each key in store `latest` (with a changelog).
+struct Latest;
+
+impl Processor for Latest {
+    type KeyIn = String;
+    type ValueIn = String;
+    type KeyOut = String;
+    type ValueOut = String;
+
+    fn process(
+        &mut self,
+        record: Record<String, String>,
+        ctx: &mut ProcessorContext<'_, String, String>,
+    ) -> Result<()> {
+        let store = ctx.state_store::<KeyValueStore<String, String>>("latest")?;
+        store.put(record.key(), record.value())
+    }
+}
+
+/// Batches restored, as (records, last offset).
+#[derive(Default, Clone)]
+struct Batches(Arc<Mutex<Vec<u64>>>);
+
+impl RestoreListener for Batches {
+    fn on_batch_restored(&self, _store: &str, _partition: i32, _last: i64, records: u64) {
+        self.0.lock().unwrap().push(records);
+    }
+}
+
+/// Issue 27, finding 13: restoration batches are bounded by bytes as well as by records, so that
+/// a changelog of large values is not held whole in memory before it is written. 100 values of
+/// 512 KiB restore in batches of at most 16 MiB (32 of them); before, in one batch of 100.
+#[test]
+fn restoration_batches_are_bounded_by_bytes() {
+    let bootstrap = bootstrap_servers();
+    let (input, app) = (unique("rb-in"), unique("rb-app"));
+    create_topic(&bootstrap, &input, 1, &[]).unwrap();
+    let topology = || {
+        TopologyBuilder::new()
+            .add_source("in", Source::new([input.as_str()], Utf8, Utf8))
+            .add_processor("latest", || Latest, ["in"])
+            .add_state_store(
+                KeyValueStore::<String, String>::builder("latest", Utf8, Utf8),
+                ["latest"],
+            )
+            .build()
+            .unwrap()
+    };
+    let start = |batches: Batches| {
+        let config = StreamsConfig::new(&app, &bootstrap)
+            .state_dir(std::env::temp_dir().join(unique("rb-state")))
+            .restore_listener(batches);
+        let streams = KafkaStreams::new(topology(), config).unwrap();
+        streams.start().unwrap();
+        assert!(streams.wait_for(|s| s == State::Running, LONG));
+        streams
+    };
+    let a = start(Batches::default());
+    let p = producer(&bootstrap);
+    let big = "x".repeat(512 << 10);
+    for i in 0..100 {
+        let key = format!("k{i}");
+        send_retrying(&p, BaseRecord::to(&input).key(&key).payload(&big)).unwrap();
+    }
+    p.flush(Duration::from_secs(60)).unwrap();
+    // Until A has written all of them to its changelog.
+    let changelog = kstreams::core::store::changelog_topic(&app, "latest");
+    consume_until(
+        &bootstrap,
+        &changelog,
+        Isolation::ReadCommitted,
+        LONG,
+        |got| got.len() >= 100,
+    )
+    .unwrap();
+    assert!(a.close(LONG));
+
+    let batches = Batches::default();
+    let b = start(batches.clone());
+    let sizes = batches.0.lock().unwrap().clone();
+    assert_eq!(sizes.iter().sum::<u64>(), 100, "{sizes:?}");
+    assert!(
+        sizes.iter().all(|&n| n <= 32),
+        "batches of {sizes:?} records of 512 KiB"
+    );
+    assert!(b.close(LONG));
+}

@@ -41,8 +41,10 @@ use crate::task::Task;
 use crate::TaskId;
 use crate::{Error, Result};
 
-/// Records written to a store in one batch.
+/// Records written to a store in one batch, at most, and bytes of keys and values, about: a
+/// changelog of large values is not held whole in memory before it is written.
 const BATCH: usize = 10_000;
+const BATCH_BYTES: usize = 16 << 20;
 /// How long one read waits for records before the thread does something else.
 const QUIET: Duration = Duration::from_millis(500);
 
@@ -66,6 +68,8 @@ struct Cursor {
     last: Option<i64>,
     total: u64,
     batch: Batch,
+    /// Bytes of keys and values in `batch`.
+    batch_bytes: usize,
     started: Instant,
     /// Since when the position waits at the last stable offset, below the end (from the first
     /// end-of-partition event there).
@@ -280,6 +284,7 @@ fn open(
         last: None,
         total: 0,
         batch: Vec::new(),
+        batch_bytes: 0,
         started: Instant::now(),
         waiting_since: None,
         errors_in_a_row: 0,
@@ -334,10 +339,11 @@ fn read(
                 }
                 c.last = Some(m.offset());
                 if let Some(key) = m.key() {
+                    c.batch_bytes += key.len() + m.payload().map_or(0, <[u8]>::len);
                     c.batch
                         .push((key.to_vec(), m.payload().map(<[u8]>::to_vec)));
                 }
-                if c.batch.len() >= BATCH {
+                if c.batch.len() >= BATCH || c.batch_bytes >= BATCH_BYTES {
                     write(task, c, env)?;
                 }
             }
@@ -432,6 +438,7 @@ fn restart_from_scratch(
     }
     store_of(task, &c.store)?.wipe()?;
     c.batch.clear();
+    c.batch_bytes = 0;
     (c.start, c.last, c.total, c.waiting_since) = (0, None, 0, None);
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(&c.topic, c.partition, Offset::Beginning)
@@ -451,6 +458,7 @@ fn write(task: &mut Task, c: &mut Cursor, env: &RestoreEnv<'_>) -> Result<()> {
         return Ok(());
     };
     let n = c.batch.len() as u64;
+    c.batch_bytes = 0;
     store_of(task, &c.store)?.restore_batch(std::mem::take(&mut c.batch), last)?;
     c.total += n;
     if let Some(m) = env.metrics {
