@@ -1131,3 +1131,57 @@ fn restoration_batches_are_bounded_by_bytes() {
     );
     assert!(b.close(LONG));
 }
+
+/// Issue 27, finding 7: a store view from `KafkaStreams::key_value_store` fails with a clear
+/// error once a partition it reads has moved to another instance, as Kafka Streams' store
+/// views do ("may have migrated to another instance"), never answering from a task this
+/// instance no longer runs. A runs both partitions and makes a view; B joins and takes one.
+#[test]
+fn a_store_view_fails_once_its_task_moved_away() {
+    let bootstrap = bootstrap_servers();
+    let (input, output, app) = (unique("mv-in"), unique("mv-out"), unique("mv-app"));
+    create_topic(&bootstrap, &input, 2, &[]).unwrap();
+    create_topic(&bootstrap, &output, 2, &[]).unwrap();
+    let start = || {
+        let config = StreamsConfig::new(&app, &bootstrap)
+            .state_dir(std::env::temp_dir().join(unique("mv-state")));
+        let streams = KafkaStreams::new(counting_topology(&input, &output), config).unwrap();
+        streams.start().unwrap();
+        assert!(streams.wait_for(|s| s == State::Running, LONG));
+        streams
+    };
+    let a = start();
+    produce_range(&producer(&bootstrap), &input, 0, KEYS);
+    consume_until(&bootstrap, &output, Isolation::ReadCommitted, LONG, |got| {
+        got.len() >= KEYS
+    })
+    .unwrap();
+    let view = a.key_value_store::<String, u64>("counts").unwrap();
+    assert_eq!(view.partitions(), [0, 1]);
+    assert!(view.get(&key_of(0)).is_ok());
+
+    let b = start();
+    let deadline = Instant::now() + LONG;
+    while a.store_partitions("counts").len() != 1
+        || a.state() != State::Running
+        || b.state() != State::Running
+    {
+        assert!(Instant::now() < deadline, "B never takes a partition");
+        // Polling the instances' state, which a rebalance changes.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let moved: Vec<String> = (0..KEYS)
+        .map(|i| match view.get(&key_of(i)) {
+            Ok(v) => format!("{}: Ok({v:?})", key_of(i)),
+            Err(e) => e.to_string(),
+        })
+        .collect();
+    assert!(
+        moved.iter().all(|m| m.contains("moved")),
+        "answers of the old view: {moved:?}"
+    );
+    // A new view reads the partition A still runs.
+    let fresh = a.key_value_store::<String, u64>("counts").unwrap();
+    assert_eq!(fresh.partitions(), a.store_partitions("counts"));
+    assert!(a.close(LONG) && b.close(LONG));
+}

@@ -591,7 +591,16 @@ impl KafkaStreams {
             .filter(|(n, _, _)| n == name)
             .map(|(_, p, h)| (*p, h.clone()))
             .collect();
-        ReadOnlyKeyValueStore::from_handles(name, handles)
+        let (shared, store) = (Arc::downgrade(&self.shared), name.to_string());
+        let runs = move |partition: i32| {
+            shared.upgrade().is_some_and(|s| {
+                lock(&s.stores)
+                    .iter()
+                    .flatten()
+                    .any(|(n, p, _)| *n == store && *p == partition)
+            })
+        };
+        ReadOnlyKeyValueStore::from_handles(name, handles, Arc::new(runs))
     }
 
     /// The partitions of store `name` this instance holds now.

@@ -276,10 +276,17 @@ pub struct ReadOnlyKeyValueStore<K, V> {
     parts: Vec<(i32, Arc<dyn super::BytesStore>)>,
     keys: Arc<dyn Serde<K>>,
     values: Arc<dyn Serde<V>>,
+    /// Whether this instance still runs the task of a partition (the view reads nothing once
+    /// one of its partitions moved away).
+    runs: Arc<dyn Fn(i32) -> bool + Send + Sync>,
 }
 
 impl<K: 'static, V: 'static> ReadOnlyKeyValueStore<K, V> {
-    pub(crate) fn from_handles(name: &str, handles: Vec<(i32, QueryHandle)>) -> Result<Self> {
+    pub(crate) fn from_handles(
+        name: &str,
+        handles: Vec<(i32, QueryHandle)>,
+        runs: Arc<dyn Fn(i32) -> bool + Send + Sync>,
+    ) -> Result<Self> {
         let mut parts = vec![];
         let mut serdes: Option<Serdes<K, V>> = None;
         for (p, h) in handles {
@@ -307,7 +314,21 @@ impl<K: 'static, V: 'static> ReadOnlyKeyValueStore<K, V> {
             parts,
             keys,
             values,
+            runs,
         })
+    }
+
+    /// An error once a partition of this view has moved to another instance (a rebalance).
+    fn check(&self) -> Result<()> {
+        match self.parts.iter().find(|(p, _)| !(self.runs)(*p)) {
+            None => Ok(()),
+            Some((p, _)) => Err(Error::State {
+                store: self.name.clone(),
+                message: format!(
+                    "partition {p} of this view has moved away from this instance (a rebalance); ask KafkaStreams::key_value_store for a new view, or another instance"
+                ),
+            }),
+        }
     }
 
     /// The partitions whose instances this view reads.
@@ -315,8 +336,10 @@ impl<K: 'static, V: 'static> ReadOnlyKeyValueStore<K, V> {
         self.parts.iter().map(|(p, _)| *p).collect()
     }
 
-    /// The committed value of `key`, from whichever local partition holds it.
+    /// The committed value of `key`, from whichever local partition holds it; an error once a
+    /// partition of this view has moved to another instance.
     pub fn get(&self, key: &K) -> Result<Option<V>> {
+        self.check()?;
         let k = key_bytes(&self.name, &*self.keys, key)?;
         for (_, b) in &self.parts {
             if let Some(v) = b.get(&k)? {
@@ -329,6 +352,7 @@ impl<K: 'static, V: 'static> ReadOnlyKeyValueStore<K, V> {
     /// Every committed entry of every local partition (partition by partition, key order
     /// within), read lazily.
     pub fn all(&self) -> Result<KeyValueIter<'_, K, V>> {
+        self.check()?;
         let inner = self.parts.iter().flat_map(|(_, b)| {
             super::bytes::Chunked::new(&**b, Bound::Unbounded, Bound::Unbounded)
         });

@@ -144,13 +144,19 @@ mod tests {
                 .in_memory(),
         );
         let handle = window.query_handle().expect("window stores are queryable");
-        assert!(
-            ReadOnlyKeyValueStore::<String, u64>::from_handles("w", vec![(0, handle)]).is_err()
-        );
+        assert!(ReadOnlyKeyValueStore::<String, u64>::from_handles(
+            "w",
+            vec![(0, handle)],
+            std::sync::Arc::new(|_| true)
+        )
+        .is_err());
         let kv = open(&KeyValueStore::<String, u64>::builder("kv", Utf8, BigEndian).in_memory());
         let handle = kv.query_handle().unwrap();
-        assert!(
-            ReadOnlyKeyValueStore::<String, u64>::from_handles("kv", vec![(0, handle)]).is_ok()
-        );
+        assert!(ReadOnlyKeyValueStore::<String, u64>::from_handles(
+            "kv",
+            vec![(0, handle)],
+            std::sync::Arc::new(|_| true)
+        )
+        .is_ok());
     }
 }

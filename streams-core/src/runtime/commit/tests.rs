@@ -227,10 +227,14 @@ impl Fixture {
             .into_iter()
             .map(|(_, p, h)| (p, h))
             .collect();
-        ReadOnlyKeyValueStore::<String, u64>::from_handles("counts", handles)
-            .unwrap()
-            .get(&key.to_string())
-            .unwrap()
+        ReadOnlyKeyValueStore::<String, u64>::from_handles(
+            "counts",
+            handles,
+            std::sync::Arc::new(|_| true),
+        )
+        .unwrap()
+        .get(&key.to_string())
+        .unwrap()
     }
 
     fn calls(&self) -> Vec<String> {
