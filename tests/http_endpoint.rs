@@ -546,7 +546,9 @@ fn two_instances_answer_every_key_and_the_survivor_answers_after_a_kill() {
         address_a,
         "GET",
         &format!("/stores/counts/keys/{}", of_b.unwrap().0),
-        "x-kstreams-forwarded: 1\r\n",
+        &format!(
+            "x-kstreams-forwarded: 1\r\nx-kstreams-application: {app}\r\nx-kstreams-owner: {address_a}\r\n"
+        ),
     )
     .unwrap();
     assert_eq!(forwarded.status, 503, "{}", forwarded.body);
@@ -627,6 +629,17 @@ fn counting_instance(
     values: impl kstreams::core::serde::Serde<u64>,
     tune: impl FnOnce(StreamsConfig) -> StreamsConfig,
 ) -> (KafkaStreams, SocketAddr, String) {
+    let (streams, address, input, _) = counting_instance_of_app(label, keys, values, tune);
+    (streams, address, input)
+}
+
+/// [`counting_instance`], and its application id.
+fn counting_instance_of_app(
+    label: &str,
+    keys: usize,
+    values: impl kstreams::core::serde::Serde<u64>,
+    tune: impl FnOnce(StreamsConfig) -> StreamsConfig,
+) -> (KafkaStreams, SocketAddr, String, String) {
     let bootstrap = bootstrap_servers();
     let (input, app) = (
         unique(&format!("{label}-in")),
@@ -651,7 +664,7 @@ fn counting_instance(
         send_retrying(&p, BaseRecord::to(&input).key(&key).payload("v")).unwrap();
     }
     p.flush(Duration::from_secs(30)).unwrap();
-    (streams, address, input)
+    (streams, address, input, app)
 }
 
 /// Waits until the range over every partition of `counts` holds `keys` keys.
@@ -881,4 +894,32 @@ fn health_and_close_are_not_held_up_by_a_slow_query() {
     let took = closing.elapsed();
     assert!(took < Duration::from_secs(6), "close took {took:?}");
     q.join().unwrap();
+}
+
+/// Issue 27, finding 8: a forwarded query names the application and the instance (its
+/// advertised address) it is for, and any other instance refuses it with a retriable 503:
+/// another application's instance on a reused port, or an instance of this one now at an
+/// address the sender's view of the group gives to another, never answers it from its own
+/// stores. Before, the forwarded marker alone was checked.
+#[test]
+fn forwarded_queries_are_answered_only_by_the_instance_they_were_sent_to() {
+    let (streams, address, _, app) = counting_instance_of_app("fw", 10, BigEndian, |c| c);
+    wait_for_keys(address, 10);
+    let ask = |application: &str, owner: &str| {
+        let headers = format!(
+            "x-kstreams-forwarded: 1\r\nx-kstreams-application: {application}\r\nx-kstreams-owner: {owner}\r\n"
+        );
+        request_with(address, "GET", "/stores/counts/keys/k00000", &headers).unwrap()
+    };
+    let here = address.to_string();
+    let other_app = ask("another-application", &here);
+    assert_eq!(other_app.status, 503, "{}", other_app.body);
+    assert!(other_app.body.contains("application"), "{}", other_app.body);
+    let other_owner = ask(&app, "10.9.9.9:7070");
+    assert_eq!(other_owner.status, 503, "{}", other_owner.body);
+    assert!(other_owner.body.contains("sent to"), "{}", other_owner.body);
+    let right = ask(&app, &here);
+    assert_eq!(right.status, 200, "{}", right.body);
+    assert_eq!(right.answered_by(), Some(here.as_str()));
+    assert!(streams.close(Duration::from_secs(60)));
 }

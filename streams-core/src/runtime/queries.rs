@@ -45,6 +45,14 @@ use crate::topology::Topology;
 /// Marks a request one instance forwarded to another: it is answered locally or not at all.
 pub(super) const FORWARDED: &str = "x-kstreams-forwarded";
 
+/// A forwarded request's application id: an instance of another application (a port reused,
+/// say) refuses it rather than answer from its own stores of the same name.
+pub(super) const APPLICATION: &str = "x-kstreams-application";
+
+/// The address a forwarded request expects to reach (the owner the group's placement named):
+/// any other instance refuses it.
+pub(super) const OWNER: &str = "x-kstreams-owner";
+
 /// Names the instance that answered from its own store (its advertised address).
 pub(super) const ANSWERED_BY: &str = "x-kstreams-answered-by";
 
@@ -159,6 +167,11 @@ impl Queries {
     /// Answers `GET /stores/...`.
     pub(super) async fn answer<B>(self: Arc<Self>, req: &Request<B>) -> Answer {
         let forwarded = req.headers().contains_key(FORWARDED);
+        if forwarded {
+            if let Err(refusal) = self.check_forwarded(req.headers()) {
+                return refusal;
+            }
+        }
         let path = req.uri().path();
         let (params, segments) = match (params(req.uri().query().unwrap_or("")), segments(path)) {
             (Ok(p), Ok(s)) => (p, s),
@@ -221,6 +234,25 @@ impl Queries {
                 ),
             ),
         }
+    }
+
+    /// A forwarded request is answered only by the instance of this application it was sent
+    /// to; anything else is refused (503, retriable: the sender's view of the group is stale).
+    fn check_forwarded(&self, headers: &hyper::HeaderMap) -> Result<(), Answer> {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        if header(APPLICATION) != Some(self.group.as_str()) {
+            return Err(retry(format!(
+                "this instance serves application {}, not the one the forwarded query is for",
+                self.group
+            )));
+        }
+        if header(OWNER) != self.advertised.as_deref() {
+            return Err(retry(
+                "this instance is not the one the forwarded query was sent to (its address was reused)"
+                    .to_string(),
+            ));
+        }
+        Ok(())
     }
 
     /// An answer from this instance's own store, marked with its address.
@@ -558,10 +590,10 @@ impl Queries {
         }
         // Partition by partition; each part is in key order already.
         rows.sort_by_key(|(p, _)| *p);
-        json(
+        self.mine(json(
             StatusCode::OK,
             &serde_json::Value::Array(rows.into_iter().map(|(_, v)| v).collect()),
-        )
+        ))
     }
 
     /// Asks the instances that hold `partitions` of `store` (the group's placement); a
@@ -662,7 +694,17 @@ impl Queries {
 
     /// Sends the request to `address` and passes its answer on (a failure is retriable).
     async fn relay(&self, address: &str, path_and_query: &str) -> Answer {
-        match tokio::time::timeout(FORWARD_TIMEOUT, get(address, path_and_query)).await {
+        let asked = get(address, path_and_query, &self.group);
+        match tokio::time::timeout(FORWARD_TIMEOUT, asked).await {
+            Ok(Ok((status, headers, _)))
+                if status == StatusCode::OK
+                    && headers.get(ANSWERED_BY).and_then(|v| v.to_str().ok()) != Some(address) =>
+            {
+                lock(&self.view).take();
+                retry(format!(
+                    "the answer from {address} does not come from the instance the group places there"
+                ))
+            }
             Ok(Ok((status, headers, body))) => {
                 if status == StatusCode::SERVICE_UNAVAILABLE {
                     // The owner's view differs from ours: ask the coordinator again next time.
@@ -732,6 +774,7 @@ impl Queries {
 async fn get(
     address: &str,
     path_and_query: &str,
+    application: &str,
 ) -> Result<(StatusCode, hyper::HeaderMap, Bytes), String> {
     let stream = tokio::net::TcpStream::connect(address)
         .await
@@ -743,6 +786,8 @@ async fn get(
     let req = Request::get(path_and_query)
         .header(HOST, address)
         .header(FORWARDED, "1")
+        .header(APPLICATION, application)
+        .header(OWNER, address)
         .body(Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;
     let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
