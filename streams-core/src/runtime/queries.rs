@@ -168,7 +168,7 @@ impl Queries {
     pub(super) async fn answer<B>(self: Arc<Self>, req: &Request<B>) -> Answer {
         let forwarded = req.headers().contains_key(FORWARDED);
         if forwarded {
-            if let Err(refusal) = self.check_forwarded(req.headers()) {
+            if let Some(refusal) = self.refuse_forwarded(req.headers()) {
                 return refusal;
             }
         }
@@ -237,22 +237,23 @@ impl Queries {
     }
 
     /// A forwarded request is answered only by the instance of this application it was sent
-    /// to; anything else is refused (503, retriable: the sender's view of the group is stale).
-    fn check_forwarded(&self, headers: &hyper::HeaderMap) -> Result<(), Answer> {
+    /// to; anything else gets this refusal (503, retriable: the sender's view of the group is
+    /// stale).
+    fn refuse_forwarded(&self, headers: &hyper::HeaderMap) -> Option<Answer> {
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         if header(APPLICATION) != Some(self.group.as_str()) {
-            return Err(retry(format!(
+            return Some(retry(format!(
                 "this instance serves application {}, not the one the forwarded query is for",
                 self.group
             )));
         }
         if header(OWNER) != self.advertised.as_deref() {
-            return Err(retry(
+            return Some(retry(
                 "this instance is not the one the forwarded query was sent to (its address was reused)"
                     .to_string(),
             ));
         }
-        Ok(())
+        None
     }
 
     /// An answer from this instance's own store, marked with its address.
