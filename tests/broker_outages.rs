@@ -172,3 +172,112 @@ fn exactly_once_holds_through_a_black_hole_and_added_latency() {
         },
     ]);
 }
+
+/// Pauses the first restoration at its start until the test has injected its fault.
+struct HoldAtRestoreStart {
+    held: std::sync::atomic::AtomicBool,
+    started: std::sync::mpsc::SyncSender<()>,
+    go: Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl kstreams::core::config::RestoreListener for HoldAtRestoreStart {
+    fn on_restore_start(&self, _store: &str, _partition: i32, _from: i64) {
+        if !self.held.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            let _ = self.started.try_send(());
+            let _ = self.go.lock().unwrap().recv_timeout(LONG);
+        }
+    }
+}
+
+/// Issue 27, finding 6: a broker outage in the middle of a restoration, longer than the client
+/// timeout, does not stop the instance: the restoration's consumer errors are retried (up to
+/// the task timeout), and the instance runs once the broker is back, counting on from the
+/// restored state. Instance A counts 3,000 records and stops; B, on a fresh state directory,
+/// restores A's changelogs through the proxy, which refuses every connection for 20 s just
+/// as the first restoration starts.
+#[test]
+fn a_broker_outage_during_restoration_does_not_stop_the_instance() {
+    const N: usize = 3_000;
+    let broker = ManagedBroker::start(BrokerOptions {
+        fault_proxy: true,
+        ..BrokerOptions::from_env()
+    })
+    .unwrap();
+    let proxy = broker
+        .proxy()
+        .expect("the test broker runs behind the proxy");
+    let (through_proxy, direct) = (broker.bootstrap_servers(), broker.direct_address());
+    let (input, output, app) = (unique("ro-in"), unique("ro-out"), unique("ro-app"));
+    create_topic(&direct, &input, 2, &[]).unwrap();
+    create_topic(&direct, &output, 2, &[]).unwrap();
+    let config = |listener: Option<HoldAtRestoreStart>| {
+        let c = StreamsConfig::new(&app, &through_proxy)
+            .state_dir(std::env::temp_dir().join(unique("ro-state")))
+            .cache_max_bytes(0)
+            .client_timeout(Duration::from_secs(5))
+            .transaction_timeout(Duration::from_secs(10))
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "1000");
+        match listener {
+            Some(l) => c.restore_listener(l),
+            None => c,
+        }
+    };
+    let a = KafkaStreams::new(
+        counting_app::topology(&input, &output, GROUPS),
+        config(None),
+    )
+    .unwrap();
+    a.start().unwrap();
+    assert!(a.wait_for(|s| s == State::Running, LONG));
+    let p = streams_testkit::kafka::idempotent_producer(&direct).unwrap();
+    let produce = |from: usize, to: usize| {
+        for n in from..to {
+            let (key, value) = (format!("u{}", n % 100), n.to_string());
+            let record = rdkafka::producer::BaseRecord::to(&input)
+                .key(&key)
+                .payload(&value);
+            streams_testkit::kafka::send_retrying(&p, record).unwrap();
+        }
+        rdkafka::producer::Producer::flush(&p, Duration::from_secs(30)).unwrap();
+    };
+    produce(0, N);
+    let total = N as u64;
+    counting_app::wait_counted(&through_proxy, &output, total, GROUPS, LONG);
+    assert!(a.close(LONG));
+
+    let (started_tx, started) = std::sync::mpsc::sync_channel(1);
+    let (go, go_rx) = std::sync::mpsc::channel();
+    let hold = HoldAtRestoreStart {
+        held: std::sync::atomic::AtomicBool::new(false),
+        started: started_tx,
+        go: Mutex::new(go_rx),
+    };
+    let b = KafkaStreams::new(
+        counting_app::topology(&input, &output, GROUPS),
+        config(Some(hold)),
+    )
+    .unwrap();
+    b.start().unwrap();
+    started.recv_timeout(LONG).expect("B never restores");
+    let outage = Duration::from_secs(20);
+    proxy.outage(outage);
+    let began = Instant::now();
+    go.send(()).unwrap();
+    let deadline = Instant::now() + LONG;
+    while began.elapsed() < outage || b.state() != State::Running {
+        assert_ne!(b.state(), State::Error, "{:?}", b.error());
+        assert!(
+            Instant::now() < deadline,
+            "never running again: {:?}",
+            b.state()
+        );
+        std::thread::sleep(Duration::from_millis(100)); // polling the state through the outage
+    }
+    // B counts on from the restored state: one more record per group gives counts past A's.
+    produce(N, N + GROUPS);
+    let all = (N + GROUPS) as u64;
+    counting_app::wait_counted(&through_proxy, &output, all, GROUPS, LONG);
+    assert!(b.close(LONG));
+    counting_app::check(&through_proxy, &output, all, GROUPS).assert_exact();
+}

@@ -74,7 +74,8 @@ struct Cursor {
     /// Since when the position waits at the last stable offset, below the end (from the first
     /// end-of-partition event there).
     waiting_since: Option<Instant>,
-    errors_in_a_row: u32,
+    /// Since when the restore consumer has given errors and no record.
+    failing_since: Option<Instant>,
     /// Restarts from the changelog's start after an out-of-range offset.
     restarts: u32,
     last_report: Instant,
@@ -103,6 +104,8 @@ pub(crate) struct RestoreEnv<'a> {
     pub(crate) make_watermarks: &'a dyn Fn() -> Result<PlainConsumer>,
     /// The longest a restoration waits for a transaction open on its changelog.
     pub(crate) open_transaction_wait: Duration,
+    /// How long the restore consumer may fail without a record before the error is fatal.
+    pub(crate) task_timeout: Duration,
     pub(crate) listener: Option<&'a Arc<dyn RestoreListener>>,
     pub(crate) client_timeout: Duration,
     /// The group's committed offset of a source partition (where a store built from a source
@@ -287,7 +290,7 @@ fn open(
         batch_bytes: 0,
         started: Instant::now(),
         waiting_since: None,
-        errors_in_a_row: 0,
+        failing_since: None,
         restarts: 0,
         last_report: Instant::now(),
     })
@@ -325,15 +328,18 @@ fn read(
                 restart_from_scratch(consumer, c, task, env, &e)?
             }
             Some(Err(e)) => {
+                // Transient errors (a broker down, a leader moving) are retried, as the commit
+                // path retries; only a fatal one, or errors without a record between them for
+                // longer than the task timeout, stop the instance.
                 let e = Error::kafka(format!("restore {}", c.topic), e);
-                c.errors_in_a_row += 1;
-                if e.is_fatal() || c.errors_in_a_row > 20 {
+                let since = *c.failing_since.get_or_insert_with(Instant::now);
+                if e.is_fatal() || since.elapsed() > env.task_timeout {
                     return Err(e);
                 }
-                tracing::warn!(error = %e, "restore consumer error");
+                tracing::warn!(error = %e, failing_for = ?since.elapsed(), "restore consumer error; retrying");
             }
             Some(Ok(m)) => {
-                c.errors_in_a_row = 0;
+                c.failing_since = None;
                 if c.limit.is_some_and(|limit| m.offset() >= limit) {
                     return Ok(true);
                 }

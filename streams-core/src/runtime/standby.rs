@@ -370,6 +370,7 @@ impl Standby {
             make_consumer: &make_consumer,
             make_watermarks: &make_watermarks,
             open_transaction_wait: config.transaction_timeout + Duration::from_secs(10),
+            task_timeout: config.task_timeout,
             // The user's restore listener hears about active tasks' restorations only.
             listener: None,
             client_timeout: config.client_timeout,

@@ -214,6 +214,7 @@ impl Inner {
             make_consumer: &make_consumer,
             make_watermarks: &make_watermarks,
             open_transaction_wait: self.config.transaction_timeout + Duration::from_secs(10),
+            task_timeout: self.config.task_timeout,
             listener: self.config.restore_listener.as_ref(),
             client_timeout: timeout,
             committed: &committed,
