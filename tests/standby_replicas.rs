@@ -311,3 +311,112 @@ fn a_standby_directory_survives_a_crash_and_a_restart() {
     b.stop(LONG).unwrap();
     assert!(a.close(Duration::from_secs(60)));
 }
+
+/// Records each restoration of instance B: (partition, from, restored).
+#[derive(Default, Clone)]
+struct Takeovers(std::sync::Arc<std::sync::Mutex<Vec<(i32, i64, u64)>>>);
+
+impl RestoreListener for Takeovers {
+    fn on_restore_start(&self, _store: &str, partition: i32, from: i64) {
+        self.0.lock().unwrap().push((partition, from, 0));
+    }
+    fn on_restore_end(&self, _store: &str, partition: i32, total: u64) {
+        let mut v = self.0.lock().unwrap();
+        if let Some(e) = v.iter_mut().rev().find(|e| e.0 == partition) {
+            e.2 = total;
+        }
+    }
+}
+
+/// Issue 27, finding 5: an instance with two standby tasks follows both changelogs while their
+/// active tasks write steadily. Four partitions, two instances, one replica: B keeps two
+/// standbys of A's tasks under a steady load; when A stops, B restores only each changelog's
+/// tail (at most 5 % of it). Before, the standby thread read one changelog until a pause or an
+/// end-of-partition event that never came under load: the other one stayed behind.
+#[test]
+fn every_standby_follows_its_changelog_under_steady_load() {
+    let bootstrap = bootstrap_servers();
+    let (input, output, app) = (unique("sl-in"), unique("sl-out"), unique("sl-app"));
+    create_topic(&bootstrap, &input, 4, &[]).unwrap();
+    create_topic(&bootstrap, &output, 4, &[]).unwrap();
+    let instance = |takeovers: Option<Takeovers>| {
+        let mut config = StreamsConfig::new(&app, &bootstrap)
+            .state_dir(std::env::temp_dir().join(unique("sl-state")))
+            .num_standby_replicas(1);
+        if let Some(t) = takeovers {
+            config = config.restore_listener(t);
+        }
+        let streams =
+            KafkaStreams::new(counting_app::topology(&input, &output, GROUPS), config).unwrap();
+        streams.start().unwrap();
+        streams
+    };
+    let a = instance(None);
+    let takeovers = Takeovers::default();
+    let b = instance(Some(takeovers.clone()));
+    let deadline = Instant::now() + LONG;
+    while !(a.state() == State::Running
+        && b.state() == State::Running
+        && b.standby_tasks().len() == 2)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "B never keeps two standbys: {:?}",
+            b.standby_tasks()
+        );
+        // Polling the instances' state and published standbys.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let standbys = b.standby_tasks();
+    // A steady load for a while, B's standbys following A's tasks.
+    // As fast as one producer writes, so that the active tasks' changelogs never pause.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let feeder = {
+        let (bootstrap, input, stop) = (bootstrap.clone(), input.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let p = idempotent_producer(&bootstrap).unwrap();
+            let mut n = 0_u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for _ in 0..1_000 {
+                    let (key, value) = (format!("u{}", n % 1_000), n.to_string());
+                    send_retrying(&p, BaseRecord::to(&input).key(&key).payload(&value)).unwrap();
+                    n += 1;
+                }
+                p.flush(Duration::from_secs(30)).unwrap();
+            }
+            n
+        })
+    };
+    let loaded = Instant::now();
+    while loaded.elapsed() < Duration::from_secs(20) {
+        assert_ne!(a.state(), State::Error);
+        // The load runs for its time: the condition under test is its duration.
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    takeovers.0.lock().unwrap().clear();
+    assert!(a.close(LONG));
+    let deadline = Instant::now() + LONG;
+    while !standbys.iter().all(|t| b.assigned_tasks().contains(t)) || b.state() != State::Running {
+        assert!(Instant::now() < deadline, "B never takes A's tasks over");
+        // Polling B's tasks and state.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let total = feeder.join().unwrap();
+    let restored = takeovers.0.lock().unwrap().clone();
+    eprintln!("{total} records; B's takeovers (partition, from, restored): {restored:?}");
+    for t in &standbys {
+        let (_, from, n) = restored
+            .iter()
+            .rev()
+            .find(|(p, _, _)| *p == t.partition)
+            .copied()
+            .unwrap_or_else(|| panic!("no restoration of {t}: {restored:?}"));
+        let size = (from as u64 + n).max(1);
+        assert!(
+            n <= 100 || n * 20 <= size,
+            "task {t}: restored {n} of a changelog of about {size}: its standby was behind"
+        );
+    }
+    assert!(b.close(LONG));
+}

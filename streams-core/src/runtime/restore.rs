@@ -352,6 +352,12 @@ fn read(
                 if c.batch.len() >= BATCH || c.batch_bytes >= BATCH_BYTES {
                     write(task, c, env)?;
                 }
+                // At the end taken at open: done, even while the changelog keeps growing (a
+                // standby behind a busy active task never sees a pause or an end-of-partition
+                // event, and must move on to its other stores).
+                if c.limit.is_none() && m.offset() + 1 >= c.end {
+                    return Ok(true);
+                }
             }
         }
         if Instant::now() >= deadline {
