@@ -786,10 +786,11 @@ fn idle_and_half_sent_connections_are_closed_and_capped() {
         .map(|_| TcpStream::connect_timeout(&address, Duration::from_secs(5)).unwrap())
         .collect();
     for s in &mut half {
-        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").unwrap();
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n")
+            .unwrap();
     }
     let mut kept = TcpStream::connect_timeout(&address, Duration::from_secs(5)).unwrap();
-    kept.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    kept.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .unwrap();
     let mut first = [0u8; 12];
     kept.read_exact(&mut first).unwrap();
@@ -922,4 +923,80 @@ fn forwarded_queries_are_answered_only_by_the_instance_they_were_sent_to() {
     assert_eq!(right.status, 200, "{}", right.body);
     assert_eq!(right.answered_by(), Some(here.as_str()));
     assert!(streams.close(Duration::from_secs(60)));
+}
+
+/// Issue 27, finding 9: the endpoint can be locked down. A `Host` that names neither an IP
+/// address, `localhost`, the advertised host nor an allowed name is refused (a DNS-rebinding
+/// page reaches a loopback endpoint under its own name); with a token, every page but `/health`
+/// needs `Authorization: Bearer <token>`; interactive queries can be turned off, leaving the
+/// operations pages. Before, every request was answered.
+#[test]
+fn the_endpoint_checks_the_host_and_the_token_and_can_serve_operations_only() {
+    let (streams, address, _) = counting_instance("sec", 3, BigEndian, |c| {
+        c.http_token("s3cret")
+            .http_allowed_hosts(["kstreams.internal"])
+    });
+    wait_for_keys_with(address, 3, "Authorization: Bearer s3cret\r\n");
+    let port = address.port();
+    let ask = |path: &str, headers: &str| {
+        let a = request_with(address, "GET", path, headers).unwrap();
+        (a.status, a.body)
+    };
+    let bearer = "Authorization: Bearer s3cret\r\n";
+    // The token: every page but /health.
+    assert_eq!(ask("/stores/counts/keys/k00000", "").0, 401);
+    assert_eq!(ask("/metrics", "Authorization: Bearer wrong\r\n").0, 401);
+    assert_eq!(ask("/topology", "").0, 401);
+    assert_eq!(ask("/health", "").0, 200);
+    assert_eq!(ask("/stores/counts/keys/k00000", bearer).0, 200);
+    // The Host: an IP address, localhost, or an allowed name.
+    for host in [format!("localhost:{port}"), "kstreams.internal".to_string()] {
+        let s = TcpStream::connect(address).unwrap();
+        let answer = raw_get(s, "/health", &host);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{host}: {answer}");
+    }
+    let s = TcpStream::connect(address).unwrap();
+    let answer = raw_get(s, "/health", &format!("attacker.example:{port}"));
+    assert!(answer.starts_with("HTTP/1.1 421"), "{answer}");
+    assert!(streams.close(Duration::from_secs(60)));
+
+    // Operations only: no interactive queries.
+    let (streams, address, _) = counting_instance("ops", 1, BigEndian, |c| c.http_queries(false));
+    let (status, body) = http(address, "GET", "/stores/counts/keys/k00000").unwrap();
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("interactive queries are off"), "{body}");
+    assert_eq!(http(address, "GET", "/metrics").unwrap().0, 200);
+    assert!(streams.close(Duration::from_secs(60)));
+}
+
+/// One GET with the given `Host` header; the whole answer as text.
+fn raw_get(mut s: TcpStream, path: &str, host: &str) -> String {
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+/// [`wait_for_keys`] with extra request headers.
+fn wait_for_keys_with(address: SocketAddr, keys: usize, headers: &str) {
+    let deadline = Instant::now() + LONG;
+    loop {
+        let a = request_with(address, "GET", "/stores/counts/range?limit=50000", headers).unwrap();
+        if a.status == 200 && a.json().as_array().unwrap().len() == keys {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never {keys} keys: {} {}",
+            a.status,
+            a.body.len()
+        );
+        // Polling the endpoint, as a client would.
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -66,6 +66,9 @@ pub struct StreamsConfig {
     pub(crate) http_endpoint: Option<std::net::SocketAddr>,
     pub(crate) http_max_connections: usize,
     pub(crate) http_header_timeout: Duration,
+    pub(crate) http_token: Option<String>,
+    pub(crate) http_allowed_hosts: Vec<String>,
+    pub(crate) http_queries: bool,
     pub(crate) application_server: Option<String>,
     pub(crate) num_standby_replicas: usize,
 }
@@ -129,6 +132,9 @@ impl std::fmt::Debug for StreamsConfig {
             .field("http_endpoint", &self.http_endpoint)
             .field("http_max_connections", &self.http_max_connections)
             .field("http_header_timeout", &self.http_header_timeout)
+            .field("http_token", &self.http_token.as_ref().map(|_| "<set>"))
+            .field("http_allowed_hosts", &self.http_allowed_hosts)
+            .field("http_queries", &self.http_queries)
             .field("application_server", &self.application_server)
             .field("num_standby_replicas", &self.num_standby_replicas)
             .finish_non_exhaustive()
@@ -183,6 +189,9 @@ impl StreamsConfig {
             http_endpoint: None,
             http_max_connections: 256,
             http_header_timeout: Duration::from_secs(10),
+            http_token: None,
+            http_allowed_hosts: vec![],
+            http_queries: true,
             application_server: None,
             num_standby_replicas: 0,
         }
@@ -238,6 +247,35 @@ impl StreamsConfig {
     /// descriptors RocksDB and the Kafka clients need.
     pub fn http_max_connections(mut self, n: usize) -> Self {
         self.http_max_connections = n.max(1);
+        self
+    }
+
+    /// A token the HTTP endpoint requires of every request but `GET /health`, as
+    /// `Authorization: Bearer <token>` (401 otherwise); instances send it with the queries they
+    /// forward to each other, so every instance needs the same. Off by default: anyone who
+    /// reaches the port can read the stores (see `docs/SECURITY.md`).
+    pub fn http_token(mut self, token: impl Into<String>) -> Self {
+        self.http_token = Some(token.into());
+        self
+    }
+
+    /// Host names the HTTP endpoint answers to, besides IP addresses, `localhost` and the
+    /// advertised host (`application_server`): a request naming another host is refused with
+    /// 421, so that a web page rebinding its own name to this address (DNS rebinding) cannot
+    /// read the endpoint from a browser.
+    pub fn http_allowed_hosts<S: Into<String>>(
+        mut self,
+        hosts: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.http_allowed_hosts = hosts.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Whether the HTTP endpoint serves interactive queries (`/stores`, default true); off, it
+    /// serves the operations pages only (`/metrics`, `/health`, `/topology`), and an instance
+    /// can still be asked by the others only when it is on.
+    pub fn http_queries(mut self, on: bool) -> Self {
+        self.http_queries = on;
         self
     }
 

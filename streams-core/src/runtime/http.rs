@@ -49,6 +49,86 @@ pub(super) struct Limits {
     pub(super) header_timeout: std::time::Duration,
 }
 
+/// Who may ask what (`StreamsConfig::http_token`, `http_allowed_hosts`, `http_queries`).
+#[derive(Debug, Clone, Default)]
+pub(super) struct Guard {
+    pub(super) token: Option<String>,
+    /// Names accepted in `Host` besides IP addresses and `localhost`, lower case.
+    pub(super) hosts: Vec<String>,
+    pub(super) queries: bool,
+}
+
+impl Guard {
+    /// The refusal of a request, if it is refused.
+    fn refuse<B>(&self, req: &Request<B>) -> Option<Response<Full<Bytes>>> {
+        if let Some(host) = req.headers().get(hyper::header::HOST) {
+            let host = host.to_str().unwrap_or("");
+            if !self.host_allowed(host) {
+                return Some(text(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    PLAIN,
+                    "this host name is not served here; allow it with StreamsConfig::http_allowed_hosts\n".into(),
+                ));
+            }
+        }
+        let path = req.uri().path();
+        if let Some(token) = &self.token {
+            let given = req
+                .headers()
+                .get(hyper::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            if path != "/health" && !same(given.as_bytes(), token.as_bytes()) {
+                let mut r = text(
+                    StatusCode::UNAUTHORIZED,
+                    PLAIN,
+                    "this endpoint needs Authorization: Bearer <token>\n".into(),
+                );
+                r.headers_mut().insert(
+                    hyper::header::WWW_AUTHENTICATE,
+                    hyper::header::HeaderValue::from_static("Bearer"),
+                );
+                return Some(r);
+            }
+        }
+        if !self.queries && (path == "/stores" || path.starts_with("/stores/")) {
+            return Some(text(
+                StatusCode::NOT_FOUND,
+                PLAIN,
+                "interactive queries are off on this instance (StreamsConfig::http_queries)\n"
+                    .into(),
+            ));
+        }
+        None
+    }
+
+    /// Whether `Host` (a name or address, and maybe a port) may be served: an IP address,
+    /// `localhost`, or a name allowed.
+    fn host_allowed(&self, host: &str) -> bool {
+        let name = match host.strip_prefix('[') {
+            // [v6]:port
+            Some(rest) => rest.split(']').next().unwrap_or(""),
+            None => host.rsplit_once(':').map_or(host, |(n, port)| {
+                if port.chars().all(|c| c.is_ascii_digit()) {
+                    n
+                } else {
+                    host
+                }
+            }),
+        };
+        let name = name.to_ascii_lowercase();
+        name.parse::<std::net::IpAddr>().is_ok()
+            || name == "localhost"
+            || self.hosts.contains(&name)
+    }
+}
+
+/// Equal bytes, compared in a time that does not depend on where they differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// A running endpoint; dropping it stops it.
 pub(super) struct Endpoint {
     address: SocketAddr,
@@ -76,6 +156,7 @@ impl Drop for Endpoint {
 
 /// What the endpoint serves besides the shared state.
 struct Pages {
+    guard: Guard,
     shared: Arc<Shared>,
     topology: String,
     queries: Arc<Queries>,
@@ -85,6 +166,7 @@ struct Pages {
 pub(super) fn start(
     address: SocketAddr,
     limits: Limits,
+    guard: Guard,
     shared: Arc<Shared>,
     topology: String,
     queries: impl FnOnce(SocketAddr) -> Queries,
@@ -108,6 +190,7 @@ pub(super) fn start(
         .map_err(io("start the HTTP endpoint's runtime".into()))?;
     let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
     let pages = Arc::new(Pages {
+        guard,
         shared,
         topology,
         queries: Arc::new(queries(bound)),
@@ -184,6 +267,9 @@ fn text(status: StatusCode, content_type: &str, body: String) -> Response<Full<B
 const PLAIN: &str = "text/plain; charset=utf-8";
 
 async fn respond<B>(pages: &Pages, req: &Request<B>) -> Response<Full<Bytes>> {
+    if let Some(refusal) = pages.guard.refuse(req) {
+        return refusal;
+    }
     if req.method() != Method::GET {
         return text(
             StatusCode::METHOD_NOT_ALLOWED,

@@ -434,8 +434,35 @@ impl KafkaStreams {
                 max_connections: self.config.http_max_connections,
                 header_timeout: self.config.http_header_timeout,
             };
-            let endpoint = http::start(address, limits, self.shared.clone(), page, |bound| {
-                let advertised = self.config.application_server.clone().unwrap_or_else(|| {
+            let mut hosts: Vec<String> = self
+                .config
+                .http_allowed_hosts
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect();
+            // The advertised host is served too (other instances send queries to it).
+            if let Some(host) = self
+                .config
+                .application_server
+                .as_deref()
+                .and_then(|a| a.rsplit_once(':'))
+                .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+            {
+                hosts.push(host.to_ascii_lowercase());
+            }
+            let guard = http::Guard {
+                token: self.config.http_token.clone(),
+                hosts,
+                queries: self.config.http_queries,
+            };
+            let endpoint = http::start(
+                address,
+                limits,
+                guard,
+                self.shared.clone(),
+                page,
+                |bound| {
+                    let advertised = self.config.application_server.clone().unwrap_or_else(|| {
                     if bound.ip().is_unspecified() {
                         tracing::warn!(address = %bound, "the HTTP endpoint listens on every interface but no application_server is set: other instances are told 127.0.0.1, which reaches this one only from the same machine");
                     }
@@ -446,17 +473,17 @@ impl KafkaStreams {
                     };
                     std::net::SocketAddr::new(ip, bound.port()).to_string()
                 });
-                thread_config.application_server = Some(advertised.clone());
-                queries::Queries::new(
-                    self.shared.clone(),
-                    &self.topology,
-                    &self.config.application_id,
-                    &partitions,
-                    Some(advertised),
-                    client,
-                    self.config.client_timeout,
-                )
-            })?;
+                    thread_config.application_server = Some(advertised.clone());
+                    queries::Queries::new(
+                        self.shared.clone(),
+                        &self.topology,
+                        &self.config,
+                        &partitions,
+                        Some(advertised),
+                        client,
+                    )
+                },
+            )?;
             *lock(&self.endpoint) = Some(endpoint);
         }
         // Global tables are read whole before any stream thread starts.

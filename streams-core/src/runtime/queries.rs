@@ -93,6 +93,8 @@ pub(super) struct Queries {
     others: BTreeSet<String>,
     client: Arc<BaseConsumer>,
     timeout: Duration,
+    /// The endpoint's token, sent with forwarded queries (`StreamsConfig::http_token`).
+    token: Option<String>,
     view: Mutex<Option<(Instant, Described)>>,
     refresh: tokio::sync::Mutex<()>,
 }
@@ -116,12 +118,16 @@ impl Queries {
     pub(super) fn new(
         shared: Arc<Shared>,
         topology: &Topology,
-        application_id: &str,
+        config: &crate::StreamsConfig,
         partitions: &BTreeMap<String, i32>,
         advertised: Option<String>,
         client: BaseConsumer,
-        timeout: Duration,
     ) -> Self {
+        let (application_id, timeout, token) = (
+            config.application_id.as_str(),
+            config.client_timeout,
+            config.http_token.clone(),
+        );
         let builders: BTreeMap<&str, _> = topology
             .store_builders()
             .iter()
@@ -159,6 +165,7 @@ impl Queries {
             others,
             client: Arc::new(client),
             timeout,
+            token,
             view: Mutex::new(None),
             refresh: tokio::sync::Mutex::new(()),
         }
@@ -642,9 +649,10 @@ impl Queries {
             let Some(address) = owner.address() else {
                 return text(
                     StatusCode::BAD_GATEWAY,
+                    // No member or transactional ids in answers: they would tell a client
+                    // how to fence the application's producers.
                     format!(
-                        "partition {p} of store {store} is held by member {} which advertises no HTTP endpoint; turn the endpoint on in every instance",
-                        owner.member_id
+                        "partition {p} of store {store} is held by an instance which advertises no HTTP endpoint; turn the endpoint on in every instance"
                     ),
                 );
             };
@@ -695,7 +703,7 @@ impl Queries {
 
     /// Sends the request to `address` and passes its answer on (a failure is retriable).
     async fn relay(&self, address: &str, path_and_query: &str) -> Answer {
-        let asked = get(address, path_and_query, &self.group);
+        let asked = get(address, path_and_query, &self.group, self.token.as_deref());
         match tokio::time::timeout(FORWARD_TIMEOUT, asked).await {
             Ok(Ok((status, headers, _)))
                 if status == StatusCode::OK
@@ -776,6 +784,7 @@ async fn get(
     address: &str,
     path_and_query: &str,
     application: &str,
+    token: Option<&str>,
 ) -> Result<(StatusCode, hyper::HeaderMap, Bytes), String> {
     let stream = tokio::net::TcpStream::connect(address)
         .await
@@ -784,8 +793,11 @@ async fn get(
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(connection);
-    let req = Request::get(path_and_query)
-        .header(HOST, address)
+    let mut req = Request::get(path_and_query).header(HOST, address);
+    if let Some(token) = token {
+        req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let req = req
         .header(FORWARDED, "1")
         .header(APPLICATION, application)
         .header(OWNER, address)
