@@ -218,3 +218,63 @@ fn an_instance_id_with_other_characters_or_too_many_standbys_is_refused() {
     };
     assert!(error_chain(&e).contains("num_standby_replicas"));
 }
+
+/// A `start()` that fails leaves an instance that `close()` finishes at once, with its state
+/// directory's lock released (a new instance can start on it). Here librdkafka refuses an
+/// unknown property when the first client is made, before any thread starts. (Issue 27,
+/// finding 15, is about failures later in `start()`, after threads started: not covered yet.)
+#[test]
+fn a_start_that_fails_early_leaves_a_closable_instance() {
+    let bootstrap = streams_testkit::bootstrap_servers();
+    let (input, output, app) = (
+        streams_testkit::unique("sf-in"),
+        streams_testkit::unique("sf-out"),
+        streams_testkit::unique("sf-app"),
+    );
+    streams_testkit::kafka::create_topic(&bootstrap, &input, 1, &[]).unwrap();
+    streams_testkit::kafka::create_topic(&bootstrap, &output, 1, &[]).unwrap();
+    let dir = std::env::temp_dir().join(streams_testkit::unique("sf-state"));
+    let topology = || {
+        let builder = kstreams::dsl::StreamsBuilder::new();
+        builder
+            .stream::<String, String>(&input)
+            .group_by_key()
+            .count()
+            .to_stream()
+            .to_with(
+                &output,
+                kstreams::dsl::Produced::with(
+                    kstreams::core::serde::Utf8,
+                    kstreams::core::serde::BigEndian,
+                ),
+            );
+        builder.build().unwrap()
+    };
+    let failing = kstreams::core::KafkaStreams::new(
+        topology(),
+        kstreams::core::StreamsConfig::new(&app, &bootstrap)
+            .state_dir(&dir)
+            .num_standby_replicas(1)
+            .set("no.such.property", "1"),
+    )
+    .unwrap();
+    let started = failing.start();
+    assert!(
+        started.is_err(),
+        "start should fail on the unknown property"
+    );
+    let asked = std::time::Instant::now();
+    assert!(
+        failing.close(std::time::Duration::from_secs(5)),
+        "close timed out"
+    );
+    assert!(asked.elapsed() < std::time::Duration::from_secs(5));
+    // The state directory is free again.
+    let next = kstreams::core::KafkaStreams::new(
+        topology(),
+        kstreams::core::StreamsConfig::new(&app, &bootstrap).state_dir(&dir),
+    )
+    .unwrap();
+    next.start().unwrap();
+    assert!(next.close(std::time::Duration::from_secs(60)));
+}
