@@ -669,21 +669,7 @@ fn counting_instance_of_app(
 
 /// Waits until the range over every partition of `counts` holds `keys` keys.
 fn wait_for_keys(address: SocketAddr, keys: usize) {
-    let deadline = Instant::now() + LONG;
-    loop {
-        let a = get(address, "/stores/counts/range?limit=50000");
-        if a.status == 200 && a.json().as_array().unwrap().len() == keys {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never {keys} keys: {} {}",
-            a.status,
-            a.body.len()
-        );
-        // Polling the endpoint, as a client would.
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_keys_with(address, keys, "");
 }
 
 #[test]
