@@ -395,7 +395,8 @@ fn reached_end(
                 .set(i64::from(on));
         }
     };
-    if position >= c.end {
+    // A store built from a source topic ends at the group's committed offset instead.
+    if position >= c.limit.unwrap_or(c.end) {
         if c.waiting_since.take().is_some() {
             waiting(false);
         }
