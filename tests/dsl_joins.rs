@@ -306,48 +306,51 @@ fn a_late_record_joins_what_the_other_side_still_holds_or_goes_out_alone_at_once
     assert_eq!(dropped, 2);
 }
 
+/// A join of `kind` of two streams with nullable keys, fed `x` (left) and `y` (right) with
+/// null keys, then `l` and `r` with key `a`: the output and the dropped count.
+fn null_key_join(kind: Kind) -> (Vec<(Option<String>, String, i64)>, u64) {
+    let builder = StreamsBuilder::new();
+    let dropped = DroppedRecords::default();
+    let consumed = || Consumed::with(Nullable(Utf8), Utf8);
+    let l = builder.stream_with::<Option<String>, String>("left", consumed());
+    let r = builder.stream_with::<Option<String>, String>("right", consumed());
+    let windows = JoinWindows::of_time_difference_with_no_grace(ms(10));
+    let joined = StreamJoined::with(Nullable(Utf8), Utf8, Utf8).count_dropped_in(&dropped);
+    let out = match kind {
+        Kind::Inner => l.join(&r, |a, b| format!("{a}|{b}"), windows, joined),
+        Kind::Left => l.left_join(&r, |a, b| format!("{a}|{}", show(b)), windows, joined),
+        Kind::Outer => l.outer_join(
+            &r,
+            |a, b| format!("{}|{}", show(a), show(b)),
+            windows,
+            joined,
+        ),
+    };
+    out.to_with(
+        "joined",
+        kstreams::dsl::Produced::with(Nullable(Utf8), Utf8),
+    );
+    let d = driver(builder);
+    let tl = d.input_topic::<Option<String>, String>("left", Nullable(Utf8), Utf8);
+    let tr = d.input_topic::<Option<String>, String>("right", Nullable(Utf8), Utf8);
+    tl.pipe_at(None, s("x"), 1).unwrap();
+    tr.pipe_at(None, s("y"), 2).unwrap();
+    tl.pipe_at(Some(s("a")), s("l"), 3).unwrap();
+    tr.pipe_at(Some(s("a")), s("r"), 4).unwrap();
+    let out = drain(&d.output_topic::<Option<String>, String>("joined", Nullable(Utf8), Utf8));
+    (out, dropped.count())
+}
+
 #[test]
 fn left_and_outer_stream_joins_emit_null_keys_alone_at_once() {
     // KIP-962 (Kafka 3.7): a left join's left record, or either record of an outer join, with
-    // a null key cannot join, and goes out alone at once; an inner join drops it.
-    let run = |outer: bool| {
-        let builder = StreamsBuilder::new();
-        let dropped = DroppedRecords::default();
-        let consumed = || Consumed::with(Nullable(Utf8), Utf8);
-        let l = builder.stream_with::<Option<String>, String>("left", consumed());
-        let r = builder.stream_with::<Option<String>, String>("right", consumed());
-        let windows = JoinWindows::of_time_difference_with_no_grace(ms(10));
-        let joined = StreamJoined::with(Nullable(Utf8), Utf8, Utf8).count_dropped_in(&dropped);
-        let out = if outer {
-            l.outer_join(
-                &r,
-                |a, b| format!("{}|{}", show(a), show(b)),
-                windows,
-                joined,
-            )
-        } else {
-            l.left_join(&r, |a, b| format!("{a}|{}", show(b)), windows, joined)
-        };
-        out.to_with(
-            "joined",
-            kstreams::dsl::Produced::with(Nullable(Utf8), Utf8),
-        );
-        let d = driver(builder);
-        let tl = d.input_topic::<Option<String>, String>("left", Nullable(Utf8), Utf8);
-        let tr = d.input_topic::<Option<String>, String>("right", Nullable(Utf8), Utf8);
-        tl.pipe_at(None, s("x"), 1).unwrap();
-        tr.pipe_at(None, s("y"), 2).unwrap();
-        tl.pipe_at(Some(s("a")), s("l"), 3).unwrap();
-        tr.pipe_at(Some(s("a")), s("r"), 4).unwrap();
-        let out = drain(&d.output_topic::<Option<String>, String>("joined", Nullable(Utf8), Utf8));
-        (out, dropped.count())
-    };
+    // a null key cannot join, and goes out alone at once.
     assert_eq!(
-        run(false),
+        null_key_join(Kind::Left),
         (vec![(None, s("x|-"), 1), (Some(s("a")), s("l|r"), 4)], 1)
     );
     assert_eq!(
-        run(true),
+        null_key_join(Kind::Outer),
         (
             vec![
                 (None, s("x|-"), 1),
@@ -387,33 +390,11 @@ fn a_stream_joins_itself() {
 
 #[test]
 fn stream_join_drops_and_counts_null_keys() {
-    let builder = StreamsBuilder::new();
-    let dropped = DroppedRecords::default();
-    let consumed = || Consumed::with(Nullable(Utf8), Utf8);
-    let l = builder.stream_with::<Option<String>, String>("left", consumed());
-    let r = builder.stream_with::<Option<String>, String>("right", consumed());
-    l.join(
-        &r,
-        |a, b| format!("{a}|{b}"),
-        JoinWindows::of_time_difference_with_no_grace(ms(10)),
-        StreamJoined::with(Nullable(Utf8), Utf8, Utf8).count_dropped_in(&dropped),
-    )
-    .to_with(
-        "joined",
-        kstreams::dsl::Produced::with(Nullable(Utf8), Utf8),
-    );
-    let d = driver(builder);
-    let tl = d.input_topic::<Option<String>, String>("left", Nullable(Utf8), Utf8);
-    let tr = d.input_topic::<Option<String>, String>("right", Nullable(Utf8), Utf8);
-    tl.pipe_at(None, s("x"), 1).unwrap();
-    tr.pipe_at(None, s("y"), 1).unwrap();
-    tl.pipe_at(Some(s("a")), s("l"), 2).unwrap();
-    tr.pipe_at(Some(s("a")), s("r"), 3).unwrap();
+    // An inner join drops both null keys and counts them.
     assert_eq!(
-        drain(&d.output_topic::<Option<String>, String>("joined", Nullable(Utf8), Utf8)),
-        vec![(Some(s("a")), s("l|r"), 3)]
+        null_key_join(Kind::Inner),
+        (vec![(Some(s("a")), s("l|r"), 4)], 2)
     );
-    assert_eq!(dropped.count(), 2);
 }
 
 #[test]
