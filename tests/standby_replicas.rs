@@ -34,7 +34,9 @@ impl RestoreListener for Print {
     }
 }
 
-fn run_child(args: &str) {
+/// A child's arguments (`app|input|output|state dir`): the topics, and the configuration both
+/// children start from (one replica, quick failover).
+fn child_setup(args: &str) -> (String, String, StreamsConfig) {
     streams_testkit::init_tracing();
     let [app, input, output, dir] = args.split('|').collect::<Vec<_>>()[..] else {
         panic!("bad child arguments {args}");
@@ -42,12 +44,19 @@ fn run_child(args: &str) {
     let config = StreamsConfig::new(app, &bootstrap_servers())
         .state_dir(dir)
         .num_standby_replicas(1)
-        // Every count is an output record, for the exactly-once check.
-        .cache_max_bytes(0)
-        .restore_listener(Print)
         .transaction_timeout(Duration::from_secs(10))
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "1000");
+    (input.to_string(), output.to_string(), config)
+}
+
+fn run_child(args: &str) {
+    let (input, output, config) = child_setup(args);
+    let (input, output) = (input.as_str(), output.as_str());
+    let config = config
+        // Every count is an output record, for the exactly-once check.
+        .cache_max_bytes(0)
+        .restore_listener(Print);
     let streams = KafkaStreams::new(counting_app::topology(input, output, GROUPS), config).unwrap();
     streams.set_state_listener(|_, new| println!("KSTREAMS-STATE {new:?}"));
     streams.start().unwrap();
@@ -223,17 +232,9 @@ const CRASH_TEST: &str = "a_standby_directory_survives_a_crash_and_a_restart";
 /// The child of the crash test: the counting application with one replica and a 2-second
 /// state cleanup delay; prints `KSTREAMS-STANDBY <task>` once it keeps a standby.
 fn crash_child(args: &str) {
-    streams_testkit::init_tracing();
-    let [app, input, output, dir] = args.split('|').collect::<Vec<_>>()[..] else {
-        panic!("bad child arguments {args}");
-    };
-    let config = StreamsConfig::new(app, &bootstrap_servers())
-        .state_dir(dir)
-        .num_standby_replicas(1)
-        .state_cleanup_delay(Duration::from_secs(2))
-        .transaction_timeout(Duration::from_secs(10))
-        .set("session.timeout.ms", "6000")
-        .set("heartbeat.interval.ms", "1000");
+    let (input, output, config) = child_setup(args);
+    let (input, output) = (input.as_str(), output.as_str());
+    let config = config.state_cleanup_delay(Duration::from_secs(2));
     let streams = KafkaStreams::new(counting_app::topology(input, output, GROUPS), config).unwrap();
     streams.start().unwrap();
     println!("KSTREAMS-STARTED");
