@@ -61,18 +61,24 @@ impl Fault {
 /// Runs the counting application through the proxy while `faults` are injected one after the
 /// other, each after some processing; after each it must be `Running` and every input
 /// partition's committed offset must move; at the end the output must equal the oracle.
-fn exactly_once_through(faults: &[Fault]) {
+/// A broker of the test's own behind the fault proxy, with the address through the proxy (the
+/// application's) and the direct one (the feeder's and the checks', so that input keeps coming
+/// during the faults).
+fn broker_behind_proxy() -> (ManagedBroker, String, String) {
     let broker = ManagedBroker::start(BrokerOptions {
         fault_proxy: true,
         ..BrokerOptions::from_env()
     })
     .unwrap();
+    let (through_proxy, direct) = (broker.bootstrap_servers(), broker.direct_address());
+    (broker, through_proxy, direct)
+}
+
+fn exactly_once_through(faults: &[Fault]) {
+    let (broker, through_proxy, direct) = broker_behind_proxy();
     let proxy = broker
         .proxy()
         .expect("the test broker runs behind the proxy");
-    // The application talks through the proxy; the feeder and the checks go straight to the
-    // broker, so that input keeps coming during the faults.
-    let (through_proxy, direct) = (broker.bootstrap_servers(), broker.direct_address());
     let (input, output, app) = (unique("out-in"), unique("out-out"), unique("out-app"));
     create_topic(&direct, &input, 2, &[]).unwrap();
     create_topic(&direct, &output, 2, &[]).unwrap();
@@ -198,15 +204,10 @@ impl kstreams::core::config::RestoreListener for HoldAtRestoreStart {
 #[test]
 fn a_broker_outage_during_restoration_does_not_stop_the_instance() {
     const N: usize = 3_000;
-    let broker = ManagedBroker::start(BrokerOptions {
-        fault_proxy: true,
-        ..BrokerOptions::from_env()
-    })
-    .unwrap();
+    let (broker, through_proxy, direct) = broker_behind_proxy();
     let proxy = broker
         .proxy()
         .expect("the test broker runs behind the proxy");
-    let (through_proxy, direct) = (broker.bootstrap_servers(), broker.direct_address());
     let (input, output, app) = (unique("ro-in"), unique("ro-out"), unique("ro-app"));
     create_topic(&direct, &input, 2, &[]).unwrap();
     create_topic(&direct, &output, 2, &[]).unwrap();
