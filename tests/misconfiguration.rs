@@ -278,3 +278,54 @@ fn a_start_that_fails_early_leaves_a_closable_instance() {
     next.start().unwrap();
     assert!(next.close(std::time::Duration::from_secs(60)));
 }
+
+/// A start that fails after the HTTP endpoint is listening (here: the global table's topic
+/// does not exist yet, found when the global tables are read) leaves nothing behind: the
+/// endpoint's port is free, and the same instance starts once the topic exists, on the same
+/// port (issue 27, finding 15).
+#[test]
+fn a_start_that_fails_after_the_endpoint_listens_frees_its_port_and_can_be_retried() {
+    let bootstrap = bootstrap_servers();
+    let (input, output, rates, app) = (
+        unique("sg-in"),
+        unique("sg-out"),
+        unique("sg-rates"),
+        unique("sg-app"),
+    );
+    create_topic(&bootstrap, &input, 1, &[]).unwrap();
+    create_topic(&bootstrap, &output, 1, &[]).unwrap();
+    let builder = StreamsBuilder::new();
+    let table =
+        builder.global_table::<String, String>(&rates, Materialized::with(Utf8).named("rates"));
+    builder
+        .stream::<String, String>(&input)
+        .left_join_global(&table, |k, _| k.clone(), |v, r| format!("{v}/{r:?}"))
+        .to(&output);
+    let topology = builder.build().unwrap();
+    // A fixed port, as a deployment has: taken from the system, then given back.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let streams =
+        KafkaStreams::new(topology, config(&app, &bootstrap).http_endpoint(port)).unwrap();
+    let e = streams
+        .start()
+        .expect_err("the global table's topic is missing");
+    assert!(
+        error_chain(&e).contains("does not exist"),
+        "{}",
+        error_chain(&e)
+    );
+    assert_eq!(streams.state(), State::Created);
+    assert_eq!(streams.http_address(), None, "no endpoint is left serving");
+    std::net::TcpListener::bind(port).expect("the endpoint's port is free again");
+
+    create_topic(&bootstrap, &rates, 1, &[]).unwrap();
+    streams
+        .start()
+        .expect("a second start, once the topic exists");
+    assert!(streams.wait_for(|s| s == State::Running, Duration::from_secs(120)));
+    assert_eq!(streams.http_address(), Some(port));
+    assert!(streams.close(Duration::from_secs(60)), "close timed out");
+}

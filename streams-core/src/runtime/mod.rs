@@ -393,8 +393,12 @@ impl KafkaStreams {
         }
     }
 
-    /// Prepares topics (checks source topics and co-partitioning, creates internal topics) and
-    /// starts the stream threads. Errors here leave the instance in [`State::Created`].
+    /// Prepares topics (checks source topics and co-partitioning, creates internal topics),
+    /// reads the global tables and starts the stream threads. An error before any thread
+    /// started (topics, global tables, the endpoint's address) leaves the instance in
+    /// [`State::Created`] with nothing running, to be started again; an error while starting
+    /// threads (the operating system refusing one) stops those started and leaves it in
+    /// [`State::Error`].
     pub fn start(&self) -> Result<()> {
         if self.state() != State::Created {
             return Err(Error::Config(format!(
@@ -486,16 +490,23 @@ impl KafkaStreams {
             )?;
             *lock(&self.endpoint) = Some(endpoint);
         }
-        // Global tables are read whole before any stream thread starts.
-        let global = global::start(&self.topology, &self.config, self.shared.clone())?;
+        // Global tables are read whole before any stream thread starts. A failure here stops
+        // the endpoint again: the instance stays `Created` with nothing running, and a later
+        // `start` binds the same address.
+        let global = match global::start(&self.topology, &self.config, self.shared.clone()) {
+            Ok(global) => global,
+            Err(e) => {
+                lock(&self.endpoint).take();
+                return Err(e);
+            }
+        };
         *lock(&self.lock_file) = Some(lock_file);
         *lock(&self.instance_id) = Some(instance_id.clone());
         let span = tracing::info_span!("kafka_streams", application_id = %self.config.application_id, instance = %instance_id);
         let _guard = span.enter();
         tracing::info!(threads = self.config.num_stream_threads, guarantee = ?self.config.guarantee, "starting");
         self.shared.transition(State::Rebalancing);
-        let mut handles = lock(&self.handles);
-        handles.extend(global);
+        lock(&self.handles).extend(global);
         let rocks = self.config.rocks_resources();
         if self.config.metrics_recording {
             let probe = rocks.clone();
@@ -509,21 +520,47 @@ impl KafkaStreams {
                 ]
             }));
         }
-        // Before the stream threads: a failure here leaves none running.
-        handles.extend(standby::start(
-            &self.topology,
+        let mut spawned = 0;
+        let started = self.spawn_threads(
             &thread_config,
             &partitions,
+            &instance_id,
+            rocks,
+            &mut spawned,
+        );
+        if let Err(e) = started {
+            self.abandon_start(&e, spawned);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Starts the standby thread and the stream threads, counting the stream threads in
+    /// `spawned`; on an error, those started so far keep running until
+    /// [`abandon_start`](Self::abandon_start) stops them.
+    fn spawn_threads(
+        &self,
+        thread_config: &StreamsConfig,
+        partitions: &std::collections::BTreeMap<String, i32>,
+        instance_id: &str,
+        rocks: crate::store::RocksResources,
+        spawned: &mut usize,
+    ) -> Result<()> {
+        let standby = standby::start(
+            &self.topology,
+            thread_config,
+            partitions,
             self.shared.clone(),
             rocks.clone(),
-        )?);
+        )?;
+        lock(&self.handles).extend(standby);
         for i in 0..self.config.num_stream_threads {
             let thread = thread::StreamThread::new(
                 i,
                 self.topology.clone(),
                 thread_config.clone(),
                 self.shared.clone(),
-                &instance_id,
+                instance_id,
                 rocks.clone(),
             );
             let shared = self.shared.clone();
@@ -549,9 +586,31 @@ impl KafkaStreams {
                     context: "spawn a stream thread".into(),
                     source: e,
                 })?;
-            handles.push(handle);
+            lock(&self.handles).push(handle);
+            *spawned += 1;
         }
         Ok(())
+    }
+
+    /// Stops what a start that failed after leaving `Created` had started (the global and
+    /// standby threads, the stream threads spawned so far, the endpoint) and ends in
+    /// [`State::Error`], with `error` as the instance's error: `close` then returns at once,
+    /// and the state directory's lock is released.
+    fn abandon_start(&self, error: &Error, spawned: usize) {
+        tracing::error!(error = %error, "start failed; stopping what it started");
+        lock(&self.shared.error)
+            .get_or_insert_with(|| Arc::new(Error::Config(format!("start failed: {error}"))));
+        self.shared.shutdown.store(true, Ordering::SeqCst);
+        self.shared.transition(State::PendingError);
+        // The slots of stream threads never spawned: nothing will ever report them finished.
+        for i in spawned..self.config.num_stream_threads {
+            self.shared.thread_finished(i, Ok(()));
+        }
+        for h in lock(&self.handles).drain(..) {
+            let _ = h.join();
+        }
+        lock(&self.lock_file).take();
+        lock(&self.endpoint).take();
     }
 
     /// Asks every thread to commit and stop, and waits up to `timeout`. Returns whether all
