@@ -46,6 +46,7 @@ struct Setup {
 }
 
 fn setup(prefix: &str, partitions: i32) -> Setup {
+    streams_testkit::init_tracing();
     let bootstrap = bootstrap_servers();
     let (input, output, app) = (
         unique(&format!("{prefix}-in")),

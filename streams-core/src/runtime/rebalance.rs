@@ -73,6 +73,7 @@ impl ThreadContext {
                         false
                     }
                 };
+                inner.release_paused(consumer, Some(tpl));
                 inner.close_all_tasks(clean);
             }
             Rebalance::Assign(_) => inner.set_state(ThreadState::PartitionsAssigned),
@@ -80,12 +81,13 @@ impl ThreadContext {
                 // librdkafka unassigns the partitions: drop the tasks' uncommitted work.
                 tracing::warn!(thread = %inner.name, error = %e, "rebalance error; closing tasks without commit");
                 inner.protocol.abandon();
+                inner.release_paused(consumer, None);
                 inner.close_all_tasks(false);
             }
         }
     }
 
-    fn on_post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn on_post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let mut inner = self.lock();
         if inner.failed {
             return;
@@ -96,7 +98,7 @@ impl ThreadContext {
                 .iter()
                 .map(|e| (e.topic().to_string(), e.partition()))
                 .collect();
-            if let Err(e) = inner.create_tasks(consumer, &parts) {
+            if let Err(e) = inner.create_tasks(&parts) {
                 inner.pending_error.get_or_insert(e);
             }
             // Running once every new task is restored (the loop restores them).

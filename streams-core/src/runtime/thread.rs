@@ -56,6 +56,8 @@ pub(crate) struct Inner {
     metrics: Option<ThreadMetrics>,
     /// Deletes what the group committed past in repartition topics (none without them).
     purger: Option<super::purge::Purger>,
+    /// Restoring tasks whose partitions this thread paused (see `add`).
+    paused: std::collections::HashSet<TaskId>,
 }
 
 impl Inner {
@@ -105,13 +107,13 @@ impl Inner {
         }
     }
 
-    /// Creates the tasks of newly assigned partitions and queues them for restoration; their
-    /// partitions stay paused in `consumer` until they are restored.
-    pub(super) fn create_tasks(
-        &mut self,
-        consumer: &BaseConsumer<ThreadContext>,
-        partitions: &[(String, i32)],
-    ) -> Result<()> {
+    /// Creates the tasks of newly assigned partitions and queues them for restoration. Their
+    /// partitions are not paused here but when their first record arrives (`add`): librdkafka
+    /// starts fetching a newly assigned partition with an operation that a pause or resume
+    /// taken at the same moment can make it discard (both take a version barrier and the older
+    /// is dropped; librdkafka issue 5591), leaving the partition never fetched. A record shows
+    /// that fetching has started.
+    pub(super) fn create_tasks(&mut self, partitions: &[(String, i32)]) -> Result<()> {
         let mut ids: Vec<TaskId> = partitions
             .iter()
             .filter_map(|(t, p)| self.sources.task_of(t, *p))
@@ -147,15 +149,44 @@ impl Inner {
                 self.config.cache_max_bytes / self.config.num_stream_threads.max(1),
             );
             super::cleanup::mark_owned(&dir);
-            consumer
-                .pause(&self.source_partitions(id)?)
-                .map_err(|e| Error::kafka("pause a restoring task's partitions", e))?;
             self.restoring.add(task, dir);
         }
         self.publish_tasks();
         let ids: Vec<String> = self.restoring.task_ids().map(|t| t.to_string()).collect();
         tracing::info!(thread = %self.name, restoring = ?ids, "partitions assigned; tasks created");
         Ok(())
+    }
+
+    /// Resumes `revoked` (the partitions of a revocation, or `None` for those this thread
+    /// paused for restoring tasks) before they leave the assignment: librdkafka keeps a
+    /// partition paused by the application across a revocation, and a partition assigned again
+    /// while paused would not be fetched. A resume of a partition that is not paused changes
+    /// nothing.
+    pub(super) fn release_paused(
+        &mut self,
+        consumer: &BaseConsumer<ThreadContext>,
+        revoked: Option<&TopicPartitionList>,
+    ) {
+        let paused = std::mem::take(&mut self.paused);
+        let tpl = match revoked {
+            Some(tpl) => Ok(tpl.clone()),
+            None => paused
+                .iter()
+                .try_fold(TopicPartitionList::new(), |mut all, id| {
+                    for (topic, partition) in self.sources.partitions_of(*id) {
+                        all.add_partition(topic, partition);
+                    }
+                    Ok::<_, Error>(all)
+                }),
+        };
+        let resumed = tpl.and_then(|tpl| {
+            consumer
+                .resume(&tpl)
+                .map_err(|e| Error::kafka("resume partitions before their revocation", e))
+        });
+        if let Err(e) = resumed {
+            tracing::warn!(thread = %self.name, error = %e, "resuming revoked partitions failed");
+        }
     }
 
     /// Pauses (or resumes) fetching for the running tasks' partitions.
@@ -234,9 +265,11 @@ impl Inner {
                 return Err(e);
             }
             super::cleanup::mark_owned(&p.dir);
-            consumer
-                .resume(&self.source_partitions(task.id)?)
-                .map_err(|e| Error::kafka("resume a restored task's partitions", e))?;
+            if self.paused.remove(&task.id) {
+                consumer
+                    .resume(&self.source_partitions(task.id)?)
+                    .map_err(|e| Error::kafka("resume a restored task's partitions", e))?;
+            }
             tracing::debug!(thread = %self.name, task = %task.id, "restored; processing");
             self.tasks.insert(task);
             self.publish_tasks();
@@ -299,19 +332,25 @@ impl Inner {
         );
     }
 
-    fn add(&mut self, raw: RawRecord) -> Result<()> {
+    fn add(&mut self, consumer: &BaseConsumer<ThreadContext>, raw: RawRecord) -> Result<()> {
         let Some(id) = self.sources.task_of(&raw.topic, raw.partition) else {
             return Ok(());
         };
         if self.tasks.contains(id) {
             return self.tasks.add(id, raw);
         }
-        match self.restoring.task_mut(id) {
-            // Fetched before its partitions were paused: processed once it is restored.
-            Some(task) => task.add(raw),
+        let Some(task) = self.restoring.task_mut(id) else {
             // A record fetched before a revocation; the new owner reads it again.
-            None => Ok(()),
+            return Ok(());
+        };
+        // Kept for when the task is restored; nothing more is fetched for it meanwhile.
+        task.add(raw)?;
+        if self.paused.insert(id) {
+            consumer
+                .pause(&self.source_partitions(id)?)
+                .map_err(|e| Error::kafka("pause a restoring task's partitions", e))?;
         }
+        Ok(())
     }
 
     /// Processes every buffered record and runs due wall-clock punctuations. Returns whether
@@ -375,6 +414,7 @@ impl StreamThread {
                 failed: false,
                 metrics,
                 purger: None,
+                paused: Default::default(),
             },
         }
     }
@@ -547,7 +587,7 @@ fn run_loop(
         }
         inner.ensure_producer()?;
         for raw in raws.drain(..) {
-            inner.add(raw)?;
+            inner.add(consumer, raw)?;
         }
         inner.restore_step(consumer)?;
         restoring = !inner.restoring.is_empty();
@@ -634,7 +674,7 @@ fn rewind(consumer: &BaseConsumer<ThreadContext>, inner: &mut Inner) -> Result<(
     // A partition without a committed offset goes back to where auto.offset.reset put it:
     // offset 0 for "earliest" (a log that starts later falls back to the reset policy), not
     // the logical Beginning, whose offset lookup librdkafka does not finish when the
-    // partition is paused right after (restoration pauses it), leaving it unfetched.
+    // partition is paused right after (a restoring task pauses it), leaving it unfetched.
     let from_latest = matches!(
         inner
             .config
@@ -660,7 +700,7 @@ fn rewind(consumer: &BaseConsumer<ThreadContext>, inner: &mut Inner) -> Result<(
         .iter()
         .map(|e| (e.topic().to_string(), e.partition()))
         .collect();
-    inner.create_tasks(consumer, &parts)?;
+    inner.create_tasks(&parts)?;
     tracing::info!(thread = %inner.name, partitions = parts.len(), "rewound to the committed offsets");
     Ok(())
 }
