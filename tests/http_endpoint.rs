@@ -67,9 +67,12 @@ fn request_with(
     )?;
     let mut response = String::new();
     s.read_to_string(&mut response)?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .unwrap_or((response.as_str(), ""));
+    Ok(parse_answer(&response))
+}
+
+/// An HTTP/1.1 response as read whole.
+fn parse_answer(response: &str) -> Answer {
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((response, ""));
     let mut lines = head.lines();
     let status = lines
         .next()
@@ -80,11 +83,11 @@ fn request_with(
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
-    Ok(Answer {
+    Answer {
         status,
         headers,
         body: body.to_string(),
-    })
+    }
 }
 
 /// One HTTP/1.1 request; returns the status code and the body.
@@ -669,7 +672,7 @@ fn counting_instance_of_app(
 
 /// Waits until the range over every partition of `counts` holds `keys` keys.
 fn wait_for_keys(address: SocketAddr, keys: usize) {
-    wait_for_keys_with(address, keys, "");
+    wait_for_keys_with(address, "counts", keys, "");
 }
 
 #[test]
@@ -922,7 +925,7 @@ fn the_endpoint_checks_the_host_and_the_token_and_can_serve_operations_only() {
         c.http_token("s3cret")
             .http_allowed_hosts(["kstreams.internal"])
     });
-    wait_for_keys_with(address, 3, "Authorization: Bearer s3cret\r\n");
+    wait_for_keys_with(address, "counts", 3, "Authorization: Bearer s3cret\r\n");
     let port = address.port();
     let ask = |path: &str, headers: &str| {
         let a = request_with(address, "GET", path, headers).unwrap();
@@ -968,11 +971,13 @@ fn raw_get(mut s: TcpStream, path: &str, host: &str) -> String {
     answer
 }
 
-/// [`wait_for_keys`] with extra request headers.
-fn wait_for_keys_with(address: SocketAddr, keys: usize, headers: &str) {
+/// Waits until the range over every partition of `store` holds `keys` keys, sending extra
+/// request headers (each line ending in CRLF).
+fn wait_for_keys_with(address: SocketAddr, store: &str, keys: usize, headers: &str) {
     let deadline = Instant::now() + LONG;
     loop {
-        let a = request_with(address, "GET", "/stores/counts/range?limit=50000", headers).unwrap();
+        let path = format!("/stores/{store}/range?limit=20000");
+        let a = request_with(address, "GET", &path, headers).unwrap();
         if a.status == 200 && a.json().as_array().unwrap().len() == keys {
             return;
         }
@@ -985,4 +990,290 @@ fn wait_for_keys_with(address: SocketAddr, keys: usize, headers: &str) {
         // Polling the endpoint, as a client would.
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Issue 27, finding 18: the coordinator is asked to describe the group at most about once a
+/// second, whatever the query load, even while relays fail. Instance B of the application
+/// advertises an address where nothing listens; queries through A for B's keys all fail to be
+/// relayed, from 8 clients at once for 5 s. Before, each failed relay dropped A's view of the
+/// group, so the next query described the group again.
+#[test]
+fn failed_relays_do_not_make_the_coordinator_describe_the_group_per_query() {
+    let bootstrap = bootstrap_servers();
+    let (input, app) = (unique("gd-in"), unique("gd-app"));
+    create_topic(&bootstrap, &input, 2, &[]).unwrap();
+    let instance = |advertised: Option<&str>| {
+        let builder = StreamsBuilder::new();
+        builder
+            .stream::<String, String>(&input)
+            .group_by_key()
+            .count_with(Materialized::with(BigEndian).named("counts"));
+        let mut config = StreamsConfig::new(&app, &bootstrap)
+            .state_dir(std::env::temp_dir().join(unique("gd-state")))
+            .http_endpoint("127.0.0.1:0".parse().unwrap());
+        if let Some(a) = advertised {
+            config = config.application_server(a);
+        }
+        let streams = KafkaStreams::new(builder.build().unwrap(), config).unwrap();
+        streams.start().unwrap();
+        streams
+    };
+    let a = instance(None);
+    // Port 1: nothing listens there, so every relay to B is refused at once.
+    let b = instance(Some("127.0.0.1:1"));
+    let both_running = || {
+        a.state() == State::Running
+            && b.state() == State::Running
+            && a.assigned_tasks().len() == 1
+            && b.assigned_tasks().len() == 1
+    };
+    let deadline = std::time::Instant::now() + LONG;
+    while !both_running() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the instances never split the tasks"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let address = a.http_address().unwrap();
+    // Keys on B's partition: their queries through A are relayed there, and fail.
+    let on_b: Vec<String> = (0..40)
+        .map(|i| format!("k{i}"))
+        .filter(|k| {
+            let answer = get(address, &format!("/stores/counts/keys/{k}"));
+            answer.status == 503 && answer.body.contains("127.0.0.1:1")
+        })
+        .collect();
+    assert!(!on_b.is_empty(), "no key of the 40 is placed on B");
+    let describes = || {
+        a.metrics()
+            .sum("kstreams_group_describes_total", &[("purpose", "queries")])
+    };
+    let before = describes();
+    const LOAD: Duration = Duration::from_secs(5);
+    let started = std::time::Instant::now();
+    let failed: usize = std::thread::scope(|s| {
+        let clients: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut failed = 0;
+                    while started.elapsed() < LOAD {
+                        for k in &on_b {
+                            let answer = get(address, &format!("/stores/counts/keys/{k}"));
+                            assert_eq!(answer.status, 503, "{}", answer.body);
+                            failed += 1;
+                        }
+                    }
+                    failed
+                })
+            })
+            .collect();
+        clients.into_iter().map(|c| c.join().unwrap()).sum()
+    });
+    let took = started.elapsed().as_secs_f64();
+    let asked = describes() - before;
+    assert!(failed > 100, "only {failed} queries in {took:.1} s");
+    assert!(
+        asked <= took.ceil() + 2.0,
+        "{asked} descriptions of the group for {failed} failed relays in {took:.1} s"
+    );
+    assert!(a.close(Duration::from_secs(60)));
+    assert!(b.close(Duration::from_secs(60)));
+}
+
+/// Issue 27, finding 12: a table over a topic written with librdkafka's default partitioner
+/// (`consistent_random`: CRC32 of the key, not Kafka's murmur2) answers every key once the
+/// store is told how its topic was partitioned (`StreamsConfig::query_partitioner`); without
+/// that, a lookup that misses says which partitioner it assumed. Before, most keys answered
+/// `404 no value` although they were in the table, and nothing said why.
+#[test]
+fn keys_are_found_on_the_partition_their_producers_partitioner_chose() {
+    let bootstrap = bootstrap_servers();
+    let prices = unique("kp-prices");
+    create_topic(&bootstrap, &prices, 4, &[]).unwrap();
+    let p: rdkafka::producer::BaseProducer = streams_testkit::kafka::client_config(&bootstrap)
+        .set("enable.idempotence", "true")
+        .set("partitioner", "consistent_random")
+        .create()
+        .unwrap();
+    const KEYS: usize = 40;
+    for i in 0..KEYS {
+        let (k, v) = (format!("item{i}"), format!("{i}.00"));
+        send_retrying(&p, BaseRecord::to(&prices).key(&k).payload(&v)).unwrap();
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    let instance = |partitioner: Option<kstreams::core::KeyPartitioner>| {
+        let builder = StreamsBuilder::new();
+        builder.table::<String, String>(
+            &prices,
+            Materialized::with(kstreams::core::serde::Utf8).named("prices"),
+        );
+        let mut config = StreamsConfig::new(&unique("kp-app"), &bootstrap)
+            .state_dir(std::env::temp_dir().join(unique("kp-state")))
+            .http_endpoint("127.0.0.1:0".parse().unwrap());
+        if let Some(p) = partitioner {
+            config = config.query_partitioner("prices", p);
+        }
+        let streams = KafkaStreams::new(builder.build().unwrap(), config).unwrap();
+        streams.start().unwrap();
+        let address = streams.http_address().unwrap();
+        wait_for_keys_with(address, "prices", KEYS, "");
+        (streams, address)
+    };
+    let answers = |address: SocketAddr| -> Vec<Answer> {
+        (0..KEYS)
+            .map(|i| get(address, &format!("/stores/prices/keys/item{i}")))
+            .collect()
+    };
+
+    // Told: every key is found, with its value.
+    let (told, address) = instance(Some(kstreams::core::KeyPartitioner::Crc32));
+    for (i, a) in answers(address).iter().enumerate() {
+        assert_eq!(a.status, 200, "item{i}: {}", a.body);
+        assert_eq!(
+            a.json()["value"],
+            Value::String(format!("{i}.00")),
+            "item{i}"
+        );
+    }
+    assert!(told.close(Duration::from_secs(60)));
+
+    // Not told: murmur2 is assumed, most keys are looked for on the wrong partition, and the
+    // answer says so.
+    let (untold, address) = instance(None);
+    let missed: Vec<Answer> = answers(address)
+        .into_iter()
+        .filter(|a| a.status == 404)
+        .collect();
+    eprintln!(
+        "without query_partitioner: {} of {KEYS} keys not found",
+        missed.len()
+    );
+    assert!(!missed.is_empty(), "murmur2 and CRC32 agree on every key?");
+    assert!(
+        missed[0].body.contains("murmur2") && missed[0].body.contains("query_partitioner"),
+        "{}",
+        missed[0].body
+    );
+    assert!(untold.close(Duration::from_secs(60)));
+}
+
+/// Issue 27, finding 9: with `http_tls` the endpoint speaks HTTPS only, and a query for a key
+/// another instance holds is forwarded to it over TLS, trusting the certificate both share.
+/// A plain HTTP request gets no answer.
+#[test]
+fn the_endpoint_serves_and_forwards_queries_over_tls() {
+    let bootstrap = bootstrap_servers();
+    let (input, app) = (unique("tls-in"), unique("tls-app"));
+    create_topic(&bootstrap, &input, 2, &[]).unwrap();
+    // One self-signed certificate for every instance, naming the address they advertise.
+    let dir = std::env::temp_dir().join(unique("tls-files"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let (chain, key) = (dir.join("chain.pem"), dir.join("key.pem"));
+    std::fs::write(&chain, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
+    let instance = || {
+        let builder = StreamsBuilder::new();
+        builder
+            .stream::<String, String>(&input)
+            .group_by_key()
+            .count_with(Materialized::with(BigEndian).named("counts"));
+        let config = StreamsConfig::new(&app, &bootstrap)
+            .state_dir(std::env::temp_dir().join(unique("tls-state")))
+            .http_endpoint("127.0.0.1:0".parse().unwrap())
+            .http_tls(&chain, &key);
+        let streams = KafkaStreams::new(builder.build().unwrap(), config).unwrap();
+        streams.start().unwrap();
+        streams
+    };
+    let (a, b) = (instance(), instance());
+    let deadline = Instant::now() + LONG;
+    while !(a.assigned_tasks().len() == 1
+        && b.assigned_tasks().len() == 1
+        && a.state() == State::Running
+        && b.state() == State::Running)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the instances never split the tasks"
+        );
+        std::thread::sleep(Duration::from_millis(50)); // polling the instances' states
+    }
+    let p = idempotent_producer(&bootstrap).unwrap();
+    const KEYS: usize = 12;
+    for i in 0..KEYS {
+        send_retrying(
+            &p,
+            BaseRecord::to(&input).key(&format!("k{i}")).payload("v"),
+        )
+        .unwrap();
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    let (here, there) = (a.http_address().unwrap(), b.http_address().unwrap());
+    // Every key through A, over TLS: A's own and B's (forwarded over TLS), each counted once.
+    let mut answered_by = BTreeSet::new();
+    for i in 0..KEYS {
+        let path = format!("/stores/counts/keys/k{i}");
+        let deadline = Instant::now() + LONG;
+        let answer = loop {
+            let answer = tls_get(here, &path, &chain);
+            if answer.status == 200 || Instant::now() > deadline {
+                break answer;
+            }
+            std::thread::sleep(Duration::from_millis(100)); // the count is committed soon
+        };
+        assert_eq!(answer.status, 200, "k{i}: {}", answer.body);
+        assert_eq!(answer.json()["value"], Value::from(1), "k{i}");
+        answered_by.insert(answer.answered_by().unwrap().to_string());
+    }
+    let both: BTreeSet<String> = [here.to_string(), there.to_string()].into();
+    assert_eq!(answered_by, both, "some keys are B's, answered through A");
+    // Plain HTTP is not served.
+    let plain = request(here, "GET", "/health");
+    assert!(
+        plain.as_ref().map_or(true, |a| a.status == 0),
+        "plain HTTP was answered: {:?}",
+        plain.map(|a| (a.status, a.body))
+    );
+    assert!(a.close(Duration::from_secs(60)));
+    assert!(b.close(Duration::from_secs(60)));
+}
+
+/// One GET over TLS to `address`, trusting the certificates in `roots`.
+fn tls_get(address: SocketAddr, path: &str, roots: &std::path::Path) -> Answer {
+    use rustls_pki_types::pem::PemObject;
+    use tokio_rustls::rustls;
+    let mut store = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(roots).unwrap() {
+        store.add(c.unwrap()).unwrap();
+    }
+    // ring, as the endpoint uses (see streams-core/src/runtime/tls.rs).
+    #[allow(deprecated)]
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::from(address.ip());
+    let connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let socket = TcpStream::connect_timeout(&address, Duration::from_secs(5)).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut tls = rustls::StreamOwned::new(connection, socket);
+    write!(
+        tls,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = Vec::new();
+    // A server that closes without TLS's close_notify ends the stream with UnexpectedEof.
+    match tls.read_to_end(&mut response) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !response.is_empty() => {}
+        Err(e) => panic!("GET {path} over TLS from {address}: {e}"),
+    }
+    parse_answer(&String::from_utf8_lossy(&response))
 }

@@ -329,3 +329,23 @@ fn a_start_that_fails_after_the_endpoint_listens_frees_its_port_and_can_be_retri
     assert_eq!(streams.http_address(), Some(port));
     assert!(streams.close(Duration::from_secs(60)), "close timed out");
 }
+
+/// TLS files that cannot be read fail `start` with a message naming the file, before the
+/// endpoint binds.
+#[test]
+fn unreadable_tls_files_fail_start_naming_them() {
+    let (input, output, app) = topics("mc-tls", 1);
+    let missing = std::env::temp_dir()
+        .join(unique("no-such-chain"))
+        .join("chain.pem");
+    let (m, _) = start_error(
+        topology(&input, &output),
+        config(&app, &bootstrap_servers())
+            .http_endpoint("127.0.0.1:0".parse().unwrap())
+            .http_tls(&missing, &missing),
+    );
+    assert!(
+        m.contains("http_tls") && m.contains(&missing.display().to_string()),
+        "{m}"
+    );
+}

@@ -69,6 +69,8 @@ pub struct StreamsConfig {
     pub(crate) http_token: Option<String>,
     pub(crate) http_allowed_hosts: Vec<String>,
     pub(crate) http_queries: bool,
+    pub(crate) http_tls: Option<HttpTls>,
+    pub(crate) query_partitioners: BTreeMap<String, crate::KeyPartitioner>,
     pub(crate) application_server: Option<String>,
     pub(crate) num_standby_replicas: usize,
 }
@@ -135,6 +137,8 @@ impl std::fmt::Debug for StreamsConfig {
             .field("http_token", &self.http_token.as_ref().map(|_| "<set>"))
             .field("http_allowed_hosts", &self.http_allowed_hosts)
             .field("http_queries", &self.http_queries)
+            .field("http_tls", &self.http_tls)
+            .field("query_partitioners", &self.query_partitioners)
             .field("application_server", &self.application_server)
             .field("num_standby_replicas", &self.num_standby_replicas)
             .finish_non_exhaustive()
@@ -192,6 +196,8 @@ impl StreamsConfig {
             http_token: None,
             http_allowed_hosts: vec![],
             http_queries: true,
+            http_tls: None,
+            query_partitioners: BTreeMap::new(),
             application_server: None,
             num_standby_replicas: 0,
         }
@@ -276,6 +282,56 @@ impl StreamsConfig {
     /// can still be asked by the others only when it is on.
     pub fn http_queries(mut self, on: bool) -> Self {
         self.http_queries = on;
+        self
+    }
+
+    /// Serves the HTTP endpoint over TLS only (HTTPS), with the certificate chain and the
+    /// private key in these PEM files; queries forwarded to other instances go over TLS too,
+    /// and trust an instance whose certificate chains to
+    /// [`http_tls_trust`](Self::http_tls_trust)'s certificates, or else to this chain's own
+    /// (one certificate shared by every instance, or a chain ending in their common
+    /// authority). The certificate must name the host other instances reach this one by
+    /// (`application_server`). Read at `start`; an unreadable file fails it.
+    pub fn http_tls(
+        mut self,
+        certificate_chain: impl Into<PathBuf>,
+        private_key: impl Into<PathBuf>,
+    ) -> Self {
+        let trust = self.http_tls.take().and_then(|t| t.trust);
+        self.http_tls = Some(HttpTls {
+            certificate_chain: certificate_chain.into(),
+            private_key: private_key.into(),
+            trust,
+        });
+        self
+    }
+
+    /// The certificates (a PEM file) that forwarded queries trust other instances' certificates
+    /// to chain to, with [`http_tls`](Self::http_tls); without it, a configuration error.
+    pub fn http_tls_trust(mut self, certificates: impl Into<PathBuf>) -> Self {
+        let certificates = certificates.into();
+        match self.http_tls.as_mut() {
+            Some(t) => t.trust = Some(certificates),
+            None => {
+                self.http_tls = Some(HttpTls {
+                    certificate_chain: PathBuf::new(),
+                    private_key: PathBuf::new(),
+                    trust: Some(certificates),
+                })
+            }
+        }
+        self
+    }
+
+    /// How the keys of store `store`'s source topic were placed on its partitions, for
+    /// interactive queries to look for a key where it is (default
+    /// [`KeyPartitioner::Murmur2`](crate::KeyPartitioner::Murmur2), Kafka's default and this
+    /// runtime's). Needed for a table over a topic that producers built on librdkafka wrote
+    /// with their default (`KeyPartitioner::Crc32`), or with a partitioner of their own; every
+    /// instance needs the same.
+    pub fn query_partitioner(mut self, store: &str, partitioner: crate::KeyPartitioner) -> Self {
+        self.query_partitioners
+            .insert(store.to_string(), partitioner);
         self
     }
 
@@ -494,6 +550,14 @@ impl StreamsConfig {
         if self.num_standby_replicas > 8 {
             return bad("num_standby_replicas above 8 is not supported");
         }
+        if let Some(tls) = &self.http_tls {
+            if tls.certificate_chain.as_os_str().is_empty() {
+                return bad("http_tls_trust is set without http_tls; set http_tls too");
+            }
+            if self.http_endpoint.is_none() {
+                return bad("http_tls is set but the HTTP endpoint is off; set http_endpoint too");
+            }
+        }
         if let Some(server) = &self.application_server {
             if self.http_endpoint.is_none() {
                 return bad(
@@ -511,4 +575,12 @@ impl StreamsConfig {
         }
         Ok(())
     }
+}
+
+/// The endpoint's TLS files (`StreamsConfig::http_tls`).
+#[derive(Debug, Clone)]
+pub(crate) struct HttpTls {
+    pub(crate) certificate_chain: PathBuf,
+    pub(crate) private_key: PathBuf,
+    pub(crate) trust: Option<PathBuf>,
 }

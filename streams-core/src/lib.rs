@@ -37,6 +37,7 @@ pub mod topology;
 pub use config::{ProcessingGuarantee, StreamsConfig};
 pub use driver::TopologyTestDriver;
 pub use error::{Error, Result};
+pub use partition::{KeyPartitioner, PartitionFn};
 pub use processor::{Processor, ProcessorContext, PunctuationType, PunctuatorId};
 pub use record::{FixedKeyRecord, Headers, Record, RecordMetadata};
 pub use runtime::{KafkaStreams, State};

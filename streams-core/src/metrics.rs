@@ -200,6 +200,7 @@ pub(crate) struct StreamsMetrics {
     store_gets: Tracked<Counter>,
     store_puts: Tracked<Counter>,
     store_ranges: Tracked<Counter>,
+    group_describes: Tracked<Counter>,
     /// Count and sum of each latency histogram (the client library does not read them back).
     latency_totals: Mutex<Vec<(&'static str, Labels, Arc<LatencyTotals>)>>,
     /// RocksDB's shared memory, read when the metrics are (block cache usage and capacity,
@@ -337,6 +338,12 @@ impl StreamsMetrics {
                 "Range reads of the store (ranges, prefix scans, full scans, window fetches)",
                 Counter::default,
             ),
+            group_describes: Tracked::new(
+                &mut r,
+                "group_describes",
+                "Descriptions of the application's consumer group asked of its coordinator, by purpose (queries: routing interactive queries; standbys: placing standby tasks)",
+                Counter::default,
+            ),
             rocks_gauges: ROCKS_GAUGES.map(|(name, help)| {
                 let g = Gauge::default();
                 r.register(name, help, g.clone());
@@ -417,6 +424,12 @@ impl StreamsMetrics {
         (self.restored.get(l.clone()), self.restore_remaining.get(l))
     }
 
+    /// Descriptions of the group asked for `purpose` (`queries` or `standbys`).
+    pub(crate) fn group_describes(&self, purpose: &str) -> Counter {
+        self.group_describes
+            .get(vec![("purpose".into(), purpose.into())])
+    }
+
     /// 1 while the task's restoration waits for a transaction open on its changelog to end.
     pub(crate) fn restoration_waiting(&self, thread: &str, task: TaskId) -> Gauge {
         self.restore_waiting.get(task_labels(thread, task))
@@ -470,6 +483,7 @@ impl StreamsMetrics {
             ("store_get_total", &self.store_gets),
             ("store_put_total", &self.store_puts),
             ("store_range_total", &self.store_ranges),
+            ("group_describes_total", &self.group_describes),
         ];
         for (name, family) in counters {
             family.each(|l, c| push(name, l, c.get() as f64));

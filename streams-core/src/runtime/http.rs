@@ -169,6 +169,7 @@ pub(super) fn start(
     guard: Guard,
     shared: Arc<Shared>,
     topology: String,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     queries: impl FnOnce(SocketAddr) -> Queries,
 ) -> Result<Endpoint> {
     let io = |context: String| move |source| Error::Io { context, source };
@@ -230,17 +231,18 @@ pub(super) fn start(
                         }
                     };
                     let pages = pages.clone();
+                    let tls = tls.clone();
                     tokio::spawn(async move {
                         let _permit = permit;
-                        let service = service_fn(move |req| {
-                            let pages = pages.clone();
-                            async move { Ok::<_, Infallible>(respond(&pages, &req).await) }
-                        });
-                        let connection = hyper::server::conn::http1::Builder::new()
-                            .timer(TokioTimer::new())
-                            .header_read_timeout(limits.header_timeout)
-                            .serve_connection(TokioIo::new(stream), service);
-                        let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
+                        match tls {
+                            None => serve(stream, pages, limits).await,
+                            // The handshake is part of the request head's time.
+                            Some(tls) => match tokio::time::timeout(limits.header_timeout, tls.accept(stream)).await {
+                                Ok(Ok(stream)) => serve(stream, pages, limits).await,
+                                Ok(Err(e)) => tracing::debug!(error = %e, "a TLS handshake failed"),
+                                Err(_) => tracing::debug!("a TLS handshake timed out"),
+                            },
+                        }
                     });
                 }
             });
@@ -253,6 +255,22 @@ pub(super) fn start(
         shutdown: Some(tx),
         thread: Some(thread),
     })
+}
+
+/// Serves the requests of one connection (plain or TLS) for at most its lifetime.
+async fn serve<IO>(io: IO, pages: Arc<Pages>, limits: Limits)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let pages = pages.clone();
+        async move { Ok::<_, Infallible>(respond(&pages, &req).await) }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .serve_connection(TokioIo::new(io), service);
+    let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
 }
 
 fn text(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {

@@ -35,6 +35,7 @@ mod rebalance;
 mod restore;
 mod standby;
 mod thread;
+mod tls;
 mod topics;
 
 use std::fs::File;
@@ -459,12 +460,19 @@ impl KafkaStreams {
                 hosts,
                 queries: self.config.http_queries,
             };
+            let tls = self
+                .config
+                .http_tls
+                .as_ref()
+                .map(tls::Tls::load)
+                .transpose()?;
             let endpoint = http::start(
                 address,
                 limits,
                 guard,
                 self.shared.clone(),
                 page,
+                tls.as_ref().map(|t| t.acceptor.clone()),
                 |bound| {
                     let advertised = self.config.application_server.clone().unwrap_or_else(|| {
                     if bound.ip().is_unspecified() {
@@ -485,6 +493,7 @@ impl KafkaStreams {
                         &partitions,
                         Some(advertised),
                         client,
+                        tls.map(|t| t.connector),
                     )
                 },
             )?;

@@ -18,7 +18,9 @@
 //! threads, so that the endpoint's workers stay free for `/health` and other queries.
 //!
 //! A key's partition is the one Kafka's default partitioner gives its bytes (murmur2, as the
-//! runtime's producers and the Java client use). An instance answers from a store partition
+//! runtime's producers and the Java client use), or the one the store's configured
+//! partitioner gives (`StreamsConfig::query_partitioner`, for a source topic written by other
+//! producers). An instance answers from a store partition
 //! only while it runs that task, restored; any other partition is asked of the instance the
 //! group's placement names (`discovery`), once: a forwarded request that finds the partition
 //! gone answers 503 rather than ask again. During a rebalance, or when the owner is restoring
@@ -38,7 +40,6 @@ use rdkafka::consumer::BaseConsumer;
 
 use super::discovery::{describe_group, GroupView};
 use super::{lock, Shared, State};
-use crate::partition::default_partition;
 use crate::store::{committed_windows, BytesStore, QueryKind, StoreQueries};
 use crate::topology::Topology;
 
@@ -81,6 +82,8 @@ struct Route {
     queries: StoreQueries,
     topic: String,
     partitions: i32,
+    /// How the source topic's keys were placed (`StreamsConfig::query_partitioner`).
+    partitioner: crate::KeyPartitioner,
 }
 
 /// What the endpoint needs to answer queries.
@@ -97,6 +100,10 @@ pub(super) struct Queries {
     token: Option<String>,
     view: Mutex<Option<(Instant, Described)>>,
     refresh: tokio::sync::Mutex<()>,
+    /// Counts the descriptions asked of the coordinator (when metrics are recorded).
+    describes: Option<prometheus_client::metrics::counter::Counter>,
+    /// With `StreamsConfig::http_tls`, how forwarded queries speak TLS to other instances.
+    tls: Option<tokio_rustls::TlsConnector>,
 }
 
 type Answer = Response<Full<Bytes>>;
@@ -122,6 +129,7 @@ impl Queries {
         partitions: &BTreeMap<String, i32>,
         advertised: Option<String>,
         client: BaseConsumer,
+        tls: Option<tokio_rustls::TlsConnector>,
     ) -> Self {
         let (application_id, timeout, token) = (
             config.application_id.as_str(),
@@ -148,6 +156,11 @@ impl Queries {
                                 queries: queries.clone(),
                                 topic: topology.resolve_topic(application_id, source),
                                 partitions: *n,
+                                partitioner: config
+                                    .query_partitioners
+                                    .get(store.as_str())
+                                    .cloned()
+                                    .unwrap_or(crate::KeyPartitioner::Murmur2),
                             },
                         );
                     }
@@ -157,6 +170,9 @@ impl Queries {
                 }
             }
         }
+        let describes = config
+            .metrics_recording
+            .then(|| shared.metrics.group_describes("queries"));
         Queries {
             shared,
             group: application_id.to_string(),
@@ -168,6 +184,8 @@ impl Queries {
             token,
             view: Mutex::new(None),
             refresh: tokio::sync::Mutex::new(()),
+            describes,
+            tls,
         }
     }
 
@@ -356,7 +374,7 @@ impl Queries {
             Ok(b) => b,
             Err(a) => return Located::Answered(Box::new(a.answer())),
         };
-        let p = default_partition(&kb, route.partitions);
+        let p = route.partitioner.partition(&kb, route.partitions);
         match self.local(store, p) {
             Some(bytes) => Located::Here(kb, p, bytes),
             None => Located::Answered(Box::new(
@@ -381,10 +399,11 @@ impl Queries {
             Located::Here(kb, p, bytes) => (kb, p, bytes),
             Located::Answered(a) => return *a,
         };
-        let (codec, store_name, key_text) = (
+        let (codec, store_name, key_text, partitioner) = (
             route.queries.codec.clone(),
             store.to_string(),
             key.to_string(),
+            route.partitioner.name(),
         );
         let answer = off_thread(move || {
             let store = store_name.as_str();
@@ -393,7 +412,11 @@ impl Queries {
                 Ok(None) => {
                     return text(
                         StatusCode::NOT_FOUND,
-                        format!("store {store} has no value for key {key_text:?}"),
+                        format!(
+                            "store {store} has no value for key {key_text:?} on partition {p}, \
+                             where {partitioner} places it (a source topic written with another \
+                             partitioner needs StreamsConfig::query_partitioner)"
+                        ),
                     )
                 }
                 Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -701,24 +724,28 @@ impl Queries {
         json(StatusCode::OK, &serde_json::Value::Array(rows))
     }
 
-    /// Sends the request to `address` and passes its answer on (a failure is retriable).
+    /// Sends the request to `address` and passes its answer on (a failure is retriable). A
+    /// failed relay or a 503 keeps the group's description: it is at most `VIEW_TTL` old, so
+    /// the client's retry (`Retry-After: 1`) finds a fresh one, and the coordinator is asked
+    /// at most once per `VIEW_TTL` however many queries fail meanwhile.
     async fn relay(&self, address: &str, path_and_query: &str) -> Answer {
-        let asked = get(address, path_and_query, &self.group, self.token.as_deref());
+        let asked = get(
+            address,
+            self.tls.as_ref(),
+            path_and_query,
+            &self.group,
+            self.token.as_deref(),
+        );
         match tokio::time::timeout(FORWARD_TIMEOUT, asked).await {
             Ok(Ok((status, headers, _)))
                 if status == StatusCode::OK
                     && headers.get(ANSWERED_BY).and_then(|v| v.to_str().ok()) != Some(address) =>
             {
-                lock(&self.view).take();
                 retry(format!(
                     "the answer from {address} does not come from the instance the group places there"
                 ))
             }
             Ok(Ok((status, headers, body))) => {
-                if status == StatusCode::SERVICE_UNAVAILABLE {
-                    // The owner's view differs from ours: ask the coordinator again next time.
-                    lock(&self.view).take();
-                }
                 let mut r = Response::new(Full::new(body));
                 *r.status_mut() = status;
                 for name in [CONTENT_TYPE.as_str(), ANSWERED_BY] {
@@ -733,11 +760,9 @@ impl Queries {
                 r
             }
             Ok(Err(e)) => {
-                lock(&self.view).take();
                 retry(format!("the instance at {address} did not answer: {e}"))
             }
             Err(_) => {
-                lock(&self.view).take();
                 retry(format!(
                     "the instance at {address} did not answer within {FORWARD_TIMEOUT:?}"
                 ))
@@ -763,6 +788,9 @@ impl Queries {
         }
         let (client, group) = (self.client.clone(), self.group.clone());
         let timeout = self.timeout.min(DESCRIBE_TIMEOUT);
+        if let Some(c) = &self.describes {
+            c.inc();
+        }
         let described = tokio::task::spawn_blocking(move || {
             let described = describe_group(&client, &group, timeout);
             // Serves the client's queued events (logs, errors): nothing else polls it.
@@ -779,9 +807,10 @@ impl Queries {
     }
 }
 
-/// A GET to another instance's endpoint, marked as forwarded.
+/// A GET to another instance's endpoint, marked as forwarded, over TLS when `tls` is given.
 async fn get(
     address: &str,
+    tls: Option<&tokio_rustls::TlsConnector>,
     path_and_query: &str,
     application: &str,
     token: Option<&str>,
@@ -789,7 +818,31 @@ async fn get(
     let stream = tokio::net::TcpStream::connect(address)
         .await
         .map_err(|e| e.to_string())?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    match tls {
+        None => get_over(stream, address, path_and_query, application, token).await,
+        Some(tls) => {
+            let name = super::tls::server_name(address)?;
+            let stream = tls
+                .connect(name, stream)
+                .await
+                .map_err(|e| format!("TLS: {e}"))?;
+            get_over(stream, address, path_and_query, application, token).await
+        }
+    }
+}
+
+/// [`get`] over a connection made.
+async fn get_over<IO>(
+    io: IO,
+    address: &str,
+    path_and_query: &str,
+    application: &str,
+    token: Option<&str>,
+) -> Result<(StatusCode, hyper::HeaderMap, Bytes), String>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(connection);

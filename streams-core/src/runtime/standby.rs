@@ -40,6 +40,8 @@ const CATCH_UP_EVERY: Duration = Duration::from_millis(500);
 const FAILED_REST: Duration = Duration::from_secs(10);
 /// The longest the standby thread waits on the cluster (it never holds up a shutdown long).
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a failing description of the group is logged as a warning.
+const DESCRIBE_FAILURE_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// A sub-topology with change-logged stores: its id, the topic whose partitions number its
 /// tasks, and that topic's partition count.
@@ -102,6 +104,7 @@ pub(super) fn start(
         idle: vec![],
         placed: BTreeSet::new(),
         resting: BTreeMap::new(),
+        describe_failure_logged: None,
     };
     let handle = std::thread::Builder::new()
         .name(standby.name.clone())
@@ -132,6 +135,8 @@ struct Standby {
     placed: BTreeSet<TaskId>,
     /// Tasks that failed (or cannot be standbys), not opened again before the time given.
     resting: BTreeMap<TaskId, Instant>,
+    /// When a failed description of the group was last logged as a warning.
+    describe_failure_logged: Option<Instant>,
 }
 
 impl Standby {
@@ -205,12 +210,24 @@ impl Standby {
     fn place(&mut self) {
         // Serves the client's queued events (logs, errors): nothing else polls it.
         let _ = self.group.poll(Duration::ZERO);
+        if self.config.metrics_recording {
+            self.shared.metrics.group_describes("standbys").inc();
+        }
         let view = match describe_group(&self.group, &self.app_id, self.config.client_timeout) {
             Ok(v) if v.is_stable() => v,
             // Between rebalances the placement is not known: keep the standbys as they are.
             Ok(_) => return,
             Err(e) => {
-                tracing::debug!(error = %e, "describing the group failed; standbys unchanged");
+                // Say, the application's principal may not describe its group: no standby is
+                // ever placed, which the user must hear of (once a minute, not every second).
+                let now = Instant::now();
+                if self
+                    .describe_failure_logged
+                    .is_none_or(|t| now >= t + DESCRIBE_FAILURE_LOG_EVERY)
+                {
+                    self.describe_failure_logged = Some(now);
+                    tracing::warn!(error = %e, "describing the group failed; standby tasks cannot be placed and stay as they are");
+                }
                 return;
             }
         };
