@@ -999,42 +999,8 @@ fn wait_for_keys_with(address: SocketAddr, store: &str, keys: usize, headers: &s
 /// group, so the next query described the group again.
 #[test]
 fn failed_relays_do_not_make_the_coordinator_describe_the_group_per_query() {
-    let bootstrap = bootstrap_servers();
-    let (input, app) = (unique("gd-in"), unique("gd-app"));
-    create_topic(&bootstrap, &input, 2, &[]).unwrap();
-    let instance = |advertised: Option<&str>| {
-        let builder = StreamsBuilder::new();
-        builder
-            .stream::<String, String>(&input)
-            .group_by_key()
-            .count_with(Materialized::with(BigEndian).named("counts"));
-        let mut config = StreamsConfig::new(&app, &bootstrap)
-            .state_dir(std::env::temp_dir().join(unique("gd-state")))
-            .http_endpoint("127.0.0.1:0".parse().unwrap());
-        if let Some(a) = advertised {
-            config = config.application_server(a);
-        }
-        let streams = KafkaStreams::new(builder.build().unwrap(), config).unwrap();
-        streams.start().unwrap();
-        streams
-    };
-    let a = instance(None);
     // Port 1: nothing listens there, so every relay to B is refused at once.
-    let b = instance(Some("127.0.0.1:1"));
-    let both_running = || {
-        a.state() == State::Running
-            && b.state() == State::Running
-            && a.assigned_tasks().len() == 1
-            && b.assigned_tasks().len() == 1
-    };
-    let deadline = std::time::Instant::now() + LONG;
-    while !both_running() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the instances never split the tasks"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (a, b, _) = two_counting_instances("gd", |c| c, |c| c.application_server("127.0.0.1:1"));
     let address = a.http_address().unwrap();
     // Keys on B's partition: their queries through A are relayed there, and fail.
     let on_b: Vec<String> = (0..40)
@@ -1163,9 +1129,6 @@ fn keys_are_found_on_the_partition_their_producers_partitioner_chose() {
 /// A plain HTTP request gets no answer.
 #[test]
 fn the_endpoint_serves_and_forwards_queries_over_tls() {
-    let bootstrap = bootstrap_servers();
-    let (input, app) = (unique("tls-in"), unique("tls-app"));
-    create_topic(&bootstrap, &input, 2, &[]).unwrap();
     // One self-signed certificate for every instance, naming the address they advertise.
     let dir = std::env::temp_dir().join(unique("tls-files"));
     std::fs::create_dir_all(&dir).unwrap();
@@ -1173,33 +1136,12 @@ fn the_endpoint_serves_and_forwards_queries_over_tls() {
     let (chain, key) = (dir.join("chain.pem"), dir.join("key.pem"));
     std::fs::write(&chain, certified.cert.pem()).unwrap();
     std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
-    let instance = || {
-        let builder = StreamsBuilder::new();
-        builder
-            .stream::<String, String>(&input)
-            .group_by_key()
-            .count_with(Materialized::with(BigEndian).named("counts"));
-        let config = StreamsConfig::new(&app, &bootstrap)
-            .state_dir(std::env::temp_dir().join(unique("tls-state")))
-            .http_endpoint("127.0.0.1:0".parse().unwrap())
-            .http_tls(&chain, &key);
-        let streams = KafkaStreams::new(builder.build().unwrap(), config).unwrap();
-        streams.start().unwrap();
-        streams
-    };
-    let (a, b) = (instance(), instance());
-    let deadline = Instant::now() + LONG;
-    while !(a.assigned_tasks().len() == 1
-        && b.assigned_tasks().len() == 1
-        && a.state() == State::Running
-        && b.state() == State::Running)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the instances never split the tasks"
-        );
-        std::thread::sleep(Duration::from_millis(50)); // polling the instances' states
-    }
+    let (a, b, input) = two_counting_instances(
+        "tls",
+        |c| c.http_tls(&chain, &key),
+        |c| c.http_tls(&chain, &key),
+    );
+    let bootstrap = bootstrap_servers();
     let p = idempotent_producer(&bootstrap).unwrap();
     const KEYS: usize = 12;
     for i in 0..KEYS {
@@ -1276,4 +1218,94 @@ fn tls_get(address: SocketAddr, path: &str, roots: &std::path::Path) -> Answer {
         Err(e) => panic!("GET {path} over TLS from {address}: {e}"),
     }
     parse_answer(&String::from_utf8_lossy(&response))
+}
+
+/// Two instances A and B of one application counting a 2-partition topic per key into store
+/// `counts`, with their endpoints on and `tune_a`, `tune_b` applied to their configurations;
+/// returned once both run one task each, with the input topic.
+fn two_counting_instances(
+    label: &str,
+    tune_a: impl FnOnce(StreamsConfig) -> StreamsConfig,
+    tune_b: impl FnOnce(StreamsConfig) -> StreamsConfig,
+) -> (KafkaStreams, KafkaStreams, String) {
+    let bootstrap = bootstrap_servers();
+    let (input, app) = (
+        unique(&format!("{label}-in")),
+        unique(&format!("{label}-app")),
+    );
+    create_topic(&bootstrap, &input, 2, &[]).unwrap();
+    let instance = |config: StreamsConfig| {
+        let builder = StreamsBuilder::new();
+        builder
+            .stream::<String, String>(&input)
+            .group_by_key()
+            .count_with(Materialized::with(BigEndian).named("counts"));
+        let streams = KafkaStreams::new(builder.build().unwrap(), config).unwrap();
+        streams.start().unwrap();
+        streams
+    };
+    let config = || {
+        StreamsConfig::new(&app, &bootstrap)
+            .state_dir(std::env::temp_dir().join(unique(&format!("{label}-state"))))
+            .http_endpoint("127.0.0.1:0".parse().unwrap())
+    };
+    let a = instance(tune_a(config()));
+    let b = instance(tune_b(config()));
+    let deadline = Instant::now() + LONG;
+    while !(a.assigned_tasks().len() == 1
+        && b.assigned_tasks().len() == 1
+        && a.state() == State::Running
+        && b.state() == State::Running)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the instances never split the tasks"
+        );
+        std::thread::sleep(Duration::from_millis(50)); // polling the instances' states
+    }
+    (a, b, input)
+}
+
+/// Issue 27, finding 19: a group member chooses the address queries are relayed to (its
+/// advertised one). Here B advertises a plain web server's address; whatever that server
+/// answers (a 404 with a page of its own) is not handed to A's client: A answers that the
+/// address did not answer as an instance of the application. Before, any status but 200 was
+/// passed through with its body.
+#[test]
+fn answers_relayed_from_anything_but_the_owning_instance_are_refused() {
+    // The server B advertises: every request gets the same foreign page.
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let foreign = server.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut s in server.incoming().flatten() {
+            let mut head = [0u8; 4096];
+            let _ = s.read(&mut head);
+            let body = "internal metadata";
+            let _ = write!(
+                s,
+                "HTTP/1.1 404 Not Found\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let (a, b, _) =
+        two_counting_instances("fr", |c| c, |c| c.application_server(&foreign.to_string()));
+    let address = a.http_address().unwrap();
+    let relayed: Vec<Answer> = (0..20)
+        .map(|i| get(address, &format!("/stores/counts/keys/k{i}")))
+        .filter(|a| a.body.contains(&foreign.to_string()) || a.body.contains("metadata"))
+        .collect();
+    assert!(!relayed.is_empty(), "no key of the 20 is placed on B");
+    for r in &relayed {
+        assert!(
+            !r.body.contains("internal metadata"),
+            "passed through: {} {}",
+            r.status,
+            r.body
+        );
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert!(r.body.contains("not answer as an instance"), "{}", r.body);
+    }
+    assert!(a.close(Duration::from_secs(60)));
+    assert!(b.close(Duration::from_secs(60)));
 }

@@ -189,9 +189,19 @@ impl Queries {
         }
     }
 
-    /// Answers `GET /stores/...`.
+    /// Answers `GET /stores/...`. Every answer to a forwarded query is marked with this
+    /// instance's address, which the sender checks.
     pub(super) async fn answer<B>(self: Arc<Self>, req: &Request<B>) -> Answer {
         let forwarded = req.headers().contains_key(FORWARDED);
+        let answer = self.clone().answer_query(req, forwarded).await;
+        if forwarded {
+            self.mine(answer)
+        } else {
+            answer
+        }
+    }
+
+    async fn answer_query<B>(self: Arc<Self>, req: &Request<B>, forwarded: bool) -> Answer {
         if forwarded {
             if let Some(refusal) = self.refuse_forwarded(req.headers()) {
                 return refusal;
@@ -737,12 +747,13 @@ impl Queries {
             self.token.as_deref(),
         );
         match tokio::time::timeout(FORWARD_TIMEOUT, asked).await {
+            // Whatever answers there without being the instance the group places there (a
+            // member may advertise any address) is not passed on.
             Ok(Ok((status, headers, _)))
-                if status == StatusCode::OK
-                    && headers.get(ANSWERED_BY).and_then(|v| v.to_str().ok()) != Some(address) =>
+                if headers.get(ANSWERED_BY).and_then(|v| v.to_str().ok()) != Some(address) =>
             {
                 retry(format!(
-                    "the answer from {address} does not come from the instance the group places there"
+                    "{address} did not answer as an instance of this application (it answered {status})"
                 ))
             }
             Ok(Ok((status, headers, body))) => {
