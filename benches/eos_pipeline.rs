@@ -49,44 +49,11 @@ use streams_testkit::kafka::{client_config, create_topic, send_retrying};
 use streams_testkit::{bootstrap_servers, unique};
 
 mod support;
-use support::{committed_total, fill};
+use support::{committed_total, fill, wait_committed};
 
 const PARTITIONS: i32 = 3;
 const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
 const TIMEOUT: Duration = Duration::from_secs(60);
-
-/// How long a pipeline may commit nothing new before its round is given up.
-const STALL: Duration = Duration::from_secs(120);
-
-/// Waits until `group` has committed offsets covering `n` records of `topic`; returns how
-/// many it covers then, or `None` (with a line saying so) when the committed total did not
-/// grow for [`STALL`].
-fn wait_committed(bootstrap: &str, group: &str, topic: &str, n: usize) -> Option<usize> {
-    let (mut seen, mut since) = (-1, Instant::now());
-    loop {
-        let done = committed_total(bootstrap, group, topic);
-        if done >= n as i64 {
-            return Some(done as usize);
-        }
-        if done > seen {
-            (seen, since) = (done, Instant::now());
-        } else if since.elapsed() > STALL {
-            println!(
-                "stalled: group {group} committed {done} of {n} records of {topic} and nothing \
-                 more for {STALL:?}; the round is void; committed per partition {:?}, records \
-                 per input partition {}",
-                streams_testkit::kafka::committed_offsets(bootstrap, group, topic),
-                streams_testkit::kafka::partition_census(
-                    bootstrap,
-                    topic,
-                    streams_testkit::kafka::Isolation::ReadUncommitted
-                )
-            );
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20)); // the watcher's polling period
-    }
-}
 
 /// This process's CPU time so far (user + system, all threads).
 fn cpu_time() -> Duration {
