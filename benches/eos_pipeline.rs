@@ -49,7 +49,7 @@ use streams_testkit::kafka::{client_config, create_topic, send_retrying};
 use streams_testkit::{bootstrap_servers, unique};
 
 mod support;
-use support::{committed_total, fill, wait_committed};
+use support::{fill, wait_committed};
 
 const PARTITIONS: i32 = 3;
 const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
