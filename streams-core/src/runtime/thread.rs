@@ -56,8 +56,11 @@ pub(crate) struct Inner {
     metrics: Option<ThreadMetrics>,
     /// Deletes what the group committed past in repartition topics (none without them).
     purger: Option<super::purge::Purger>,
-    /// Restoring tasks whose partitions this thread paused (see `add`).
-    paused: std::collections::HashSet<TaskId>,
+    /// Every partition this thread paused and has not resumed: those of restoring tasks that
+    /// received a record (`add`), and the running tasks' while at-least-once commits fail.
+    /// Whatever pauses a partition records it here, and a task that starts running resumes
+    /// its partitions found here, however it got to run (after a rewind, say).
+    paused: std::collections::HashSet<(String, i32)>,
 }
 
 impl Inner {
@@ -157,11 +160,10 @@ impl Inner {
         Ok(())
     }
 
-    /// Resumes `revoked` (the partitions of a revocation, or `None` for those this thread
-    /// paused for restoring tasks) before they leave the assignment: librdkafka keeps a
-    /// partition paused by the application across a revocation, and a partition assigned again
-    /// while paused would not be fetched. A resume of a partition that is not paused changes
-    /// nothing.
+    /// Resumes `revoked` (the partitions of a revocation), or with `None` every partition this
+    /// thread paused, before they leave the assignment: librdkafka keeps a partition paused by
+    /// the application across a revocation, and a partition assigned again while paused would
+    /// not be fetched. A resume of a partition that is not paused changes nothing.
     pub(super) fn release_paused(
         &mut self,
         consumer: &BaseConsumer<ThreadContext>,
@@ -169,59 +171,76 @@ impl Inner {
     ) {
         let paused = std::mem::take(&mut self.paused);
         let tpl = match revoked {
-            Some(tpl) => Ok(tpl.clone()),
-            None => paused
-                .iter()
-                .try_fold(TopicPartitionList::new(), |mut all, id| {
-                    for (topic, partition) in self.sources.partitions_of(*id) {
-                        all.add_partition(topic, partition);
-                    }
-                    Ok::<_, Error>(all)
-                }),
+            Some(tpl) => tpl.clone(),
+            None => {
+                let mut all = TopicPartitionList::new();
+                for (topic, partition) in &paused {
+                    all.add_partition(topic, *partition);
+                }
+                all
+            }
         };
-        let resumed = tpl.and_then(|tpl| {
-            consumer
-                .resume(&tpl)
-                .map_err(|e| Error::kafka("resume partitions before their revocation", e))
-        });
-        if let Err(e) = resumed {
+        if let Err(e) = consumer.resume(&tpl) {
             tracing::warn!(thread = %self.name, error = %e, "resuming revoked partitions failed");
         }
     }
 
-    /// Pauses (or resumes) fetching for the running tasks' partitions.
-    fn pause_running(&self, consumer: &BaseConsumer<ThreadContext>) -> Result<()> {
-        self.running_partitions(consumer, true)
-    }
-
-    fn resume_running(&self, consumer: &BaseConsumer<ThreadContext>) -> Result<()> {
-        self.running_partitions(consumer, false)
-    }
-
-    fn running_partitions(
-        &self,
+    /// Pauses fetching of `partitions`, remembering them in `paused`.
+    fn pause<'a>(
+        &mut self,
         consumer: &BaseConsumer<ThreadContext>,
-        pause: bool,
+        partitions: impl IntoIterator<Item = (&'a str, i32)>,
     ) -> Result<()> {
-        for id in self.tasks.ids() {
-            let tpl = self.source_partitions(id)?;
-            let result = if pause {
-                consumer.pause(&tpl)
-            } else {
-                consumer.resume(&tpl)
-            };
-            result.map_err(|e| Error::kafka("pause or resume fetching", e))?;
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition) in partitions {
+            tpl.add_partition(topic, partition);
+            self.paused.insert((topic.to_string(), partition));
         }
-        Ok(())
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        consumer
+            .pause(&tpl)
+            .map_err(|e| Error::kafka("pause fetching", e))
     }
 
-    /// The source partitions of task `id`.
-    fn source_partitions(&self, id: TaskId) -> Result<TopicPartitionList> {
+    /// Resumes fetching of those of `partitions` this thread paused.
+    fn resume_paused<'a>(
+        &mut self,
+        consumer: &BaseConsumer<ThreadContext>,
+        partitions: impl IntoIterator<Item = (&'a str, i32)>,
+    ) -> Result<()> {
         let mut tpl = TopicPartitionList::new();
-        for (topic, partition) in self.sources.partitions_of(id) {
-            tpl.add_partition(topic, partition);
+        for (topic, partition) in partitions {
+            if self.paused.remove(&(topic.to_string(), partition)) {
+                tpl.add_partition(topic, partition);
+            }
         }
-        Ok(tpl)
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        consumer
+            .resume(&tpl)
+            .map_err(|e| Error::kafka("resume fetching", e))
+    }
+
+    /// Pauses (or resumes) fetching for the running tasks' partitions.
+    fn pause_running(&mut self, consumer: &BaseConsumer<ThreadContext>) -> Result<()> {
+        let sources = self.sources.clone();
+        let ids: Vec<TaskId> = self.tasks.ids().collect();
+        self.pause(
+            consumer,
+            ids.iter().flat_map(|id| sources.partitions_of(*id)),
+        )
+    }
+
+    fn resume_running(&mut self, consumer: &BaseConsumer<ThreadContext>) -> Result<()> {
+        let sources = self.sources.clone();
+        let ids: Vec<TaskId> = self.tasks.ids().collect();
+        self.resume_paused(
+            consumer,
+            ids.iter().flat_map(|id| sources.partitions_of(*id)),
+        )
     }
 
     /// Restores queued tasks for a while; the restored ones get their processors initialised
@@ -265,11 +284,8 @@ impl Inner {
                 return Err(e);
             }
             super::cleanup::mark_owned(&p.dir);
-            if self.paused.remove(&task.id) {
-                consumer
-                    .resume(&self.source_partitions(task.id)?)
-                    .map_err(|e| Error::kafka("resume a restored task's partitions", e))?;
-            }
+            let sources = self.sources.clone();
+            self.resume_paused(consumer, sources.partitions_of(task.id))?;
             tracing::debug!(thread = %self.name, task = %task.id, "restored; processing");
             self.tasks.insert(task);
             self.publish_tasks();
@@ -343,12 +359,13 @@ impl Inner {
             // A record fetched before a revocation; the new owner reads it again.
             return Ok(());
         };
-        // Kept for when the task is restored; nothing more is fetched for it meanwhile.
+        // Kept for when the task is restored; nothing more is fetched of this partition
+        // meanwhile. Only the record's own partition is paused: its fetching has started, while
+        // a sibling partition's start may still be under way.
+        let (topic, partition) = (raw.topic.clone(), raw.partition);
         task.add(raw)?;
-        if self.paused.insert(id) {
-            consumer
-                .pause(&self.source_partitions(id)?)
-                .map_err(|e| Error::kafka("pause a restoring task's partitions", e))?;
+        if !self.paused.contains(&(topic.to_string(), partition)) {
+            self.pause(consumer, [(&*topic, partition)])?;
         }
         Ok(())
     }
