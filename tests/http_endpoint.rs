@@ -1309,3 +1309,43 @@ fn answers_relayed_from_anything_but_the_owning_instance_are_refused() {
     assert!(a.close(Duration::from_secs(60)));
     assert!(b.close(Duration::from_secs(60)));
 }
+
+/// The owning instance's own refusals reach the client as they are: B requires another token
+/// than A sends, so B refuses A's forwarded queries with 401, and A's client gets that 401
+/// (marked as B's), a configuration error to fix, not a 503 to retry for ever.
+#[test]
+fn a_refusal_by_the_owning_instance_reaches_the_client() {
+    let (a, b, _) = two_counting_instances(
+        "rf",
+        |c| c.http_token("token-of-a"),
+        |c| c.http_token("token-of-b"),
+    );
+    let (here, there) = (a.http_address().unwrap(), b.http_address().unwrap());
+    let answers: Vec<Answer> = (0..20)
+        .map(|i| {
+            request_with(
+                here,
+                "GET",
+                &format!("/stores/counts/keys/k{i}"),
+                "Authorization: Bearer token-of-a\r\n",
+            )
+            .unwrap()
+        })
+        .collect();
+    // Keys of A's partition are answered by A (404: nothing was counted); the others are B's.
+    let of_b: Vec<&Answer> = answers
+        .iter()
+        .filter(|r| r.answered_by() != Some(here.to_string().as_str()))
+        .collect();
+    assert!(!of_b.is_empty(), "no key of the 20 is placed on B");
+    for r in of_b {
+        assert_eq!(
+            (r.status, r.answered_by()),
+            (401, Some(there.to_string().as_str())),
+            "{}",
+            r.body
+        );
+    }
+    assert!(a.close(Duration::from_secs(60)));
+    assert!(b.close(Duration::from_secs(60)));
+}

@@ -23,7 +23,8 @@ pub enum KeyPartitioner {
     Murmur2,
     /// librdkafka's default (`consistent_random`, and `consistent`): CRC-32 of the key bytes,
     /// modulo the partition count. Producers in C, Go, Python or .NET built on librdkafka use
-    /// it unless told otherwise.
+    /// it unless told otherwise. (`consistent_random` puts empty keys on a random partition,
+    /// where no lookup can know to look.)
     Crc32,
     /// Any other: the key's serialized bytes and the partition count to its partition.
     Custom(PartitionFn),

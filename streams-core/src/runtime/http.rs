@@ -284,7 +284,19 @@ fn text(status: StatusCode, content_type: &str, body: String) -> Response<Full<B
 
 const PLAIN: &str = "text/plain; charset=utf-8";
 
+/// Answers a request. Every answer to a query forwarded by another instance, refusals of the
+/// guard included, is marked with this instance's address, which the sender checks (it passes
+/// on nothing else).
 async fn respond<B>(pages: &Pages, req: &Request<B>) -> Response<Full<Bytes>> {
+    let answer = respond_unmarked(pages, req).await;
+    if pages.queries.is_forwarded(req.headers()) {
+        pages.queries.mine(answer)
+    } else {
+        answer
+    }
+}
+
+async fn respond_unmarked<B>(pages: &Pages, req: &Request<B>) -> Response<Full<Bytes>> {
     if let Some(refusal) = pages.guard.refuse(req) {
         return refusal;
     }

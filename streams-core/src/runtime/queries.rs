@@ -189,19 +189,14 @@ impl Queries {
         }
     }
 
-    /// Answers `GET /stores/...`. Every answer to a forwarded query is marked with this
-    /// instance's address, which the sender checks.
-    pub(super) async fn answer<B>(self: Arc<Self>, req: &Request<B>) -> Answer {
-        let forwarded = req.headers().contains_key(FORWARDED);
-        let answer = self.clone().answer_query(req, forwarded).await;
-        if forwarded {
-            self.mine(answer)
-        } else {
-            answer
-        }
+    /// Whether a request is a query forwarded by another instance.
+    pub(super) fn is_forwarded(&self, headers: &hyper::HeaderMap) -> bool {
+        headers.contains_key(FORWARDED)
     }
 
-    async fn answer_query<B>(self: Arc<Self>, req: &Request<B>, forwarded: bool) -> Answer {
+    /// Answers `GET /stores/...` (the endpoint marks answers to forwarded queries).
+    pub(super) async fn answer<B>(self: Arc<Self>, req: &Request<B>) -> Answer {
+        let forwarded = self.is_forwarded(req.headers());
         if forwarded {
             if let Some(refusal) = self.refuse_forwarded(req.headers()) {
                 return refusal;
@@ -291,8 +286,8 @@ impl Queries {
         None
     }
 
-    /// An answer from this instance's own store, marked with its address.
-    fn mine(&self, mut answer: Answer) -> Answer {
+    /// An answer from this instance, marked with its address.
+    pub(super) fn mine(&self, mut answer: Answer) -> Answer {
         if let Some(v) = self
             .advertised
             .as_deref()
