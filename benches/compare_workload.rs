@@ -17,7 +17,11 @@
 //!   (SIGTERM). Measured from outside: start-up (process start to the group's first committed
 //!   offset), steady-state throughput (from that first commit to the commit covering the whole
 //!   input), CPU seconds per million records over that steady part (from `/proc/<pid>/stat`)
-//!   and the peak resident memory (`VmHWM`). The broker is `KAFKA_BOOTSTRAP_SERVERS`.
+//!   and the peak resident memory (`VmHWM`). The broker is `KAFKA_BOOTSTRAP_SERVERS`. Then it
+//!   reads each contender's output (read_committed) and checks the two agree, round by round,
+//!   on what is deterministic: `map`, every record (as a multiset); `count` and
+//!   `window-count`, the last value of each key (or key and window: the updates before it
+//!   depend on each side's record cache); `window-count-final`, every record.
 //!
 //! Workloads: `map` (each value with "!" appended), `count` (a count per key), `window-count`
 //! (a count per key in 10-second tumbling windows, every update), `window-count-final` (the
@@ -122,7 +126,7 @@ fn run(args: &[String]) {
 }
 
 /// What one run of one contender measured.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Figures {
     /// Process start to the group's first committed offset, seconds.
     startup: f64,
@@ -132,6 +136,8 @@ struct Figures {
     cpu_per_million: f64,
     /// Peak resident memory, MiB.
     peak_rss_mib: f64,
+    /// What of the output is deterministic, as sorted (key, value) pairs.
+    output: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -161,6 +167,7 @@ fn drive(args: &[String]) {
     for workload in &workloads {
         let mut ours = vec![];
         let mut theirs = vec![];
+        let mut agreed = (0, 0);
         for round in 0..rounds {
             let input = unique(&format!("compare-{workload}-in"));
             create_topic(&bootstrap, &input, PARTITIONS, &[]).unwrap();
@@ -172,12 +179,23 @@ fn drive(args: &[String]) {
             } else {
                 [Contender::KafkaStreams, Contender::Kstreams]
             };
+            let mut outputs = vec![];
             for contender in order {
                 let figures =
                     run_contender(contender, workload, &bootstrap, &input, records, classpath);
                 match figures {
-                    Some(f) => {
-                        println!("{workload} round {round} {contender:?}: {f:?}");
+                    Some(mut f) => {
+                        println!(
+                            "{workload} round {round} {contender:?}: start-up {:.2} s, {:.0} \
+                             rec/s, {:.1} CPU s per M records, peak RSS {:.0} MiB, {} output \
+                             rows compared",
+                            f.startup,
+                            f.rate,
+                            f.cpu_per_million,
+                            f.peak_rss_mib,
+                            f.output.len()
+                        );
+                        outputs.push(std::mem::take(&mut f.output));
                         match contender {
                             Contender::Kstreams => ours.push(f),
                             Contender::KafkaStreams => theirs.push(f),
@@ -186,24 +204,40 @@ fn drive(args: &[String]) {
                     None => println!("{workload} round {round} {contender:?}: void (stalled)"),
                 }
             }
+            if let [a, b] = &outputs[..] {
+                agreed.1 += 1;
+                if a == b {
+                    agreed.0 += 1;
+                } else {
+                    let first = a.iter().zip(b).position(|(x, y)| x != y);
+                    println!(
+                        "{workload} round {round}: the outputs differ ({} and {} rows; first \
+                         difference at row {first:?})",
+                        a.len(),
+                        b.len()
+                    );
+                }
+            }
         }
-        table.push((workload.to_string(), ours, theirs));
+        table.push((workload.to_string(), ours, theirs, agreed));
     }
     println!();
-    println!("| workload | throughput rec/s (kstreams / Kafka Streams) | **ratio** | CPU s per M records | **ratio** | peak RSS MiB | **ratio** | start-up to first commit, s | **ratio** |");
-    println!("|---|---|---|---|---|---|---|---|---|");
-    for (workload, ours, theirs) in table {
+    println!("| workload | throughput rec/s (kstreams / Kafka Streams) | **ratio** | CPU s per M records | **ratio** | peak RSS MiB | **ratio** | start-up to first commit, s | **ratio** | outputs equal |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for (workload, ours, theirs, agreed) in table {
         let m = |v: &[Figures], f: fn(&Figures) -> f64| median(v.iter().map(f).collect());
         let cell = |f: fn(&Figures) -> f64, digits: usize| {
             let (a, b) = (m(&ours, f), m(&theirs, f));
             format!("{a:.digits$} / {b:.digits$} | **{:.2}**", a / b)
         };
         println!(
-            "| {workload} | {} | {} | {} | {} |",
+            "| {workload} | {} | {} | {} | {} | {} of {} rounds |",
             cell(|f| f.rate, 0),
             cell(|f| f.cpu_per_million, 1),
             cell(|f| f.peak_rss_mib, 0),
             cell(|f| f.startup, 2),
+            agreed.0,
+            agreed.1,
         );
     }
     println!(
@@ -251,6 +285,7 @@ fn run_contender(
             .unwrap(),
     };
     let figures = watch(&mut child, started, bootstrap, &app, input, n);
+    let output_topic = args[3].clone();
     // SAFETY: a signal to our own child, by its pid.
     unsafe {
         libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
@@ -265,7 +300,33 @@ fn run_contender(
     }
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&state);
-    figures
+    let mut figures = figures?;
+    figures.output = deterministic_output(workload, bootstrap, &output_topic);
+    Some(figures)
+}
+
+/// What of `workload`'s output in `topic` both contenders must agree on, sorted.
+fn deterministic_output(workload: &str, bootstrap: &str, topic: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let records = streams_testkit::kafka::read_to_end(
+        bootstrap,
+        topic,
+        streams_testkit::kafka::Isolation::ReadCommitted,
+        Duration::from_secs(120),
+    )
+    .unwrap_or_default();
+    let pairs = records
+        .into_iter()
+        .map(|r| (r.key.unwrap_or_default(), r.value.unwrap_or_default()));
+    let mut out: Vec<(Vec<u8>, Vec<u8>)> = match workload {
+        // The last value of each key (records of one key are in one partition, in order).
+        "count" | "window-count" => pairs
+            .collect::<std::collections::HashMap<_, _>>()
+            .into_iter()
+            .collect(),
+        _ => pairs.collect(),
+    };
+    out.sort();
+    out
 }
 
 /// Watches `app`'s committed offsets over `input` until they cover `n` records.
@@ -297,6 +358,7 @@ fn watch(
                 rate: steady / secs,
                 cpu_per_million: cpu * 1e6 / steady,
                 peak_rss_mib: peak_rss_kib(pid) / 1024.0,
+                output: vec![],
             });
         }
         if done > seen {
