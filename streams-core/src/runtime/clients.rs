@@ -51,7 +51,12 @@ fn base(config: &StreamsConfig, client_id: String) -> ClientConfig {
 pub(crate) fn consumer_config(config: &StreamsConfig, thread: &str) -> ClientConfig {
     let mut c = base(config, format!("{thread}-consumer"));
     c.set("auto.offset.reset", "earliest")
-        .set("isolation.level", "read_uncommitted");
+        .set("isolation.level", "read_uncommitted")
+        // librdkafka stops fetching a partition whose local queue passed its thresholds for
+        // this long (default 1,000 ms), which starved the stream thread once it had drained
+        // the queue: count per key at 116,000 rec/s with the default, 175,000 with this
+        // (docs/BENCHMARKS.md, the comparison with Kafka Streams). A user's value wins.
+        .set("fetch.queue.backoff.ms", "10");
     if config.metrics_recording && config.guarantee == ProcessingGuarantee::ExactlyOnce {
         // The last stable offsets for the consumer lag (librdkafka reports them only in its
         // statistics); a user's own interval wins.
