@@ -185,62 +185,19 @@ impl Inner {
         }
     }
 
-    /// Pauses fetching of `partitions`, remembering them in `paused`.
-    fn pause<'a>(
-        &mut self,
-        consumer: &BaseConsumer<ThreadContext>,
-        partitions: impl IntoIterator<Item = (&'a str, i32)>,
-    ) -> Result<()> {
-        let mut tpl = TopicPartitionList::new();
-        for (topic, partition) in partitions {
-            tpl.add_partition(topic, partition);
-            self.paused.insert((topic.to_string(), partition));
-        }
-        if tpl.count() == 0 {
-            return Ok(());
-        }
-        consumer
-            .pause(&tpl)
-            .map_err(|e| Error::kafka("pause fetching", e))
-    }
-
-    /// Resumes fetching of those of `partitions` this thread paused.
-    fn resume_paused<'a>(
-        &mut self,
-        consumer: &BaseConsumer<ThreadContext>,
-        partitions: impl IntoIterator<Item = (&'a str, i32)>,
-    ) -> Result<()> {
-        let mut tpl = TopicPartitionList::new();
-        for (topic, partition) in partitions {
-            if self.paused.remove(&(topic.to_string(), partition)) {
-                tpl.add_partition(topic, partition);
-            }
-        }
-        if tpl.count() == 0 {
-            return Ok(());
-        }
-        consumer
-            .resume(&tpl)
-            .map_err(|e| Error::kafka("resume fetching", e))
-    }
-
     /// Pauses (or resumes) fetching for the running tasks' partitions.
     fn pause_running(&mut self, consumer: &BaseConsumer<ThreadContext>) -> Result<()> {
-        let sources = self.sources.clone();
-        let ids: Vec<TaskId> = self.tasks.ids().collect();
-        self.pause(
-            consumer,
-            ids.iter().flat_map(|id| sources.partitions_of(*id)),
-        )
+        self.running_fetch(consumer, Fetch::Pause)
     }
 
     fn resume_running(&mut self, consumer: &BaseConsumer<ThreadContext>) -> Result<()> {
-        let sources = self.sources.clone();
-        let ids: Vec<TaskId> = self.tasks.ids().collect();
-        self.resume_paused(
-            consumer,
-            ids.iter().flat_map(|id| sources.partitions_of(*id)),
-        )
+        self.running_fetch(consumer, Fetch::Resume)
+    }
+
+    fn running_fetch(&mut self, consumer: &BaseConsumer<ThreadContext>, to: Fetch) -> Result<()> {
+        let (tasks, sources) = (&self.tasks, &self.sources);
+        let partitions = tasks.ids().flat_map(|id| sources.partitions_of(id));
+        set_fetching(&mut self.paused, consumer, partitions, to)
     }
 
     /// Restores queued tasks for a while; the restored ones get their processors initialised
@@ -284,8 +241,8 @@ impl Inner {
                 return Err(e);
             }
             super::cleanup::mark_owned(&p.dir);
-            let sources = self.sources.clone();
-            self.resume_paused(consumer, sources.partitions_of(task.id))?;
+            let partitions = self.sources.partitions_of(task.id);
+            set_fetching(&mut self.paused, consumer, partitions, Fetch::Resume)?;
             tracing::debug!(thread = %self.name, task = %task.id, "restored; processing");
             self.tasks.insert(task);
             self.publish_tasks();
@@ -365,7 +322,12 @@ impl Inner {
         let (topic, partition) = (raw.topic.clone(), raw.partition);
         task.add(raw)?;
         if !self.paused.contains(&(topic.to_string(), partition)) {
-            self.pause(consumer, [(&*topic, partition)])?;
+            set_fetching(
+                &mut self.paused,
+                consumer,
+                [(&*topic, partition)],
+                Fetch::Pause,
+            )?;
         }
         Ok(())
     }
@@ -379,6 +341,44 @@ impl Inner {
         self.tasks
             .process(&mut collector, &*handler, super::now_ms(), idle)
     }
+}
+
+/// What [`set_fetching`] does.
+#[derive(Clone, Copy)]
+enum Fetch {
+    Pause,
+    Resume,
+}
+
+/// Pauses `partitions`, recording them in `paused`; or resumes those of them recorded there.
+fn set_fetching<'a>(
+    paused: &mut std::collections::HashSet<(String, i32)>,
+    consumer: &BaseConsumer<ThreadContext>,
+    partitions: impl IntoIterator<Item = (&'a str, i32)>,
+    to: Fetch,
+) -> Result<()> {
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition) in partitions {
+        let key = (topic.to_string(), partition);
+        let changed = match to {
+            Fetch::Pause => {
+                paused.insert(key);
+                true
+            }
+            Fetch::Resume => paused.remove(&key),
+        };
+        if changed {
+            tpl.add_partition(topic, partition);
+        }
+    }
+    if tpl.count() == 0 {
+        return Ok(());
+    }
+    let done = match to {
+        Fetch::Pause => consumer.pause(&tpl),
+        Fetch::Resume => consumer.resume(&tpl),
+    };
+    done.map_err(|e| Error::kafka("pause or resume fetching", e))
 }
 
 pub(crate) struct StreamThread {
