@@ -14,9 +14,9 @@
 
 use std::time::{Duration, Instant};
 
-use kstreams::core::serde::Utf8;
+use kstreams::core::serde::{BigEndian, Utf8};
 use kstreams::core::{KafkaStreams, State, StreamsConfig};
-use kstreams::dsl::{Joined, Materialized, StreamsBuilder};
+use kstreams::dsl::{Joined, Materialized, Produced, StreamsBuilder};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -200,4 +200,113 @@ fn a_table_restores_after_a_dead_instances_pending_offsets_are_aborted() {
         "every payment joined once, no zombie record"
     );
     eprintln!("processed {waited:?} after the dead instance was killed; states {states:?}");
+}
+
+/// Restoration reads every changelog partition of the new tasks at once: a transaction left
+/// open on one changelog partition holds back only the task of that partition. Here a count
+/// over a 2-partition topic, and a producer that keeps a transaction open on the changelog's
+/// partition 0 (as a dead instance would until the broker aborts it). Task 0_1, whose
+/// changelog partition is free, must process its input while task 0_0 still waits for that
+/// transaction to end (Kafka Streams' state updater restores its tasks' changelogs together
+/// and hands each task over to processing once its own are done).
+#[test]
+fn a_changelog_held_by_an_open_transaction_holds_back_only_its_own_task() {
+    let bootstrap = bootstrap_servers();
+    let (input, out, app) = (unique("held-in"), unique("held-out"), unique("held-app"));
+    let changelog = format!("{app}-counts-changelog");
+    create_topic(&bootstrap, &input, 2, &[]).unwrap();
+    create_topic(&bootstrap, &out, 1, &[]).unwrap();
+    create_topic(&bootstrap, &changelog, 2, &[("cleanup.policy", "compact")]).unwrap();
+    // The transaction that stays open on changelog partition 0 while the test runs.
+    let holder: BaseProducer = client_config(&bootstrap)
+        .set("transactional.id", unique("held-holder"))
+        .set("transaction.timeout.ms", "300000")
+        .create()
+        .unwrap();
+    holder.init_transactions(LONG).unwrap();
+    holder.begin_transaction().unwrap();
+    send_retrying(
+        &holder,
+        BaseRecord::to(&changelog)
+            .partition(0)
+            .key("a")
+            .payload(&7u64.to_be_bytes()[..]),
+    )
+    .unwrap();
+    holder.flush(LONG).unwrap();
+
+    let p = idempotent_producer(&bootstrap).unwrap();
+    for (partition, key) in [(0, "a"), (1, "b")] {
+        for i in 0..5 {
+            send_retrying(
+                &p,
+                BaseRecord::to(&input)
+                    .partition(partition)
+                    .key(key)
+                    .payload("x")
+                    .timestamp(1 + i),
+            )
+            .unwrap();
+        }
+    }
+    p.flush(LONG).unwrap();
+
+    let builder = StreamsBuilder::new();
+    builder
+        .stream::<String, String>(&input)
+        .group_by_key()
+        .count_with(Materialized::with(BigEndian).named("counts"))
+        .to_stream()
+        .to_with(&out, Produced::with(Utf8, BigEndian));
+    // The transaction is waited for up to this timeout + 10 s: longer than the test runs.
+    let config = StreamsConfig::new(&app, &bootstrap)
+        .state_dir(std::env::temp_dir().join(unique("held-state")))
+        .transaction_timeout(Duration::from_secs(240))
+        .commit_interval(Duration::from_millis(200));
+    let streams = KafkaStreams::new(builder.build().unwrap(), config).unwrap();
+    streams.start().unwrap();
+    let deadline = Instant::now() + LONG;
+    let committed = loop {
+        let committed = committed_offsets(&bootstrap, &app, &input).unwrap_or_default();
+        if committed.get(1) == Some(&Some(5)) {
+            break committed;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "partition 1 not processed within {LONG:?} while changelog partition 0 has an open \
+             transaction: committed {committed:?}, state {:?}, error {:?}",
+            streams.state(),
+            streams.error().map(|e| e.to_string())
+        );
+        std::thread::sleep(Duration::from_millis(100)); // polling the group's offsets
+    };
+    assert_eq!(
+        committed[0], None,
+        "partition 0's task still waits for the open transaction on its changelog"
+    );
+    holder.abort_transaction(LONG).unwrap();
+    // Once the transaction is aborted, task 0_0 restores without its record and processes.
+    let deadline = Instant::now() + LONG;
+    while committed_offsets(&bootstrap, &app, &input).unwrap_or_default() != [Some(5), Some(5)] {
+        assert!(
+            Instant::now() < deadline,
+            "partition 0 not processed within {LONG:?} after the abort"
+        );
+        std::thread::sleep(Duration::from_millis(100)); // polling the group's offsets
+    }
+    assert!(streams.close(LONG));
+    // The aborted record (a count of 7) never reached the store: each key counted 5.
+    let got = read_to_end(&bootstrap, &out, Isolation::ReadCommitted, LONG).unwrap();
+    let last: std::collections::BTreeMap<String, u64> = got
+        .iter()
+        .map(|r| {
+            let v = r.value.clone().unwrap_or_default();
+            (r.key_str(), u64::from_be_bytes(v[..].try_into().unwrap()))
+        })
+        .collect();
+    assert_eq!(
+        last,
+        [("a".to_string(), 5), ("b".to_string(), 5)].into(),
+        "the last count of each key"
+    );
 }

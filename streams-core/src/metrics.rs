@@ -19,7 +19,7 @@
 //! | `kstreams_task_dropped_records_total` | `thread_id`, `task_id`, `reason` | `dropped-records-total`; `reason` is `deserialization` (skipped or dead-lettered by the handler), `late` (past a window's grace) or `null_key` |
 //! | `kstreams_consumer_lag_records` | `thread_id`, `topic`, `partition` | the consumer's `records-lag` per input partition: its end (the last stable offset under exactly-once, else the high watermark) minus the position, each commit interval |
 //! | `kstreams_restore_records_total` | `thread_id`, `task_id` | `restore-total`: changelog records restored into the task's stores (a restoration that starts over from the changelog's start counts its records again) |
-//! | `kstreams_restore_remaining_records` | `thread_id`, `task_id` | `restore-remaining-records-total`, but of the store being restored (a task's stores restore one after another); 0 once restored or interrupted |
+//! | `kstreams_restore_remaining_records` | `thread_id`, `task_id` | `restore-remaining-records-total`: what the task's changelog partitions being read still lack (a task's changelogs restore together); 0 once restored or interrupted |
 //! | `kstreams_restore_waiting_on_transactions` | `thread_id`, `task_id` | (ours) 1 while the store being restored has read its changelog to the last stable offset and waits for a transaction below the high watermark to end (a previous owner's last commit, say), else 0 |
 //! | `kstreams_store_get_total`, `_put_total`, `_range_total` | `thread_id`, `task_id`, `store` | the calls counted by `get-rate`, `put-rate`, `range-rate` (state-store metrics; a delete is a get and a put, window and session fetches are ranges) |
 //! | `kstreams_state` | `state` | `state` (client metrics): 1 for the current state, 0 for the others |

@@ -8,8 +8,13 @@
 //! not exceed `max.poll.interval.ms` and get the member thrown out of the group (which would
 //! close and restore every task again). Kafka Streams' state updater does the same.
 //!
-//! Changelog partitions are read one at a time, from the offset each store has stored (or from
-//! the start), `read_committed`, in batches written without the write-ahead log. A changelog
+//! Every changelog partition of the queued tasks is read at once, by one consumer assigned them
+//! all (Kafka Streams' state updater restores its tasks together too), each from the offset its
+//! store has stored (or from the changelog's start), `read_committed`, in batches written without
+//! the write-ahead log. A task is handed over to processing as soon as its own stores are done,
+//! whatever the others' state: one long or blocked changelog holds back its task only. A
+//! changelog partition whose store is already at its end (empty, or caught up to the stored
+//! offset) is done when it is opened, without a fetch. A changelog
 //! partition is done when the consumer's position reaches its high watermark as listed
 //! `read_uncommitted` when it was opened (Kafka Streams' `StoreChangelogReader` does the same
 //! since KAFKA-10167): every transaction below it has then ended, so a previous owner's last
@@ -45,19 +50,31 @@ use crate::{Error, Result};
 /// changelog of large values is not held whole in memory before it is written.
 const BATCH: usize = 10_000;
 const BATCH_BYTES: usize = 16 << 20;
-/// How long one read waits for records before the thread does something else.
+/// Bytes buffered over every changelog partition read at once, at most, about: past it every
+/// batch is written.
+const BUFFERED_BYTES: usize = 64 << 20;
+/// How long one poll waits for records before the thread does something else.
 const QUIET: Duration = Duration::from_millis(500);
 
 /// A task waiting for, or in, restoration.
 pub(crate) struct Pending {
     pub(crate) task: Task,
     pub(crate) dir: PathBuf,
-    /// The logged stores not yet restored, by name.
+    /// The logged stores whose changelog is not being read yet, by name.
     stores: VecDeque<String>,
+    /// How many of its changelog partitions are being read.
+    reading: usize,
 }
 
-/// The changelog partition being read.
+impl Pending {
+    fn is_restored(&self) -> bool {
+        self.stores.is_empty() && self.reading == 0
+    }
+}
+
+/// A changelog partition being read.
 struct Cursor {
+    task: TaskId,
     store: String,
     topic: Arc<str>,
     partition: i32,
@@ -72,13 +89,31 @@ struct Cursor {
     batch_bytes: usize,
     started: Instant,
     /// Since when the position waits at the last stable offset, below the end (from the first
-    /// end-of-partition event there).
+    /// end-of-partition event there with no record after it).
     waiting_since: Option<Instant>,
-    /// Since when the restore consumer has given errors and no record.
-    failing_since: Option<Instant>,
     /// Restarts from the changelog's start after an out-of-range offset.
     restarts: u32,
     last_report: Instant,
+}
+
+impl Cursor {
+    /// The next offset to read.
+    fn next(&self) -> i64 {
+        self.last.map_or(self.start, |o| o + 1)
+    }
+
+    /// Where reading stops: the committed offset of a source partition, else the end.
+    fn stop(&self) -> i64 {
+        self.limit.unwrap_or(self.end)
+    }
+
+    fn remaining(&self) -> i64 {
+        (self.stop() - self.next()).max(0)
+    }
+
+    fn is(&self, topic: &str, partition: i32) -> bool {
+        self.partition == partition && &*self.topic == topic
+    }
 }
 
 /// Queued tasks and the consumer that reads their changelogs.
@@ -88,9 +123,16 @@ pub(crate) struct Restorer {
     /// Lists changelogs' high watermarks (`read_uncommitted`).
     watermarks: Option<PlainConsumer>,
     queue: VecDeque<Pending>,
-    current: Option<Cursor>,
+    /// The changelog partitions being read, each assigned to `consumer`.
+    cursors: Vec<Cursor>,
+    /// Bytes in the cursors' batches.
+    buffered: usize,
+    /// Since when the restore consumer has given errors and no record.
+    failing_since: Option<Instant>,
     /// When a retriable failure to start a restoration was last logged.
     retry_logged: Option<Instant>,
+    /// The task the last failed step failed on, when one did.
+    failed: Option<TaskId>,
 }
 
 /// How often a restoration that cannot start yet says so.
@@ -123,7 +165,12 @@ impl Restorer {
     /// Queues a created task; its processors are initialised when it is returned by `step`.
     pub(crate) fn add(&mut self, mut task: Task, dir: PathBuf) {
         let stores = task.logged_stores().map(|c| c.name().to_string()).collect();
-        self.queue.push_back(Pending { task, dir, stores });
+        self.queue.push_back(Pending {
+            task,
+            dir,
+            stores,
+            reading: 0,
+        });
     }
 
     /// Whether no task waits for restoration.
@@ -149,11 +196,17 @@ impl Restorer {
             .map(|p| &mut p.task)
     }
 
+    /// The task the last step failed on, when its error was that task's own.
+    pub(crate) fn failed_task(&self) -> Option<TaskId> {
+        self.failed
+    }
+
     /// Takes every queued task out (a revocation, a rewind, shutdown) and stops reading.
     pub(crate) fn take_all(&mut self) -> Vec<Pending> {
-        if let Some(c) = self.current.take() {
-            tracing::info!(store = %c.store, partition = c.partition, restored = c.total, "restoration interrupted");
+        for c in self.cursors.drain(..) {
+            tracing::info!(task = %c.task, store = %c.store, partition = c.partition, restored = c.total, "restoration interrupted");
         }
+        self.buffered = 0;
         if let Some(consumer) = &self.consumer {
             let _ = consumer.unassign();
         }
@@ -161,29 +214,68 @@ impl Restorer {
     }
 
     /// Reads changelogs for up to `budget` and returns the tasks whose stores are all restored
-    /// (in queue order; their processors are not initialised yet).
+    /// (their processors are not initialised yet). On an error of one task's restoration,
+    /// [`Restorer::failed_task`] names that task.
     pub(crate) fn step(&mut self, env: &RestoreEnv<'_>, budget: Duration) -> Result<Vec<Pending>> {
         let deadline = Instant::now() + budget;
+        self.failed = None;
+        self.open_stores(env, deadline)?;
+        while !self.cursors.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            self.poll(env, left.min(QUIET))?;
+        }
         let mut done = vec![];
-        loop {
-            if self.current.is_none() {
-                let Some(pending) = self.queue.front_mut() else {
+        let mut i = 0;
+        while i < self.queue.len() {
+            if self.queue[i].is_restored() {
+                done.extend(self.queue.remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        Ok(done)
+    }
+
+    /// Starts reading the changelog partitions of the queued tasks' stores not read yet, all
+    /// at once; a store already at its changelog's end is done at once. Opening stops at
+    /// `deadline` once something is being read (the rest opens at the next step).
+    fn open_stores(&mut self, env: &RestoreEnv<'_>, deadline: Instant) -> Result<()> {
+        let mut added = TopicPartitionList::new();
+        for pending in self.queue.iter_mut() {
+            while let Some(store) = pending.stores.pop_front() {
+                if !self.cursors.is_empty() && Instant::now() >= deadline {
+                    pending.stores.push_front(store);
                     break;
-                };
-                let Some(store) = pending.stores.pop_front() else {
-                    done.extend(self.queue.pop_front());
-                    continue;
-                };
+                }
                 if self.consumer.is_none() {
                     self.consumer = Some((env.make_consumer)()?);
                 }
                 if self.watermarks.is_none() {
                     self.watermarks = Some((env.make_watermarks)()?);
                 }
-                let consumer = self.consumer.as_ref().unwrap();
                 let watermarks = self.watermarks.as_ref().unwrap();
-                match open(consumer, watermarks, &mut pending.task, store.clone(), env) {
-                    Ok(cursor) => self.current = Some(cursor),
+                match open(watermarks, &mut pending.task, store.clone(), env) {
+                    Ok(cursor) if cursor.remaining() == 0 => {
+                        // Empty, or already restored to its end: nothing to fetch.
+                        if let Err(e) = finish(&mut pending.task, cursor, env) {
+                            self.failed = Some(pending.task.id);
+                            return Err(e);
+                        }
+                    }
+                    Ok(cursor) => {
+                        added
+                            .add_partition_offset(
+                                &cursor.topic,
+                                cursor.partition,
+                                Offset::Offset(cursor.start),
+                            )
+                            .map_err(|e| Error::kafka("restore assignment", e))?;
+                        pending.reading += 1;
+                        self.cursors.push(cursor);
+                    }
                     // Say, the group's offsets of a source partition are unstable: a dead
                     // instance's transaction holds them until the broker aborts it. The store
                     // is opened again at the next step; meanwhile the thread goes on.
@@ -196,23 +288,263 @@ impl Restorer {
                         }
                         break;
                     }
-                    Err(e) => return Err(e),
+                    Err(e) => {
+                        self.failed = Some(pending.task.id);
+                        return Err(e);
+                    }
                 }
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
+        }
+        for id in self.queue.iter().map(|p| p.task.id) {
+            self.report_remaining(id, env);
+        }
+        if added.count() > 0 {
+            self.consumer
+                .as_ref()
+                .expect("created above")
+                .incremental_assign(&added)
+                .map_err(|e| Error::kafka("assign changelogs", e))?;
+        }
+        Ok(())
+    }
+
+    /// One poll of the restore consumer, and what it brings.
+    fn poll(&mut self, env: &RestoreEnv<'_>, wait: Duration) -> Result<()> {
+        let consumer = self.consumer.as_ref().expect("reading changelogs");
+        match consumer.poll(wait) {
+            Some(Ok(m)) => {
+                self.failing_since = None;
+                let Some(i) = self
+                    .cursors
+                    .iter()
+                    .position(|c| c.is(m.topic(), m.partition()))
+                else {
+                    return Ok(()); // fetched before its partition was done or unassigned
+                };
+                let c = &mut self.cursors[i];
+                if m.offset() < c.next() {
+                    return Ok(()); // fetched before a restart from the changelog's start
+                }
+                if c.limit.is_some_and(|limit| m.offset() >= limit) {
+                    return self.done(i, env);
+                }
+                c.last = Some(m.offset());
+                if c.waiting_since.take().is_some() {
+                    let task = c.task;
+                    self.report_waiting(task, env);
+                }
+                let c = &mut self.cursors[i];
+                if let Some(key) = m.key() {
+                    let bytes = key.len() + m.payload().map_or(0, <[u8]>::len);
+                    c.batch_bytes += bytes;
+                    self.buffered += bytes;
+                    c.batch
+                        .push((key.to_vec(), m.payload().map(<[u8]>::to_vec)));
+                }
+                if c.batch.len() >= BATCH || c.batch_bytes >= BATCH_BYTES {
+                    self.write(i, env)?;
+                } else if self.buffered >= BUFFERED_BYTES {
+                    for j in 0..self.cursors.len() {
+                        self.write(j, env)?;
+                    }
+                }
+                // At the end taken at open: done, even while the changelog keeps growing (a
+                // standby behind a busy active task never sees a pause or an end-of-partition
+                // event, and must move on to its other stores).
+                if self.cursors[i].next() >= self.cursors[i].stop() {
+                    return self.done(i, env);
+                }
+                Ok(())
             }
-            let consumer = self.consumer.as_ref().unwrap();
-            let cursor = self.current.as_mut().unwrap();
-            let task = &mut self.queue.front_mut().unwrap().task;
-            if read(consumer, cursor, task, env, left.min(QUIET))? {
-                let cursor = self.current.take().unwrap();
-                finish(task, cursor, env)?;
-                let _ = consumer.unassign();
+            // The end of what read_committed may read (the last stable offset) of a partition
+            // with this number (the event does not say which topic's).
+            Some(Err(KafkaError::PartitionEOF(partition))) => self.check_ends(env, Some(partition)),
+            // Nothing more for now: the positions may have moved past transaction markers.
+            None => self.check_ends(env, None),
+            Some(Err(e)) if offset_out_of_range(&e) => self.out_of_range(env, &e),
+            Some(Err(e)) => {
+                // Transient errors (a broker down, a leader moving) are retried, as the commit
+                // path retries; only a fatal one, or errors without a record between them for
+                // longer than the task timeout, stop the instance.
+                let e = Error::kafka("restore changelogs", e);
+                let since = *self.failing_since.get_or_insert_with(Instant::now);
+                if e.is_fatal() || since.elapsed() > env.task_timeout {
+                    return Err(e);
+                }
+                tracing::warn!(error = %e, failing_for = ?since.elapsed(), "restore consumer error; retrying");
+                Ok(())
             }
         }
-        Ok(done)
+    }
+
+    /// Whether the cursors (of partition number `eof`, after an end-of-partition event; all,
+    /// after an empty poll) are read to their ends: the consumer's position (past transaction
+    /// markers and aborted records) at the high watermark taken at open. Below it, the position
+    /// waits at the last stable offset for a transaction to end: the task's waiting gauge says
+    /// so, and after `open_transaction_wait` restoration stops there, with a warning.
+    fn check_ends(&mut self, env: &RestoreEnv<'_>, eof: Option<i32>) -> Result<()> {
+        let consumer = self.consumer.as_ref().expect("reading changelogs");
+        let positions = consumer.position().ok();
+        let mut i = 0;
+        while i < self.cursors.len() {
+            let c = &mut self.cursors[i];
+            if eof.is_some_and(|p| p != c.partition) {
+                i += 1;
+                continue;
+            }
+            let position = positions
+                .as_ref()
+                .and_then(|tpl| tpl.find_partition(&c.topic, c.partition))
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                })
+                .unwrap_or(c.start)
+                .max(c.next());
+            if position >= c.stop() {
+                self.done(i, env)?;
+                continue; // the cursor at `i` is another one now
+            }
+            if eof.is_some() && c.waiting_since.is_none() {
+                c.waiting_since = Some(Instant::now());
+                let task = c.task;
+                self.report_waiting(task, env);
+            } else if c
+                .waiting_since
+                .is_some_and(|since| since.elapsed() > env.open_transaction_wait)
+            {
+                tracing::warn!(store = %c.store, topic = %c.topic, partition = c.partition, position, high_watermark = c.end, waited = ?c.waiting_since.map(|s| s.elapsed()), "a transaction below the changelog's high watermark has not ended; restoring without it");
+                self.done(i, env)?;
+                continue;
+            }
+            i += 1;
+        }
+        Ok(())
+    }
+
+    /// The consumer's position of some changelog partition is not in it (the event does not
+    /// say which): each cursor's next offset is checked against its changelog's offsets, and
+    /// the ones outside start again from their changelog's start.
+    fn out_of_range(&mut self, env: &RestoreEnv<'_>, e: &KafkaError) -> Result<()> {
+        let watermarks = self.watermarks.as_ref().expect("created with the consumer");
+        let mut restarted = false;
+        for i in 0..self.cursors.len() {
+            let c = &self.cursors[i];
+            let (low, high) = watermarks
+                .fetch_watermarks(&c.topic, c.partition, env.client_timeout)
+                .map_err(|e| Error::kafka(format!("watermarks of {}", c.topic), e))?;
+            let next = c.next();
+            if next >= low && next <= high {
+                continue;
+            }
+            let task = c.task;
+            let Some(pending) = self.queue.iter_mut().find(|p| p.task.id == task) else {
+                continue;
+            };
+            let c = &mut self.cursors[i];
+            self.buffered -= c.batch_bytes;
+            if let Err(err) = restart_from_scratch(c, &mut pending.task, low, high, env, e) {
+                self.failed = Some(task);
+                return Err(err);
+            }
+            restarted = true;
+        }
+        if !restarted {
+            // Gone by now (the changelog grew or was truncated meanwhile): the consumer's
+            // own error is logged, and reading goes on.
+            tracing::warn!(error = %e, "a changelog offset was out of range; every position is in range now");
+            return Ok(());
+        }
+        // Assigned again, all of them: the restarted ones from their new start.
+        let mut tpl = TopicPartitionList::new();
+        for c in &self.cursors {
+            tpl.add_partition_offset(&c.topic, c.partition, Offset::Offset(c.next()))
+                .map_err(|e| Error::kafka("restore assignment", e))?;
+        }
+        self.consumer
+            .as_ref()
+            .expect("reading changelogs")
+            .assign(&tpl)
+            .map_err(|e| Error::kafka("assign changelogs", e))
+    }
+
+    /// Writes the batch of cursor `i` to its store.
+    fn write(&mut self, i: usize, env: &RestoreEnv<'_>) -> Result<()> {
+        let c = &mut self.cursors[i];
+        if c.batch.is_empty() {
+            return Ok(());
+        }
+        let (task, bytes) = (c.task, c.batch_bytes);
+        let pending = self
+            .queue
+            .iter_mut()
+            .find(|p| p.task.id == task)
+            .expect("a cursor's task is queued");
+        self.buffered -= bytes;
+        if let Err(e) = write(&mut pending.task, c, env) {
+            self.failed = Some(task);
+            return Err(e);
+        }
+        self.report_remaining(task, env);
+        Ok(())
+    }
+
+    /// Cursor `i` is read to its end: its store is restored, and its partition unassigned.
+    fn done(&mut self, i: usize, env: &RestoreEnv<'_>) -> Result<()> {
+        let c = self.cursors.swap_remove(i);
+        self.buffered -= c.batch_bytes;
+        let (task, topic, partition, waiting) = (
+            c.task,
+            c.topic.clone(),
+            c.partition,
+            c.waiting_since.is_some(),
+        );
+        let pending = self
+            .queue
+            .iter_mut()
+            .find(|p| p.task.id == task)
+            .expect("a cursor's task is queued");
+        pending.reading -= 1;
+        if let Err(e) = finish(&mut pending.task, c, env) {
+            self.failed = Some(task);
+            return Err(e);
+        }
+        if waiting {
+            self.report_waiting(task, env);
+        }
+        self.report_remaining(task, env);
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&topic, partition);
+        self.consumer
+            .as_ref()
+            .expect("reading changelogs")
+            .incremental_unassign(&tpl)
+            .map_err(|e| Error::kafka("unassign a restored changelog", e))
+    }
+
+    /// Sets `task`'s remaining-records gauge: what its changelog partitions being read lack.
+    fn report_remaining(&self, task: TaskId, env: &RestoreEnv<'_>) {
+        if let Some(m) = env.metrics {
+            let remaining: i64 = self
+                .cursors
+                .iter()
+                .filter(|c| c.task == task)
+                .map(Cursor::remaining)
+                .sum();
+            m.restoration(env.thread, task).1.set(remaining);
+        }
+    }
+
+    /// Sets `task`'s gauge of restorations waiting for a transaction to end.
+    fn report_waiting(&self, task: TaskId, env: &RestoreEnv<'_>) {
+        if let Some(m) = env.metrics {
+            let waiting = self
+                .cursors
+                .iter()
+                .any(|c| c.task == task && c.waiting_since.is_some());
+            m.restoration_waiting(env.thread, task)
+                .set(i64::from(waiting));
+        }
     }
 }
 
@@ -225,15 +557,15 @@ fn store_of<'t>(task: &'t mut Task, name: &str) -> Result<&'t mut crate::store::
         })
 }
 
-/// Starts reading the changelog partition of `store`: from its stored offset, unless the
-/// changelog no longer holds the records after it (wipe, read from the start).
+/// Where reading the changelog partition of `store` starts and ends: from its stored offset,
+/// unless the changelog no longer holds the records after it (wipe, read from the start).
 fn open(
-    consumer: &PlainConsumer,
     watermarks: &PlainConsumer,
     task: &mut Task,
     store: String,
     env: &RestoreEnv<'_>,
 ) -> Result<Cursor> {
+    let id = task.id;
     let core = store_of(task, &store)?;
     let target = core
         .changelog
@@ -247,14 +579,17 @@ fn open(
         .map_err(|e| Error::kafka(format!("watermarks of {}", target.topic), e))?;
     if let Some(f) = from {
         // The changelog no longer holds the records after the stored offset (truncated by
-        // retention, or deleted and recreated): rebuild from what it has.
-        if f < low {
-            tracing::warn!(store = %store, partition = target.partition, stored = f - 1, log_start = low, "the changelog starts after the stored offset; wiping the store and restoring from the start");
+        // retention, or deleted and recreated): rebuild from what it has. A stored offset at
+        // or past the high watermark cannot be a record of this changelog (every record the
+        // store holds was acknowledged by all replicas, so below it): the changelog was
+        // recreated, shorter.
+        if f < low || f > end {
+            tracing::warn!(store = %store, partition = target.partition, stored = f - 1, log_start = low, high_watermark = end, "the changelog does not hold the stored offset (truncated, or deleted and recreated); wiping the store and restoring from its start");
             core.wipe()?;
             from = None;
         }
     }
-    let start = from.unwrap_or(0);
+    let start = from.unwrap_or(low);
     // A store built from a source topic is restored up to what the group committed, never
     // beyond: the records after that are processed again, and must find the state before them.
     let limit = if target.source {
@@ -262,22 +597,11 @@ fn open(
     } else {
         None
     };
-    let mut tpl = TopicPartitionList::new();
-    // Offset 0 rather than Beginning when nothing is stored: no ListOffsets round trip; a
-    // changelog that starts later is out of range, and read from its start then.
-    tpl.add_partition_offset(&target.topic, target.partition, Offset::Offset(start))
-        .map_err(|e| Error::kafka("restore assignment", e))?;
-    consumer
-        .assign(&tpl)
-        .map_err(|e| Error::kafka("assign changelog", e))?;
     if let Some(l) = env.listener {
         l.on_restore_start(&store, target.partition, start);
     }
-    if let Some(m) = env.metrics {
-        let (_, remaining) = m.restoration(env.thread, task.id);
-        remaining.set((limit.unwrap_or(end) - start).max(0));
-    }
     Ok(Cursor {
+        task: id,
         store,
         topic: target.topic,
         partition: target.partition,
@@ -290,132 +614,9 @@ fn open(
         batch_bytes: 0,
         started: Instant::now(),
         waiting_since: None,
-        failing_since: None,
         restarts: 0,
         last_report: Instant::now(),
     })
-}
-
-/// Reads for up to `wait`; returns whether the changelog partition was read to its end.
-fn read(
-    consumer: &PlainConsumer,
-    c: &mut Cursor,
-    task: &mut Task,
-    env: &RestoreEnv<'_>,
-    wait: Duration,
-) -> Result<bool> {
-    let deadline = Instant::now() + wait;
-    loop {
-        if let Some(limit) = c.limit {
-            if c.last.map_or(c.start, |o| o + 1) >= limit {
-                return Ok(true); // up to the committed offset of the source partition
-            }
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        match consumer.poll(left) {
-            // Nothing more for now, or the end of what read_committed may read (the last
-            // stable offset): done once the position is at the high watermark.
-            polled @ (None | Some(Err(KafkaError::PartitionEOF(_)))) => {
-                if reached_end(consumer, c, task, env, polled.is_some())? {
-                    return Ok(true);
-                }
-                if Instant::now() >= deadline {
-                    return Ok(false);
-                }
-                continue;
-            }
-            Some(Err(e)) if offset_out_of_range(&e) => {
-                restart_from_scratch(consumer, c, task, env, &e)?
-            }
-            Some(Err(e)) => {
-                // Transient errors (a broker down, a leader moving) are retried, as the commit
-                // path retries; only a fatal one, or errors without a record between them for
-                // longer than the task timeout, stop the instance.
-                let e = Error::kafka(format!("restore {}", c.topic), e);
-                let since = *c.failing_since.get_or_insert_with(Instant::now);
-                if e.is_fatal() || since.elapsed() > env.task_timeout {
-                    return Err(e);
-                }
-                tracing::warn!(error = %e, failing_for = ?since.elapsed(), "restore consumer error; retrying");
-            }
-            Some(Ok(m)) => {
-                c.failing_since = None;
-                if c.limit.is_some_and(|limit| m.offset() >= limit) {
-                    return Ok(true);
-                }
-                c.last = Some(m.offset());
-                if let Some(key) = m.key() {
-                    c.batch_bytes += key.len() + m.payload().map_or(0, <[u8]>::len);
-                    c.batch
-                        .push((key.to_vec(), m.payload().map(<[u8]>::to_vec)));
-                }
-                if c.batch.len() >= BATCH || c.batch_bytes >= BATCH_BYTES {
-                    write(task, c, env)?;
-                }
-                // At the end taken at open: done, even while the changelog keeps growing (a
-                // standby behind a busy active task never sees a pause or an end-of-partition
-                // event, and must move on to its other stores).
-                if c.limit.is_none() && m.offset() + 1 >= c.end {
-                    return Ok(true);
-                }
-            }
-        }
-        if Instant::now() >= deadline {
-            return Ok(false);
-        }
-    }
-}
-
-/// Whether the cursor's changelog partition is read to its end: the consumer's position (past
-/// transaction markers and aborted records) at the high watermark taken at open. Below it, the
-/// position waits at the last stable offset for a transaction to end: the task's waiting gauge
-/// says so, and after `open_transaction_wait` restoration stops there, with a warning.
-fn reached_end(
-    consumer: &PlainConsumer,
-    c: &mut Cursor,
-    task: &Task,
-    env: &RestoreEnv<'_>,
-    end_of_partition: bool,
-) -> Result<bool> {
-    let position = consumer
-        .position()
-        .ok()
-        .and_then(|tpl| {
-            tpl.find_partition(&c.topic, c.partition)
-                .and_then(|e| match e.offset() {
-                    Offset::Offset(o) => Some(o),
-                    _ => None,
-                })
-        })
-        .unwrap_or(c.start)
-        .max(c.last.map_or(c.start, |o| o + 1));
-    let waiting = |on: bool| {
-        if let Some(m) = env.metrics {
-            m.restoration_waiting(env.thread, task.id)
-                .set(i64::from(on));
-        }
-    };
-    // A store built from a source topic ends at the group's committed offset instead.
-    if position >= c.limit.unwrap_or(c.end) {
-        if c.waiting_since.take().is_some() {
-            waiting(false);
-        }
-        return Ok(true);
-    }
-    // librdkafka's end-of-partition event: the position is at the last stable offset.
-    if end_of_partition && c.waiting_since.is_none() {
-        waiting(true);
-        c.waiting_since = Some(Instant::now());
-    }
-    let Some(since) = c.waiting_since else {
-        return Ok(false);
-    };
-    if since.elapsed() > env.open_transaction_wait {
-        waiting(false);
-        tracing::warn!(store = %c.store, topic = %c.topic, partition = c.partition, position, high_watermark = c.end, waited = ?since.elapsed(), "a transaction below the changelog's high watermark has not ended; restoring without it");
-        return Ok(true);
-    }
-    Ok(false)
 }
 
 /// Whether the restore consumer's position is not in the changelog (the consumer's
@@ -429,11 +630,12 @@ fn offset_out_of_range(e: &KafkaError) -> bool {
 
 /// The changelog does not hold the position restoration reads from: it was truncated, or
 /// deleted and recreated (possibly shorter) while the state stayed. The local state cannot be
-/// trusted: wipe the store and read the changelog from its start.
+/// trusted: wipe the store and read the changelog from its start, `low` (up to `high`).
 fn restart_from_scratch(
-    consumer: &PlainConsumer,
     c: &mut Cursor,
     task: &mut Task,
+    low: i64,
+    high: i64,
     env: &RestoreEnv<'_>,
     e: &KafkaError,
 ) -> Result<()> {
@@ -452,15 +654,12 @@ fn restart_from_scratch(
     store_of(task, &c.store)?.wipe()?;
     c.batch.clear();
     c.batch_bytes = 0;
-    (c.start, c.last, c.total, c.waiting_since) = (0, None, 0, None);
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(&c.topic, c.partition, Offset::Beginning)
-        .map_err(|e| Error::kafka("restore assignment", e))?;
-    consumer
-        .assign(&tpl)
-        .map_err(|e| Error::kafka("assign changelog", e))?;
+    (c.start, c.last, c.total, c.waiting_since) = (low, None, 0, None);
+    if c.limit.is_none() {
+        c.end = high;
+    }
     if let Some(l) = env.listener {
-        l.on_restore_start(&c.store, c.partition, 0);
+        l.on_restore_start(&c.store, c.partition, low);
     }
     Ok(())
 }
@@ -475,9 +674,7 @@ fn write(task: &mut Task, c: &mut Cursor, env: &RestoreEnv<'_>) -> Result<()> {
     store_of(task, &c.store)?.restore_batch(std::mem::take(&mut c.batch), last)?;
     c.total += n;
     if let Some(m) = env.metrics {
-        let (restored, remaining) = m.restoration(env.thread, task.id);
-        restored.inc_by(n);
-        remaining.set((c.limit.unwrap_or(c.end) - last - 1).max(0));
+        m.restoration(env.thread, task.id).0.inc_by(n);
     }
     if let Some(l) = env.listener {
         l.on_batch_restored(&c.store, c.partition, last, n);
@@ -498,9 +695,6 @@ fn finish(task: &mut Task, mut c: Cursor, env: &RestoreEnv<'_>) -> Result<()> {
         // files for compaction): data and offset are written together, and the task's next
         // instance, or the standby's close, flushes.
         store_of(task, &c.store)?.restored()?;
-    }
-    if let Some(m) = env.metrics {
-        m.restoration(env.thread, task.id).1.set(0);
     }
     let secs = c.started.elapsed().as_secs_f64();
     if env.standby {

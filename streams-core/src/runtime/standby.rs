@@ -181,13 +181,18 @@ impl Standby {
         }
     }
 
-    /// A pass failed on the task at the front of the queue (restoration reads one task at a
-    /// time): that one is closed and rests; the others go on.
+    /// A pass failed: the task it failed on (or, when the error was no task's own, the first
+    /// one) is closed and rests; the others go on.
     fn failed(&mut self, e: &crate::Error) {
-        let mut tasks = self.restorer.take_all().into_iter();
+        let culprit = self.restorer.failed_task();
+        let mut tasks = self.restorer.take_all();
         // A fresh restorer: its consumer is created again.
         self.restorer = Restorer::default();
-        if let Some(p) = tasks.next() {
+        let at = culprit
+            .and_then(|id| tasks.iter().position(|p| p.task.id == id))
+            .unwrap_or(0);
+        if at < tasks.len() {
+            let p = tasks.remove(at);
             if e.to_string().contains("newer instance") {
                 tracing::debug!(task = %p.task.id, "a stream thread of this instance took the standby task over");
             } else {
