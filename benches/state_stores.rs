@@ -6,7 +6,8 @@
 //!
 //! 1. Restoration: a changelog topic (1 partition) is filled with RESTORE_RECORDS records
 //!    (default 1,000,000; 100,000 distinct keys, 8-byte values). Then, in the same run, (a) a
-//!    raw rdkafka consumer reads the topic `read_committed` from the beginning to its end, and
+//!    raw rdkafka consumer reads the topic `read_committed` from the beginning to its end (with
+//!    `fetch.queue.backoff.ms=10`, as the restore consumer), and
 //!    (b) a `KafkaStreams` application whose store uses that topic as its changelog restores it
 //!    into RocksDB (timed from the restore listener's start to its end). Prints records/s for
 //!    both and the ratio (b)/(a), twice, alternating the order.
@@ -93,6 +94,8 @@ fn raw_read(bootstrap: &str, topic: &str) -> (usize, f64) {
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("isolation.level", "read_committed")
+        // As the restore consumer: fetching again 10 ms after the local queue drained.
+        .set("fetch.queue.backoff.ms", "10")
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();

@@ -106,8 +106,12 @@ pub(crate) fn group_reader(config: &StreamsConfig, role: &str) -> Result<BaseCon
 
 /// The consumer that reads changelogs, `read_committed`, assigned by hand.
 pub(crate) fn restore_consumer(config: &StreamsConfig, thread: &str) -> Result<PlainConsumer> {
+    let mut c = base(config, format!("{thread}-restore-consumer"));
+    // As for the stream threads' consumer: fetching again 10 ms, not librdkafka's 1,000 ms,
+    // after the local queue drained below its thresholds. A user's value wins.
+    c.set("fetch.queue.backoff.ms", "10");
     let c = with_pinned(
-        base(config, format!("{thread}-restore-consumer")),
+        c,
         &config.client_properties,
         &[
             ("group.id", format!("{}-restore", config.application_id)),
@@ -257,6 +261,12 @@ impl KafkaProducer {
             .map_err(|e| Error::kafka("create producer", e))?;
         if eos {
             let started = Instant::now();
+            // librdkafka looks for its transaction coordinator only through a broker it is
+            // connected to, and when none is up yet it tries again after a fixed 500 ms: a
+            // connection first (one metadata request) takes start-up from about 0.55 s to
+            // 0.05 s to a ready producer (docs/BENCHMARKS.md). Its failure changes nothing:
+            // init_transactions reports its own.
+            connect(&producer, config.client_timeout);
             loop {
                 match producer.init_transactions(config.client_timeout) {
                     Ok(()) => break,
@@ -440,6 +450,30 @@ pub(crate) fn copy_headers(h: Option<&rdkafka::message::BorrowedHeaders>) -> Hea
 
 /// How often a partition holding up a task is looked at.
 const CAUGHT_UP_EVERY: Duration = Duration::from_millis(20);
+
+/// Connects `producer` to a broker: a metadata request for the brokers only (no topic), waited
+/// for up to `timeout`.
+fn connect(producer: &BaseProducer<ProducerCtx>, timeout: Duration) {
+    let mut metadata: *const rdkafka::bindings::rd_kafka_metadata_t = std::ptr::null();
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: the client pointer is valid for the producer's lifetime; no topic handle is
+    // passed (all_topics 0 and no topic: the brokers and the topics the client knows, none
+    // yet); the metadata librdkafka returns is destroyed once, here.
+    unsafe {
+        let err = rdkafka::bindings::rd_kafka_metadata(
+            producer.client().native_ptr(),
+            0,
+            std::ptr::null_mut(),
+            &mut metadata,
+            ms,
+        );
+        if err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+            && !metadata.is_null()
+        {
+            rdkafka::bindings::rd_kafka_metadata_destroy(metadata);
+        }
+    }
+}
 
 /// The end offset of a partition as the consumer's last fetch response reported it, cached by
 /// librdkafka: no request. It is the high watermark, also under `read_committed` (librdkafka
