@@ -23,10 +23,11 @@
 //! the last stable offset the task's `restore_waiting_on_transactions` gauge is 1; after
 //! `transaction timeout + 10 s` (the broker aborts a transaction by then) restoration goes on
 //! without it, with a warning. For a store built from a source topic the end is the group's
-//! committed offset instead. A stored offset the changelog does not hold
-//! (it was truncated, or deleted and recreated while the state stayed) is an error of the
-//! restore consumer (`auto.offset.reset=error`): the store is wiped and the changelog read from
-//! its start, never replayed onto the old state.
+//! committed offset instead. A stored offset the changelog does not hold (it was truncated, or
+//! deleted and recreated while the state stayed: the offset is below the changelog's start or
+//! at or past its high watermark when it is opened, or the restore consumer reports it out of
+//! range later, `auto.offset.reset=error`) wipes the store, and the changelog is read from its
+//! start, never replayed onto the old state.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
