@@ -13,8 +13,8 @@
 //! store has stored (or from the changelog's start), `read_committed`, in batches written without
 //! the write-ahead log. A task is handed over to processing as soon as its own stores are done,
 //! whatever the others' state: one long or blocked changelog holds back its task only. A
-//! changelog partition whose store is already at its end (empty, or caught up to the stored
-//! offset) is done when it is opened, without a fetch. A changelog
+//! changelog partition with nothing after the store's offset (empty, or caught up with no
+//! transaction marker after the offset) is done when it is opened, without a fetch. A changelog
 //! partition is done when the consumer's position reaches its high watermark as listed
 //! `read_uncommitted` when it was opened (Kafka Streams' `StoreChangelogReader` does the same
 //! since KAFKA-10167): every transaction below it has then ended, so a previous owner's last
@@ -56,6 +56,8 @@ const BATCH_BYTES: usize = 16 << 20;
 const BUFFERED_BYTES: usize = 64 << 20;
 /// How long one poll waits for records before the thread does something else.
 const QUIET: Duration = Duration::from_millis(500);
+/// How long listing a changelog partition's last stable offset may take, at most.
+const LSO_WAIT: Duration = Duration::from_secs(1);
 
 /// A task waiting for, or in, restoration.
 pub(crate) struct Pending {
@@ -89,9 +91,15 @@ struct Cursor {
     /// Bytes of keys and values in `batch`.
     batch_bytes: usize,
     started: Instant,
-    /// Since when the position waits at the last stable offset, below the end (from the first
-    /// end-of-partition event there with no record after it).
+    /// Since when the position waits at the last stable offset, below the end: an
+    /// end-of-partition event of its partition number came with the position at the last
+    /// stable offset the broker lists for it, and no record came after.
     waiting_since: Option<Instant>,
+    /// Since when the restore consumer has reported errors while this partition made no
+    /// progress (no record, no position change).
+    failing_since: Option<Instant>,
+    /// The consumer's position when last checked.
+    position: i64,
     /// Restarts from the changelog's start after an out-of-range offset.
     restarts: u32,
     last_report: Instant,
@@ -128,8 +136,8 @@ pub(crate) struct Restorer {
     cursors: Vec<Cursor>,
     /// Bytes in the cursors' batches.
     buffered: usize,
-    /// Since when the restore consumer has given errors and no record.
-    failing_since: Option<Instant>,
+    /// Out-of-range errors in a row that matched no cursor.
+    unmatched_out_of_range: u32,
     /// When a retriable failure to start a restoration was last logged.
     retry_logged: Option<Instant>,
     /// The task the last failed step failed on, when one did.
@@ -207,7 +215,7 @@ impl Restorer {
         for c in self.cursors.drain(..) {
             tracing::info!(task = %c.task, store = %c.store, partition = c.partition, restored = c.total, "restoration interrupted");
         }
-        self.buffered = 0;
+        (self.buffered, self.unmatched_out_of_range) = (0, 0);
         if let Some(consumer) = &self.consumer {
             let _ = consumer.unassign();
         }
@@ -245,12 +253,15 @@ impl Restorer {
     /// `deadline` once something is being read (the rest opens at the next step).
     fn open_stores(&mut self, env: &RestoreEnv<'_>, deadline: Instant) -> Result<()> {
         let mut added = TopicPartitionList::new();
-        for pending in self.queue.iter_mut() {
+        let mut opened = 0;
+        'tasks: for pending in self.queue.iter_mut() {
             while let Some(store) = pending.stores.pop_front() {
-                if !self.cursors.is_empty() && Instant::now() >= deadline {
+                // At least one store a step, and more while the budget lasts.
+                if opened > 0 && Instant::now() >= deadline {
                     pending.stores.push_front(store);
-                    break;
+                    break 'tasks;
                 }
+                opened += 1;
                 if self.consumer.is_none() {
                     self.consumer = Some((env.make_consumer)()?);
                 }
@@ -287,7 +298,9 @@ impl Restorer {
                             self.retry_logged = Some(now);
                             tracing::warn!(store = %store, task = %pending.task.id, error = %e, "cannot start restoring yet; trying again");
                         }
-                        break;
+                        // The others likely fail alike (a broker away, offsets unstable):
+                        // the step ends here, so the thread polls its consumer meanwhile.
+                        break 'tasks;
                     }
                     Err(e) => {
                         self.failed = Some(pending.task.id);
@@ -314,7 +327,6 @@ impl Restorer {
         let consumer = self.consumer.as_ref().expect("reading changelogs");
         match consumer.poll(wait) {
             Some(Ok(m)) => {
-                self.failing_since = None;
                 let Some(i) = self
                     .cursors
                     .iter()
@@ -330,6 +342,7 @@ impl Restorer {
                     return self.done(i, env);
                 }
                 c.last = Some(m.offset());
+                c.failing_since = None;
                 if c.waiting_since.take().is_some() {
                     let task = c.task;
                     self.report_waiting(task, env);
@@ -367,12 +380,22 @@ impl Restorer {
                 // Transient errors (a broker down, a leader moving) are retried, as the commit
                 // path retries; only a fatal one, or errors without a record between them for
                 // longer than the task timeout, stop the instance.
+                // The error names no partition: each partition that makes no progress
+                // meanwhile counts it.
                 let e = Error::kafka("restore changelogs", e);
-                let since = *self.failing_since.get_or_insert_with(Instant::now);
-                if e.is_fatal() || since.elapsed() > env.task_timeout {
+                let now = Instant::now();
+                for c in &mut self.cursors {
+                    c.failing_since.get_or_insert(now);
+                }
+                let stalled = self.cursors.iter().find(|c| {
+                    c.failing_since
+                        .is_some_and(|since| since.elapsed() > env.task_timeout)
+                });
+                if e.is_fatal() || stalled.is_some() {
+                    self.failed = stalled.map(|c| c.task);
                     return Err(e);
                 }
-                tracing::warn!(error = %e, failing_for = ?since.elapsed(), "restore consumer error; retrying");
+                tracing::warn!(error = %e, "restore consumer error; retrying");
                 Ok(())
             }
         }
@@ -406,7 +429,21 @@ impl Restorer {
                 self.done(i, env)?;
                 continue; // the cursor at `i` is another one now
             }
-            if eof.is_some() && c.waiting_since.is_none() {
+            if position > c.position {
+                c.position = position;
+                c.failing_since = None;
+            }
+            // The event names no topic: this partition waits only if its position is at the
+            // last stable offset the broker lists (read_committed), below its end.
+            if eof.is_some()
+                && c.waiting_since.is_none()
+                && self
+                    .consumer
+                    .as_ref()
+                    .expect("reading changelogs")
+                    .fetch_watermarks(&c.topic, c.partition, env.client_timeout.min(LSO_WAIT))
+                    .is_ok_and(|(_, stable)| position >= stable && stable < c.stop())
+            {
                 c.waiting_since = Some(Instant::now());
                 let task = c.task;
                 self.report_waiting(task, env);
@@ -444,17 +481,31 @@ impl Restorer {
             };
             let c = &mut self.cursors[i];
             self.buffered -= c.batch_bytes;
+            let waiting = c.waiting_since.is_some();
             if let Err(err) = restart_from_scratch(c, &mut pending.task, low, high, env, e) {
                 self.failed = Some(task);
                 return Err(err);
             }
+            if waiting {
+                self.report_waiting(task, env);
+            }
             restarted = true;
         }
-        if !restarted {
-            // Gone by now (the changelog grew or was truncated meanwhile): the consumer's
-            // own error is logged, and reading goes on.
-            tracing::warn!(error = %e, "a changelog offset was out of range; every position is in range now");
-            return Ok(());
+        if restarted {
+            self.unmatched_out_of_range = 0;
+        } else {
+            // In range by now (the changelog grew meanwhile), or an error of a partition
+            // already done: librdkafka stopped fetching the partition it was about, so every
+            // cursor is assigned again from where it is; the same error again and again is
+            // an error of the restoration.
+            self.unmatched_out_of_range += 1;
+            if self.unmatched_out_of_range > 3 {
+                return Err(Error::kafka(
+                    "restore changelogs: an offset stays out of range",
+                    e.clone(),
+                ));
+            }
+            tracing::warn!(error = %e, "a changelog offset was out of range; every position is in range now: reading again from there");
         }
         // Assigned again, all of them: the restarted ones from their new start.
         let mut tpl = TopicPartitionList::new();
@@ -615,6 +666,8 @@ fn open(
         batch_bytes: 0,
         started: Instant::now(),
         waiting_since: None,
+        failing_since: None,
+        position: start,
         restarts: 0,
         last_report: Instant::now(),
     })
@@ -655,7 +708,7 @@ fn restart_from_scratch(
     store_of(task, &c.store)?.wipe()?;
     c.batch.clear();
     c.batch_bytes = 0;
-    (c.start, c.last, c.total, c.waiting_since) = (low, None, 0, None);
+    (c.start, c.last, c.total, c.waiting_since, c.position) = (low, None, 0, None, low);
     if c.limit.is_none() {
         c.end = high;
     }
