@@ -6,8 +6,14 @@
 #   scripts/compare.sh [RECORDS [ROUNDS [WORKLOADS]]]
 #
 # Defaults: 1,000,000 records, 3 rounds, every workload (map, count, window-count,
-# window-count-final; or a comma-separated list). The Java side builds outside the clone
-# ($KSTREAMS_CACHE/compare-build); Maven's own cache (~/.m2) is reused.
+# window-count-final; or a comma-separated list). Two more names in the list measure restarts
+# of `count` rather than throughput, for kstreams, Kafka Streams and Kafka Streams with KIP-892's
+# transactional state stores (they are not part of `all`): `recovery` (SIGKILL once half of
+# RECORDS records over 1,000 keys is committed, then a restart on the same state directory)
+# and `restore-startup` (a new instance without local state over a changelog of RECORDS
+# records, one per key), e.g. `scripts/compare.sh 1000000 3 recovery,restore-startup`
+# (benches/compare_workload.rs says what each measures). The Java side builds outside the
+# clone ($KSTREAMS_CACHE/compare-build); Maven's own cache (~/.m2) is reused.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 "$ROOT/scripts/setup.sh"
 cd "$ROOT"

@@ -4,6 +4,7 @@ import java.time.Duration;
 import java.util.Properties;
 import java.util.concurrent.CountDownLatch;
 
+import org.apache.kafka.common.TopicPartition;
 import org.apache.kafka.common.serialization.Serdes;
 import org.apache.kafka.streams.KafkaStreams;
 import org.apache.kafka.streams.StreamsBuilder;
@@ -13,24 +14,31 @@ import org.apache.kafka.streams.kstream.KStream;
 import org.apache.kafka.streams.kstream.Produced;
 import org.apache.kafka.streams.kstream.TimeWindows;
 import org.apache.kafka.streams.kstream.WindowedSerdes;
+import org.apache.kafka.streams.processor.StateRestoreListener;
 
 /**
  * One workload of the comparison, run until the process is stopped: the Kafka Streams side of
  * {@code benches/compare_workload.rs}, written as a Kafka Streams user would, with Kafka
  * Streams' defaults except exactly-once v2 and the commit interval.
  *
- * <p>Arguments: WORKLOAD BOOTSTRAP INPUT OUTPUT APPLICATION_ID STATE_DIR COMMIT_INTERVAL_MS.
- * Workloads: {@code map} (each value with "!" appended), {@code count} (a count per key),
- * {@code window-count} (a count per key in 10-second tumbling windows, every update) and
- * {@code window-count-final} (the same, final results only).
+ * <p>Arguments: WORKLOAD BOOTSTRAP INPUT OUTPUT APPLICATION_ID STATE_DIR COMMIT_INTERVAL_MS
+ * [NAME=VALUE ...], the last ones further Streams configs (the recovery measurement passes
+ * {@code enable.transactional.statestores=true}). Workloads: {@code map} (each value with "!"
+ * appended), {@code count} (a count per key), {@code window-count} (a count per key in
+ * 10-second tumbling windows, every update) and {@code window-count-final} (the same, final
+ * results only).
+ *
+ * <p>The end of every store restoration is reported on stdout, one line per changelog
+ * partition ({@code restored STORE PARTITION RECORDS}): the driver counts the records restored
+ * from these lines.
  */
 public final class Workload {
     private Workload() {}
 
     public static void main(String[] args) throws InterruptedException {
-        if (args.length != 7) {
+        if (args.length < 7) {
             System.err.println(
-                "usage: Workload WORKLOAD BOOTSTRAP INPUT OUTPUT APPLICATION_ID STATE_DIR COMMIT_INTERVAL_MS");
+                "usage: Workload WORKLOAD BOOTSTRAP INPUT OUTPUT APPLICATION_ID STATE_DIR COMMIT_INTERVAL_MS [NAME=VALUE ...]");
             System.exit(2);
         }
         String workload = args[0];
@@ -45,6 +53,14 @@ public final class Workload {
         props.put(StreamsConfig.PROCESSING_GUARANTEE_CONFIG, StreamsConfig.EXACTLY_ONCE_V2);
         props.put(StreamsConfig.DEFAULT_KEY_SERDE_CLASS_CONFIG, Serdes.StringSerde.class);
         props.put(StreamsConfig.DEFAULT_VALUE_SERDE_CLASS_CONFIG, Serdes.StringSerde.class);
+        for (int i = 7; i < args.length; i++) {
+            String[] setting = args[i].split("=", 2);
+            if (setting.length != 2) {
+                System.err.println("not a NAME=VALUE setting: " + args[i]);
+                System.exit(2);
+            }
+            props.put(setting[0], setting[1]);
+        }
 
         StreamsBuilder builder = new StreamsBuilder();
         KStream<String, String> stream = builder.stream(input);
@@ -77,6 +93,18 @@ public final class Workload {
         }
 
         KafkaStreams streams = new KafkaStreams(builder.build(), props);
+        streams.setGlobalStateRestoreListener(new StateRestoreListener() {
+            @Override
+            public void onRestoreStart(TopicPartition partition, String store, long from, long to) {}
+
+            @Override
+            public void onBatchRestored(TopicPartition partition, String store, long last, long records) {}
+
+            @Override
+            public void onRestoreEnd(TopicPartition partition, String store, long records) {
+                System.out.println("restored " + store + " " + partition.partition() + " " + records);
+            }
+        });
         CountDownLatch stopped = new CountDownLatch(1);
         Runtime.getRuntime().addShutdownHook(new Thread(() -> {
             streams.close(Duration.ofSeconds(30));
