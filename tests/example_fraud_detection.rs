@@ -272,7 +272,9 @@ fn the_example_binary_is_exactly_once_under_sigkill() {
     example_process::kill_then_finish(
         "fraud_detection",
         common,
-        &["--generate", "8000"],
+        // Enough input that the kills land while the example processes (8,000 were
+        // processed whole before the first kill once start-up got faster).
+        &["--generate", "30000"],
         KILLS,
         "transactions in ",
         (&app, &txns),

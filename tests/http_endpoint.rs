@@ -738,20 +738,46 @@ fn idle_and_half_sent_connections_are_closed_and_capped() {
         .unwrap()
         .to_string();
     let pid = child.id();
-    let descriptors = || {
-        std::fs::read_dir(format!("/proc/{pid}/fd"))
+    // The endpoint's accepted connections: the instance's TCP sockets on the endpoint's port
+    // other than the listener (a connection the kernel completed but the server has not
+    // accepted belongs to no process yet). Counted by socket, not by all of the process's
+    // descriptors, which its Kafka clients and stores open and close on their own schedule.
+    let server_side = || {
+        let owned: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
             .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter_map(|l| {
+                let l = l.to_string_lossy().into_owned();
+                Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+            })
+            .collect();
+        let port = format!("{:04X}", address.port());
+        ["tcp", "tcp6"]
+            .iter()
+            .filter_map(|t| std::fs::read_to_string(format!("/proc/{pid}/net/{t}")).ok())
+            .flat_map(|table| {
+                table
+                    .lines()
+                    .skip(1)
+                    .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+                    .collect::<Vec<_>>()
+            })
+            .filter(|f| {
+                // local address, state (0A: listening), inode
+                f.len() > 9
+                    && f[1].rsplit_once(':').is_some_and(|(_, p)| p == port)
+                    && f[3] != "0A"
+                    && owned.contains(&f[9])
+            })
             .count()
     };
 
     // 1. Beyond the cap, connections wait unaccepted: 40 idle clients cost the instance at
-    // most 16 descriptors.
-    let before = descriptors();
+    // most 16 connections.
     let idle: Vec<TcpStream> = (0..40)
         .map(|_| TcpStream::connect_timeout(&address, Duration::from_secs(5)).unwrap())
         .collect();
     // The server accepts up to the cap at once; then, however often we look, no more.
-    let server_side = || descriptors().saturating_sub(before);
     let deadline = Instant::now() + LONG;
     while server_side() < 16 {
         assert!(
@@ -764,6 +790,8 @@ fn idle_and_half_sent_connections_are_closed_and_capped() {
     while watch.elapsed() < Duration::from_millis(300) {
         most = most.max(server_side());
     }
+    // Slack for connections from before the 40 (the instance's own key queries before it
+    // reported ready stay open up to the header timeout: 17 were seen once).
     assert!(
         most <= 16 + 4,
         "{most} server-side connections for 40 clients, cap 16"

@@ -58,8 +58,11 @@ pub fn run_example<S: AsRef<std::ffi::OsStr>>(
 }
 
 /// Waits until a summary line shows `counter` (the text before the number, such as
-/// `"records in "`) above zero.
-pub fn wait_processing(lines: &Receiver<String>, counter: &str) {
+/// `"records in "`) above zero, or, checked at each summary line, `all_done` (the group has
+/// committed the whole input: a run after a kill may find nothing left to process, and would
+/// otherwise wait for ever).
+pub fn wait_processing(lines: &Receiver<String>, counter: &str, all_done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
     loop {
         let line = lines
             .recv_timeout(Duration::from_secs(180))
@@ -69,15 +72,19 @@ pub fn wait_processing(lines: &Receiver<String>, counter: &str) {
             .nth(1)
             .and_then(|r| r.split(',').next())
             .and_then(|n| n.parse::<u64>().ok());
-        if processed.is_some_and(|n| n > 0) {
+        if processed.is_some_and(|n| n > 0) || all_done() {
             return;
         }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the example neither processed nor finished the input: {line}"
+        );
     }
 }
 
 /// The broker tests' run of example `name`: started with `args(first_extra)` (say
 /// `--generate N`), SIGKILLed `kills` times at a random point once its summary shows `counter`
-/// above zero, each time restarted with `args(&[])`; the last run goes on until consumer group
+/// above zero (or once the whole input is committed), each time restarted with `args(&[])`; the last run goes on until consumer group
 /// `group` has committed the whole of `input`, then gets SIGTERM and must exit cleanly.
 pub fn kill_then_finish(
     name: &str,
@@ -94,7 +101,22 @@ pub fn kill_then_finish(
     for kill in 0..kills {
         let extra = if kill == 0 { first_extra } else { &[] };
         let (mut child, lines) = run_example(name, &args(extra));
-        wait_processing(&lines, counter);
+        let all_done = || {
+            let total = read_to_end(
+                &bootstrap,
+                input,
+                Isolation::ReadCommitted,
+                Duration::from_secs(60),
+            )
+            .map_or(i64::MAX, |r| r.len() as i64);
+            let done: i64 = committed_offsets(&bootstrap, group, input)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|o| o.unwrap_or(0))
+                .sum();
+            done >= total
+        };
+        wait_processing(&lines, counter, all_done);
         let after = Duration::from_millis(rng.random_range(0..1500));
         std::thread::sleep(after); // the random kill point, while it processes
         child.kill().unwrap(); // SIGKILL
