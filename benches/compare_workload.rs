@@ -21,11 +21,13 @@
 //!   reads each contender's output (read_committed) and checks the two agree, round by round,
 //!   on what is deterministic: `map`, every record (as a multiset); `count` and
 //!   `window-count`, the last value of each key (or key and window: the updates before it
-//!   depend on each side's record cache); `window-count-final`, every record.
+//!   depend on each side's record cache); `window-count-final` and `join`, every record.
 //!
 //! Workloads: `map` (each value with "!" appended), `count` (a count per key), `window-count`
 //! (a count per key in 10-second tumbling windows, every update), `window-count-final` (the
-//! same, final results only).
+//! same, final results only), `join` (each record joined with the row of its key in a table
+//! of 1,000 rows, topic `INPUT-table`, written before the input; a table with a changelog of
+//! its own on both sides).
 //!
 //! Two more names in WORKLOADS measure restarts of `count` instead of throughput (not part of
 //! `all`), each with three contenders: kstreams, Kafka Streams with its default stores, and
@@ -57,7 +59,7 @@ use std::time::{Duration, Instant};
 use kstreams::core::config::RestoreListener;
 use kstreams::core::serde::{BigEndian, Utf8};
 use kstreams::core::{KafkaStreams, ProcessingGuarantee, State, StreamsConfig};
-use kstreams::dsl::{Produced, StreamsBuilder, TimeWindows};
+use kstreams::dsl::{Joined, Materialized, Produced, StreamsBuilder, TimeWindows};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use streams_testkit::kafka::{client_config, create_topic, read_to_end, Isolation};
@@ -69,7 +71,7 @@ use support::{committed_total, fill};
 const PARTITIONS: i32 = 4;
 const KEYS: usize = 1_000;
 const COMMIT_INTERVAL_MS: u64 = 100;
-const WORKLOADS: [&str; 4] = ["map", "count", "window-count", "window-count-final"];
+const WORKLOADS: [&str; 5] = ["map", "count", "window-count", "window-count-final", "join"];
 /// The restart measurements, named in WORKLOADS like workloads.
 const RECOVERY: &str = "recovery";
 const RESTORE_STARTUP: &str = "restore-startup";
@@ -95,6 +97,11 @@ fn main() {
             std::process::exit(2);
         }
     }
+}
+
+/// The table topic of the `join` workload for input topic `input`.
+fn table_of(input: &str) -> String {
+    format!("{input}-table")
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -134,6 +141,12 @@ fn run(args: &[String]) {
             .emit_final()
             .count()
             .to(output),
+        "join" => {
+            let table = builder.table::<String, String>(&table_of(input), Materialized::with(Utf8));
+            stream
+                .join_table(&table, |v, t| format!("{v}:{t}"), Joined::default())
+                .to(output)
+        }
         other => {
             eprintln!("unknown workload {other}");
             std::process::exit(2);
@@ -276,6 +289,13 @@ fn drive_throughput(
         let mut agreed = (0, 0);
         for round in 0..rounds {
             let input = unique(&format!("compare-{workload}-in"));
+            if *workload == "join" {
+                // The table first: its records are older than the stream's, so both sides
+                // read them before the stream records that join them.
+                let table = table_of(&input);
+                create_topic(bootstrap, &table, PARTITIONS, &[]).unwrap();
+                fill(bootstrap, &table, KEYS, |i| format!("key{i:04}"));
+            }
             create_topic(bootstrap, &input, PARTITIONS, &[]).unwrap();
             fill(bootstrap, &input, records, |i| {
                 format!("key{:04}", i % KEYS)

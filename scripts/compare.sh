@@ -5,7 +5,7 @@
 #
 #   scripts/compare.sh [RECORDS [ROUNDS [WORKLOADS]]]
 #
-# Defaults: 1,000,000 records, 3 rounds, every workload (map, count, window-count,
+# Defaults: 1,000,000 records, 3 rounds, every workload (map, count, window-count, join,
 # window-count-final; or a comma-separated list). Two more names in the list measure restarts
 # of `count` rather than throughput, for kstreams, Kafka Streams and Kafka Streams with KIP-892's
 # transactional state stores (they are not part of `all`): `recovery` (SIGKILL once half of

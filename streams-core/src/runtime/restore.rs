@@ -136,6 +136,8 @@ pub(crate) struct Restorer {
     cursors: Vec<Cursor>,
     /// Bytes in the cursors' batches.
     buffered: usize,
+    /// The cursor of the last record (an index into `cursors`, checked before use).
+    last_hit: usize,
     /// Out-of-range errors in a row that matched no cursor.
     unmatched_out_of_range: u32,
     /// When a retriable failure to start a restoration was last logged.
@@ -327,13 +329,15 @@ impl Restorer {
         let consumer = self.consumer.as_ref().expect("reading changelogs");
         match consumer.poll(wait) {
             Some(Ok(m)) => {
-                let Some(i) = self
-                    .cursors
-                    .iter()
-                    .position(|c| c.is(m.topic(), m.partition()))
+                // Records come in runs of one partition: the last one's cursor first.
+                let (topic, partition) = (m.topic(), m.partition());
+                let Some(i) = Some(self.last_hit)
+                    .filter(|&i| self.cursors.get(i).is_some_and(|c| c.is(topic, partition)))
+                    .or_else(|| self.cursors.iter().position(|c| c.is(topic, partition)))
                 else {
                     return Ok(()); // fetched before its partition was done or unassigned
                 };
+                self.last_hit = i;
                 let c = &mut self.cursors[i];
                 if m.offset() < c.next() {
                     return Ok(()); // fetched before a restart from the changelog's start

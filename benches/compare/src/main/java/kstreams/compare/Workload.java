@@ -11,6 +11,7 @@ import org.apache.kafka.streams.StreamsBuilder;
 import org.apache.kafka.streams.StreamsConfig;
 import org.apache.kafka.streams.kstream.EmitStrategy;
 import org.apache.kafka.streams.kstream.KStream;
+import org.apache.kafka.streams.kstream.KTable;
 import org.apache.kafka.streams.kstream.Produced;
 import org.apache.kafka.streams.kstream.TimeWindows;
 import org.apache.kafka.streams.kstream.WindowedSerdes;
@@ -25,8 +26,9 @@ import org.apache.kafka.streams.processor.StateRestoreListener;
  * [NAME=VALUE ...], the last ones further Streams configs (the recovery measurement passes
  * {@code enable.transactional.statestores=true}). Workloads: {@code map} (each value with "!"
  * appended), {@code count} (a count per key), {@code window-count} (a count per key in
- * 10-second tumbling windows, every update) and {@code window-count-final} (the same, final
- * results only).
+ * 10-second tumbling windows, every update), {@code window-count-final} (the same, final
+ * results only) and {@code join} (each record joined with the row of its key in the table
+ * read from topic INPUT-table).
  *
  * <p>The end of every store restoration is reported on stdout, one line per changelog
  * partition ({@code restored STORE PARTITION RECORDS}): the driver counts the records restored
@@ -86,6 +88,10 @@ public final class Workload {
                 .to(output, Produced.with(
                     WindowedSerdes.timeWindowedSerdeFrom(String.class, size.toMillis()),
                     Serdes.Long()));
+            case "join" -> {
+                KTable<String, String> table = builder.table(input + "-table");
+                stream.join(table, (v, t) -> v + ":" + t).to(output);
+            }
             default -> {
                 System.err.println("unknown workload " + workload);
                 System.exit(2);
