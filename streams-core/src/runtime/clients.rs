@@ -47,16 +47,18 @@ fn base(config: &StreamsConfig, client_id: String) -> ClientConfig {
     c
 }
 
+/// The consumers' `fetch.queue.backoff.ms` unless the user sets it: librdkafka stops fetching a
+/// partition whose local queue passed its thresholds for this long (default 1,000 ms), which
+/// starved a consumer that drains its queue quickly (docs/BENCHMARKS.md): count per key went
+/// from 116,000 to 175,000 rec/s, restoration from 133,000-175,000 to 574,000-795,000.
+const FETCH_QUEUE_BACKOFF_MS: &str = "10";
+
 /// The group member's consumer config (the consumer is created with the thread's context).
 pub(crate) fn consumer_config(config: &StreamsConfig, thread: &str) -> ClientConfig {
     let mut c = base(config, format!("{thread}-consumer"));
     c.set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_uncommitted")
-        // librdkafka stops fetching a partition whose local queue passed its thresholds for
-        // this long (default 1,000 ms), which starved the stream thread once it had drained
-        // the queue: count per key at 116,000 rec/s with the default, 175,000 with this
-        // (docs/BENCHMARKS.md, the comparison with Kafka Streams). A user's value wins.
-        .set("fetch.queue.backoff.ms", "10");
+        .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS);
     if config.metrics_recording && config.guarantee == ProcessingGuarantee::ExactlyOnce {
         // The last stable offsets for the consumer lag (librdkafka reports them only in its
         // statistics); a user's own interval wins.
@@ -107,9 +109,7 @@ pub(crate) fn group_reader(config: &StreamsConfig, role: &str) -> Result<BaseCon
 /// The consumer that reads changelogs, `read_committed`, assigned by hand.
 pub(crate) fn restore_consumer(config: &StreamsConfig, thread: &str) -> Result<PlainConsumer> {
     let mut c = base(config, format!("{thread}-restore-consumer"));
-    // As for the stream threads' consumer: fetching again 10 ms, not librdkafka's 1,000 ms,
-    // after the local queue drained below its thresholds. A user's value wins.
-    c.set("fetch.queue.backoff.ms", "10");
+    c.set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS);
     let c = with_pinned(
         c,
         &config.client_properties,

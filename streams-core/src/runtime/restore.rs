@@ -274,10 +274,8 @@ impl Restorer {
                 match open(watermarks, &mut pending.task, store.clone(), env) {
                     Ok(cursor) if cursor.remaining() == 0 => {
                         // Empty, or already restored to its end: nothing to fetch.
-                        if let Err(e) = finish(&mut pending.task, cursor, env) {
-                            self.failed = Some(pending.task.id);
-                            return Err(e);
-                        }
+                        let id = pending.task.id;
+                        blame(&mut self.failed, id, finish(&mut pending.task, cursor, env))?;
                     }
                     Ok(cursor) => {
                         added
@@ -304,15 +302,14 @@ impl Restorer {
                         // the step ends here, so the thread polls its consumer meanwhile.
                         break 'tasks;
                     }
-                    Err(e) => {
-                        self.failed = Some(pending.task.id);
-                        return Err(e);
-                    }
+                    Err(e) => return blame(&mut self.failed, pending.task.id, Err(e)),
                 }
             }
         }
-        for id in self.queue.iter().map(|p| p.task.id) {
-            self.report_remaining(id, env);
+        if opened > 0 {
+            for id in self.queue.iter().map(|p| p.task.id) {
+                self.report_remaining(id, env);
+            }
         }
         if added.count() > 0 {
             self.consumer
@@ -480,16 +477,12 @@ impl Restorer {
                 continue;
             }
             let task = c.task;
-            let Some(pending) = self.queue.iter_mut().find(|p| p.task.id == task) else {
-                continue;
-            };
+            let pending = pending_of(&mut self.queue, task);
             let c = &mut self.cursors[i];
             self.buffered -= c.batch_bytes;
             let waiting = c.waiting_since.is_some();
-            if let Err(err) = restart_from_scratch(c, &mut pending.task, low, high, env, e) {
-                self.failed = Some(task);
-                return Err(err);
-            }
+            let restarted_one = restart_from_scratch(c, &mut pending.task, low, high, env, e);
+            blame(&mut self.failed, task, restarted_one)?;
             if waiting {
                 self.report_waiting(task, env);
             }
@@ -531,16 +524,9 @@ impl Restorer {
             return Ok(());
         }
         let (task, bytes) = (c.task, c.batch_bytes);
-        let pending = self
-            .queue
-            .iter_mut()
-            .find(|p| p.task.id == task)
-            .expect("a cursor's task is queued");
+        let pending = pending_of(&mut self.queue, task);
         self.buffered -= bytes;
-        if let Err(e) = write(&mut pending.task, c, env) {
-            self.failed = Some(task);
-            return Err(e);
-        }
+        blame(&mut self.failed, task, write(&mut pending.task, c, env))?;
         self.report_remaining(task, env);
         Ok(())
     }
@@ -555,16 +541,9 @@ impl Restorer {
             c.partition,
             c.waiting_since.is_some(),
         );
-        let pending = self
-            .queue
-            .iter_mut()
-            .find(|p| p.task.id == task)
-            .expect("a cursor's task is queued");
+        let pending = pending_of(&mut self.queue, task);
         pending.reading -= 1;
-        if let Err(e) = finish(&mut pending.task, c, env) {
-            self.failed = Some(task);
-            return Err(e);
-        }
+        blame(&mut self.failed, task, finish(&mut pending.task, c, env))?;
         if waiting {
             self.report_waiting(task, env);
         }
@@ -602,6 +581,22 @@ impl Restorer {
                 .set(i64::from(waiting));
         }
     }
+}
+
+/// The queued task of a cursor (a cursor exists only while its task is queued).
+fn pending_of(queue: &mut VecDeque<Pending>, task: TaskId) -> &mut Pending {
+    queue
+        .iter_mut()
+        .find(|p| p.task.id == task)
+        .expect("a cursor's task is queued")
+}
+
+/// `result`, with `task` recorded as the one a failed step failed on.
+fn blame<T>(failed: &mut Option<TaskId>, task: TaskId, result: Result<T>) -> Result<T> {
+    if result.is_err() {
+        *failed = Some(task);
+    }
+    result
 }
 
 fn store_of<'t>(task: &'t mut Task, name: &str) -> Result<&'t mut crate::store::StoreCore> {
